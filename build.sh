@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Builds Casparian from a fresh machine that has only the .NET SDK.
+#
+#   ./build.sh [build]   install missing Debian packages, publish the native binary ./casparian
+#   ./build.sh test      build, then run every test (the README's test command; .ci/run calls it)
+#   ./build.sh bench     build, then run the benchmarks: dotnet run -c Release --project bench
+#
+# The binary is NativeAOT with SQLite linked in statically; ParquetSharp's native library
+# (ParquetSharpNative.so) rides beside it. Nothing else is needed at run time.
+set -euo pipefail
+cd "$(dirname "$0")"
+root=$PWD
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+run() { printf '+ %s\n' "$*" >&2; "$@"; }
+
+# Installs the named Debian packages that are not installed yet.
+apt_need() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  step "installing Debian packages: ${missing[*]}"
+  local sudo=()
+  [ "$(id -u)" = 0 ] || sudo=(sudo)
+  run "${sudo[@]}" apt-get update -qq
+  run "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+build() {
+  # libsqlite3-dev ships libsqlite3.a (linked into the binary); the AOT linker needs a C toolchain and zlib.
+  apt_need libsqlite3-dev zlib1g-dev gcc libc6-dev
+  step "publishing the native binary"
+  run dotnet publish casparian.csproj -c Release -r linux-x64 -o out/publish -nologo -v quiet
+  run cp -f out/publish/casparian out/publish/ParquetSharpNative.so "$root/"
+  step "built $root/casparian ($(du -h casparian | cut -f1)); $(./casparian version)"
+}
+
+test_all() {
+  build
+  # The tests use the real python3 (standard library only), and Debian's python3 with pandas/pyzmq
+  # for the optional-library paths.
+  apt_need python3 python3-pandas python3-zmq
+  step "running the tests"
+  CASPARIAN_BIN="$root/casparian" run dotnet test tests/tests.csproj -c Release -nologo "$@"
+}
+
+bench() {
+  build
+  apt_need python3 python3-zmq
+  step "running the benchmarks"
+  CASPARIAN_BIN="$root/casparian" run dotnet run -c Release --project bench -- "$@"
+}
+
+cmd=${1:-build}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  build) build ;;
+  test) test_all "$@" ;;
+  bench) bench "$@" ;;
+  *) echo "usage: ./build.sh [build|test|bench] [extra args]" >&2; exit 2 ;;
+esac
