@@ -1,10 +1,8 @@
-// Schema rules of a topic (see Output.cs): structural type equality, the null-column promotions, and
-// the arrays JobOutput makes itself (all-null columns, lineage columns) in native memory that is freed
-// as soon as the batch is written.
+// Schema rules of a topic (see Output.cs): structural type equality, the null-column promotions, the
+// dictionary heuristic, and the arrays JobOutput makes itself (all-null columns, lineage columns).
 using System.Buffers;
 using System.Runtime.InteropServices;
 using Apache.Arrow;
-using Apache.Arrow.Memory;
 using Apache.Arrow.Types;
 
 namespace Casparian;
@@ -67,6 +65,64 @@ internal static class ArrowSchemas
         return new Schema(fields, schema.HasMetadata ? schema.Metadata : null);
     }
 
+    /// <summary>
+    /// Columns of <paramref name="batch"/> whose values look nearly all distinct (over 90% distinct among
+    /// at least 4,096 sampled non-null values): dictionary encoding only costs time on those, since the
+    /// writer fills a 1 MiB dictionary and then falls back to plain encoding, re-encoding what it had.
+    /// Smaller samples say too little, so such columns keep the default (dictionary with fallback).
+    /// </summary>
+    public static List<string> NearUniqueColumns(RecordBatch batch)
+    {
+        const int MinSample = 4096, MaxSample = 16384;
+        var result = new List<string>();
+        var longs = new HashSet<long>();
+        var hashes = new HashSet<int>();
+        for (int c = 0; c < batch.ColumnCount; c++)
+        {
+            var data = batch.Column(c).Data;
+            int n = Math.Min(data.Length, MaxSample);
+            var validity = data.Buffers.Length > 0 ? data.Buffers[0].Span : default;
+            int sampled = 0;
+            longs.Clear();
+            hashes.Clear();
+            switch (data.DataType)
+            {
+                case FixedWidthType f when f is not BooleanType and not DictionaryType && f.BitWidth is 8 or 16 or 32 or 64:
+                {
+                    int width = f.BitWidth / 8;
+                    var values = data.Buffers[1].Span;
+                    for (int i = 0; i < n; i++)
+                    {
+                        int at = data.Offset + i;
+                        if (!validity.IsEmpty && (validity[at >> 3] & (1 << (at & 7))) == 0) continue;
+                        var v = values.Slice(at * width, width);
+                        longs.Add(width switch { 8 => BitConverter.ToInt64(v), 4 => BitConverter.ToInt32(v), 2 => BitConverter.ToInt16(v), _ => v[0] });
+                        sampled++;
+                    }
+                    if (sampled >= MinSample && longs.Count > sampled * 0.9) result.Add(batch.Schema.FieldsList[c].Name);
+                    break;
+                }
+                case StringType or BinaryType:
+                {
+                    var offsets = MemoryMarshal.Cast<byte, int>(data.Buffers[1].Span);
+                    var bytes = data.Buffers[2].Span;
+                    for (int i = 0; i < n; i++)
+                    {
+                        int at = data.Offset + i;
+                        if (!validity.IsEmpty && (validity[at >> 3] & (1 << (at & 7))) == 0) continue;
+                        var h = new HashCode();
+                        h.AddBytes(bytes[offsets[at]..offsets[at + 1]]);
+                        hashes.Add(h.ToHashCode());
+                        sampled++;
+                    }
+                    if (sampled >= MinSample && hashes.Count > sampled * 0.9) result.Add(batch.Schema.FieldsList[c].Name);
+                    break;
+                }
+            }
+        }
+        return result;
+    }
+
     /// <summary>Arrow bytes a batch holds (all buffers, children included): the row-group budget's measure.</summary>
     public static long Bytes(RecordBatch batch)
     {
@@ -86,17 +142,19 @@ internal static class ArrowSchemas
 }
 
 /// <summary>
-/// Arrays a topic writer makes for one write: their native memory is released on Dispose, after the
-/// writer has encoded them (ParquetSharp does not keep the exported arrays past the call).
+/// Arrays a topic writer makes for one write, over buffers rented from the shared array pool and
+/// returned on Dispose, after the writer has encoded them (ParquetSharp does not keep exported arrays
+/// past the call). Pooled managed memory rather than Arrow's native allocator: that one reports every
+/// allocation as GC memory pressure, which cost a gen-2 collection every few batches.
 /// </summary>
 internal sealed class ScratchArrays : IDisposable
 {
-    private readonly List<IMemoryOwner<byte>> _owners = [];
+    private readonly List<byte[]> _rented = [];
 
     /// <summary>An int64 column holding <paramref name="value"/> <paramref name="length"/> times.</summary>
     public Int64Array Constant(long value, int length)
     {
-        var memory = Allocate(checked(length * sizeof(long)));
+        var memory = Rent(checked(length * sizeof(long)));
         MemoryMarshal.Cast<byte, long>(memory.Span).Fill(value);
         return new Int64Array(new ArrowBuffer(memory), ArrowBuffer.Empty, length, 0, 0);
     }
@@ -123,21 +181,21 @@ internal sealed class ScratchArrays : IDisposable
 
     private ArrowBuffer Zeros(int length)
     {
-        var memory = Allocate(length);
+        var memory = Rent(length);
         memory.Span.Clear();
         return new ArrowBuffer(memory);
     }
 
-    private Memory<byte> Allocate(int length)
+    private Memory<byte> Rent(int length)
     {
-        var owner = MemoryAllocator.Default.Value.Allocate(length);
-        _owners.Add(owner);
-        return owner.Memory;
+        byte[] array = ArrayPool<byte>.Shared.Rent(length);
+        _rented.Add(array);
+        return array.AsMemory(0, length);
     }
 
     public void Dispose()
     {
-        foreach (var owner in _owners) owner.Dispose();
-        _owners.Clear();
+        foreach (var array in _rented) ArrayPool<byte>.Shared.Return(array);
+        _rented.Clear();
     }
 }

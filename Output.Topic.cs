@@ -2,7 +2,9 @@
 using System.Security.Cryptography;
 using Apache.Arrow;
 using Apache.Arrow.Types;
+using ParquetSharp;
 using ParquetSharp.Arrow;
+using ParquetSharp.Schema;
 
 namespace Casparian;
 
@@ -16,6 +18,7 @@ internal sealed partial class JobOutput
         private Schema? _schema;
         // What the file holds: _schema plus the lineage columns and our footer metadata.
         private Schema? _writerSchema;
+        private WriterProperties? _properties;
         private FileWriter? _writer;
         private string? _tempPath;
         private long _rows;
@@ -32,7 +35,7 @@ internal sealed partial class JobOutput
             if (_schema is null)
             {
                 _schema = ArrowSchemas.Nullable(batch.Schema);
-                Start();
+                Start(batch);
                 map = Enumerable.Range(0, batch.ColumnCount).ToArray();
             }
             else
@@ -79,12 +82,20 @@ internal sealed partial class JobOutput
         {
             _writer?.Dispose();
             _writer = null;
+            _properties?.Dispose();
+            _properties = null;
             if (_tempPath is not null) TryDelete(_tempPath);
             _tempPath = null;
         }
 
-        private void Start()
+        private void Start(RecordBatch first)
         {
+            using (var builder = new WriterPropertiesBuilder())
+            {
+                builder.Compression(Options.Compression).MaxRowGroupLength(Options.RowGroupRows);
+                foreach (var column in ArrowSchemas.NearUniqueColumns(first)) builder.DisableDictionary(new ColumnPath([column]));
+                _properties = builder.Build();
+            }
             Directory.CreateDirectory(target.Directory);
             // A killed earlier attempt of this job may have left its temp file; nobody else writes this prefix.
             foreach (var stale in Directory.EnumerateFiles(target.Directory, target.TempPrefix(JobId) + "*")) TryDelete(stale);
@@ -105,7 +116,7 @@ internal sealed partial class JobOutput
             metadata[SinkTarget.FileVersionIdKey] = job._fileVersionId.ToString(System.Globalization.CultureInfo.InvariantCulture);
             _writerSchema = new Schema(fields, metadata);
             _tempPath = Path.Combine(target.Directory, target.TempPrefix(JobId) + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
-            _writer = new FileWriter(_tempPath, _writerSchema, job._writerProperties, job._arrowProperties);
+            _writer = new FileWriter(_tempPath, _writerSchema, _properties!, job._arrowProperties);
             _groupRows = 0;
             _groupBytes = 0;
         }

@@ -176,6 +176,26 @@ public sealed class OutputTests : IDisposable
     }
 
     [Fact]
+    public void Output_Dictionary_OffForNearUniqueColumnsOnly()
+    {
+        const int n = 8192;
+        using (var job = Job())
+        using (var batch = Batch(
+            ("id", Int64Column(Enumerable.Range(0, n).Select(i => (long?)i).ToArray())),
+            ("cat", Int64Column(Enumerable.Range(0, n).Select(i => (long?)(i % 10)).ToArray())),
+            ("uuid", StringColumn(Enumerable.Range(0, n).Select(i => Guid.NewGuid().ToString()).ToArray())),
+            ("city", StringColumn(Enumerable.Range(0, n).Select(i => "city-" + (i % 7)).ToArray()))))
+        {
+            job.Write("output", batch);
+            job.Commit();
+        }
+        using var reader = new ParquetFileReader(Path.Combine(Root, "output", "job-7.parquet"));
+        using var rowGroup = reader.RowGroup(0);
+        bool Dictionary(int column) => rowGroup.MetaData.GetColumnChunkMetaData(column).Encodings.Contains(Encoding.RleDictionary);
+        Assert.Equal([false, true, false, true], Enumerable.Range(0, 4).Select(Dictionary));
+    }
+
+    [Fact]
     public void Output_SeveralBatches_AppendInOrderToOneFile()
     {
         using (var job = Job())
