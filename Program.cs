@@ -215,6 +215,7 @@ internal static class Program
         NotBuilt("parser", "register and list parsers (register|ls)", "parser register|ls …", issue: 3),
         NotBuilt("job", "queue and manage jobs (add|show|retry|cancel)", "job add|show|retry|cancel …", issue: 3),
         NotBuilt("jobs", "list jobs and counts per state", "jobs [--state S]", issue: 3),
+        Config.Command,
         VersionCommand,
     ];
 
