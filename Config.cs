@@ -268,7 +268,7 @@ internal sealed class Config
         {
             var r = Resolve(s);
             string value = s.Format(r.Value);
-            string shown = value.Length == 0 ? "\"\"" : TomlQuote(value, r.Value);
+            string shown = r.Value is IReadOnlyList<string> || value.Length > 0 ? TomlQuote(value, r.Value) : "\"\"";
             sb.Append(s.Key.PadRight(width)).Append(" = ").Append(shown.PadRight(36)).Append(" # ").AppendLine(r.Where);
         }
         return sb.ToString();
