@@ -349,6 +349,16 @@ public sealed class BundleTests
         Assert.Equal(("_2024_report", "0.0.0"), (fromFile.Name, fromFile.Version));
     }
 
+    [Theory]
+    [InlineData("app_logs")]
+    [InlineData("sales_csv")]
+    [InlineData("sensor_readings")]
+    public void Bundle_Load_ReadsTheDemoParsersDeclaredNameAndVersion(string parser)
+    {
+        var bundle = ParserBundle.Load(Path.Combine(Repo.Root, "demo", "parsers", parser));
+        Assert.Equal((parser, "1.0.0", "parser.py"), (bundle.Name, bundle.Version, bundle.EntryModule));
+    }
+
     [Fact]
     public void Bundle_Load_EntryNameBeatsDirectoryName()
     {
