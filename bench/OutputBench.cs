@@ -1,38 +1,28 @@
 // Output layer (SPEC §7): Arrow record batches → one Parquet file through JobOutput, with the worker's
 // defaults (Snappy, buffered row groups, fsync + rename on commit). Batches of 65,536 rows, as a guest
-// streams them. No Python pairing: the machine has no pyarrow; the earlier system's numbers for 1M rows
-// (SPEC §9) are printed beside ours instead.
-//   dotnet run -c Release --project bench -- --filter '*OutputBench*' --job short
+// streams them. No Python pairing: the machine has no pyarrow; the earlier system's time for 1M rows
+// (SPEC §9) is the comparison instead.
+//   dotnet run -c Release --project bench -- --filter '*OutputBench*'
 using System.Globalization;
 using Apache.Arrow;
 using Apache.Arrow.Types;
 using BenchmarkDotNet.Attributes;
-using BenchmarkDotNet.Columns;
-using BenchmarkDotNet.Configs;
-using BenchmarkDotNet.Reports;
-using BenchmarkDotNet.Running;
 
 namespace Casparian.Bench;
 
+[Macro]
 [MemoryDiagnoser]
-[Config(typeof(OutputBenchConfig))]
+[System.ComponentModel.Description("Arrow batches of 65,536 rows → one Parquet file per job through JobOutput (Snappy, fsync and rename on commit). Stream2GB prints the benchmark process's peak RSS.")]
 public class OutputBench
 {
     private const int Rows = 1 << 20;
     private const int BatchRows = 1 << 16;
 
-    /// <summary>Column bytes and rows each benchmark writes per operation, for the throughput columns.</summary>
-    internal static readonly Dictionary<string, (long Bytes, long Rows)> Work = new()
-    {
-        [nameof(Numeric1M)] = (Rows * 4L * 8, Rows),
-        [nameof(Mixed1M)] = (MixedBytes, Rows),
-        [nameof(Mixed1MLineage)] = (MixedBytes, Rows),
-        [nameof(Stream2GB)] = (StreamBatches * (long)BatchRows * 4 * 8, StreamBatches * (long)BatchRows),
-    };
-
-    // int64 + float64 + bool (bits) + timestamp, plus the strings' offsets and about 11 bytes of text each.
+    private const long NumericBytes = Rows * 4L * 8;
+    // int64 + float64 + timestamp + bool (bits), plus the strings' offsets and 11 bytes of text each.
     private const long MixedBytes = Rows * (8L + 8 + 8) + Rows / 8 + Rows * (4L + 11);
     private const int StreamBatches = 1024; // 1024 × 65,536 rows × 32 bytes = 2 GiB
+    private const long StreamRows = StreamBatches * (long)BatchRows;
 
     private RecordBatch[] _numeric = [];
     private RecordBatch[] _mixed = [];
@@ -47,6 +37,12 @@ public class OutputBench
         var rng = new Random(42);
         _numeric = Enumerable.Range(0, Rows / BatchRows).Select(b => Numeric(rng, b * BatchRows)).ToArray();
         _mixed = Enumerable.Range(0, Rows / BatchRows).Select(b => Mixed(rng, b * BatchRows)).ToArray();
+        // Checked before every run, so --check proves the benchmarked writes still produce the rows.
+        foreach (var (bytes, file) in new[] { (Numeric1M(), "output"), (Mixed1MLineage(), "output") })
+        {
+            using var reader = new ParquetSharp.ParquetFileReader(Path.Combine(_root, file, "job-1.parquet"));
+            if (reader.FileMetaData.NumRows != Rows || bytes <= 0) throw new InvalidOperationException($"wrote {reader.FileMetaData.NumRows} rows, expected {Rows}");
+        }
     }
 
     /// <summary>Only the numeric batches (32 MiB), so the process's peak RSS is the writer's doing plus that.</summary>
@@ -72,18 +68,27 @@ public class OutputBench
 
     /// <summary>1M rows × 4 numeric columns (2 int64, 2 float64) = 32 MiB of column data.</summary>
     [Benchmark]
+    [Throughput(Rows, NumericBytes)]
+    [Target("≥ 1 GB/s of numeric column data")]
     public long Numeric1M() => WriteAll(_numeric, lineage: false);
 
     /// <summary>1M rows × int64, float64, utf8, bool, timestamp[us, UTC].</summary>
     [Benchmark]
+    [Throughput(Rows, MixedBytes)]
+    [Target("≥ 2M rows/s")]
+    [EarlierSystem(2.5, 0.8)]
     public long Mixed1M() => WriteAll(_mixed, lineage: false);
 
     /// <summary>The same with the lineage columns the worker adds by default.</summary>
     [Benchmark]
+    [Throughput(Rows, MixedBytes)]
+    [Target("≥ 2M rows/s")]
     public long Mixed1MLineage() => WriteAll(_mixed, lineage: true);
 
     /// <summary>2 GiB of numeric Arrow data through one job: the flat-memory check (peak RSS printed at cleanup).</summary>
     [Benchmark]
+    [Throughput(StreamRows, StreamRows * 32)]
+    [Target("peak RSS < 200 MB (printed at cleanup)")]
     public long Stream2GB()
     {
         using var job = new JobOutput(new OutputOptions { Root = _root, Lineage = true }, 1, 1, []);
@@ -142,56 +147,5 @@ public class OutputBench
             if (line.StartsWith(key, StringComparison.Ordinal))
                 return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) / 1024;
         return -1;
-    }
-}
-
-/// <summary>Adds MB/s of column data, rows/s, and the earlier system's reference for 1M rows.</summary>
-public sealed class OutputBenchConfig : ManualConfig
-{
-    public OutputBenchConfig()
-    {
-        AddColumn(new ThroughputColumn("MB/s", "column data written per second (MiB of Arrow buffers)", w => w.Bytes / (1024.0 * 1024)));
-        AddColumn(new ThroughputColumn("Mrows/s", "rows written per second (millions)", w => w.Rows / 1e6));
-        AddColumn(new ReferenceColumn());
-    }
-
-    private sealed class ThroughputColumn(string name, string legend, Func<(long Bytes, long Rows), double> amount) : IColumn
-    {
-        public string Id => "Output" + name;
-        public string ColumnName => name;
-        public bool AlwaysShow => true;
-        public ColumnCategory Category => ColumnCategory.Custom;
-        public int PriorityInCategory => 0;
-        public bool IsNumeric => true;
-        public UnitType UnitType => UnitType.Dimensionless;
-        public string Legend => legend;
-        public bool IsAvailable(Summary summary) => true;
-        public bool IsDefault(Summary summary, BenchmarkCase benchmarkCase) => false;
-        public string GetValue(Summary summary, BenchmarkCase benchmarkCase) => GetValue(summary, benchmarkCase, SummaryStyle.Default);
-
-        public string GetValue(Summary summary, BenchmarkCase benchmarkCase, SummaryStyle style)
-        {
-            var stats = summary[benchmarkCase]?.ResultStatistics;
-            if (stats is null || !OutputBench.Work.TryGetValue(benchmarkCase.Descriptor.WorkloadMethod.Name, out var work)) return "-";
-            return (amount(work) / (stats.Mean / 1e9)).ToString("0.0", CultureInfo.InvariantCulture);
-        }
-    }
-
-    private sealed class ReferenceColumn : IColumn
-    {
-        public string Id => "OutputReference";
-        public string ColumnName => "earlier system (1M rows)";
-        public bool AlwaysShow => true;
-        public ColumnCategory Category => ColumnCategory.Custom;
-        public int PriorityInCategory => 1;
-        public bool IsNumeric => false;
-        public UnitType UnitType => UnitType.Dimensionless;
-        public string Legend => "SPEC §9: Parquet write of 1M rows in the earlier system's workers";
-        public bool IsAvailable(Summary summary) => true;
-        public bool IsDefault(Summary summary, BenchmarkCase benchmarkCase) => false;
-        public string GetValue(Summary summary, BenchmarkCase benchmarkCase) => GetValue(summary, benchmarkCase, SummaryStyle.Default);
-
-        public string GetValue(Summary summary, BenchmarkCase benchmarkCase, SummaryStyle style) =>
-            benchmarkCase.Descriptor.WorkloadMethod.Name.StartsWith("Mixed1M", StringComparison.Ordinal) ? "Rust ~0.8 s, Python ~2.5 s" : "-";
     }
 }
