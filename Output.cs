@@ -130,6 +130,7 @@ internal sealed partial class JobOutput : IDisposable
     private readonly Stopwatch _clock = Stopwatch.StartNew();
     private readonly ArrowWriterProperties _arrowProperties;
     private long _batches;
+    private bool _failed;
     private bool _committed;
     private bool _disposed;
 
@@ -157,20 +158,27 @@ internal sealed partial class JobOutput : IDisposable
 
     /// <summary>
     /// Appends <paramref name="batch"/> to <paramref name="topic"/>'s file, creating it on the topic's
-    /// first batch. The batch is not kept: the caller may dispose it as soon as this returns.
+    /// first batch. The batch is not kept: the caller may dispose it as soon as this returns. After a
+    /// Write throws, the job can only be disposed (Commit refuses: the file may hold part of the batch).
     /// </summary>
     public void Write(string topic, RecordBatch batch)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (_committed) throw new InvalidOperationException($"job {_jobId}: Write after Commit");
-        var t = Topic(topic);
+        // Until it returns, a Write may have put part of the batch in the file: a failure poisons the job.
+        bool ok = false;
         try
         {
-            t.Write(batch);
+            Topic(topic).Write(batch);
+            ok = true;
         }
         catch (ParquetException e)
         {
             OutputThrow.Write_Failed(_jobId, topic, e);
+        }
+        finally
+        {
+            _failed |= !ok;
         }
         _batches++;
     }
@@ -180,6 +188,7 @@ internal sealed partial class JobOutput : IDisposable
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (_committed) throw new InvalidOperationException($"job {_jobId}: Commit called twice");
+        if (_failed) throw new InvalidOperationException($"job {_jobId}: Commit after a failed Write; the job's output is incomplete, dispose it");
         _committed = true;
         var artifacts = new List<OutputArtifact>(_topics.Count);
         foreach (var t in _topics)

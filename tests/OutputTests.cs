@@ -440,13 +440,14 @@ public sealed class OutputTests : IDisposable
     }
 
     [Fact]
-    public void Output_FailedWrite_ThenDispose_LeavesNothing()
+    public void Output_FailedWrite_RefusesCommitAndDisposeLeavesNothing()
     {
         using (var job = Job())
         {
             using (var a = Ints64("a", 1)) job.Write("output", a);
             using var bad = Batch(("a", StringColumn("x")));
             Assert.Throws<OutputException>(() => job.Write("output", bad));
+            Assert.Throws<InvalidOperationException>(() => job.Commit());
         }
         Assert.Empty(Directory.GetFiles(Path.Combine(Root, "output")));
     }
