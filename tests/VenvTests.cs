@@ -127,6 +127,17 @@ public sealed class VenvTests : IDisposable
     }
 
     [Fact]
+    public async Task Venv_Dispose_KillsABuildInProgressAndLeavesNothing()
+    {
+        var m = Manager();
+        var acquire = Acquire(m, "# cancelled\ndemo-pkg==1.0\n");
+        m.Dispose();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => acquire);
+        Assert.Empty(EnvDirs());
+        Assert.Equal(0, m.Builds);
+    }
+
+    [Fact]
     public async Task Venv_Acquire_EmptyLockfile_GivesBareEnvironment()
     {
         using var m = Manager();
