@@ -17,7 +17,8 @@ namespace Casparian.Bench;
 
 [MemoryDiagnoser]
 [Description("NetMQ over loopback TCP against pyzmq (libzmq) in Debian's /usr/bin/python3, both with real peers on their own threads. " +
-             "The Python pairs run both peers as threads of one interpreter, so they share its GIL.")]
+             "The Python pairs run both peers as threads of one interpreter, so they share its GIL. " +
+             "Allocations are process-wide, so they include the peer thread's and NetMQ's own.")]
 public class ZmqBench
 {
     public const int Jobs = 1_000;
