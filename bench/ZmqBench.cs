@@ -243,7 +243,7 @@ public class ZmqBench
 
     /// <summary>One sentinel batch: <see cref="Jobs"/> DISPATCHes, at most <see cref="Window"/> unanswered, each CONCLUDE decoded.</summary>
     [Benchmark]
-    [Throughput(Jobs)]
+    [Throughput(Jobs, Unit = "jobs")]
     [Python("run_batch()", Interpreter = "/usr/bin/python3", Number = 1, Repeat = 7)]
     public int DispatchLoop()
     {
