@@ -253,8 +253,8 @@ internal static partial class Bridge
                     {
                         await ReadAtLeastAsync(head.AsMemory(0, 4)).ConfigureAwait(false);
                         uint length = BinaryPrimitives.ReadUInt32BigEndian(head);
-                        if (length > MaxErrorBytes) throw BridgeThrow.Frame_TooLarge("error frame", length, MaxErrorBytes);
-                        string text = await ReadTextAsync((int)length, "error frame").ConfigureAwait(false);
+                        if (length > MaxErrorBytes) throw BridgeThrow.Frame_TooLarge("an error frame", length, MaxErrorBytes);
+                        string text = await ReadTextAsync((int)length, "an error frame").ConfigureAwait(false);
                         OnErrorFrame(text);
                         break;
                     }
@@ -264,15 +264,15 @@ internal static partial class Bridge
                         byte level = head[0];
                         uint length = BinaryPrimitives.ReadUInt32BigEndian(head.AsSpan(1));
                         if (level > (byte)GuestLogLevel.Error) throw BridgeThrow.Log_BadLevel(level);
-                        if (length > MaxLogBytes) throw BridgeThrow.Frame_TooLarge("log frame", length, MaxLogBytes);
-                        string text = await ReadTextAsync((int)length, "log frame").ConfigureAwait(false);
+                        if (length > MaxLogBytes) throw BridgeThrow.Frame_TooLarge("a log frame", length, MaxLogBytes);
+                        string text = await ReadTextAsync((int)length, "a log frame").ConfigureAwait(false);
                         Log((GuestLogLevel)level, text);
                         break;
                     }
                     case >= FirstReservedFrame:
                         throw BridgeThrow.Frame_Reserved(n);
                     default:
-                        if (n > (uint)_options.MaxMessageBytes) throw BridgeThrow.Frame_TooLarge("table message", n, _options.MaxMessageBytes);
+                        if (n > (uint)_options.MaxMessageBytes) throw BridgeThrow.Frame_TooLarge("a table message", n, _options.MaxMessageBytes);
                         await ReadTableAsync((int)n, allocator).ConfigureAwait(false);
                         break;
                 }
@@ -385,7 +385,7 @@ internal static partial class Bridge
                 {
                     if (allowEof && total == 0) return 0;
                     if (allowEof && buffer.Length > 4) return total;
-                    throw BridgeThrow.Frame_Truncated("frame header", total, buffer.Length);
+                    throw BridgeThrow.Frame_Truncated("a frame header", total, buffer.Length);
                 }
                 total += n;
             }
@@ -589,7 +589,7 @@ internal static partial class Bridge
             {
                 if (Remaining == 0 || buffer.IsEmpty) return 0;
                 int n = await run.ReadSomeAsync(buffer[..Math.Min(buffer.Length, Remaining)]).ConfigureAwait(false);
-                if (n == 0) throw BridgeThrow.Frame_Truncated("table message", _length - Remaining, _length);
+                if (n == 0) throw BridgeThrow.Frame_Truncated("a table message", _length - Remaining, _length);
                 Remaining -= n;
                 return n;
             }
