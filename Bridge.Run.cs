@@ -611,14 +611,36 @@ internal static partial class Bridge
             public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
         }
 
-        private sealed class FrameAllocator : NativeMemoryAllocator
+        /// <summary>
+        /// Batch bodies come from a pool rather than Arrow's NativeMemoryAllocator, which zero-fills
+        /// each body and reports it as GC memory pressure (forcing Gen2 collections at every few
+        /// batches); the reader overwrites every byte anyway. A body returns to the pool when the
+        /// sink disposes its batch. The pool keeps at most 4 bodies per power-of-two size up to 32 MiB
+        /// (the shim's batch size target), shared by all jobs; larger bodies are plain arrays.
+        /// </summary>
+        private sealed class FrameAllocator : MemoryAllocator
         {
+            private static readonly ArrayPool<byte> Bodies = ArrayPool<byte>.Create(maxArrayLength: 32 << 20, maxArraysPerBucket: 4);
+
             public FrameStream? Frame { get; set; }
 
             protected override IMemoryOwner<byte> AllocateInternal(int length, out int bytesAllocated)
             {
                 if (Frame is { } f && length > f.Remaining) throw BridgeThrow.Arrow_BodyTooLarge(length, f.Remaining);
-                return base.AllocateInternal(length, out bytesAllocated);
+                bytesAllocated = length;
+                return new PooledBody(Bodies.Rent(length), length);
+            }
+
+            private sealed class PooledBody(byte[] array, int length) : IMemoryOwner<byte>
+            {
+                private byte[]? _array = array;
+
+                public Memory<byte> Memory => _array is { } a ? a.AsMemory(0, length) : throw new ObjectDisposedException(nameof(PooledBody));
+
+                public void Dispose()
+                {
+                    if (Interlocked.Exchange(ref _array, null) is { } a) Bodies.Return(a);
+                }
             }
         }
 

@@ -167,9 +167,9 @@ internal static class BridgeThrow
     public static BridgeProtocolException Frame_Reserved(uint n) =>
         new($"guest sent reserved frame type 0x{n:X8}; this worker speaks the bridge protocol of SPEC §3 only (logs, errors, Arrow streams)");
     public static BridgeProtocolException Frame_TooLarge(string what, long length, long max) =>
-        new($"guest sent a {what} of {length} bytes; the limit is {max}");
+        new($"guest sent {what} of {length} bytes; the limit is {max}");
     public static BridgeProtocolException Frame_Truncated(string what, long got, long expected) =>
-        new($"guest closed the connection inside a {what} ({got} of {expected} bytes)");
+        new($"guest closed the connection inside {what} ({got} of {expected} bytes)");
     public static BridgeProtocolException Log_BadLevel(byte level) =>
         new($"guest sent a log frame with level {level}; expected 0..5");
     public static BridgeProtocolException Arrow_Malformed(long table, Exception e) =>

@@ -325,13 +325,15 @@ class ListColumn:
         self.values = values
         self.norm = None
         self.tz = None
-        self.nulls = None in values
+        self.nulls = False
         self.kind = self._infer()
 
     def _infer(self):
         values = self.values
         types = set(map(type, values))
-        types.discard(_NoneType)
+        if _NoneType in types:
+            self.nulls = True
+            types.discard(_NoneType)
         if not types:
             return NULL
         if len(types) == 1:
@@ -359,8 +361,10 @@ class ListColumn:
         values = self.values
         if kind == INT64:
             # filter(None, …) drops None and 0; 0 is always in range.
-            lo = min(filter(None, values), default=0)
-            hi = max(filter(None, values), default=0)
+            present = filter(None, values) if self.nulls else values
+            lo = min(present, default=0)
+            present = filter(None, values) if self.nulls else values
+            hi = max(present, default=0)
             if lo < _INT64_MIN or hi > _INT64_MAX:
                 return self._fallback()
         elif kind == TIMESTAMP:
@@ -538,13 +542,15 @@ def columns_from_dict(table):
 
 def columns_from_rows(rows):
     """A list of row dicts. Columns in first-seen key order; a key a row lacks is null there."""
-    shapes = dict.fromkeys(map(tuple, rows))
-    if len(shapes) == 1:
-        keys = next(iter(shapes))
-        if len(set(keys)) == len(keys):
-            from operator import itemgetter
-            return [ListColumn(_name(k), list(map(itemgetter(k), rows))) for k in keys], len(rows)
-    keys = list(dict.fromkeys(k for shape in shapes for k in shape))
+    first = rows[0]
+    if len(set(map(len, rows))) == 1:
+        # Same size as the first row and holding all its keys: the same key set.
+        from operator import itemgetter
+        try:
+            return [ListColumn(_name(k), list(map(itemgetter(k), rows))) for k in first], len(rows)
+        except KeyError:
+            pass
+    keys = list(dict.fromkeys(k for shape in dict.fromkeys(map(tuple, rows)) for k in shape))
     return [ListColumn(_name(k), list(map(dict.get, rows, repeat(k)))) for k in keys], len(rows)
 
 
