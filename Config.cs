@@ -1,5 +1,14 @@
-// Where Casparian keeps its state. Everything lives under one home directory so that a local
-// install is one folder to inspect, back up or delete.
+// Where Casparian keeps its state, and layered settings: every setting has one key, and its value
+// comes from the first of
+//   1. the command-line flag          --heartbeat-timeout 30
+//   2. the environment                CASPARIAN_HEARTBEAT_TIMEOUT=30
+//   3. the config file                heartbeat_timeout = 30
+//      (--config FILE, else ./casparian.toml, else $CASPARIAN_HOME/casparian.toml)
+//   4. the built-in default
+// `casparian config` prints the effective value of each setting and where it came from.
+using System.Globalization;
+using System.Text;
+
 namespace Casparian;
 
 internal static class Paths
@@ -8,7 +17,9 @@ internal static class Paths
     public static string Home =>
         Environment.GetEnvironmentVariable("CASPARIAN_HOME") is { Length: > 0 } home
             ? Path.GetFullPath(home)
-            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".casparian");
+            : DefaultHome;
+
+    public static string DefaultHome => Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".casparian");
 
     /// <summary>The embedded job store (sentinel, start, and the job/parser commands).</summary>
     public static string Db => Path.Combine(Home, "casparian.db");
@@ -30,4 +41,526 @@ internal static class Paths
 
     /// <summary>Worker state: its persistent id.</summary>
     public static string Worker => Path.Combine(Home, "worker");
+}
+
+internal enum SettingSource { Default, File, Environment, Flag }
+
+/// <summary>
+/// One setting. <see cref="Key"/> is the config-file key; the flag is <c>--key-with-dashes</c> and
+/// the environment variable <c>CASPARIAN_KEY</c>. <see cref="Parse"/> turns text (or a config-file
+/// array, for lists) into the typed value or returns an error phrased as "expected …".
+/// </summary>
+internal abstract class Setting(string key, string metavar, string help)
+{
+    public string Key { get; } = key;
+    public string Metavar { get; } = metavar;
+    public string Help { get; } = help;
+    public string FlagName => "--" + Key.Replace('_', '-');
+    public string EnvName => "CASPARIAN_" + Key.ToUpperInvariant();
+    public Flag Flag => new(FlagName, Metavar, Help);
+
+    public abstract bool TryParse(ConfigValue raw, string home, out object? value, out string expected);
+    public abstract object DefaultValue(Config config);
+    public abstract string Format(object? value);
+}
+
+internal sealed class Setting<T>(string key, string metavar, string help,
+    Func<ConfigValue, string, (bool Ok, T Value, string Expected)> parse, Func<Config, T> fallback, Func<T, string>? format = null)
+    : Setting(key, metavar, help)
+{
+    public override bool TryParse(ConfigValue raw, string home, out object? value, out string expected)
+    {
+        var (ok, v, exp) = parse(raw, home);
+        value = v;
+        expected = exp;
+        return ok;
+    }
+
+    public override object DefaultValue(Config config) => fallback(config)!;
+
+    public override string Format(object? value) => value is T t ? (format?.Invoke(t) ?? t.ToString() ?? "") : "";
+}
+
+/// <summary>A raw value: text (flag, environment, config-file scalar) or a config-file array.</summary>
+internal readonly record struct ConfigValue(string? Text, IReadOnlyList<string>? Items = null)
+{
+    public override string ToString() => Items is null ? Text ?? "" : "[" + string.Join(", ", Items) + "]";
+}
+
+internal readonly record struct Resolved(object Value, SettingSource Source, string Where);
+
+internal sealed class Config
+{
+    // ---- the settings ------------------------------------------------------------------------
+
+    public static readonly Setting<string> Home = new("home", "DIR", "state directory: store, environments, shim, logs, output",
+        Parsers.Dir, _ => Paths.DefaultHome);
+    public static readonly Setting<string> Db = new("db", "PATH", "job store (SQLite file)",
+        Parsers.File, c => Path.Combine(c.HomeDir, "casparian.db"));
+    public static readonly Setting<string> Bind = new("bind", "ADDR", "address the sentinel binds (tcp://HOST:PORT or ipc://PATH)",
+        Parsers.Address, _ => "tcp://127.0.0.1:5555");
+    public static readonly Setting<string> Connect = new("connect", "ADDR", "sentinel address a worker connects to",
+        Parsers.Address, _ => "tcp://127.0.0.1:5555");
+    public static readonly Setting<string> Output = new("output", "DIR", "root directory for Parquet output",
+        Parsers.Dir, c => Path.Combine(c.HomeDir, "output"));
+    public static readonly Setting<IReadOnlyList<string>> AllowedRoots = new("allowed_roots", "DIRS",
+        "absolute directories a sink's file:// uri may point into (':'-separated; TOML array)",
+        Parsers.DirList, _ => [], v => string.Join(":", v));
+    public static readonly Setting<bool> Lineage = new("lineage", "BOOL", "add _job_id and _file_version_id columns to every table",
+        Parsers.Bool, _ => true, v => v ? "true" : "false");
+    public static readonly Setting<string> Venvs = new("venvs", "DIR", "directory of content-addressed Python environments",
+        Parsers.Dir, c => Path.Combine(c.HomeDir, "venvs"));
+    public static readonly Setting<long> VenvBudget = new("venv_budget", "SIZE", "evict least-recently-used environments above this size (e.g. 10GB)",
+        Parsers.Size, _ => 10L << 30, Parsers.FormatSize);
+    public static readonly Setting<string> Wheelhouse = new("wheelhouse", "DIR", "local wheels for offline environment builds (pip --find-links)",
+        Parsers.OptionalDir, _ => "");
+    public static readonly Setting<string> Python = new("python", "CMD", "interpreter for parsers without an environment (a name on PATH or a path)",
+        Parsers.Text, _ => "python3");
+    public static readonly Setting<int> Slots = new("slots", "N", "jobs a worker runs at once",
+        Parsers.Int(1, 1024), _ => Environment.ProcessorCount);
+    public static readonly Setting<string> WorkerId = new("worker_id", "ID", "worker id (default: generated once and kept under HOME/worker)",
+        Parsers.Text, _ => "");
+    public static readonly Setting<TimeSpan> HeartbeatInterval = new("heartbeat_interval", "SECONDS", "how often a worker sends HEARTBEAT",
+        Parsers.Duration, _ => TimeSpan.FromSeconds(5), Parsers.FormatDuration);
+    public static readonly Setting<TimeSpan> HeartbeatTimeout = new("heartbeat_timeout", "SECONDS", "a worker silent this long is dropped and its jobs requeued",
+        Parsers.Duration, _ => TimeSpan.FromSeconds(60), Parsers.FormatDuration);
+    public static readonly Setting<int> RetryLimit = new("retry_limit", "N", "transient failures retried before a job is FAILED",
+        Parsers.Int(0, 100), _ => 3);
+    public static readonly Setting<TimeSpan> RetryBackoff = new("retry_backoff", "SECONDS", "first retry delay; doubles with each retry",
+        Parsers.Duration, _ => TimeSpan.FromSeconds(2), Parsers.FormatDuration);
+    public static readonly Setting<TimeSpan> JobTimeout = new("job_timeout", "SECONDS", "total time a job may run before it is killed",
+        Parsers.Duration, _ => TimeSpan.FromHours(1), Parsers.FormatDuration);
+    public static readonly Setting<TimeSpan> ConnectTimeout = new("connect_timeout", "SECONDS", "time for a parser process to connect back",
+        Parsers.Duration, _ => TimeSpan.FromSeconds(30), Parsers.FormatDuration);
+    public static readonly Setting<TimeSpan> IdleTimeout = new("idle_timeout", "SECONDS", "time a parser may stay silent before it is killed",
+        Parsers.Duration, _ => TimeSpan.FromSeconds(60), Parsers.FormatDuration);
+    public static readonly Setting<TimeSpan> ShutdownGrace = new("shutdown_grace", "SECONDS", "on SIGTERM, time running jobs get to finish before they are aborted",
+        Parsers.Duration, _ => TimeSpan.FromSeconds(30), Parsers.FormatDuration);
+    public static readonly Setting<long> LogLimit = new("log_limit", "SIZE", "per-job parser log cap (e.g. 10MB)",
+        Parsers.Size, _ => 10L << 20, Parsers.FormatSize);
+
+    public static readonly Setting[] All =
+    [
+        Home, Db, Bind, Connect, Output, AllowedRoots, Lineage, Venvs, VenvBudget, Wheelhouse, Python, Slots, WorkerId,
+        HeartbeatInterval, HeartbeatTimeout, RetryLimit, RetryBackoff, JobTimeout, ConnectTimeout, IdleTimeout, ShutdownGrace, LogLimit,
+    ];
+
+    public static readonly Flag ConfigFlag = new("--config", "FILE", "config file (default ./casparian.toml, else HOME/casparian.toml)");
+
+    /// <summary>The flags of a command that reads <paramref name="settings"/>: theirs plus --config and --home.</summary>
+    public static Flag[] Flags(params Setting[] settings) =>
+        [.. settings.Where(s => s != Home).Select(s => s.Flag), Home.Flag, ConfigFlag];
+
+    // ---- resolution --------------------------------------------------------------------------
+
+    private readonly Dictionary<string, Resolved> _values = new(StringComparer.Ordinal);
+    private readonly Args? _args;
+    private readonly IReadOnlyDictionary<string, string?> _env;
+    private readonly ConfigFile? _file;
+    private readonly string _workingDirectory;
+
+    public string HomeDir { get; }
+
+    /// <summary>The config file that was read, if any.</summary>
+    public string? FilePath => _file?.Path;
+
+    private Config(Args? args, IReadOnlyDictionary<string, string?> env, ConfigFile? file, string workingDirectory)
+    {
+        _args = args;
+        _env = env;
+        _file = file;
+        _workingDirectory = workingDirectory;
+        HomeDir = "";
+        HomeDir = (string)Resolve(Home).Value;
+    }
+
+    /// <summary>Resolves settings for a command from its flags, the process environment and the config file.</summary>
+    public static Config Load(Args args) => Load(args, ReadEnvironment(), Directory.GetCurrentDirectory());
+
+    public static Config Load(Args? args, IReadOnlyDictionary<string, string?> env, string workingDirectory)
+    {
+        string? explicitFile = args?.Get(ConfigFlag.Name);
+        ConfigFile? file;
+        if (explicitFile is not null)
+        {
+            string full = Path.GetFullPath(explicitFile, workingDirectory);
+            if (!File.Exists(full)) throw new InputException($"config file {full} does not exist (given by --config)");
+            file = ConfigFile.Read(full);
+        }
+        else
+        {
+            string local = Path.Combine(workingDirectory, "casparian.toml");
+            file = File.Exists(local) ? ConfigFile.Read(local) : null;
+            if (file is null)
+            {
+                // The home directory can itself come from a flag or the environment, but not from the file inside it.
+                var probe = new Config(args, env, null, workingDirectory);
+                string inHome = Path.Combine(probe.HomeDir, "casparian.toml");
+                if (File.Exists(inHome)) file = ConfigFile.Read(inHome);
+            }
+        }
+        var config = new Config(args, env, file, workingDirectory);
+        // Every key is validated up front, so a typo or bad value in any layer fails before work starts.
+        foreach (var s in All) config.Resolve(s);
+        return config;
+    }
+
+    private static Dictionary<string, string?> ReadEnvironment()
+    {
+        var env = new Dictionary<string, string?>(StringComparer.Ordinal);
+        foreach (System.Collections.DictionaryEntry e in Environment.GetEnvironmentVariables())
+            if (e.Key is string k && k.StartsWith("CASPARIAN_", StringComparison.Ordinal)) env[k] = e.Value as string;
+        return env;
+    }
+
+    public T Get<T>(Setting<T> setting) => (T)Resolve(setting).Value;
+
+    public Resolved Describe(Setting setting) => Resolve(setting);
+
+    private Resolved Resolve(Setting s)
+    {
+        if (_values.TryGetValue(s.Key, out var done)) return done;
+        // Relative paths are relative to where they were written: the working directory for flags and
+        // the environment, the file's folder for the config file.
+        Resolved r;
+        if (_args?.Get(s.FlagName) is { } flagText)
+            r = Parse(s, new ConfigValue(flagText), _workingDirectory, SettingSource.Flag, s.FlagName, $"flag {s.FlagName}");
+        else if (_env.TryGetValue(s.EnvName, out var envText) && envText is { Length: > 0 })
+            r = Parse(s, new ConfigValue(envText), _workingDirectory, SettingSource.Environment, s.EnvName, $"environment variable {s.EnvName}");
+        else if (_file is not null && _file.Values.TryGetValue(s.Key, out var entry))
+            r = Parse(s, entry.Value, Path.GetDirectoryName(_file.Path)!, SettingSource.File, $"{_file.Path}:{entry.Line}", $"key '{s.Key}' in {_file.Path} line {entry.Line}");
+        else
+            r = new Resolved(s.DefaultValue(this), SettingSource.Default, "default");
+        _values[s.Key] = r;
+        return r;
+    }
+
+    private static Resolved Parse(Setting s, ConfigValue raw, string baseDir, SettingSource source, string where, string what)
+    {
+        if (!s.TryParse(raw, baseDir, out var value, out var expected))
+        {
+            string message = $"bad value {Quote(raw)} for {what}: expected {expected}";
+            if (source == SettingSource.Flag) throw new UsageException(message);
+            throw new InputException(message);
+        }
+        return new Resolved(value!, source, where);
+    }
+
+    private static string Quote(ConfigValue raw) => raw.Items is null ? $"'{raw.Text}'" : raw.ToString();
+
+    // ---- `casparian config` ------------------------------------------------------------------
+
+    internal static readonly Command Command = new("config", "print every setting's effective value and where it came from",
+        "config [--config FILE]", Flags([.. All]), args =>
+        {
+            args.RequirePositionals(0, 0);
+            var config = Load(args);
+            Console.Out.Write(config.Render());
+            return 0;
+        });
+
+    public string Render()
+    {
+        var sb = new StringBuilder();
+        sb.Append("# config file: ").AppendLine(_file?.Path ?? "none (looked for --config, ./casparian.toml, HOME/casparian.toml)");
+        int width = All.Max(s => s.Key.Length);
+        foreach (var s in All)
+        {
+            var r = Resolve(s);
+            string value = s.Format(r.Value);
+            string shown = r.Value is IReadOnlyList<string> || value.Length > 0 ? TomlQuote(value, r.Value) : "\"\"";
+            sb.Append(s.Key.PadRight(width)).Append(" = ").Append(shown.PadRight(36)).Append(" # ").AppendLine(r.Where);
+        }
+        return sb.ToString();
+    }
+
+    // Bare where TOML allows (booleans, plain numbers), quoted otherwise: "10GB" and "30s" are strings.
+    private static string TomlQuote(string text, object value) => value switch
+    {
+        IReadOnlyList<string> list => "[" + string.Join(", ", list.Select(Quoted)) + "]",
+        _ when text is "true" or "false" || long.TryParse(text, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out _) => text,
+        _ => Quoted(text),
+    };
+
+    private static string Quoted(string text) => "\"" + text.Replace("\\", "\\\\").Replace("\"", "\\\"") + "\"";
+}
+
+/// <summary>Value parsers shared by the settings; each returns (ok, value, what was expected).</summary>
+internal static class Parsers
+{
+    public static (bool, string, string) Text(ConfigValue raw, string baseDir) =>
+        raw.Items is null && raw.Text is { } t ? (true, t, "") : (false, "", "a string");
+
+    public static (bool, string, string) Dir(ConfigValue raw, string baseDir) => PathValue(raw, baseDir, "a directory path");
+
+    public static (bool, string, string) File(ConfigValue raw, string baseDir) => PathValue(raw, baseDir, "a file path");
+
+    public static (bool, string, string) OptionalDir(ConfigValue raw, string baseDir) =>
+        raw.Items is null && raw.Text is "" ? (true, "", "") : PathValue(raw, baseDir, "a directory path");
+
+    private static (bool, string, string) PathValue(ConfigValue raw, string baseDir, string expected)
+    {
+        if (raw.Items is not null || string.IsNullOrWhiteSpace(raw.Text) || raw.Text.Contains('\0')) return (false, "", expected);
+        return (true, ExpandPath(raw.Text, baseDir), "");
+    }
+
+    /// <summary>~ expands to the user's home; a relative path is relative to where it was written (cwd, or the config file's folder).</summary>
+    public static string ExpandPath(string text, string baseDir)
+    {
+        if (text == "~" || text.StartsWith("~/", StringComparison.Ordinal))
+            text = Environment.GetFolderPath(Environment.SpecialFolder.UserProfile) + text[1..];
+        return Path.GetFullPath(text, Path.IsPathRooted(text) ? "/" : (baseDir.Length > 0 ? baseDir : Directory.GetCurrentDirectory()));
+    }
+
+    public static (bool, IReadOnlyList<string>, string) DirList(ConfigValue raw, string baseDir)
+    {
+        const string Expected = "absolute directory paths (':'-separated, or a TOML array of strings)";
+        IEnumerable<string> items = raw.Items ?? (raw.Text ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        var list = new List<string>();
+        foreach (var item in items)
+        {
+            if (!Path.IsPathRooted(item) && !item.StartsWith('~')) return (false, [], Expected);
+            list.Add(ExpandPath(item, baseDir));
+        }
+        return (true, list, "");
+    }
+
+    public static (bool, string, string) Address(ConfigValue raw, string baseDir)
+    {
+        const string Expected = "tcp://HOST:PORT or ipc://PATH";
+        if (raw.Items is not null || raw.Text is not { } t) return (false, "", Expected);
+        if (t.StartsWith("ipc://", StringComparison.Ordinal) && t.Length > 6) return (true, t, "");
+        if (t.StartsWith("tcp://", StringComparison.Ordinal))
+        {
+            int colon = t.LastIndexOf(':');
+            if (colon > 6 && (t[(colon + 1)..] == "*" || ushort.TryParse(t[(colon + 1)..], NumberStyles.None, CultureInfo.InvariantCulture, out _)))
+                return (true, t, "");
+        }
+        return (false, "", Expected);
+    }
+
+    public static (bool, bool, string) Bool(ConfigValue raw, string baseDir) => raw.Text?.ToLowerInvariant() switch
+    {
+        "true" or "1" or "yes" or "on" => (true, true, ""),
+        "false" or "0" or "no" or "off" => (true, false, ""),
+        _ => (false, false, "true or false"),
+    };
+
+    public static Func<ConfigValue, string, (bool, int, string)> Int(int min, int max) => (raw, _) =>
+        raw.Items is null && int.TryParse(raw.Text, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out int v) && v >= min && v <= max
+            ? (true, v, "")
+            : (false, 0, $"an integer from {min} to {max}");
+
+    /// <summary>Seconds as a number ("30", "0.5"), or with a unit: 500ms, 30s, 5m, 2h.</summary>
+    public static (bool, TimeSpan, string) Duration(ConfigValue raw, string baseDir)
+    {
+        const string Expected = "a positive duration: seconds (30, 0.5) or with a unit (500ms, 30s, 5m, 2h)";
+        if (raw.Items is not null || raw.Text is not { } t) return (false, default, Expected);
+        t = t.Trim().ToLowerInvariant();
+        (string number, double scale) = t switch
+        {
+            _ when t.EndsWith("ms", StringComparison.Ordinal) => (t[..^2], 0.001),
+            _ when t.EndsWith('s') => (t[..^1], 1),
+            _ when t.EndsWith('m') => (t[..^1], 60),
+            _ when t.EndsWith('h') => (t[..^1], 3600),
+            _ => (t, 1),
+        };
+        if (!double.TryParse(number, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) || !(v > 0) || double.IsInfinity(v) || v * scale > 365 * 86400)
+            return (false, default, Expected);
+        return (true, TimeSpan.FromSeconds(v * scale), "");
+    }
+
+    public static string FormatDuration(TimeSpan t) =>
+        t.TotalSeconds >= 1 && t.TotalSeconds == Math.Floor(t.TotalSeconds)
+            ? t.TotalSeconds.ToString(CultureInfo.InvariantCulture) + "s"
+            : t.TotalMilliseconds.ToString(CultureInfo.InvariantCulture) + "ms";
+
+    /// <summary>Bytes as a number, or with a unit: 500KB, 10MB, 2GB, 1TB (powers of 1024).</summary>
+    public static (bool, long, string) Size(ConfigValue raw, string baseDir)
+    {
+        const string Expected = "a size in bytes, or with a unit (500KB, 10MB, 2GB)";
+        if (raw.Items is not null || raw.Text is not { } t) return (false, 0, Expected);
+        t = t.Trim().ToUpperInvariant();
+        if (t.EndsWith("IB", StringComparison.Ordinal)) t = t[..^2] + "B";
+        (string number, long scale) = t switch
+        {
+            _ when t.EndsWith("KB", StringComparison.Ordinal) => (t[..^2], 1L << 10),
+            _ when t.EndsWith("MB", StringComparison.Ordinal) => (t[..^2], 1L << 20),
+            _ when t.EndsWith("GB", StringComparison.Ordinal) => (t[..^2], 1L << 30),
+            _ when t.EndsWith("TB", StringComparison.Ordinal) => (t[..^2], 1L << 40),
+            _ when t.EndsWith('B') => (t[..^1], 1),
+            _ => (t, 1),
+        };
+        if (!double.TryParse(number.Trim(), NumberStyles.Float, CultureInfo.InvariantCulture, out double v) || !(v >= 0) || v * scale > long.MaxValue / 2)
+            return (false, 0, Expected);
+        return (true, (long)(v * scale), "");
+    }
+
+    public static string FormatSize(long bytes) => bytes switch
+    {
+        _ when bytes >= 1L << 30 && bytes % (1L << 30) == 0 => $"{bytes >> 30}GB",
+        _ when bytes >= 1L << 20 && bytes % (1L << 20) == 0 => $"{bytes >> 20}MB",
+        _ when bytes >= 1L << 10 && bytes % (1L << 10) == 0 => $"{bytes >> 10}KB",
+        _ => bytes.ToString(CultureInfo.InvariantCulture),
+    };
+}
+
+/// <summary>
+/// The subset of TOML a settings file needs: top-level <c>key = value</c> lines with strings
+/// ("basic" and 'literal'), integers, floats, booleans and one-line arrays of strings; # comments.
+/// Anything else is an error naming the file and line. Unknown keys are errors too: a typo must not
+/// silently fall back to a default.
+/// </summary>
+internal sealed class ConfigFile
+{
+    public required string Path { get; init; }
+    public required Dictionary<string, (ConfigValue Value, int Line)> Values { get; init; }
+
+    public static ConfigFile Read(string path)
+    {
+        string[] lines;
+        try
+        {
+            lines = System.IO.File.ReadAllLines(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new InputException($"cannot read config file {path}: {e.Message}", e);
+        }
+        var values = new Dictionary<string, (ConfigValue, int)>(StringComparer.Ordinal);
+        for (int i = 0; i < lines.Length; i++)
+        {
+            int lineNo = i + 1;
+            string line = lines[i].Trim();
+            if (line.Length == 0 || line[0] == '#') continue;
+            if (line[0] == '[')
+                throw Bad(path, lineNo, $"tables such as {line} are not used; write settings as top-level keys (see 'casparian config')");
+            int eq = line.IndexOf('=');
+            if (eq <= 0) throw Bad(path, lineNo, "expected key = value");
+            string key = line[..eq].Trim();
+            if (key.Length > 1 && key[0] == '"' && key[^1] == '"') key = key[1..^1];
+            if (Array.Find(Config.All, s => s.Key == key) is null)
+                throw Bad(path, lineNo, $"unknown key '{key}'{Suggest(key)}; known keys: {string.Join(", ", Config.All.Select(s => s.Key))}");
+            if (values.ContainsKey(key)) throw Bad(path, lineNo, $"key '{key}' is set twice");
+            var value = ParseValue(line.AsSpan(eq + 1), out string? error);
+            if (error is not null) throw Bad(path, lineNo, $"bad value for '{key}': {error}");
+            values[key] = (value, lineNo);
+        }
+        return new ConfigFile { Path = path, Values = values };
+    }
+
+    private static InputException Bad(string path, int line, string message) => new($"config file {path} line {line}: {message}");
+
+    private static string Suggest(string key)
+    {
+        var best = Config.All.Select(s => (s.Key, Distance: Levenshtein(key, s.Key))).MinBy(p => p.Distance);
+        return best.Distance <= 2 ? $" (did you mean '{best.Key}'?)" : "";
+    }
+
+    private static int Levenshtein(string a, string b)
+    {
+        var prev = new int[b.Length + 1];
+        var cur = new int[b.Length + 1];
+        for (int j = 0; j <= b.Length; j++) prev[j] = j;
+        for (int i = 1; i <= a.Length; i++)
+        {
+            cur[0] = i;
+            for (int j = 1; j <= b.Length; j++)
+                cur[j] = Math.Min(Math.Min(cur[j - 1] + 1, prev[j] + 1), prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1));
+            (prev, cur) = (cur, prev);
+        }
+        return prev[b.Length];
+    }
+
+    private static ConfigValue ParseValue(ReadOnlySpan<char> text, out string? error)
+    {
+        int pos = 0;
+        SkipSpace(text, ref pos);
+        ConfigValue value;
+        if (pos < text.Length && text[pos] == '[')
+        {
+            pos++;
+            var items = new List<string>();
+            while (true)
+            {
+                SkipSpace(text, ref pos);
+                if (pos < text.Length && text[pos] == ']') { pos++; break; }
+                string? item = ParseScalar(text, ref pos, out error);
+                if (error is not null) return default;
+                items.Add(item!);
+                SkipSpace(text, ref pos);
+                if (pos < text.Length && text[pos] == ',') { pos++; continue; }
+                if (pos < text.Length && text[pos] == ']') { pos++; break; }
+                error = "an array must be on one line: [\"a\", \"b\"]";
+                return default;
+            }
+            value = new ConfigValue(null, items);
+        }
+        else
+        {
+            string? scalar = ParseScalar(text, ref pos, out error);
+            if (error is not null) return default;
+            value = new ConfigValue(scalar);
+        }
+        SkipSpace(text, ref pos);
+        if (pos < text.Length && text[pos] != '#')
+        {
+            error = $"unexpected text after the value: '{text[pos..].ToString()}'";
+            return default;
+        }
+        error = null;
+        return value;
+    }
+
+    private static void SkipSpace(ReadOnlySpan<char> text, ref int pos)
+    {
+        while (pos < text.Length && text[pos] is ' ' or '\t') pos++;
+    }
+
+    private static string? ParseScalar(ReadOnlySpan<char> text, ref int pos, out string? error)
+    {
+        error = null;
+        if (pos >= text.Length) { error = "missing value"; return null; }
+        char c = text[pos];
+        if (c == '\'')
+        {
+            int end = text[(pos + 1)..].IndexOf('\'');
+            if (end < 0) { error = "unterminated 'string'"; return null; }
+            string s = text.Slice(pos + 1, end).ToString();
+            pos += end + 2;
+            return s;
+        }
+        if (c == '"')
+        {
+            var sb = new StringBuilder();
+            for (pos++; pos < text.Length; pos++)
+            {
+                char ch = text[pos];
+                if (ch == '"') { pos++; return sb.ToString(); }
+                if (ch != '\\') { sb.Append(ch); continue; }
+                if (++pos >= text.Length) break;
+                switch (text[pos])
+                {
+                    case '"': sb.Append('"'); break;
+                    case '\\': sb.Append('\\'); break;
+                    case 'n': sb.Append('\n'); break;
+                    case 't': sb.Append('\t'); break;
+                    case 'u' when pos + 4 < text.Length && ushort.TryParse(text.Slice(pos + 1, 4), NumberStyles.HexNumber, CultureInfo.InvariantCulture, out ushort u):
+                        sb.Append((char)u);
+                        pos += 4;
+                        break;
+                    default: error = $"unknown escape \\{text[pos]}"; return null;
+                }
+            }
+            error = "unterminated \"string\"";
+            return null;
+        }
+        int start = pos;
+        while (pos < text.Length && text[pos] is not (' ' or '\t' or ',' or ']' or '#')) pos++;
+        string bare = text[start..pos].ToString().Replace("_", "");
+        if (bare is "true" or "false") return bare;
+        if (double.TryParse(bare, NumberStyles.Float | NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out _)) return bare;
+        error = $"'{bare}' is not a TOML value (strings need quotes)";
+        return null;
+    }
 }

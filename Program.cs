@@ -2,6 +2,7 @@
 // one catch maps every failure to a documented exit code with one line on stderr.
 using System.Diagnostics.CodeAnalysis;
 using System.Reflection;
+using System.Runtime.InteropServices;
 using System.Runtime.CompilerServices;
 using System.Text;
 
@@ -193,6 +194,38 @@ internal sealed class Args
     }
 }
 
+/// <summary>
+/// SIGINT/SIGTERM for long-running roles: the first signal cancels <see cref="Token"/> so the role
+/// stops cleanly; a second one gets the default action (the process ends at once).
+/// </summary>
+internal sealed class ShutdownSignal : IDisposable
+{
+    private readonly CancellationTokenSource _cts = new();
+    private readonly PosixSignalRegistration[] _registrations;
+
+    public ShutdownSignal(Action<string>? log = null)
+    {
+        _registrations = [Register(PosixSignal.SIGINT, log), Register(PosixSignal.SIGTERM, log)];
+    }
+
+    public CancellationToken Token => _cts.Token;
+
+    private PosixSignalRegistration Register(PosixSignal signal, Action<string>? log) =>
+        PosixSignalRegistration.Create(signal, context =>
+        {
+            if (_cts.IsCancellationRequested) return;
+            context.Cancel = true;
+            log?.Invoke($"{signal} received; stopping (send it again to exit at once)");
+            _cts.Cancel();
+        });
+
+    public void Dispose()
+    {
+        foreach (var r in _registrations) r.Dispose();
+        _cts.Dispose();
+    }
+}
+
 internal static class Program
 {
     public static string Version =>
@@ -215,6 +248,7 @@ internal static class Program
         NotBuilt("parser", "register and list parsers (register|ls)", "parser register|ls …", issue: 3),
         NotBuilt("job", "queue and manage jobs (add|show|retry|cancel)", "job add|show|retry|cancel …", issue: 3),
         NotBuilt("jobs", "list jobs and counts per state", "jobs [--state S]", issue: 3),
+        Config.Command,
         VersionCommand,
     ];
 

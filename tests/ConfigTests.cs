@@ -1,0 +1,201 @@
+using Xunit;
+
+namespace Casparian.Tests;
+
+public sealed class ConfigTests : IDisposable
+{
+    private readonly TempDir _dir = new();
+
+    public void Dispose() => _dir.Dispose();
+
+    private static Args Flags(params string[] argv) => Args.Parse("config", "config", Config.Flags([.. Config.All]), argv);
+
+    private static Dictionary<string, string?> Env(params (string Key, string Value)[] vars) =>
+        vars.ToDictionary(v => v.Key, v => (string?)v.Value);
+
+    private string WriteToml(string text, string name = "casparian.toml")
+    {
+        string path = _dir.File(name);
+        File.WriteAllText(path, text);
+        return path;
+    }
+
+    [Fact]
+    public void Config_Precedence_FlagOverEnvOverFileOverDefault()
+    {
+        WriteToml("slots = 3\nretry_limit = 7\nheartbeat_timeout = 45\n");
+        var env = Env(("CASPARIAN_SLOTS", "5"), ("CASPARIAN_RETRY_LIMIT", "9"));
+        var c = Config.Load(Flags("--slots", "2"), env, _dir.Path);
+
+        Assert.Equal(2, c.Get(Config.Slots));
+        Assert.Equal(SettingSource.Flag, c.Describe(Config.Slots).Source);
+        Assert.Equal(9, c.Get(Config.RetryLimit));
+        Assert.Equal(SettingSource.Environment, c.Describe(Config.RetryLimit).Source);
+        Assert.Equal(TimeSpan.FromSeconds(45), c.Get(Config.HeartbeatTimeout));
+        Assert.Equal(SettingSource.File, c.Describe(Config.HeartbeatTimeout).Source);
+        Assert.Equal($"{_dir.File("casparian.toml")}:3", c.Describe(Config.HeartbeatTimeout).Where);
+        Assert.Equal(TimeSpan.FromSeconds(30), c.Get(Config.ConnectTimeout));
+        Assert.Equal(SettingSource.Default, c.Describe(Config.ConnectTimeout).Source);
+    }
+
+    [Fact]
+    public void Config_HomeDefaults_FollowHome()
+    {
+        string home = Path.Combine(_dir.Path, "h");
+        var c = Config.Load(Flags(), Env(("CASPARIAN_HOME", home)), _dir.Path);
+        Assert.Equal(home, c.HomeDir);
+        Assert.Equal(Path.Combine(home, "casparian.db"), c.Get(Config.Db));
+        Assert.Equal(Path.Combine(home, "output"), c.Get(Config.Output));
+        Assert.Equal(Path.Combine(home, "venvs"), c.Get(Config.Venvs));
+    }
+
+    [Fact]
+    public void Config_File_FoundInHomeWhenNotInWorkingDirectory()
+    {
+        string home = Path.Combine(_dir.Path, "h");
+        Directory.CreateDirectory(home);
+        File.WriteAllText(Path.Combine(home, "casparian.toml"), "slots = 11\n");
+        string cwd = Path.Combine(_dir.Path, "elsewhere");
+        Directory.CreateDirectory(cwd);
+        var c = Config.Load(Flags(), Env(("CASPARIAN_HOME", home)), cwd);
+        Assert.Equal(11, c.Get(Config.Slots));
+        Assert.Equal(Path.Combine(home, "casparian.toml"), c.FilePath);
+    }
+
+    [Fact]
+    public void Config_ExplicitFile_WinsOverWorkingDirectoryFile()
+    {
+        WriteToml("slots = 3\n");
+        string other = WriteToml("slots = 4\n", "other.toml");
+        Assert.Equal(4, Config.Load(Flags("--config", other), Env(), _dir.Path).Get(Config.Slots));
+    }
+
+    [Fact]
+    public void Config_RelativePaths_ResolveAgainstWhereTheyWereWritten()
+    {
+        string sub = Path.Combine(_dir.Path, "conf");
+        Directory.CreateDirectory(sub);
+        string file = Path.Combine(sub, "c.toml");
+        File.WriteAllText(file, "output = \"out\"\nvenvs = '~/v'\n");
+        var c = Config.Load(Flags("--config", file, "--db", "x.db"), Env(), _dir.Path);
+        Assert.Equal(Path.Combine(sub, "out"), c.Get(Config.Output));
+        Assert.Equal(Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), "v"), c.Get(Config.Venvs));
+        Assert.Equal(Path.Combine(_dir.Path, "x.db"), c.Get(Config.Db));
+    }
+
+    [Fact]
+    public void Config_Values_ParseUnitsListsAndBooleans()
+    {
+        WriteToml("""
+            # every kind of value
+            venv_budget = "2GB"        # size with a unit
+            log_limit = 1_048_576
+            job_timeout = "5m"
+            idle_timeout = 0.5
+            lineage = false
+            allowed_roots = ["/data/a", "/data/b"]
+            bind = "ipc:///tmp/c.sock"
+            """);
+        var c = Config.Load(Flags(), Env(), _dir.Path);
+        Assert.Equal(2L << 30, c.Get(Config.VenvBudget));
+        Assert.Equal(1L << 20, c.Get(Config.LogLimit));
+        Assert.Equal(TimeSpan.FromMinutes(5), c.Get(Config.JobTimeout));
+        Assert.Equal(TimeSpan.FromMilliseconds(500), c.Get(Config.IdleTimeout));
+        Assert.False(c.Get(Config.Lineage));
+        Assert.Equal(["/data/a", "/data/b"], c.Get(Config.AllowedRoots));
+        Assert.Equal("ipc:///tmp/c.sock", c.Get(Config.Bind));
+    }
+
+    public static TheoryData<string, string> BadFiles => new()
+    {
+        // A typo in a key: named, with the closest known key suggested.
+        { "slot = 4\n", "line 1: unknown key 'slot' (did you mean 'slots'?)" },
+        // A value of the wrong kind.
+        { "\nslots = \"four\"\n", "bad value 'four' for key 'slots' in {file} line 2: expected an integer from 1 to 1024" },
+        // Out of range.
+        { "slots = 0\n", "bad value '0' for key 'slots' in {file} line 1: expected an integer from 1 to 1024" },
+        // A bare word where a string needs quotes.
+        { "bind = tcp://x:1\n", "line 1: bad value for 'bind': 'tcp://x:1' is not a TOML value (strings need quotes)" },
+        // An address without a scheme.
+        { "bind = \"localhost:5555\"\n", "expected tcp://HOST:PORT or ipc://PATH" },
+        // A TOML table: settings are flat.
+        { "[worker]\nslots = 2\n", "line 1: tables such as [worker] are not used" },
+        // The same key twice.
+        { "slots = 1\nslots = 2\n", "line 2: key 'slots' is set twice" },
+        // A duration that is not one.
+        { "job_timeout = \"soon\"\n", "expected a positive duration" },
+        // An unterminated string.
+        { "python = \"python3\n", "unterminated \"string\"" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadFiles))]
+    public void Config_BadFile_NamesFileKeyAndCause(string toml, string expected)
+    {
+        string file = WriteToml(toml);
+        var e = Assert.Throws<InputException>(() => Config.Load(Flags(), Env(), _dir.Path));
+        Assert.Contains(expected.Replace("{file}", file), e.Message);
+        Assert.Contains(file, e.Message);
+        Assert.Equal(ExitCode.BadInput, e.Code);
+    }
+
+    [Fact]
+    public void Config_BadEnvironmentValue_NamesTheVariable()
+    {
+        var e = Assert.Throws<InputException>(() => Config.Load(Flags(), Env(("CASPARIAN_HEARTBEAT_TIMEOUT", "-3")), _dir.Path));
+        Assert.StartsWith("bad value '-3' for environment variable CASPARIAN_HEARTBEAT_TIMEOUT: expected a positive duration", e.Message);
+    }
+
+    [Fact]
+    public void Config_BadFlagValue_IsAUsageError()
+    {
+        var e = Assert.Throws<UsageException>(() => Config.Load(Flags("--venv-budget", "lots"), Env(), _dir.Path));
+        Assert.StartsWith("bad value 'lots' for flag --venv-budget: expected a size", e.Message);
+    }
+
+    [Fact]
+    public void Config_MissingExplicitFile_IsBadInput()
+    {
+        var e = Assert.Throws<InputException>(() => Config.Load(Flags("--config", "nope.toml"), Env(), _dir.Path));
+        Assert.Equal($"config file {_dir.File("nope.toml")} does not exist (given by --config)", e.Message);
+    }
+
+    [Fact]
+    public void Config_Render_RoundTripsThroughTheFileParser()
+    {
+        // What `casparian config` prints is itself a valid config file with the same values.
+        WriteToml("allowed_roots = [\"/srv/data\"]\nlineage = false\nvenv_budget = \"3GB\"\n");
+        var first = Config.Load(Flags(), Env(), _dir.Path);
+        string rendered = first.Render();
+        string copy = WriteToml(rendered, "rendered.toml");
+        var second = Config.Load(Flags("--config", copy), Env(), _dir.Path);
+        foreach (var s in Config.All)
+            Assert.Equal(s.Format(first.Describe(s).Value), s.Format(second.Describe(s).Value));
+    }
+
+    [Fact]
+    public void Config_Command_PrintsEffectiveValuesAndSources()
+    {
+        string home = Path.Combine(_dir.Path, "home");
+        WriteToml("retry_limit = 6\n");
+        var r = Proc.Run(Repo.Binary, ["config", "--slots", "3"], workingDirectory: _dir.Path,
+            environment: new Dictionary<string, string?> { ["CASPARIAN_HOME"] = home, ["CASPARIAN_HEARTBEAT_TIMEOUT"] = "90s" });
+        Assert.True(r.ExitCode == 0, r.ToString());
+        string[] lines = r.Stdout.Split('\n');
+        Assert.Contains(lines, l => l.StartsWith("slots ") && l.Contains("= 3 ") && l.EndsWith("# --slots"));
+        Assert.Contains(lines, l => l.StartsWith("heartbeat_timeout ") && l.Contains("\"90s\"") && l.EndsWith("# CASPARIAN_HEARTBEAT_TIMEOUT"));
+        Assert.Contains(lines, l => l.StartsWith("retry_limit ") && l.Contains("= 6 ") && l.EndsWith($"# {_dir.File("casparian.toml")}:1"));
+        Assert.Contains(lines, l => l.StartsWith("db ") && l.Contains(Path.Combine(home, "casparian.db")) && l.EndsWith("# default"));
+    }
+
+    [Fact]
+    public void Config_Command_TypoInFileExits3WithOneLine()
+    {
+        WriteToml("heartbeat_timout = 5\n");
+        var r = Proc.Run(Repo.Binary, ["config"], workingDirectory: _dir.Path,
+            environment: new Dictionary<string, string?> { ["CASPARIAN_HOME"] = _dir.File("home") });
+        Assert.Equal(3, r.ExitCode);
+        Assert.Equal($"error: config file {_dir.File("casparian.toml")} line 1: unknown key 'heartbeat_timout' (did you mean 'heartbeat_timeout'?); known keys: "
+            + string.Join(", ", Config.All.Select(s => s.Key)), r.Stderr.TrimEnd());
+    }
+}
