@@ -242,7 +242,7 @@ internal static class Program
     internal static readonly Command[] Commands =
     [
         NotBuilt("sentinel", "control plane: job store, worker tracking, dispatch", "sentinel --bind ADDR [--db PATH]", issue: 3),
-        NotBuilt("worker", "data plane: run parsers, write Parquet, report receipts", "worker --connect ADDR --output DIR", issue: 4),
+        Worker.Command,
         NotBuilt("start", "sentinel and worker in one process: the local default", "start", issue: 6),
         NotBuilt("run", "dev mode: one parser over a file or folder, no store", "run PARSER INPUT [--output DIR]", issue: 5),
         NotBuilt("parser", "register and list parsers (register|ls)", "parser register|ls …", issue: 3),

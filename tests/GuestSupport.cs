@@ -156,3 +156,30 @@ internal static class Guest
     public static int[] ReadPids(string file) =>
         File.ReadAllText(file).Split((char[])[' ', '\n'], StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray();
 }
+
+/// <summary>A Parquet file read back through ParquetSharp's Arrow reader, as CLR values per column.</summary>
+internal sealed record ParquetTable(Schema Schema, Dictionary<string, List<object?>> Columns, long Rows)
+{
+    public static ParquetTable Read(string path)
+    {
+        using var reader = new ParquetSharp.Arrow.FileReader(path);
+        using var stream = reader.GetRecordBatchReader();
+        var columns = new Dictionary<string, List<object?>>(StringComparer.Ordinal);
+        foreach (var f in reader.Schema.FieldsList) columns[f.Name] = [];
+        long rows = 0;
+        while (stream.ReadNextRecordBatchAsync().AsTask().GetAwaiter().GetResult() is { } batch)
+        {
+            using (batch)
+            {
+                rows += batch.Length;
+                for (int c = 0; c < batch.ColumnCount; c++)
+                {
+                    var list = columns[batch.Schema.FieldsList[c].Name];
+                    var array = batch.Column(c);
+                    for (int i = 0; i < array.Length; i++) list.Add(Arrow.Value(array, i));
+                }
+            }
+        }
+        return new ParquetTable(reader.Schema, columns, rows);
+    }
+}
