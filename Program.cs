@@ -208,7 +208,7 @@ internal static class Program
     // The roles and command groups, in the order --help lists them.
     internal static readonly Command[] Commands =
     [
-        NotBuilt("sentinel", "control plane: job store, worker tracking, dispatch", "sentinel --bind ADDR [--db PATH]", issue: 3),
+        Sentinel.Command,
         NotBuilt("worker", "data plane: run parsers, write Parquet, report receipts", "worker --connect ADDR --output DIR", issue: 4),
         NotBuilt("start", "sentinel and worker in one process: the local default", "start", issue: 6),
         NotBuilt("run", "dev mode: one parser over a file or folder, no store", "run PARSER INPUT [--output DIR]", issue: 5),

@@ -78,7 +78,7 @@ internal sealed class SqliteJobStore : IJobStore
     private bool _inTransaction;
 
     private SqliteCommand? _begin, _commit, _rollback, _enqueue, _claim, _heartbeat, _complete, _fail, _reject, _requeueWorker,
-        _requeueStale, _cancelledAmong, _cancel, _retry, _get, _isCompleted, _insertParser, _getParser, _getLatestParser;
+        _requeueStale, _runningOn, _cancelledAmong, _cancel, _retry, _get, _isCompleted, _insertParser, _getParser, _getLatestParser;
 
     public string Path => _options.Path;
 
@@ -347,6 +347,16 @@ internal sealed class SqliteJobStore : IJobStore
         while (r.Read())
             if (r.GetString(0) == "QUEUED") requeued++; else failed++;
         return new RequeueResult(requeued, failed);
+    }
+
+    public List<long> RunningOn(string worker)
+    {
+        var cmd = Prepare(ref _runningOn, "SELECT id FROM jobs WHERE state = 'RUNNING' AND worker = $worker ORDER BY id", "$worker");
+        cmd.Parameters[0].Value = worker;
+        var ids = new List<long>();
+        using var r = cmd.ExecuteReader();
+        while (r.Read()) ids.Add(r.GetInt64(0));
+        return ids;
     }
 
     public List<long> CancelledAmong(IReadOnlyCollection<long> ids)

@@ -122,6 +122,8 @@ internal interface IJobStore : IDisposable
     RequeueResult RequeueWorker(string worker, string reason);
     /// <summary>Jobs RUNNING with a heartbeat older than <paramref name="cutoff"/> on a worker not in <paramref name="liveWorkers"/>.</summary>
     RequeueResult RequeueStale(DateTimeOffset cutoff, IReadOnlyCollection<string> liveWorkers);
+    /// <summary>The ids of the jobs RUNNING on <paramref name="worker"/>.</summary>
+    List<long> RunningOn(string worker);
     /// <summary>The ids among <paramref name="ids"/> that are CANCELLED now.</summary>
     List<long> CancelledAmong(IReadOnlyCollection<long> ids);
 
