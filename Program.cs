@@ -2,6 +2,7 @@
 // one catch maps every failure to a documented exit code with one line on stderr.
 using System.Diagnostics.CodeAnalysis;
 using System.Reflection;
+using System.Runtime.InteropServices;
 using System.Runtime.CompilerServices;
 using System.Text;
 
@@ -190,6 +191,38 @@ internal sealed class Args
     {
         foreach (var f in _flags) if (f.Name == name) return f;
         throw new InvalidOperationException($"flag {name} is not declared by 'casparian {CommandPath}'");
+    }
+}
+
+/// <summary>
+/// SIGINT/SIGTERM for long-running roles: the first signal cancels <see cref="Token"/> so the role
+/// stops cleanly; a second one gets the default action (the process ends at once).
+/// </summary>
+internal sealed class ShutdownSignal : IDisposable
+{
+    private readonly CancellationTokenSource _cts = new();
+    private readonly PosixSignalRegistration[] _registrations;
+
+    public ShutdownSignal(Action<string>? log = null)
+    {
+        _registrations = [Register(PosixSignal.SIGINT, log), Register(PosixSignal.SIGTERM, log)];
+    }
+
+    public CancellationToken Token => _cts.Token;
+
+    private PosixSignalRegistration Register(PosixSignal signal, Action<string>? log) =>
+        PosixSignalRegistration.Create(signal, context =>
+        {
+            if (_cts.IsCancellationRequested) return;
+            context.Cancel = true;
+            log?.Invoke($"{signal} received; stopping (send it again to exit at once)");
+            _cts.Cancel();
+        });
+
+    public void Dispose()
+    {
+        foreach (var r in _registrations) r.Dispose();
+        _cts.Dispose();
     }
 }
 

@@ -1,5 +1,6 @@
 // Python parity: a benchmark method marked [Python("stmt")] is paired with that statement, timed by
-// the real python3 with timeit (spawned once per suite), and the two medians are printed side by side.
+// the real python3 with timeit (spawned once per suite and interpreter), and the two medians are
+// printed side by side.
 // C# is timed by BenchmarkDotNet, Python by timeit's autorange + repeat: both report time per operation.
 using System.Diagnostics;
 using System.Globalization;
@@ -18,6 +19,12 @@ public sealed class PythonAttribute(string statement) : Attribute
 
     /// <summary>Interpreter to use: "python3" (resolved to the real binary) or an absolute path.</summary>
     public string Interpreter { get; init; } = "python3";
+
+    /// <summary>Calls per timing; 0 lets timeit's autorange pick (about 0.2 s worth).</summary>
+    public int Number { get; init; }
+
+    /// <summary>Timings taken; the median is reported.</summary>
+    public int Repeat { get; init; } = 7;
 }
 
 public static class Parity
@@ -27,39 +34,48 @@ public static class Parity
         public double Speedup => PythonNs / CSharpNs;
     }
 
-    public static int Report(Summary[] summaries)
+    /// <summary>Times the Python pairing of every successful benchmark that has one.</summary>
+    public static List<Row> Measure(Summary[] summaries, bool check)
     {
         var rows = new List<Row>();
-        foreach (var summary in summaries)
+        foreach (var group in summaries.SelectMany(s => s.Reports).Where(r => r.Success && r.ResultStatistics is not null)
+                     .GroupBy(r => r.BenchmarkCase.Descriptor.Type))
         {
-            foreach (var group in summary.Reports.Where(r => r.Success).GroupBy(r => r.BenchmarkCase.Descriptor.Type))
+            var pairs = group
+                .Select(r => (Report: r, Attr: r.BenchmarkCase.Descriptor.WorkloadMethod.GetCustomAttribute<PythonAttribute>()))
+                .Where(p => p.Attr is not null)
+                .ToList();
+            if (pairs.Count == 0) continue;
+            string setup = group.Key.GetProperty("PythonSetup", BindingFlags.Public | BindingFlags.Static)?.GetValue(null) as string ?? "";
+            foreach (var interp in pairs.GroupBy(p => p.Attr!.Interpreter))
             {
-                var pairs = group
-                    .Select(r => (Report: r, Attr: r.BenchmarkCase.Descriptor.WorkloadMethod.GetCustomAttribute<PythonAttribute>()))
-                    .Where(p => p.Attr is not null)
-                    .ToList();
-                if (pairs.Count == 0) continue;
-                string setup = group.Key.GetProperty("PythonSetup", BindingFlags.Public | BindingFlags.Static)?.GetValue(null) as string ?? "";
-                foreach (var interp in pairs.GroupBy(p => p.Attr!.Interpreter))
-                {
-                    var stmts = interp.Select(p => p.Attr!.Statement).ToArray();
-                    double[] pythonNs = TimePython(interp.Key, setup, stmts);
-                    int i = 0;
-                    foreach (var (report, _) in interp)
-                        rows.Add(new Row(group.Key.Name, report.BenchmarkCase.Descriptor.WorkloadMethod.Name,
-                            report.ResultStatistics!.Median, pythonNs[i++], report.GcStats.GetBytesAllocatedPerOperation(report.BenchmarkCase)));
-                }
+                var cases = interp.Select(p => new PythonCase(p.Attr!.Statement, p.Attr.Number, check ? Math.Min(3, p.Attr.Repeat) : p.Attr.Repeat)).ToArray();
+                double[] pythonNs = TimePython(interp.Key, setup, cases);
+                int i = 0;
+                foreach (var (report, _) in interp)
+                    rows.Add(new Row(group.Key.Name, report.BenchmarkCase.Descriptor.WorkloadMethod.Name,
+                        report.ResultStatistics!.Median, pythonNs[i++], report.GcStats.GetBytesAllocatedPerOperation(report.BenchmarkCase)));
             }
         }
-        if (rows.Count == 0) return 0;
+        return rows;
+    }
 
+    public static void Print(List<Row> rows)
+    {
+        if (rows.Count == 0) return;
         Console.WriteLine();
         Console.WriteLine("Python parity (medians per operation; C# by BenchmarkDotNet, Python by timeit)");
         Console.WriteLine($"{"suite",-16} {"benchmark",-24} {"C#",12} {"Python",12} {"C#/Python",10} {"speedup",9} {"alloc",8}");
         foreach (var r in rows)
-            Console.WriteLine($"{r.Suite,-16} {r.Benchmark,-24} {Ns(r.CSharpNs),12} {Ns(r.PythonNs),12} {r.CSharpNs / r.PythonNs,10:0.0000} {r.Speedup,8:0.0}x {r.AllocatedBytes?.ToString(CultureInfo.InvariantCulture) ?? "?",8}");
-        return 0;
+            Console.WriteLine($"{r.Suite,-16} {r.Benchmark,-24} {Ns(r.CSharpNs),12} {Ns(r.PythonNs),12} {Ratio(r),10} {Speedup(r),9} {r.AllocatedBytes?.ToString(CultureInfo.InvariantCulture) ?? "?",8}");
     }
+
+    /// <summary>C#/Python, or "n/a" when C# measured no time at all (a --check pass can round to 0).</summary>
+    public static string Ratio(Row r) => r.CSharpNs > 0 ? (r.CSharpNs / r.PythonNs).ToString(r.CSharpNs / r.PythonNs < 0.01 ? "0.0000" : "0.000", CultureInfo.InvariantCulture) : "n/a";
+
+    public static string Speedup(Row r) => r.CSharpNs > 0 ? r.Speedup.ToString("0.0", CultureInfo.InvariantCulture) + "x" : "n/a";
+
+    public sealed record PythonCase(string Stmt, int Number, int Repeat);
 
     public static string Ns(double ns) => ns switch
     {
@@ -70,17 +86,17 @@ public static class Parity
     };
 
     /// <summary>Median nanoseconds per call of each statement, measured by one spawned interpreter.</summary>
-    public static double[] TimePython(string interpreter, string setup, string[] statements)
+    public static double[] TimePython(string interpreter, string setup, PythonCase[] cases)
     {
         string exe = interpreter == "python3" ? Python.ResolveReal() : interpreter;
         const string Driver = """
             import json, sys, timeit
             job = json.load(sys.stdin)
             out = []
-            for stmt in job["stmts"]:
-                t = timeit.Timer(stmt, setup=job["setup"])
-                n, _ = t.autorange()
-                runs = sorted(t.repeat(repeat=7, number=n))
+            for case in job["cases"]:
+                t = timeit.Timer(case["Stmt"], setup=job["setup"])
+                n = case["Number"] or t.autorange()[0]
+                runs = sorted(t.repeat(repeat=case["Repeat"], number=n))
                 out.append(runs[len(runs) // 2] / n * 1e9)
             print(json.dumps(out))
             """;
@@ -88,7 +104,7 @@ public static class Parity
         psi.ArgumentList.Add("-c");
         psi.ArgumentList.Add(Driver);
         using var p = Process.Start(psi)!;
-        p.StandardInput.Write(JsonSerializer.Serialize(new Dictionary<string, object> { ["setup"] = setup, ["stmts"] = statements }, ParityJson.Default.DictionaryStringObject));
+        p.StandardInput.Write(JsonSerializer.Serialize(new PythonJob(setup, cases), ParityJson.Default.PythonJob));
         p.StandardInput.Close();
         var err = p.StandardError.ReadToEndAsync();
         string output = p.StandardOutput.ReadToEnd();
@@ -110,7 +126,10 @@ public static class Parity
     }
 }
 
-[System.Text.Json.Serialization.JsonSerializable(typeof(Dictionary<string, object>))]
-[System.Text.Json.Serialization.JsonSerializable(typeof(string[]))]
+public sealed record PythonJob(
+    [property: System.Text.Json.Serialization.JsonPropertyName("setup")] string Setup,
+    [property: System.Text.Json.Serialization.JsonPropertyName("cases")] Parity.PythonCase[] Cases);
+
+[System.Text.Json.Serialization.JsonSerializable(typeof(PythonJob))]
 [System.Text.Json.Serialization.JsonSerializable(typeof(double[]))]
 internal sealed partial class ParityJson : System.Text.Json.Serialization.JsonSerializerContext;

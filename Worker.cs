@@ -1,0 +1,319 @@
+// The worker (SPEC §1, §2): a DEALER connected to the sentinel, running up to N jobs at once.
+//
+// One NetMQPoller thread owns the socket and everything the socket touches: the table of running
+// jobs, heartbeats, and shutdown. Jobs, environment builds and all other blocking work run on the
+// thread pool and post their results back through a NetMQQueue, so the loop answers a heartbeat
+// probe at once even while every slot is busy.
+using NetMQ;
+using NetMQ.Monitoring;
+using NetMQ.Sockets;
+
+namespace Casparian;
+
+internal sealed record WorkerOptions
+{
+    public required string Connect { get; init; }
+    public required string WorkerId { get; init; }
+    public int Slots { get; init; } = Environment.ProcessorCount;
+    public TimeSpan HeartbeatInterval { get; init; } = TimeSpan.FromSeconds(5);
+    public TimeSpan ShutdownGrace { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>Parser names this worker runs; "*" is any.</summary>
+    public IReadOnlyList<string> Capabilities { get; init; } = ["*"];
+}
+
+/// <summary>Runs one DISPATCH to its receipt; must return (not throw) once <paramref name="abort"/> fires.</summary>
+internal delegate Task<JobReceipt> JobRunner(ulong jobId, Dispatch dispatch, CancellationToken abort);
+
+/// <summary>Builds (or finds) an environment for PREPARE_ENV.</summary>
+internal delegate Task<EnvReady> EnvPreparer(PrepareEnv request, CancellationToken cancel);
+
+internal sealed partial class Worker : IDisposable
+{
+    private readonly WorkerOptions _options;
+    private readonly JobRunner _runJob;
+    private readonly EnvPreparer _prepareEnv;
+    private readonly Action<string> _log;
+
+    private readonly DealerSocket _socket;
+    private readonly NetMQQueue<Action> _inbox = new();
+    private readonly NetMQTimer _heartbeatTimer;
+    private readonly NetMQTimer _graceTimer;
+    private readonly NetMQMonitor _monitor;
+    private readonly NetMQPoller _poller;
+    private readonly CancellationTokenSource _lifetime = new();
+
+    // Loop-thread state.
+    private readonly Dictionary<ulong, RunningJob> _jobs = [];
+    private bool _draining;
+    private bool _disconnected;
+    private long _malformed;
+
+    private sealed class RunningJob(ulong id, CancellationTokenSource abort)
+    {
+        public ulong Id { get; } = id;
+        public CancellationTokenSource Abort { get; } = abort;
+        public bool AbortRequested { get; set; }
+    }
+
+    public Worker(WorkerOptions options, JobRunner runJob, EnvPreparer prepareEnv, Action<string>? log = null)
+    {
+        _options = options;
+        _runJob = runJob;
+        _prepareEnv = prepareEnv;
+        _log = log ?? (line => Console.Error.WriteLine($"{DateTime.Now:HH:mm:ss.fff} worker {options.WorkerId}: {line}"));
+
+        _socket = new DealerSocket();
+        // CONCLUDEs queued just before shutdown must still reach the sentinel.
+        _socket.Options.Linger = TimeSpan.FromSeconds(5);
+        _socket.ReceiveReady += (_, _) => DrainSocket();
+        _inbox.ReceiveReady += (_, e) =>
+        {
+            while (e.Queue.TryDequeue(out var action, TimeSpan.Zero)) action();
+        };
+        _heartbeatTimer = new NetMQTimer(options.HeartbeatInterval);
+        _heartbeatTimer.Elapsed += (_, _) => SendHeartbeat();
+        _graceTimer = new NetMQTimer(options.ShutdownGrace) { Enable = false };
+        _graceTimer.Elapsed += (_, _) => AbortAllAfterGrace();
+
+        // A sentinel that restarts loses its worker table; the DEALER reconnects on its own, and the
+        // monitor tells us when, so we can introduce ourselves again.
+        _monitor = new NetMQMonitor(_socket, $"inproc://worker-monitor-{Guid.NewGuid():N}", SocketEvents.Connected | SocketEvents.Disconnected);
+        _monitor.Connected += (_, _) => OnConnected();
+        _monitor.Disconnected += (_, _) => _disconnected = true;
+
+        _poller = [_socket, _inbox, _heartbeatTimer, _graceTimer];
+        _monitor.AttachToPoller(_poller);
+    }
+
+    /// <summary>Serves until <paramref name="stop"/> fires and every running job has concluded.</summary>
+    public void Run(CancellationToken stop)
+    {
+        _socket.Connect(_options.Connect);
+        _log($"connected to {_options.Connect}; {_options.Slots} slot(s)");
+        SendIdentify();
+        using var registration = stop.Register(() => _inbox.Enqueue(BeginDrain));
+        _poller.Run();
+        _log("stopped");
+    }
+
+    /// <summary>Jobs running now (for tests and status lines); safe from any thread only as a snapshot.</summary>
+    public int ActiveJobs => Volatile.Read(ref _activeCount);
+    private int _activeCount;
+
+    public long MalformedMessages => Interlocked.Read(ref _malformed);
+
+    private void OnConnected()
+    {
+        if (!_disconnected) return;
+        _disconnected = false;
+        _log("reconnected; identifying again");
+        SendIdentify();
+        SendHeartbeat();
+    }
+
+    private void SendIdentify() =>
+        Wire.Send(_socket, OpCode.Identify, 0,
+            new Identify { Capabilities = [.. _options.Capabilities], WorkerId = _options.WorkerId, Slots = _options.Slots },
+            ProtocolJson.Default.Identify);
+
+    private void SendHeartbeat()
+    {
+        var ids = _jobs.Keys.Select(id => (long)id).ToList();
+        Wire.Send(_socket, OpCode.Heartbeat, 0, new Heartbeat
+        {
+            Status = ids.Count == 0 ? WorkerStatus.Idle : WorkerStatus.Busy,
+            CurrentJobId = ids.Count == 0 ? null : ids[0],
+            ActiveJobCount = ids.Count,
+            ActiveJobIds = ids,
+        }, ProtocolJson.Default.Heartbeat);
+    }
+
+    private void DrainSocket()
+    {
+        NetMQMessage? message = null;
+        while (_socket.TryReceiveMultipartMessage(TimeSpan.Zero, ref message))
+        {
+            WireMessage m;
+            try
+            {
+                m = Wire.FromDealerFrames(message);
+            }
+            catch (ProtocolException e)
+            {
+                Malformed(e.Message);
+                continue;
+            }
+            try
+            {
+                Handle(m);
+            }
+            catch (PayloadJsonException e)
+            {
+                Malformed(e.Message);
+                // A DISPATCH we cannot read still has a job id: fail it at once rather than leave
+                // the sentinel waiting for a heartbeat timeout.
+                if (m.Op == OpCode.Dispatch && m.JobId != 0)
+                    SendConclude(m.JobId, new JobReceipt { Status = ReceiptStatus.Failed, ErrorMessage = e.Message });
+            }
+        }
+    }
+
+    private void Malformed(string why)
+    {
+        long n = Interlocked.Increment(ref _malformed);
+        // Logged in full at first, then sparsely: a misbehaving peer must not flood the log.
+        if (n <= 10 || (n & (n - 1)) == 0) _log($"dropped malformed message #{n}: {why}");
+    }
+
+    private void Handle(WireMessage m)
+    {
+        switch (m.Op)
+        {
+            case OpCode.Dispatch:
+                OnDispatch(m.JobId, m.Decode(ProtocolJson.Default.Dispatch));
+                break;
+            case OpCode.Abort:
+                OnAbort(m.JobId);
+                break;
+            case OpCode.Heartbeat:
+                // A probe from the sentinel: answer at once.
+                SendHeartbeat();
+                break;
+            case OpCode.PrepareEnv:
+                OnPrepareEnv(m.Decode(ProtocolJson.Default.PrepareEnv));
+                break;
+            case OpCode.Err:
+                var err = m.Payload.Length == 0 ? null : m.Decode(ProtocolJson.Default.ErrorPayload);
+                _log($"sentinel reported an error{(m.JobId != 0 ? $" for job {m.JobId}" : "")}: {err?.Message ?? "(no message)"}");
+                break;
+            case OpCode.Reload:
+                _log("RELOAD received; settings are read at start, so nothing changes until restart");
+                break;
+            default:
+                Malformed($"unexpected {m.Op.ToWireName()} from the sentinel");
+                break;
+        }
+    }
+
+    private void OnDispatch(ulong jobId, Dispatch dispatch)
+    {
+        if (_jobs.ContainsKey(jobId))
+        {
+            // Already running here (a re-sent DISPATCH after a sentinel restart): it will conclude once.
+            _log($"job {jobId} is already running here; duplicate DISPATCH ignored");
+            return;
+        }
+        if (_draining || _jobs.Count >= _options.Slots)
+        {
+            string why = _draining ? "worker is shutting down" : $"all {_options.Slots} slot(s) busy";
+            SendConclude(jobId, new JobReceipt { Status = ReceiptStatus.Rejected, ErrorMessage = why });
+            return;
+        }
+
+        var job = new RunningJob(jobId, CancellationTokenSource.CreateLinkedTokenSource(_lifetime.Token));
+        _jobs.Add(jobId, job);
+        Interlocked.Increment(ref _activeCount);
+        _log($"job {jobId}: {dispatch.PluginName} on {dispatch.FilePath}");
+        _ = Task.Run(async () =>
+        {
+            JobReceipt receipt;
+            try
+            {
+                receipt = await _runJob(jobId, dispatch, job.Abort.Token).ConfigureAwait(false);
+            }
+            catch (Exception e)
+            {
+                // The runner reports failures as receipts; reaching here is a bug in it, and the job still concludes.
+                receipt = new JobReceipt { Status = ReceiptStatus.Failed, ErrorMessage = $"worker error: {e.GetType().Name}: {e.Message}" };
+            }
+            _inbox.Enqueue(() => Finish(job, receipt));
+        });
+    }
+
+    private void Finish(RunningJob job, JobReceipt receipt)
+    {
+        if (job.AbortRequested && receipt.Status != ReceiptStatus.Success)
+            receipt = receipt with { Status = ReceiptStatus.Aborted };
+        _jobs.Remove(job.Id);
+        Interlocked.Decrement(ref _activeCount);
+        job.Abort.Dispose();
+        SendConclude(job.Id, receipt);
+        string detail = receipt.ErrorMessage is { } e ? ": " + FirstLine(e) : "";
+        _log($"job {job.Id}: {receipt.Status.ToString().ToUpperInvariant()}{detail}");
+        if (_draining && _jobs.Count == 0) _poller.Stop();
+    }
+
+    private static string FirstLine(string text)
+    {
+        int nl = text.IndexOf('\n');
+        return nl < 0 ? text : text[..nl] + " …";
+    }
+
+    private void SendConclude(ulong jobId, JobReceipt receipt) =>
+        Wire.Send(_socket, OpCode.Conclude, jobId, receipt, ProtocolJson.Default.JobReceipt);
+
+    private void OnAbort(ulong jobId)
+    {
+        if (!_jobs.TryGetValue(jobId, out var job))
+        {
+            _log($"ABORT for job {jobId}, which is not running here; ignored");
+            return;
+        }
+        job.AbortRequested = true;
+        // CancelAsync runs the cancellation callbacks (process kills) off this thread.
+        _ = job.Abort.CancelAsync();
+    }
+
+    private void OnPrepareEnv(PrepareEnv request)
+    {
+        _ = Task.Run(async () =>
+        {
+            try
+            {
+                var ready = await _prepareEnv(request, _lifetime.Token).ConfigureAwait(false);
+                _inbox.Enqueue(() => Wire.Send(_socket, OpCode.EnvReady, 0, ready, ProtocolJson.Default.EnvReady));
+            }
+            catch (Exception e)
+            {
+                var err = new ErrorPayload { Message = $"environment {request.EnvHash} could not be built: {e.Message}" };
+                _inbox.Enqueue(() => Wire.Send(_socket, OpCode.Err, 0, err, ProtocolJson.Default.ErrorPayload));
+            }
+        });
+    }
+
+    private void BeginDrain()
+    {
+        if (_draining) return;
+        _draining = true;
+        if (_jobs.Count == 0)
+        {
+            _poller.Stop();
+            return;
+        }
+        _log($"stopping: {_jobs.Count} job(s) get {_options.ShutdownGrace.TotalSeconds:0.#} s to finish");
+        _graceTimer.Enable = true;
+    }
+
+    private void AbortAllAfterGrace()
+    {
+        _graceTimer.Enable = false;
+        _log($"grace period over; aborting {_jobs.Count} job(s)");
+        foreach (var job in _jobs.Values)
+        {
+            job.AbortRequested = true;
+            _ = job.Abort.CancelAsync();
+        }
+    }
+
+    public void Dispose()
+    {
+        _lifetime.Cancel();
+        // Order matters: the poller before the things it polls, the monitor before its socket.
+        _poller.Dispose();
+        _monitor.Dispose();
+        _heartbeatTimer.Enable = false;
+        _inbox.Dispose();
+        _socket.Dispose();
+        _lifetime.Dispose();
+    }
+}
