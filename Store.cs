@@ -162,7 +162,7 @@ internal static class StoreThrow
     [DoesNotReturn] public static void Input_NewerSchema(string path, long found, int supported) =>
         throw new InputException($"job store {path} has schema version {found}, newer than this casparian understands ({supported}); upgrade casparian (the store was left unchanged)");
     [DoesNotReturn] public static void Input_Missing(string path) =>
-        throw new InputException($"no job store at {path}; register a parser first ('casparian parser register FILE') or pass --db");
+        throw new InputException($"no job store at {path}; register a parser first ('casparian parser register PATH') or pass --db");
     [DoesNotReturn] public static T Input_NoJob<T>(long id, string path) =>
         throw new InputException($"no job {id} in {path} (see 'casparian jobs')");
     [DoesNotReturn] public static T Input_WrongState<T>(long id, JobState state, string action, string hint) =>
