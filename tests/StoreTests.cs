@@ -332,7 +332,41 @@ public sealed class StoreTests : IDisposable
         Assert.Contains("jobs_done", done);
 
         string running = string.Join(" | ", store.ExplainQueryPlan("SELECT id FROM jobs WHERE state = 'RUNNING' AND worker = $w", ("$w", "w")));
-        Assert.Contains("USING INDEX jobs_state (state=?)", running);
+        Assert.Contains("USING INDEX jobs_running (worker=?)", running);
+
+        string failed = string.Join(" | ", store.ExplainQueryPlan("SELECT id FROM jobs WHERE state IN ('FAILED', 'CANCELLED') AND state = 'FAILED' ORDER BY id DESC LIMIT 5"));
+        Assert.Contains("jobs_attention", failed);
+    }
+
+    [Fact]
+    public void Store_Counts_MatchACountOfEveryRow()
+    {
+        using var store = Open(retryLimit: 0);
+        store.EnqueueMany([.. Enumerable.Range(0, 40).Select(i => Job($"/{i}"))]);
+        foreach (var j in store.Claim("w", Any, 25))
+        {
+            switch (j.Id % 5)
+            {
+                case 0: store.Complete(j.Id, "w", new Dictionary<string, long>(), []); break;
+                case 1: store.Fail(j.Id, "w", "bad", transient: false); break;
+                case 2: store.Cancel(j.Id); break;
+                case 3: store.Fail(j.Id, "w", "busy", transient: true); break;
+            }
+        }
+        store.Cancel(40);
+        Assert.Throws<InvalidOperationException>(() => store.InTransaction<long>(() =>
+        {
+            store.Enqueue(Job("/rolled-back"));
+            throw new InvalidOperationException("rollback");
+        }));
+
+        store.Enqueue(Job("/after-rollback"));
+
+        var expected = JobStates.All.ToDictionary(s => s, _ => 0L);
+        foreach (var j in store.List(null, 1000)) expected[j.State]++;
+        Assert.Equal(41, expected.Values.Sum());
+        Assert.All(expected.Values, n => Assert.True(n > 0));
+        Assert.Equal(expected, store.Counts());
     }
 
     [Fact]
