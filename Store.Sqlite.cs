@@ -159,17 +159,7 @@ internal sealed class SqliteJobStore : IJobStore
         });
     }
 
-    /// <summary>Maps SQLite failures a user can act on to CasparianExceptions; anything else passes through.</summary>
-    public Exception Translate(SqliteException e) => e.SqliteErrorCode switch
-    {
-        5 or 6 => new UnavailableException($"job store {Path} is locked by another process; try again (SQLite: {e.Message})", e), // BUSY, LOCKED
-        26 => new InputException($"cannot open job store {Path}: the file is not an SQLite database", e),                        // NOTADB
-        11 => new InputException($"cannot open job store {Path}: the database file is corrupt", e),                              // CORRUPT
-        14 => new InputException($"cannot open job store {Path}: {e.Message}", e),                                               // CANTOPEN
-        8 or 23 => new InputException($"cannot write job store {Path}: permission denied or read-only file", e),                  // READONLY, AUTH
-        13 => new UnavailableException($"cannot write job store {Path}: the disk is full", e),                                   // FULL
-        _ => e,
-    };
+    public Exception Translate(SqliteException e) => StoreThrow.Translate(Path, e);
 
     // ---- transactions ----------------------------------------------------------------------
 

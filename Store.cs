@@ -167,8 +167,18 @@ internal static class StoreThrow
         throw new InputException($"no job {id} in {path} (see 'casparian jobs')");
     [DoesNotReturn] public static T Input_WrongState<T>(long id, JobState state, string action, string hint) =>
         throw new InputException($"job {id} is {state.Name()}; cannot {action} it{hint}");
-    [DoesNotReturn] public static void Unavailable_Busy(string path, Exception inner) =>
-        throw new UnavailableException($"job store {path} is locked by another process; try again (SQLite: {inner.Message})", inner);
+
+    /// <summary>The SQLite failures a user can act on, as CasparianExceptions; anything else (a bug) passes through.</summary>
+    public static Exception Translate(string path, SqliteException e) => e.SqliteErrorCode switch
+    {
+        5 or 6 => new UnavailableException($"job store {path} is locked by another process; try again (SQLite: {e.Message})", e), // BUSY, LOCKED
+        26 => new InputException($"cannot open job store {path}: the file is not an SQLite database", e),                        // NOTADB
+        11 => new InputException($"cannot open job store {path}: the database file is corrupt", e),                              // CORRUPT
+        14 => new InputException($"cannot open job store {path}: {e.Message}", e),                                               // CANTOPEN
+        8 or 23 => new InputException($"cannot write job store {path}: permission denied or read-only file", e),                  // READONLY, AUTH
+        13 => new UnavailableException($"cannot write job store {path}: the disk is full", e),                                   // FULL
+        _ => e,
+    };
 }
 
 /// <summary>Points Microsoft.Data.Sqlite at SQLite once per process.</summary>

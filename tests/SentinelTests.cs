@@ -294,6 +294,29 @@ public sealed class SentinelTests : IDisposable
     }
 
     [Fact]
+    public void Sentinel_ErrAndEnvReady_AreLoggedAndItKeepsServing()
+    {
+        long id = Queue(1)[0];
+        using var host = new SentinelHost(Db);
+        using var worker = new ScriptedWorker(host.Endpoint, "w", ["*"], slots: 1);
+        worker.Send(OpCode.EnvReady, 0, Payload.Encode(new EnvReady { EnvHash = "abc123", InterpreterPath = "/venvs/abc123/bin/python", Cached = true }, ProtocolJson.Default.EnvReady));
+        worker.Send(OpCode.Err, 5, Payload.Encode(new ErrorPayload { Message = "disk on fire" }, ProtocolJson.Default.ErrorPayload));
+        WaitForLog(host, "worker w: environment abc123 ready at /venvs/abc123/bin/python (cached)");
+        WaitForLog(host, "worker w reported an error (job 5): disk on fire");
+        Assert.Equal((ulong)id, worker.Expect(OpCode.Dispatch).JobId);
+        Assert.Equal(0, host.Sentinel.MalformedMessages);
+    }
+
+    [Fact]
+    public void Sentinel_Ipc_ServesOverAUnixPath()
+    {
+        long id = Queue(1)[0];
+        using var host = new SentinelHost(Db, bind: $"ipc://{_dir.File("sentinel.ipc")}");
+        using var worker = new ScriptedWorker(host.Endpoint);
+        Assert.Equal((ulong)id, worker.Expect(OpCode.Dispatch).JobId);
+    }
+
+    [Fact]
     public void Sentinel_JobNoLiveWorkerCanRun_DoesNotBlockOthers()
     {
         long rare = Queue(1, parser: "rare", priority: 100)[0];
