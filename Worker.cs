@@ -317,3 +317,39 @@ internal sealed partial class Worker : IDisposable
         _lifetime.Dispose();
     }
 }
+
+/// <summary>A worker id that survives restarts: created once as {dir}/id and read from then on.</summary>
+internal static class WorkerIdentity
+{
+    public static string LoadOrCreate(string dir)
+    {
+        string path = Path.Combine(dir, "id");
+        if (TryRead(path) is { } existing) return existing;
+        Directory.CreateDirectory(dir);
+        string host = new string(Environment.MachineName.Select(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' ? c : '-').ToArray());
+        string fresh = $"{host}-{Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(4))}";
+        string temp = $"{path}.{Environment.ProcessId}.tmp";
+        File.WriteAllText(temp, fresh + "\n");
+        try
+        {
+            // Two workers starting at once on one home: the first rename wins and both use its id.
+            File.Move(temp, path, overwrite: false);
+        }
+        catch (IOException) when (File.Exists(path))
+        {
+            File.Delete(temp);
+        }
+        return TryRead(path) ?? throw new UnavailableException($"worker id file {path} is empty or unreadable; delete it to get a new id");
+    }
+
+    private static string? TryRead(string path)
+    {
+        try
+        {
+            string id = File.ReadAllText(path).Trim();
+            return id.Length > 0 ? id : null;
+        }
+        catch (FileNotFoundException) { return null; }
+        catch (DirectoryNotFoundException) { return null; }
+    }
+}

@@ -1,6 +1,7 @@
 // Python parity: a benchmark method marked [Python("stmt")] is paired with that statement, timed by
 // the real python3 with timeit (spawned once per suite and interpreter), and the two medians are
-// printed side by side.
+// printed side by side. A suite's static PythonGlobals runs once per interpreter (sockets, threads,
+// connections that must outlive timeit's repeats); its PythonSetup runs before every timing, as timeit does.
 // C# is timed by BenchmarkDotNet, Python by timeit's autorange + repeat: both report time per operation.
 using System.Diagnostics;
 using System.Globalization;
@@ -47,10 +48,11 @@ public static class Parity
                 .ToList();
             if (pairs.Count == 0) continue;
             string setup = group.Key.GetProperty("PythonSetup", BindingFlags.Public | BindingFlags.Static)?.GetValue(null) as string ?? "";
+            string globals = group.Key.GetProperty("PythonGlobals", BindingFlags.Public | BindingFlags.Static)?.GetValue(null) as string ?? "";
             foreach (var interp in pairs.GroupBy(p => p.Attr!.Interpreter))
             {
                 var cases = interp.Select(p => new PythonCase(p.Attr!.Statement, p.Attr.Number, check ? Math.Min(3, p.Attr.Repeat) : p.Attr.Repeat)).ToArray();
-                double[] pythonNs = TimePython(interp.Key, setup, cases);
+                double[] pythonNs = TimePython(interp.Key, globals, setup, cases);
                 int i = 0;
                 foreach (var (report, _) in interp)
                     rows.Add(new Row(group.Key.Name, report.BenchmarkCase.Descriptor.WorkloadMethod.Name,
@@ -86,15 +88,18 @@ public static class Parity
     };
 
     /// <summary>Median nanoseconds per call of each statement, measured by one spawned interpreter.</summary>
-    public static double[] TimePython(string interpreter, string setup, PythonCase[] cases)
+    /// <param name="globals">Run once before any timing; its names are the globals of every setup and statement.</param>
+    public static double[] TimePython(string interpreter, string globals, string setup, PythonCase[] cases)
     {
         string exe = interpreter == "python3" ? Python.ResolveReal() : interpreter;
         const string Driver = """
             import json, sys, timeit
             job = json.load(sys.stdin)
+            g = {}
+            exec(job["globals"], g)
             out = []
             for case in job["cases"]:
-                t = timeit.Timer(case["Stmt"], setup=job["setup"])
+                t = timeit.Timer(case["Stmt"], setup=job["setup"], globals=g)
                 n = case["Number"] or t.autorange()[0]
                 runs = sorted(t.repeat(repeat=case["Repeat"], number=n))
                 out.append(runs[len(runs) // 2] / n * 1e9)
@@ -104,7 +109,7 @@ public static class Parity
         psi.ArgumentList.Add("-c");
         psi.ArgumentList.Add(Driver);
         using var p = Process.Start(psi)!;
-        p.StandardInput.Write(JsonSerializer.Serialize(new PythonJob(setup, cases), ParityJson.Default.PythonJob));
+        p.StandardInput.Write(JsonSerializer.Serialize(new PythonJob(globals, setup, cases), ParityJson.Default.PythonJob));
         p.StandardInput.Close();
         var err = p.StandardError.ReadToEndAsync();
         string output = p.StandardOutput.ReadToEnd();
@@ -127,6 +132,7 @@ public static class Parity
 }
 
 public sealed record PythonJob(
+    [property: System.Text.Json.Serialization.JsonPropertyName("globals")] string Globals,
     [property: System.Text.Json.Serialization.JsonPropertyName("setup")] string Setup,
     [property: System.Text.Json.Serialization.JsonPropertyName("cases")] Parity.PythonCase[] Cases);
 

@@ -26,6 +26,9 @@ public sealed class MacroAttribute : Attribute;
 public sealed class ThroughputAttribute(long rows, long bytes = 0) : Attribute
 {
     public long Rows { get; } = rows;
+
+    /// <summary>What <see cref="Rows"/> counts, for the report's rate ("jobs" gives jobs/s).</summary>
+    public string Unit { get; init; } = "rows";
     public long Bytes { get; } = bytes;
 }
 

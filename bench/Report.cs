@@ -102,7 +102,7 @@ public static class Report
         if (method.GetCustomAttribute<ThroughputAttribute>() is not { } t || medianNs <= 0) return "";
         double perSecond = 1e9 / medianNs;
         var parts = new List<string>();
-        if (t.Rows > 0) parts.Add(Scaled(t.Rows * perSecond) + " rows/s");
+        if (t.Rows > 0) parts.Add($"{Scaled(t.Rows * perSecond)} {t.Unit}/s");
         if (t.Bytes > 0) parts.Add((t.Bytes * perSecond / (1 << 20)).ToString("0", CultureInfo.InvariantCulture) + " MiB/s");
         return string.Join(", ", parts);
     }
