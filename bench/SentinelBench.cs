@@ -88,7 +88,7 @@ public class SentinelBench
     }
 
     [Benchmark(OperationsPerInvoke = Jobs)]
-    [Throughput(1)]
+    [Throughput(1, Unit = "jobs")]
     [Target("end to end through the sentinel: ≥ 5,000 jobs/s")]
     public void EndToEnd() => Run(Jobs);
 

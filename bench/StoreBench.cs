@@ -99,7 +99,7 @@ public class StoreBench
     });
 
     [Benchmark(OperationsPerInvoke = Batch)]
-    [Throughput(1)]
+    [Throughput(1, Unit = "jobs")]
     [Target("claim+complete, one job per transaction: ≥ 5,000 jobs/s")]
     [Python("cycle()", Number = Batch)]
     public int ClaimComplete()
@@ -111,7 +111,7 @@ public class StoreBench
     }
 
     [Benchmark(OperationsPerInvoke = Batch)]
-    [Throughput(1)]
+    [Throughput(1, Unit = "jobs")]
     [Target("batched enqueue: ≥ 100,000 jobs/s")]
     [Python("enqueue()", Number = Batch)]
     public long EnqueueBatch() => _store.EnqueueMany(_jobs);
