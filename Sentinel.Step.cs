@@ -203,7 +203,17 @@ internal sealed partial class Sentinel
             _log.Warn($"{_swept.Requeued} job(s) RUNNING on workers that never came back were requeued, {_swept.Failed} FAILED (retry limit reached)");
         foreach (var (id, error) in _unrunnable) _log.Warn($"job {id} FAILED: {error}");
 
-        foreach (var (c, applied, fail) in _concluded) LogConclusion(c, applied, fail);
+        foreach (var (c, applied, fail) in _concluded)
+        {
+            LogConclusion(c, applied, fail);
+            if (!applied) continue;
+            if (c.Receipt.Status == ReceiptStatus.Success) _activity.Completed++;
+            else if (fail?.State == JobState.Failed) _activity.Failed++;
+            else if (fail?.State == JobState.Queued) _activity.Retried++;
+        }
+        _activity.Failed += _unrunnable.Count;
+        _activity.Dispatched += _dispatches.Count;
+        ReportActivity(now);
 
         foreach (var (identity, request, parser, result) in _deployed)
         {
@@ -233,6 +243,27 @@ internal sealed partial class Sentinel
             w.Active++;
             Wire.Send(_router, w.Identity, OpCode.Dispatch, (ulong)job.Id, dispatch, ProtocolJson.Default.Dispatch);
         }
+    }
+
+    /// <summary>What happened since the last status line: one line a minute while anything does.</summary>
+    private struct Activity
+    {
+        public long Dispatched, Completed, Failed, Retried;
+    }
+
+    private Activity _activity;
+    private long _nextStatus;
+    private const long StatusEveryMs = 60_000;
+
+    private void ReportActivity(long now)
+    {
+        if (now < _nextStatus) return;
+        var a = _activity;
+        if (a.Dispatched + a.Completed + a.Failed + a.Retried > 0 && _nextStatus > 0)
+            _log.Info($"in the last {(now - _nextStatus + StatusEveryMs) / 1000} s: {a.Dispatched} dispatched, {a.Completed} completed, {a.Failed} failed, {a.Retried} to retry; " +
+                      $"{_inFlight.Count} running on {_workers.Count} worker(s)");
+        _activity = default;
+        _nextStatus = now + StatusEveryMs;
     }
 
     private void LogConclusion(Conclusion c, bool applied, FailResult? fail)

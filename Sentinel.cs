@@ -72,6 +72,9 @@ internal sealed partial class Sentinel : IDisposable
             RetryLimit = options.RetryLimit,
             BackoffBase = options.RetryBackoff,
             Clock = options.Clock,
+            // Short, so a CLI holding the write lock delays a turn rather than the socket for long:
+            // a step that times out keeps its work and is retried on a later turn.
+            BusyTimeout = TimeSpan.FromSeconds(2),
         });
         try
         {

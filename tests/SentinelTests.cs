@@ -308,6 +308,31 @@ public sealed class SentinelTests : IDisposable
     }
 
     [Fact]
+    public void Sentinel_StoreLocked_KeepsServingAndCommitsTheWorkLater()
+    {
+        long id = Queue(1)[0];
+        using var host = new SentinelHost(Db);
+        using var worker = new ScriptedWorker(host.Endpoint);
+        Assert.Equal((ulong)id, worker.Expect(OpCode.Dispatch).JobId);
+        using (var blocker = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={Db};Pooling=False"))
+        {
+            blocker.Open();
+            using var begin = blocker.CreateCommand();
+            begin.CommandText = "BEGIN IMMEDIATE";
+            begin.ExecuteNonQuery();
+
+            worker.Conclude(id, ReceiptStatus.Success, new() { ["rows"] = 3 });
+            WaitForLog(host, "store step failed, retrying");
+            // Between attempts the socket is served: a stranger's heartbeat is answered.
+            using var stranger = new ScriptedWorker(host.Endpoint, identify: false);
+            stranger.Heartbeat();
+            stranger.Expect(OpCode.Err);
+            using (var store = Store()) Assert.Equal(JobState.Running, store.Get(id)!.State);
+        }
+        Assert.Equal("""{"rows":3}""", WaitForState(id, JobState.Completed).MetricsJson);
+    }
+
+    [Fact]
     public void Sentinel_Ipc_ServesOverAUnixPath()
     {
         long id = Queue(1)[0];
