@@ -221,12 +221,16 @@ internal sealed class SqliteJobStore : IJobStore
         });
     }
 
-    /// <summary>The claim: one statement, so two claimers can never take the same job.</summary>
+    /// <summary>
+    /// The claim: one statement, so two claimers can never take the same job. It takes one job; a
+    /// batch repeats it. (A batch form, <c>id IN (SELECT … LIMIT n) RETURNING</c>, measured up to 40x
+    /// slower on SQLite 3.40 once part of the queue had been claimed.)
+    /// </summary>
     internal const string ClaimSql =
         "UPDATE jobs SET state = 'RUNNING', worker = $worker, claimed_at = $now, heartbeat_at = $now, finished_at = NULL " +
-        "WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_queue WHERE state = 'QUEUED' AND next_attempt_at <= $now " +
+        "WHERE id = (SELECT id FROM jobs INDEXED BY jobs_queue WHERE state = 'QUEUED' AND next_attempt_at <= $now " +
         "    AND ($any OR parser_name IN (SELECT value FROM json_each($caps))) " +
-        "    ORDER BY priority DESC, id LIMIT $max) " +
+        "    ORDER BY priority DESC, id LIMIT 1) " +
         "RETURNING id, parser_name, parser_version, input_path, priority, retry_count";
 
     public List<ClaimedJob> Claim(string worker, IReadOnlyList<string> capabilities, int max)
@@ -234,20 +238,22 @@ internal sealed class SqliteJobStore : IJobStore
         var claimed = new List<ClaimedJob>(Math.Min(max, 256));
         if (max <= 0) return claimed;
         bool any = capabilities.Contains("*");
-        var st = Raw(ref _claim, ClaimSql, "$worker", "$now", "$any", "$caps", "$max")
+        // Bindings survive a reset, so the statement is bound once for the whole batch.
+        var st = Raw(ref _claim, ClaimSql, "$worker", "$now", "$any", "$caps")
             .Bind(1, worker).Bind(2, Now()).Bind(3, any ? 1 : 0)
-            .Bind(4, any ? "[]" : JsonSerializer.Serialize(capabilities as List<string> ?? [.. capabilities], StoreJson.Default.ListString))
-            .Bind(5, max);
-        try
+            .Bind(4, any ? "[]" : JsonSerializer.Serialize(capabilities as List<string> ?? [.. capabilities], StoreJson.Default.ListString));
+        for (int i = 0; i < max; i++)
         {
-            while (st.Step()) claimed.Add(new ClaimedJob(st.Int64(0), st.Text(1), st.Text(2), st.Text(3), st.Int32(4), st.Int32(5)));
+            try
+            {
+                if (!st.Step()) break;
+                claimed.Add(new ClaimedJob(st.Int64(0), st.Text(1), st.Text(2), st.Text(3), st.Int32(4), st.Int32(5)));
+            }
+            finally
+            {
+                st.Reset();
+            }
         }
-        finally
-        {
-            st.Reset();
-        }
-        // RETURNING gives rows in no promised order.
-        claimed.Sort(static (a, b) => a.Priority != b.Priority ? b.Priority.CompareTo(a.Priority) : a.Id.CompareTo(b.Id));
         return claimed;
     }
 

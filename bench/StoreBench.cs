@@ -30,7 +30,8 @@ public class StoreBench
         "_d = tempfile.mkdtemp(prefix='casparian-bench-')\n" +
         "atexit.register(shutil.rmtree, _d, True)\n" +
         "db = sqlite3.connect(os.path.join(_d, 'jobs.db'), isolation_level=None)\n" +
-        "db.execute('PRAGMA busy_timeout = 10000'); db.execute('PRAGMA journal_mode = WAL'); db.execute('PRAGMA synchronous = NORMAL')\n" +
+        "for pragma in ('busy_timeout = 10000', 'journal_mode = WAL', 'synchronous = NORMAL', 'wal_autocheckpoint = 10000', 'cache_size = -16384'):\n" +
+        "    db.execute('PRAGMA ' + pragma)\n" +
         $"db.executescript({PyString(SqliteJobStore.SchemaSql)})\n" +
         $"CLAIM = {PyString(SqliteJobStore.ClaimSql)}\n" +
         $"COMPLETE = {PyString(SqliteJobStore.CompleteSql)}\n" +
@@ -47,7 +48,7 @@ public class StoreBench
         "def cycle():\n" +
         "    db.execute('BEGIN IMMEDIATE')\n" +
         "    now = ms()\n" +
-        "    for (job_id, *_rest) in db.execute(CLAIM, dict(worker='bench', now=now, any=1, caps='[]', max=1)).fetchall():\n" +
+        "    for (job_id, *_rest) in db.execute(CLAIM, dict(worker='bench', now=now, any=1, caps='[]')).fetchall():\n" +
         "        db.execute(COMPLETE, dict(now=now, metrics=METRICS, artifacts=ARTIFACTS, id=job_id, worker='bench'))\n" +
         "    db.execute('COMMIT')\n" +
         "_pending = [0]\n" +
