@@ -1,0 +1,201 @@
+// Schema rules of a topic (see Output.cs): structural type equality, the null-column promotions, the
+// dictionary heuristic, and the arrays JobOutput makes itself (all-null columns, lineage columns).
+using System.Buffers;
+using System.Runtime.InteropServices;
+using Apache.Arrow;
+using Apache.Arrow.Types;
+
+namespace Casparian;
+
+internal static class ArrowSchemas
+{
+    /// <summary>The same Arrow type, structurally (units, time zones, widths, children), ignoring field nullability and metadata.</summary>
+    public static bool SameType(IArrowType a, IArrowType b)
+    {
+        if (a.TypeId != b.TypeId) return false;
+        return (a, b) switch
+        {
+            (TimestampType x, TimestampType y) => x.Unit == y.Unit && (x.Timezone ?? "") == (y.Timezone ?? ""),
+            (TimeBasedType x, TimeBasedType y) => x.Unit == y.Unit,
+            (Decimal32Type x, Decimal32Type y) => x.Precision == y.Precision && x.Scale == y.Scale,
+            (Decimal64Type x, Decimal64Type y) => x.Precision == y.Precision && x.Scale == y.Scale,
+            (Decimal128Type x, Decimal128Type y) => x.Precision == y.Precision && x.Scale == y.Scale,
+            (Decimal256Type x, Decimal256Type y) => x.Precision == y.Precision && x.Scale == y.Scale,
+            (FixedSizeBinaryType x, FixedSizeBinaryType y) => x.ByteWidth == y.ByteWidth,
+            (DictionaryType x, DictionaryType y) => SameType(x.IndexType, y.IndexType) && SameType(x.ValueType, y.ValueType),
+            (IntervalType x, IntervalType y) => x.Unit == y.Unit,
+            (FixedSizeListType x, FixedSizeListType y) => x.ListSize == y.ListSize && SameFields(x.Fields, y.Fields),
+            (UnionType x, UnionType y) => x.Mode == y.Mode && x.TypeIds.AsSpan().SequenceEqual(y.TypeIds) && SameFields(x.Fields, y.Fields),
+            (NestedType x, NestedType y) => SameFields(x.Fields, y.Fields),
+            _ => true,
+        };
+    }
+
+    private static bool SameFields(IReadOnlyList<Field> a, IReadOnlyList<Field> b)
+    {
+        if (a.Count != b.Count) return false;
+        for (int i = 0; i < a.Count; i++)
+            if (a[i].Name != b[i].Name || !SameType(a[i].DataType, b[i].DataType)) return false;
+        return true;
+    }
+
+    /// <summary>A type as a person reads it in an error: "timestamp[us, tz=UTC]", "int64".</summary>
+    public static string Describe(IArrowType type) => type switch
+    {
+        TimestampType t => t.Timezone is { Length: > 0 } tz ? $"timestamp[{Unit(t.Unit)}, tz={tz}]" : $"timestamp[{Unit(t.Unit)}]",
+        TimeBasedType t => $"{t.Name}[{Unit(t.Unit)}]",
+        Decimal128Type d => $"decimal128({d.Precision}, {d.Scale})",
+        FixedSizeBinaryType f => $"fixed_size_binary[{f.ByteWidth}]",
+        NestedType n => $"{n.Name}<{string.Join(", ", n.Fields.Select(f => f.Name + ": " + Describe(f.DataType)))}>",
+        _ => type.Name,
+    };
+
+    private static string Unit(Apache.Arrow.Types.TimeUnit unit) => unit switch
+    {
+        Apache.Arrow.Types.TimeUnit.Second => "s",
+        Apache.Arrow.Types.TimeUnit.Millisecond => "ms",
+        Apache.Arrow.Types.TimeUnit.Microsecond => "us",
+        _ => "ns",
+    };
+
+    /// <summary>The same schema with every top-level field nullable: later batches of a topic may carry nulls the first did not.</summary>
+    public static Schema Nullable(Schema schema)
+    {
+        var fields = schema.FieldsList.Select(f => f.IsNullable ? f : new Field(f.Name, f.DataType, true, f.HasMetadata ? f.Metadata : null));
+        return new Schema(fields, schema.HasMetadata ? schema.Metadata : null);
+    }
+
+    /// <summary>
+    /// Columns of <paramref name="batch"/> whose values look nearly all distinct (over 90% distinct among
+    /// at least 4,096 sampled non-null values): dictionary encoding only costs time on those, since the
+    /// writer fills a 1 MiB dictionary and then falls back to plain encoding, re-encoding what it had.
+    /// Smaller samples say too little, so such columns keep the default (dictionary with fallback).
+    /// </summary>
+    public static List<string> NearUniqueColumns(RecordBatch batch)
+    {
+        const int MinSample = 4096, MaxSample = 16384;
+        var result = new List<string>();
+        var longs = new HashSet<long>();
+        var hashes = new HashSet<int>();
+        for (int c = 0; c < batch.ColumnCount; c++)
+        {
+            var data = batch.Column(c).Data;
+            int n = Math.Min(data.Length, MaxSample);
+            var validity = data.Buffers.Length > 0 ? data.Buffers[0].Span : default;
+            int sampled = 0;
+            longs.Clear();
+            hashes.Clear();
+            switch (data.DataType)
+            {
+                case FixedWidthType f when f is not BooleanType and not DictionaryType && f.BitWidth is 8 or 16 or 32 or 64:
+                {
+                    int width = f.BitWidth / 8;
+                    var values = data.Buffers[1].Span;
+                    for (int i = 0; i < n; i++)
+                    {
+                        int at = data.Offset + i;
+                        if (!validity.IsEmpty && (validity[at >> 3] & (1 << (at & 7))) == 0) continue;
+                        var v = values.Slice(at * width, width);
+                        longs.Add(width switch { 8 => BitConverter.ToInt64(v), 4 => BitConverter.ToInt32(v), 2 => BitConverter.ToInt16(v), _ => v[0] });
+                        sampled++;
+                    }
+                    if (sampled >= MinSample && longs.Count > sampled * 0.9) result.Add(batch.Schema.FieldsList[c].Name);
+                    break;
+                }
+                case StringType or BinaryType:
+                {
+                    var offsets = MemoryMarshal.Cast<byte, int>(data.Buffers[1].Span);
+                    var bytes = data.Buffers[2].Span;
+                    for (int i = 0; i < n; i++)
+                    {
+                        int at = data.Offset + i;
+                        if (!validity.IsEmpty && (validity[at >> 3] & (1 << (at & 7))) == 0) continue;
+                        var h = new HashCode();
+                        h.AddBytes(bytes[offsets[at]..offsets[at + 1]]);
+                        hashes.Add(h.ToHashCode());
+                        sampled++;
+                    }
+                    if (sampled >= MinSample && hashes.Count > sampled * 0.9) result.Add(batch.Schema.FieldsList[c].Name);
+                    break;
+                }
+            }
+        }
+        return result;
+    }
+
+    /// <summary>Arrow bytes a batch holds (all buffers, children included): the row-group budget's measure.</summary>
+    public static long Bytes(RecordBatch batch)
+    {
+        long total = 0;
+        foreach (var array in batch.Arrays) total += Bytes(array.Data);
+        return total;
+    }
+
+    private static long Bytes(ArrayData data)
+    {
+        long total = 0;
+        foreach (var buffer in data.Buffers) total += buffer.Length;
+        if (data.Children is { } children) foreach (var child in children) total += Bytes(child);
+        if (data.Dictionary is { } dictionary) total += Bytes(dictionary);
+        return total;
+    }
+}
+
+/// <summary>
+/// Arrays a topic writer makes for one write, over buffers rented from the shared array pool and
+/// returned on Dispose, after the writer has encoded them (ParquetSharp does not keep exported arrays
+/// past the call). Pooled managed memory rather than Arrow's native allocator: that one reports every
+/// allocation as GC memory pressure, which cost a gen-2 collection every few batches.
+/// </summary>
+internal sealed class ScratchArrays : IDisposable
+{
+    private readonly List<byte[]> _rented = [];
+
+    /// <summary>An int64 column holding <paramref name="value"/> <paramref name="length"/> times.</summary>
+    public Int64Array Constant(long value, int length)
+    {
+        var memory = Rent(checked(length * sizeof(long)));
+        MemoryMarshal.Cast<byte, long>(memory.Span).Fill(value);
+        return new Int64Array(new ArrowBuffer(memory), ArrowBuffer.Empty, length, 0, 0);
+    }
+
+    /// <summary>
+    /// <paramref name="length"/> nulls of <paramref name="type"/>: a zero validity bitmap over zeroed
+    /// values (fixed width) or zero offsets (binary, string). Null for types we cannot fill this way.
+    /// </summary>
+    public IArrowArray? Nulls(IArrowType type, int length)
+    {
+        if (type is NullType) return new NullArray(length);
+        int bitmap = (length + 7) / 8;
+        ArrowBuffer[]? buffers = type switch
+        {
+            BooleanType => [Zeros(bitmap), Zeros(bitmap)],
+            DictionaryType => null,
+            FixedWidthType f when f.BitWidth % 8 == 0 => [Zeros(bitmap), Zeros(checked(length * (f.BitWidth / 8)))],
+            BinaryType or StringType => [Zeros(bitmap), Zeros(checked((length + 1) * sizeof(int))), ArrowBuffer.Empty],
+            LargeBinaryType or LargeStringType => [Zeros(bitmap), Zeros(checked((length + 1) * sizeof(long))), ArrowBuffer.Empty],
+            _ => null,
+        };
+        return buffers is null ? null : ArrowArrayFactory.BuildArray(new ArrayData(type, length, length, 0, buffers));
+    }
+
+    private ArrowBuffer Zeros(int length)
+    {
+        var memory = Rent(length);
+        memory.Span.Clear();
+        return new ArrowBuffer(memory);
+    }
+
+    private Memory<byte> Rent(int length)
+    {
+        byte[] array = ArrayPool<byte>.Shared.Rent(length);
+        _rented.Add(array);
+        return array.AsMemory(0, length);
+    }
+
+    public void Dispose()
+    {
+        foreach (var array in _rented) ArrayPool<byte>.Shared.Return(array);
+        _rented.Clear();
+    }
+}

@@ -1,0 +1,258 @@
+// One topic of a job: its temp file, its ParquetSharp Arrow writer, its schema and row-group budget.
+using System.Security.Cryptography;
+using Apache.Arrow;
+using Apache.Arrow.Types;
+using ParquetSharp;
+using ParquetSharp.Arrow;
+using ParquetSharp.Schema;
+
+namespace Casparian;
+
+internal sealed partial class JobOutput
+{
+    private sealed class TopicWriter(JobOutput job, string name, SinkTarget target) : IDisposable
+    {
+        public string Name { get; } = name;
+
+        // The parser's columns (all nullable), in the order of the topic's first batch.
+        private Schema? _schema;
+        // What the file holds: _schema plus the lineage columns and our footer metadata.
+        private Schema? _writerSchema;
+        private WriterProperties? _properties;
+        private FileWriter? _writer;
+        private string? _tempPath;
+        private long _rows;
+        private long _groupRows;
+        private long _groupBytes;
+
+        private ulong JobId => job._jobId;
+        private OutputOptions Options => job._options;
+
+        public void Write(RecordBatch batch)
+        {
+            CheckColumnNames(batch.Schema);
+            int[] map;
+            if (_schema is null)
+            {
+                _schema = ArrowSchemas.Nullable(batch.Schema);
+                Start(batch);
+                map = Enumerable.Range(0, batch.ColumnCount).ToArray();
+            }
+            else
+            {
+                map = Reconcile(batch.Schema);
+            }
+
+            using var scratch = new ScratchArrays();
+            var fields = _schema.FieldsList;
+            var arrays = new IArrowArray[_writerSchema!.FieldsList.Count];
+            for (int i = 0; i < fields.Count; i++)
+            {
+                var column = batch.Column(map[i]);
+                arrays[i] = column.Data.DataType.TypeId == ArrowTypeId.Null && fields[i].DataType.TypeId != ArrowTypeId.Null
+                    ? scratch.Nulls(fields[i].DataType, batch.Length) ?? OutputThrow.Schema_CannotFillNulls(JobId, Name, fields[i].Name, ArrowSchemas.Describe(fields[i].DataType))
+                    : column;
+            }
+            if (Options.Lineage)
+            {
+                arrays[fields.Count] = scratch.Constant(unchecked((long)JobId), batch.Length);
+                arrays[fields.Count + 1] = scratch.Constant(job._fileVersionId, batch.Length);
+            }
+            WriteRows(arrays, batch.Length, ArrowSchemas.Bytes(batch));
+            _rows += batch.Length;
+        }
+
+        /// <summary>Closes the file, makes it durable, applies the mode and renames it into place.</summary>
+        public OutputArtifact Commit()
+        {
+            _writer!.Close();
+            _writer.Dispose();
+            _writer = null;
+            // fsync before rename: after a crash the final name holds the complete file or the old one.
+            using (var fs = new FileStream(_tempPath!, FileMode.Open, FileAccess.Write)) fs.Flush(flushToDisk: true);
+            if (target.Mode == SinkMode.Error) target.CheckNoOtherData(JobId);
+            string final = target.FinalPath;
+            File.Move(_tempPath!, final, overwrite: true);
+            _tempPath = null;
+            if (target.Mode == SinkMode.Replace && !target.SingleFile) target.DeleteOtherData();
+            return new OutputArtifact(Name, new Uri(final).AbsoluteUri, _rows, new FileInfo(final).Length);
+        }
+
+        public void Dispose()
+        {
+            _writer?.Dispose();
+            _writer = null;
+            _properties?.Dispose();
+            _properties = null;
+            if (_tempPath is not null) TryDelete(_tempPath);
+            _tempPath = null;
+        }
+
+        private void Start(RecordBatch first)
+        {
+            using (var builder = new WriterPropertiesBuilder())
+            {
+                builder.Compression(Options.Compression).MaxRowGroupLength(Options.RowGroupRows);
+                foreach (var column in ArrowSchemas.NearUniqueColumns(first)) builder.DisableDictionary(new ColumnPath([column]));
+                _properties = builder.Build();
+            }
+            Directory.CreateDirectory(target.Directory);
+            // A killed earlier attempt of this job may have left its temp file; nobody else writes this prefix.
+            foreach (var stale in Directory.EnumerateFiles(target.Directory, target.TempPrefix(JobId) + "*")) TryDelete(stale);
+            OpenWriter();
+        }
+
+        private void OpenWriter()
+        {
+            var fields = new List<Field>(_schema!.FieldsList);
+            if (Options.Lineage)
+            {
+                fields.Add(new Field(JobIdColumn, Int64Type.Default, nullable: false));
+                fields.Add(new Field(FileVersionIdColumn, Int64Type.Default, nullable: false));
+            }
+            var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
+            if (_schema.HasMetadata) foreach (var (k, v) in _schema.Metadata) metadata[k] = v;
+            metadata[SinkTarget.JobIdKey] = JobId.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            metadata[SinkTarget.FileVersionIdKey] = job._fileVersionId.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            _writerSchema = new Schema(fields, metadata);
+            _tempPath = Path.Combine(target.Directory, target.TempPrefix(JobId) + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+            _writer = new FileWriter(_tempPath, _writerSchema, _properties!, job._arrowProperties);
+            _groupRows = 0;
+            _groupBytes = 0;
+        }
+
+        /// <summary>
+        /// Buffers rows into the open row group, flushing it before it would pass the row or byte budget;
+        /// a batch larger than the budget is written in zero-copy slices so no row group outgrows it.
+        /// </summary>
+        private void WriteRows(IArrowArray[] arrays, int length, long bytes)
+        {
+            if (length == 0) return;
+            long maxRows = Math.Max(1, Options.RowGroupRows);
+            long maxBytes = Math.Max(1, Options.RowGroupBytes);
+            long pieces = Math.Max((bytes + maxBytes - 1) / maxBytes, (length + maxRows - 1) / maxRows);
+            int step = (int)((length + pieces - 1) / pieces);
+            for (int offset = 0; offset < length; offset += step)
+            {
+                int count = Math.Min(step, length - offset);
+                long pieceBytes = bytes * count / length;
+                if (_groupRows > 0 && (_groupRows + count > maxRows || _groupBytes + pieceBytes > maxBytes))
+                {
+                    _writer!.NewBufferedRowGroup();
+                    _groupRows = 0;
+                    _groupBytes = 0;
+                }
+                var piece = count == length ? arrays : arrays.Select(a => ArrowArrayFactory.Slice(a, offset, count)).ToArray();
+                // A wrapper over borrowed arrays: not disposed here, the arrays belong to the caller or to scratch.
+                _writer!.WriteBufferedRecordBatch(new RecordBatch(_writerSchema!, piece, count));
+                _groupRows += count;
+                _groupBytes += pieceBytes;
+            }
+        }
+
+        private void CheckColumnNames(Schema schema)
+        {
+            var fields = schema.FieldsList;
+            for (int i = 0; i < fields.Count; i++)
+            {
+                string n = fields[i].Name;
+                if (Options.Lineage && n is JobIdColumn or FileVersionIdColumn) OutputThrow.Schema_ReservedColumn(JobId, Name, n);
+                for (int j = 0; j < i; j++)
+                    if (fields[j].Name == n) OutputThrow.Schema_DuplicateColumn(JobId, Name, n);
+            }
+        }
+
+        /// <summary>
+        /// Maps the topic's columns to <paramref name="incoming"/>'s (by name, any order) and applies the
+        /// null promotions; throws naming every differing column otherwise.
+        /// </summary>
+        private int[] Reconcile(Schema incoming)
+        {
+            var topic = _schema!.FieldsList;
+            var fields = incoming.FieldsList;
+            var map = new int[topic.Count];
+            var seen = new bool[fields.Count];
+            List<string>? problems = null;
+            Field[]? widened = null;
+            for (int i = 0; i < topic.Count; i++)
+            {
+                var want = topic[i];
+                int j = i < fields.Count && fields[i].Name == want.Name ? i : IndexOf(fields, want.Name);
+                if (j < 0)
+                {
+                    (problems ??= []).Add($"column '{want.Name}' ({ArrowSchemas.Describe(want.DataType)}) is missing");
+                    continue;
+                }
+                seen[j] = true;
+                map[i] = j;
+                var have = fields[j].DataType;
+                if (ArrowSchemas.SameType(want.DataType, have) || have.TypeId == ArrowTypeId.Null) continue;
+                if (want.DataType.TypeId == ArrowTypeId.Null)
+                {
+                    (widened ??= [.. topic])[i] = new Field(want.Name, have, true, want.HasMetadata ? want.Metadata : null);
+                    continue;
+                }
+                (problems ??= []).Add($"column '{want.Name}' is {ArrowSchemas.Describe(want.DataType)} in the topic but {ArrowSchemas.Describe(have)} in this table");
+            }
+            for (int j = 0; j < fields.Count; j++)
+                if (!seen[j]) (problems ??= []).Add($"column '{fields[j].Name}' ({ArrowSchemas.Describe(fields[j].DataType)}) is new");
+            if (problems is not null) OutputThrow.Schema_Mismatch(JobId, Name, string.Join("; ", problems));
+            if (widened is not null) Widen(new Schema(widened, _schema.HasMetadata ? _schema.Metadata : null));
+            return map;
+        }
+
+        private static int IndexOf(IReadOnlyList<Field> fields, string name)
+        {
+            for (int j = 0; j < fields.Count; j++) if (fields[j].Name == name) return j;
+            return -1;
+        }
+
+        /// <summary>
+        /// Columns that were all null so far now have a type: rewrites the rows written so far into a new
+        /// temp file whose schema has those types, streaming row group by row group.
+        /// </summary>
+        private void Widen(Schema schema)
+        {
+            _writer!.Close();
+            _writer.Dispose();
+            _writer = null;
+            string old = _tempPath!;
+            _tempPath = null;
+            try
+            {
+                _schema = schema;
+                OpenWriter();
+                var want = _writerSchema!.FieldsList;
+                using var reader = new FileReader(old);
+                using var stream = reader.GetRecordBatchReader();
+                while (stream.ReadNextRecordBatchAsync().AsTask().GetAwaiter().GetResult() is { } batch)
+                {
+                    using (batch)
+                    using (var scratch = new ScratchArrays())
+                    {
+                        var arrays = new IArrowArray[want.Count];
+                        for (int i = 0; i < want.Count; i++)
+                        {
+                            var column = batch.Column(i);
+                            arrays[i] = column.Data.DataType.TypeId == ArrowTypeId.Null && want[i].DataType.TypeId != ArrowTypeId.Null
+                                ? scratch.Nulls(want[i].DataType, batch.Length) ?? OutputThrow.Schema_CannotFillNulls(JobId, Name, want[i].Name, ArrowSchemas.Describe(want[i].DataType))
+                                : column;
+                        }
+                        WriteRows(arrays, batch.Length, ArrowSchemas.Bytes(batch));
+                    }
+                }
+            }
+            finally
+            {
+                TryDelete(old);
+            }
+        }
+
+        private static void TryDelete(string path)
+        {
+            try { File.Delete(path); }
+            catch (IOException) { }
+            catch (UnauthorizedAccessException) { }
+        }
+    }
+}

@@ -1,0 +1,264 @@
+// Parquet output (SPEC §7): one JobOutput per job streams each topic's Arrow batches into its own
+// Parquet file and, on Commit, renames the finished files into place.
+//
+// Layout. Every (job, topic) has exactly one destination file with a deterministic name, so a retried
+// job (on this machine or another, after a crash or kill -9) overwrites its own file instead of adding
+// a second copy. Where the file goes is decided by the topic's sink (Output.Sinks.cs):
+//   - no sink for the topic (always the case when DISPATCH has no sinks): {root}/{topic}/job-{id}.parquet
+//   - a directory uri (parquet://NAME, a relative path, or file:///ABS inside an allowed root, not
+//     ending in .parquet): the directory is a dataset and this job's file is {dir}/job-{id}.parquet
+//   - a file uri (ending in .parquet): that file is the topic's whole dataset
+// Modes (SinkConfig.mode):
+//   - append (default): directory: add/overwrite this job's file, leave every other file alone.
+//     File uri: refused when the job starts (a Parquet file cannot be appended to, and appending would
+//     duplicate rows on retry); use a directory uri or mode replace.
+//   - replace: directory: after this job's file is in place, every other *.parquet directly in the
+//     directory is deleted (the dataset becomes this job's output; concurrent replacers: last wins).
+//     File uri: the file is overwritten.
+//   - error: fail the job if the dataset already holds data from another job (directory: any *.parquet
+//     other than this job's own file; file uri: the file exists and its footer names another job).
+//     Checked when the job starts and again just before the rename. A retry never trips over its own
+//     earlier output.
+//
+// Atomicity. A topic's rows go to ".{final}.tmp-{job}-{random}" in the destination directory (hidden,
+// not *.parquet, so dataset readers skip it) and the finished file is fsynced and then renamed over the
+// final name: a reader sees the old file or the complete new one, never a partial one. Temp files of
+// the same (job, topic) left by a killed attempt are deleted when the retry starts writing that topic.
+// Dispose without Commit deletes this job's temp files. Topics commit one after another, so a failure
+// inside Commit can leave some topics committed; the retry overwrites them.
+//
+// Memory. Batches go to ParquetSharp's Arrow FileWriter in buffered mode, where a row group's encoded,
+// compressed pages are kept in memory until the group is flushed. We flush a topic's row group once
+// it has taken RowGroupRows rows or RowGroupBytes of Arrow data (a larger batch is sliced, zero-copy),
+// so the writer's memory per topic is a small multiple of RowGroupBytes (page buffers grow by doubling,
+// and the native allocator keeps the previous group's pages a while), whatever the file size. Default
+// 16 MiB: 2 GiB streamed through one job peaks at about 125 MB RSS for the whole process (64 MiB: 175).
+// Nothing keeps a caller's batch after Write returns.
+//
+// Speed. Snappy by default. Dictionary encoding stays on, except for columns whose first batch looks
+// nearly all distinct (ids, measurements, timestamps): there the writer would fill a dictionary, give
+// up and re-encode, which cost about 40% of the write time for numeric data.
+//
+// Schema (Output.Schema.cs). A topic's schema is set by its first batch, with every column made
+// nullable. Later batches must have the same column names (any order) and types, except that a column
+// of Arrow type null (what the shim sends for a column with no values in that batch) is accepted either
+// way round: null in the batch and concrete in the topic → written as all-null of the topic's type;
+// null in the topic and concrete in the batch → the topic widens to that type, by rewriting the rows
+// written so far into a new temp file (a one-off pass over that topic's data; memory stays bounded by
+// a row group). Anything else fails the job, naming the topic and the differing columns.
+//
+// Lineage (on by default): every row gets int64 columns _job_id and _file_version_id, after the
+// parser's columns; the footer's key-value metadata carries casparian.job_id and casparian.file_version_id.
+//
+// Threading: a JobOutput is used by one thread at a time (the job's bridge reader).
+using System.Diagnostics;
+using System.Diagnostics.CodeAnalysis;
+using System.Globalization;
+using Apache.Arrow;
+using ParquetSharp;
+using ParquetSharp.Arrow;
+
+namespace Casparian;
+
+/// <summary>Settings shared by every job of a worker or a <c>run</c>.</summary>
+internal sealed record OutputOptions
+{
+    /// <summary>The output root (the worker's <c>--output</c>): relative sink uris and topics without a sink land here.</summary>
+    public required string Root { get; init; }
+
+    /// <summary>Directories an absolute <c>file:///…</c> sink may write into (the root is always allowed).</summary>
+    public IReadOnlyList<string> AllowedRoots { get; init; } = [];
+
+    /// <summary>Add <c>_job_id</c> and <c>_file_version_id</c> columns to every row.</summary>
+    public bool Lineage { get; init; } = true;
+
+    public Compression Compression { get; init; } = Compression.Snappy;
+
+    /// <summary>Most rows in one row group.</summary>
+    public long RowGroupRows { get; init; } = 1L << 20;
+
+    /// <summary>Most Arrow bytes (uncompressed column data) in one row group: bounds the writer's memory per topic.</summary>
+    public long RowGroupBytes { get; init; } = 16L << 20;
+}
+
+/// <summary>One committed file. <see cref="Bytes"/> is its size on disk.</summary>
+internal readonly record struct OutputArtifact(string Topic, string Uri, long Rows, long Bytes)
+{
+    /// <summary>The receipt's artifact map (SPEC §2.4): topic, uri, rows, bytes.</summary>
+    public Dictionary<string, string> ToReceipt() => new()
+    {
+        ["topic"] = Topic,
+        ["uri"] = Uri,
+        ["rows"] = Rows.ToString(CultureInfo.InvariantCulture),
+        ["bytes"] = Bytes.ToString(CultureInfo.InvariantCulture),
+    };
+}
+
+/// <summary>What Commit wrote: one artifact per topic that received at least one batch.</summary>
+internal sealed record OutputResult(IReadOnlyList<OutputArtifact> Artifacts, long Rows, long Bytes, long Batches, long DurationMs)
+{
+    /// <summary>The receipt's metrics: rows, bytes (Parquet bytes on disk), batches, duration_ms.</summary>
+    public Dictionary<string, long> Metrics() => new()
+    {
+        ["rows"] = Rows,
+        ["bytes"] = Bytes,
+        ["batches"] = Batches,
+        ["duration_ms"] = DurationMs,
+    };
+
+    public List<Dictionary<string, string>> ReceiptArtifacts() => Artifacts.Select(a => a.ToReceipt()).ToList();
+}
+
+/// <summary>A job's output failed in a way retrying will not fix: bad sink, schema mismatch, existing data in mode error.</summary>
+internal sealed class OutputException(string message, Exception? inner = null) : CasparianException(ExitCode.Failed, message, inner);
+
+/// <summary>
+/// The Parquet files of one job: <see cref="Write"/> each batch as it arrives, then <see cref="Commit"/>;
+/// disposing without Commit leaves nothing behind. The file header comment defines layout, modes, schema rules.
+/// </summary>
+internal sealed partial class JobOutput : IDisposable
+{
+    public const string JobIdColumn = "_job_id";
+    public const string FileVersionIdColumn = "_file_version_id";
+
+    private readonly OutputOptions _options;
+    private readonly ulong _jobId;
+    private readonly long _fileVersionId;
+    private readonly Dictionary<string, SinkTarget> _sinks;
+    // Topics in first-write order: a handful per job, searched linearly.
+    private readonly List<TopicWriter> _topics = [];
+    private readonly Stopwatch _clock = Stopwatch.StartNew();
+    private readonly ArrowWriterProperties _arrowProperties;
+    private long _batches;
+    private bool _failed;
+    private bool _committed;
+    private bool _disposed;
+
+    /// <summary>
+    /// Resolves and checks every sink up front (a bad uri or mode error fails before the parser runs).
+    /// <paramref name="sinks"/> is DISPATCH's list; empty means one dataset per topic under the root.
+    /// </summary>
+    public JobOutput(OutputOptions options, ulong jobId, long fileVersionId, IReadOnlyList<SinkConfig> sinks)
+    {
+        _options = options;
+        _jobId = jobId;
+        _fileVersionId = fileVersionId;
+        _sinks = new Dictionary<string, SinkTarget>(StringComparer.Ordinal);
+        foreach (var sink in sinks)
+        {
+            var target = SinkTarget.Resolve(options, jobId, sink.Topic, sink.Uri, sink.Mode);
+            if (!_sinks.TryAdd(sink.Topic, target)) OutputThrow.Sink_DuplicateTopic(jobId, sink.Topic);
+            if (target.Mode == SinkMode.Error) target.CheckNoOtherData(jobId);
+        }
+        // The stored Arrow schema brings back exact types on read (timestamp time zones, null columns).
+        _arrowProperties = new ArrowWriterPropertiesBuilder().StoreSchema().Build();
+    }
+
+    public ulong JobId => _jobId;
+
+    /// <summary>
+    /// Appends <paramref name="batch"/> to <paramref name="topic"/>'s file, creating it on the topic's
+    /// first batch. The batch is not kept: the caller may dispose it as soon as this returns. After a
+    /// Write throws, the job can only be disposed (Commit refuses: the file may hold part of the batch).
+    /// </summary>
+    public void Write(string topic, RecordBatch batch)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_committed) throw new InvalidOperationException($"job {_jobId}: Write after Commit");
+        // Until it returns, a Write may have put part of the batch in the file: a failure poisons the job.
+        bool ok = false;
+        try
+        {
+            Topic(topic).Write(batch);
+            ok = true;
+        }
+        catch (ParquetException e)
+        {
+            OutputThrow.Write_Failed(_jobId, topic, e);
+        }
+        finally
+        {
+            _failed |= !ok;
+        }
+        _batches++;
+    }
+
+    /// <summary>Finishes every topic's file and renames it into place. Call once; then dispose.</summary>
+    public OutputResult Commit()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_committed) throw new InvalidOperationException($"job {_jobId}: Commit called twice");
+        if (_failed) throw new InvalidOperationException($"job {_jobId}: Commit after a failed Write; the job's output is incomplete, dispose it");
+        _committed = true;
+        var artifacts = new List<OutputArtifact>(_topics.Count);
+        foreach (var t in _topics)
+        {
+            try
+            {
+                artifacts.Add(t.Commit());
+            }
+            catch (ParquetException e)
+            {
+                OutputThrow.Write_Failed(_jobId, t.Name, e);
+            }
+        }
+        _clock.Stop();
+        return new OutputResult(artifacts, artifacts.Sum(a => a.Rows), artifacts.Sum(a => a.Bytes), _batches, _clock.ElapsedMilliseconds);
+    }
+
+    /// <summary>Closes the writers; without a successful Commit, deletes this job's temp files.</summary>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        for (int i = _topics.Count - 1; i >= 0; i--) _topics[i].Dispose();
+        _arrowProperties.Dispose();
+    }
+
+    private TopicWriter Topic(string name)
+    {
+        foreach (var t in _topics) if (t.Name == name) return t;
+        if (!_sinks.TryGetValue(name, out var target))
+        {
+            if (!SinkTarget.IsTopicName(name)) OutputThrow.Topic_BadName(_jobId, name);
+            target = SinkTarget.Resolve(_options, _jobId, name, "parquet://" + name, SinkMode.Append);
+        }
+        var topic = new TopicWriter(this, name, target);
+        _topics.Add(topic);
+        return topic;
+    }
+}
+
+internal static class OutputThrow
+{
+    [DoesNotReturn] public static void Sink_DuplicateTopic(ulong job, string topic) =>
+        throw new OutputException($"job {job}: two sinks for topic '{topic}'; give each topic one sink");
+    [DoesNotReturn] public static void Topic_BadName(ulong job, string topic) =>
+        throw new OutputException($"job {job}: topic name '{topic}' is invalid; topic names match [a-z][a-z0-9_]* (at most 128 characters)");
+    [DoesNotReturn] public static void Sink_Scheme(ulong job, string topic, string uri) =>
+        throw new OutputException($"job {job}: sink uri '{uri}' of topic '{topic}' is not supported; use parquet://NAME, a relative path, or file:///ABSOLUTE/PATH");
+    [DoesNotReturn] public static void Sink_Empty(ulong job, string topic) =>
+        throw new OutputException($"job {job}: sink uri of topic '{topic}' is empty; use parquet://NAME, a relative path, or file:///ABSOLUTE/PATH");
+    [DoesNotReturn] public static void Sink_ParentSegment(ulong job, string topic, string uri) =>
+        throw new OutputException($"job {job}: sink uri '{uri}' of topic '{topic}' contains '..'; sinks may not climb out of their directory");
+    [DoesNotReturn] public static void Sink_AbsoluteParquet(ulong job, string topic, string uri) =>
+        throw new OutputException($"job {job}: sink uri '{uri}' of topic '{topic}': parquet:// names a path under the output root; use file:///… for an absolute path");
+    [DoesNotReturn] public static void Sink_Host(ulong job, string topic, string uri) =>
+        throw new OutputException($"job {job}: sink uri '{uri}' of topic '{topic}' names a host; only local paths are supported (file:///ABSOLUTE/PATH)");
+    [DoesNotReturn] public static void Sink_OutsideRoots(ulong job, string topic, string path, IEnumerable<string> roots) =>
+        throw new OutputException($"job {job}: sink of topic '{topic}' points to {path}, outside the output root and the allowed roots ({string.Join(", ", roots)}); write under the output root or add an allowed root to the worker's configuration");
+    [DoesNotReturn] public static void Sink_AppendToFile(ulong job, string topic, string uri) =>
+        throw new OutputException($"job {job}: sink '{uri}' of topic '{topic}' names a single .parquet file, which mode append cannot add to; use a directory uri (parquet://NAME) to append, or mode replace");
+    [DoesNotReturn] public static void Sink_DataExists(ulong job, string topic, string path) =>
+        throw new OutputException($"job {job}: sink of topic '{topic}' has mode error and {path} already holds data; remove it or use mode append or replace");
+    [DoesNotReturn] public static void Schema_Mismatch(ulong job, string topic, string detail) =>
+        throw new OutputException($"job {job}: topic '{topic}' got a table whose schema differs from the topic's earlier tables: {detail}; yield one schema per topic or route the table to another topic");
+    [DoesNotReturn] public static void Schema_DuplicateColumn(ulong job, string topic, string column) =>
+        throw new OutputException($"job {job}: topic '{topic}' got a table with two columns named '{column}'; column names must be unique");
+    [DoesNotReturn] public static void Schema_ReservedColumn(ulong job, string topic, string column) =>
+        throw new OutputException($"job {job}: topic '{topic}' has a column named '{column}', which lineage reserves; rename the column or turn lineage off");
+    [DoesNotReturn] public static IArrowArray Schema_CannotFillNulls(ulong job, string topic, string column, string type) =>
+        throw new OutputException($"job {job}: topic '{topic}' column '{column}' is all null in a table, and nulls of type {type} cannot be filled in; send the column with its type");
+    [DoesNotReturn] public static void Write_Failed(ulong job, string topic, ParquetException e) =>
+        throw new OutputException($"job {job}: writing topic '{topic}' failed: {e.Message}", e);
+}
