@@ -101,34 +101,17 @@ internal static class JobCommands
             int priority = args.GetInt(PriorityFlag.Name, 0);
             bool force = args.Has(ForceFlag.Name);
             string db = DbFrom(args);
-            int at = spec.IndexOf('@');
-            string name = at < 0 ? spec : spec[..at];
-            string? version = at < 0 ? null : spec[(at + 1)..];
-            if (name.Length == 0 || version is { Length: 0 }) CliThrow.Usage_BadValue("job add", ParserFlag.Name, spec, "NAME or NAME@VERSION");
-            var files = ExpandInputs(paths);
+            var (name, version) = ParserSpec("job add", ParserFlag, spec);
+            paths = ExpandInputs(paths);
 
             return WithStore(db, create: false, store =>
             {
                 var parser = store.GetParser(name, version) ?? throw UnknownParser(store, db, name, version);
-                var jobs = new List<NewJob>(files.Count);
-                int skipped = 0;
-                foreach (string file in files)
-                {
-                    string hash = HashFile(file);
-                    if (!force && store.IsCompleted(parser.Name, parser.Version, hash)) { skipped++; continue; }
-                    jobs.Add(new NewJob(parser.Name, parser.Version, file, hash, priority));
-                }
-                long first = 0, last = 0;
-                for (int i = 0; i < jobs.Count; i += EnqueueChunk)
-                {
-                    var chunk = jobs.GetRange(i, Math.Min(EnqueueChunk, jobs.Count - i));
-                    long id = store.EnqueueMany(chunk);
-                    if (first == 0) first = id;
-                    last = id + chunk.Count - 1;
-                }
-                var sb = new StringBuilder($"queued {jobs.Count} job(s) for parser {parser.Name} {parser.Version}");
-                if (jobs.Count > 0) sb.Append(first == last ? $" (job {first})" : $" (jobs {first}-{last})");
-                if (skipped > 0) sb.Append($"; skipped {skipped} file(s) this version already completed (--force queues them anyway)");
+                var files = paths.Select(f => (f, HashFile(f))).ToList();
+                var r = Queue(store, parser, files, priority, skip: force ? null : hash => store.IsCompleted(parser.Name, parser.Version, hash));
+                var sb = new StringBuilder($"queued {r.Queued} job(s) for parser {parser.Name} {parser.Version}");
+                if (r.Queued > 0) sb.Append(r.FirstId == r.LastId ? $" (job {r.FirstId})" : $" (jobs {r.FirstId}-{r.LastId})");
+                if (r.Skipped > 0) sb.Append($"; skipped {r.Skipped} file(s) this version already completed (--force queues them anyway)");
                 Console.Out.WriteLine(sb.ToString());
                 return 0;
             });
@@ -210,6 +193,43 @@ internal static class JobCommands
 
     // ---- helpers -----------------------------------------------------------------------------
 
+    internal readonly record struct QueueResult(int Queued, int Skipped, long FirstId, long LastId);
+
+    /// <summary>
+    /// Queues <paramref name="files"/> (path, content hash) for <paramref name="parser"/>, in chunks of
+    /// one transaction each, leaving out every file <paramref name="skip"/> says is done already.
+    /// </summary>
+    internal static QueueResult Queue(IJobStore store, ParserRecord parser, IReadOnlyList<(string Path, string Hash)> files, int priority,
+        Func<string, bool>? skip)
+    {
+        var jobs = new List<NewJob>(files.Count);
+        int skipped = 0;
+        foreach (var (file, hash) in files)
+        {
+            if (skip?.Invoke(hash) == true) { skipped++; continue; }
+            jobs.Add(new NewJob(parser.Name, parser.Version, file, hash, priority));
+        }
+        long first = 0, last = 0;
+        for (int i = 0; i < jobs.Count; i += EnqueueChunk)
+        {
+            var chunk = jobs.GetRange(i, Math.Min(EnqueueChunk, jobs.Count - i));
+            long id = store.EnqueueMany(chunk);
+            if (first == 0) first = id;
+            last = id + chunk.Count - 1;
+        }
+        return new QueueResult(jobs.Count, skipped, first, last);
+    }
+
+    /// <summary>NAME or NAME@VERSION.</summary>
+    internal static (string Name, string? Version) ParserSpec(string command, Flag flag, string spec)
+    {
+        int at = spec.IndexOf('@');
+        string name = at < 0 ? spec : spec[..at];
+        string? version = at < 0 ? null : spec[(at + 1)..];
+        if (name.Length == 0 || version is { Length: 0 }) CliThrow.Usage_BadValue(command, flag.Name, spec, "NAME or NAME@VERSION");
+        return (name, version);
+    }
+
     private static string DbFrom(Args args) => Config.Load(args).Get(Config.Db);
 
     private static int WithStore(string db, bool create, Func<SqliteJobStore, int> work)
@@ -263,7 +283,7 @@ internal static class JobCommands
         return files;
     }
 
-    private static string HashFile(string path)
+    internal static string HashFile(string path)
     {
         try
         {
@@ -276,7 +296,7 @@ internal static class JobCommands
         }
     }
 
-    private static InputException UnknownParser(SqliteJobStore store, string db, string name, string? version)
+    internal static InputException UnknownParser(SqliteJobStore store, string db, string name, string? version)
     {
         var versions = store.ListParsers().Where(p => p.Name == name).Select(p => p.Version).ToList();
         if (version is not null && versions.Count > 0)

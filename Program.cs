@@ -243,7 +243,7 @@ internal static class Program
     [
         Sentinel.Command,
         Worker.Command,
-        NotBuilt("start", "sentinel and worker in one process: the local default", "start", issue: 6),
+        Start.Command,
         NotBuilt("run", "dev mode: one parser over a file or folder, no store", "run PARSER INPUT [--output DIR]", issue: 5),
         JobCommands.Parser,
         JobCommands.Job,

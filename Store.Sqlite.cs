@@ -22,7 +22,7 @@ namespace Casparian;
 internal sealed class SqliteJobStore : IJobStore
 {
     /// <summary>The schema this build reads and writes (PRAGMA user_version).</summary>
-    public const int SchemaVersion = 1;
+    public const int SchemaVersion = 2;
 
     // Migrations by target version: Migrations[0] takes an empty file to version 1.
     private static readonly string[] Migrations =
@@ -67,6 +67,11 @@ internal sealed class SqliteJobStore : IJobStore
         CREATE INDEX jobs_done ON jobs (content_hash, parser_name, parser_version) WHERE state = 'COMPLETED';
         CREATE INDEX jobs_attention ON jobs (state, id) WHERE state IN ('FAILED', 'CANCELLED');
         """,
+        // 2: a folder watcher must not queue a file again that already has a job in any state (queued
+        // by an earlier session, or failed), so every job is findable by its parser and content.
+        """
+        CREATE INDEX jobs_file ON jobs (content_hash, parser_name, parser_version);
+        """,
     ];
 
     private const string JobColumns =
@@ -84,7 +89,7 @@ internal sealed class SqliteJobStore : IJobStore
     // Hot paths run through SQLitePCL directly (Store.Statement.cs); the rest through ADO.NET commands.
     private SqliteStatement? _begin, _commit, _rollback, _enqueue, _claim, _complete;
     private SqliteCommand? _heartbeat, _fail, _reject, _requeueWorker,
-        _requeueStale, _runningOn, _cancelledAmong, _cancel, _retry, _get, _isCompleted, _insertParser, _getParser, _getLatestParser;
+        _requeueStale, _runningOn, _cancelledAmong, _cancel, _retry, _get, _isCompleted, _hasJob, _insertParser, _getParser, _getLatestParser;
 
     public string Path => _options.Path;
 
@@ -457,6 +462,17 @@ internal sealed class SqliteJobStore : IJobStore
             [JobState.Failed] = failed,
             [JobState.Cancelled] = cancelled,
         };
+    }
+
+    public bool HasJob(string parserName, string parserVersion, string contentHash)
+    {
+        var cmd = Prepare(ref _hasJob,
+            "SELECT 1 FROM jobs WHERE content_hash = $hash AND parser_name = $parser AND parser_version = $version LIMIT 1",
+            "$hash", "$parser", "$version");
+        cmd.Parameters[0].Value = contentHash;
+        cmd.Parameters[1].Value = parserName;
+        cmd.Parameters[2].Value = parserVersion;
+        return cmd.ExecuteScalar() is not null;
     }
 
     public bool IsCompleted(string parserName, string parserVersion, string contentHash)

@@ -132,6 +132,8 @@ internal interface IJobStore : IDisposable
     List<JobRecord> List(JobState? state, int limit);
     Dictionary<JobState, long> Counts();
     bool IsCompleted(string parserName, string parserVersion, string contentHash);
+    /// <summary>Whether any job, in any state, exists for this parser version and file content.</summary>
+    bool HasJob(string parserName, string parserVersion, string contentHash);
 
     ParserRegistration RegisterParser(ParserRecord parser);
     /// <summary>The named version, or the most recently registered one when <paramref name="version"/> is null.</summary>

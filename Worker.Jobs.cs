@@ -22,6 +22,8 @@ internal sealed record JobExecutorOptions
     public long LogLimit { get; init; } = 10L << 20;
     /// <summary>Total time a job may run when DISPATCH does not say (timeout_seconds).</summary>
     public TimeSpan DefaultTimeout { get; init; } = TimeSpan.FromHours(1);
+    /// <summary>Told of every receipt before it is sent (`start` keeps its session summary with it).</summary>
+    public Action<ulong, Dispatch, JobReceipt>? Finished { get; init; }
 }
 
 internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs)
@@ -29,6 +31,13 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs)
     public const string TransientMetric = "transient";
 
     public async Task<JobReceipt> RunAsync(ulong jobId, Dispatch dispatch, CancellationToken abort)
+    {
+        JobReceipt receipt = await ExecuteAsync(jobId, dispatch, abort).ConfigureAwait(false);
+        options.Finished?.Invoke(jobId, dispatch, receipt);
+        return receipt;
+    }
+
+    private async Task<JobReceipt> ExecuteAsync(ulong jobId, Dispatch dispatch, CancellationToken abort)
     {
         var clock = Stopwatch.StartNew();
         try
@@ -189,7 +198,7 @@ internal sealed class WorkerHost : IDisposable
     public required EnvManager Envs { get; init; }
     public required JobExecutor Executor { get; init; }
 
-    public static WorkerHost Create(Config config)
+    public static WorkerHost Create(Config config, Action<ulong, Dispatch, JobReceipt>? finished = null)
     {
         string home = config.HomeDir;
         var envs = new EnvManager(new VenvOptions
@@ -214,6 +223,7 @@ internal sealed class WorkerHost : IDisposable
             LogsDir = Path.Combine(home, "logs"),
             LogLimit = config.Get(Config.LogLimit),
             DefaultTimeout = config.Get(Config.JobTimeout),
+            Finished = finished,
         }, envs);
         return new WorkerHost { Envs = envs, Executor = executor };
     }

@@ -40,6 +40,46 @@ public sealed class StoreTests : IDisposable
     private static readonly string[] Any = ["*"];
 
     [Fact]
+    public void Store_HasJob_FindsAJobInAnyStateByParserVersionAndContent()
+    {
+        using var store = Open();
+        long id = store.Enqueue(Job("/in/a"));
+        Assert.True(store.HasJob("p", "1.0", "hash-/in/a"));
+        Assert.False(store.HasJob("p", "2.0", "hash-/in/a"));
+        Assert.False(store.HasJob("q", "1.0", "hash-/in/a"));
+        store.Cancel(id);
+        Assert.True(store.HasJob("p", "1.0", "hash-/in/a"));
+    }
+
+    [Fact]
+    public void Store_Open_MigratesAVersion1FileKeepingItsJobs()
+    {
+        // A store as the first release wrote it: the version-1 schema and one queued job.
+        using (var v1 = new SqliteConnection($"Data Source={DbPath};Pooling=False"))
+        {
+            v1.Open();
+            using var cmd = v1.CreateCommand();
+            cmd.CommandText = SqliteJobStore.SchemaSql.Split("CREATE INDEX jobs_file")[0] +
+                "INSERT INTO jobs (parser_name, parser_version, input_path, content_hash, state, created_at) VALUES ('p', '1.0', '/in/old', 'h-old', 'QUEUED', 0);" +
+                "PRAGMA user_version = 1;";
+            cmd.ExecuteNonQuery();
+        }
+        using (var store = Open())
+        {
+            Assert.True(store.HasJob("p", "1.0", "h-old"));
+            Assert.Equal("/in/old", Assert.Single(store.Claim("w", Any, 5)).InputPath);
+        }
+        using var check = new SqliteConnection($"Data Source={DbPath};Pooling=False");
+        check.Open();
+        using var q = check.CreateCommand();
+        q.CommandText = "SELECT (SELECT user_version FROM pragma_user_version), (SELECT count(*) FROM sqlite_master WHERE name = 'jobs_file')";
+        using var r = q.ExecuteReader();
+        r.Read();
+        Assert.Equal(SqliteJobStore.SchemaVersion, r.GetInt64(0));
+        Assert.Equal(1, r.GetInt64(1));
+    }
+
+    [Fact]
     public void Store_Claim_EveryJobExactlyOnce_WithConcurrentClaimers()
     {
         using (var store = Open())
