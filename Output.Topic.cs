@@ -1,4 +1,5 @@
 // One topic of a job: its temp file, its ParquetSharp Arrow writer, its schema and row-group budget.
+using System.Diagnostics;
 using System.Security.Cryptography;
 using Apache.Arrow;
 using Apache.Arrow.Types;
@@ -46,13 +47,7 @@ internal sealed partial class JobOutput
             using var scratch = new ScratchArrays();
             var fields = _schema.FieldsList;
             var arrays = new IArrowArray[_writerSchema!.FieldsList.Count];
-            for (int i = 0; i < fields.Count; i++)
-            {
-                var column = batch.Column(map[i]);
-                arrays[i] = column.Data.DataType.TypeId == ArrowTypeId.Null && fields[i].DataType.TypeId != ArrowTypeId.Null
-                    ? scratch.Nulls(fields[i].DataType, batch.Length) ?? OutputThrow.Schema_CannotFillNulls(JobId, Name, fields[i].Name, ArrowSchemas.Describe(fields[i].DataType))
-                    : column;
-            }
+            for (int i = 0; i < fields.Count; i++) arrays[i] = Conform(batch.Column(map[i]), fields[i], scratch);
             if (Options.Lineage)
             {
                 arrays[fields.Count] = scratch.Constant(unchecked((long)JobId), batch.Length);
@@ -163,8 +158,8 @@ internal sealed partial class JobOutput
         }
 
         /// <summary>
-        /// Maps the topic's columns to <paramref name="incoming"/>'s (by name, any order) and applies the
-        /// null promotions; throws naming every differing column otherwise.
+        /// Maps the topic's columns to <paramref name="incoming"/>'s (by name, any order) and widens the
+        /// topic where a promotion asks for it; throws naming every column no promotion joins.
         /// </summary>
         private int[] Reconcile(Schema incoming)
         {
@@ -186,19 +181,34 @@ internal sealed partial class JobOutput
                 seen[j] = true;
                 map[i] = j;
                 var have = fields[j].DataType;
-                if (ArrowSchemas.SameType(want.DataType, have) || have.TypeId == ArrowTypeId.Null) continue;
-                if (want.DataType.TypeId == ArrowTypeId.Null)
+                switch (ArrowSchemas.Promote(want.DataType, have))
                 {
-                    (widened ??= [.. topic])[i] = new Field(want.Name, have, true, want.HasMetadata ? want.Metadata : null);
-                    continue;
+                    case Promotion.WidenTopic:
+                        (widened ??= [.. topic])[i] = new Field(want.Name, have, true, want.HasMetadata ? want.Metadata : null);
+                        break;
+                    case Promotion.Mismatch:
+                        (problems ??= []).Add($"column '{want.Name}' is {ArrowSchemas.Describe(want.DataType)} in the topic but {ArrowSchemas.Describe(have)} in this table");
+                        break;
                 }
-                (problems ??= []).Add($"column '{want.Name}' is {ArrowSchemas.Describe(want.DataType)} in the topic but {ArrowSchemas.Describe(have)} in this table");
             }
             for (int j = 0; j < fields.Count; j++)
                 if (!seen[j]) (problems ??= []).Add($"column '{fields[j].Name}' ({ArrowSchemas.Describe(fields[j].DataType)}) is new");
             if (problems is not null) OutputThrow.Schema_Mismatch(JobId, Name, string.Join("; ", problems));
             if (widened is not null) Widen(new Schema(widened, _schema.HasMetadata ? _schema.Metadata : null));
             return map;
+        }
+
+        /// <summary>A column in the topic's type <paramref name="want"/>, which Reconcile or Widen has made reachable by a promotion.</summary>
+        private IArrowArray Conform(IArrowArray column, Field want, ScratchArrays scratch)
+        {
+            var promotion = ArrowSchemas.Promote(want.DataType, column.Data.DataType);
+            Debug.Assert(promotion is Promotion.None or Promotion.FillNulls or Promotion.CastToFloat64, $"column '{want.Name}': {promotion} after Reconcile");
+            return promotion switch
+            {
+                Promotion.FillNulls => scratch.Nulls(want.DataType, column.Length) ?? OutputThrow.Schema_CannotFillNulls(JobId, Name, want.Name, ArrowSchemas.Describe(want.DataType)),
+                Promotion.CastToFloat64 => scratch.Float64(column),
+                _ => column,
+            };
         }
 
         private static int IndexOf(IReadOnlyList<Field> fields, string name)
@@ -208,8 +218,9 @@ internal sealed partial class JobOutput
         }
 
         /// <summary>
-        /// Columns that were all null so far now have a type: rewrites the rows written so far into a new
-        /// temp file whose schema has those types, streaming row group by row group.
+        /// Some columns take a wider type (all null so far → a concrete type, int64 → float64): rewrites
+        /// the rows written so far into a new temp file with that schema, streaming the old file batch by
+        /// batch, then deletes the old one.
         /// </summary>
         private void Widen(Schema schema)
         {
@@ -231,13 +242,7 @@ internal sealed partial class JobOutput
                     using (var scratch = new ScratchArrays())
                     {
                         var arrays = new IArrowArray[want.Count];
-                        for (int i = 0; i < want.Count; i++)
-                        {
-                            var column = batch.Column(i);
-                            arrays[i] = column.Data.DataType.TypeId == ArrowTypeId.Null && want[i].DataType.TypeId != ArrowTypeId.Null
-                                ? scratch.Nulls(want[i].DataType, batch.Length) ?? OutputThrow.Schema_CannotFillNulls(JobId, Name, want[i].Name, ArrowSchemas.Describe(want[i].DataType))
-                                : column;
-                        }
+                        for (int i = 0; i < want.Count; i++) arrays[i] = Conform(batch.Column(i), want[i], scratch);
                         WriteRows(arrays, batch.Length, ArrowSchemas.Bytes(batch));
                     }
                 }

@@ -40,12 +40,20 @@
 // up and re-encode, which cost about 40% of the write time for numeric data.
 //
 // Schema (Output.Schema.cs). A topic's schema is set by its first batch, with every column made
-// nullable. Later batches must have the same column names (any order) and types, except that a column
-// of Arrow type null (what the shim sends for a column with no values in that batch) is accepted either
-// way round: null in the batch and concrete in the topic → written as all-null of the topic's type;
-// null in the topic and concrete in the batch → the topic widens to that type, by rewriting the rows
-// written so far into a new temp file (a one-off pass over that topic's data; memory stays bounded by
-// a row group). Anything else fails the job, naming the topic and the differing columns.
+// nullable. Later batches must have the same column names (any order) and types, except for two
+// promotions, each accepted either way round. They exist because the shim infers types per table, so a
+// parser that yields chunks can send one column with different types in different tables:
+//   - null ↔ concrete (a column with no values in that batch is Arrow type null): null in the batch and
+//     concrete in the topic → written as all-null of the topic's type; null in the topic and concrete in
+//     the batch → the topic widens to that type.
+//   - int64 ↔ float64 (whole numbers in one chunk, a 2.5 in the next): int64 in the topic and float64 in
+//     the batch → the topic widens to float64; float64 in the topic and int64 in the batch → the batch's
+//     column is cast to float64. Either way an int64 value becomes the nearest double: exact up to 2^53
+//     in magnitude, rounded beyond (as pandas does when it mixes ints and floats).
+// Widening rewrites the rows written so far into a new temp file with the wider schema (a pass over
+// that topic's data so far; memory stays bounded by a row group), so a column is rewritten at most
+// twice (null → int64 → float64). Any other pair of types (int32 vs int64, utf8 vs int64, timestamps
+// of different units or time zones …) fails the job, naming the topic and every differing column.
 //
 // Lineage (on by default): every row gets int64 columns _job_id and _file_version_id, after the
 // parser's columns; the footer's key-value metadata carries casparian.job_id and casparian.file_version_id.

@@ -408,6 +408,165 @@ public sealed class OutputTests : IDisposable
         Assert.Equal([null, null], file.Values("n"));
     }
 
+    // ---- int64 ↔ float64 ---------------------------------------------------------------------------
+
+    private const long TwoTo53 = 1L << 53;
+
+    private static IArrowArray Float64Column(params double?[] values)
+    {
+        var b = new DoubleArray.Builder();
+        foreach (var v in values) if (v is { } x) b.Append(x); else b.AppendNull();
+        return b.Build();
+    }
+
+    private static string[] Types(ParquetContent file) => file.Schema.FieldsList.Select(f => ArrowSchemas.Describe(f.DataType)).ToArray();
+
+    [Fact]
+    public void Output_Int64ThenFloat64_TopicWidensAndRewritesEarlierRowsAsFloat64()
+    {
+        // Two-row groups, so the rewrite reads several row groups back.
+        using (var job = Job(options: Options(lineage: true) with { RowGroupRows = 2 }))
+        {
+            using (var a = Batch(("v", Int64Column(1, null, -3, TwoTo53, TwoTo53 + 1, long.MaxValue)), ("s", StringColumn("a", "b", "c", "d", "e", "f")))) job.Write("output", a);
+            using (var b = Batch(("v", Float64Column(2.5, null, double.NaN)), ("s", StringColumn("g", "h", "i")))) job.Write("output", b);
+            using (var c = Batch(("v", Int64Column(7)), ("s", StringColumn("j")))) job.Write("output", c);
+            var result = job.Commit();
+            Assert.Equal(10, result.Rows);
+        }
+        var file = Read(Path.Combine(Root, "output", "job-7.parquet"));
+        Assert.Equal(["double", "utf8", "int64", "int64"], Types(file));
+        // 2^53 + 1 has no double: it rounds to 2^53 (ties to even), as the header comment documents.
+        Assert.Equal([1.0, null, -3.0, 9007199254740992.0, 9007199254740992.0, 9223372036854775807.0, 2.5, null, double.NaN, 7.0], file.Values("v"));
+        Assert.Equal(["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"], file.Values("s"));
+        Assert.Equal(Enumerable.Repeat(7L, 10), file.Values("_job_id").Cast<long>());
+        Assert.Equal(Enumerable.Repeat(1007L, 10), file.Values("_file_version_id").Cast<long>());
+        Assert.Equal(["job-7.parquet"], Directory.GetFiles(Path.Combine(Root, "output")).Select(Path.GetFileName));
+    }
+
+    [Fact]
+    public void Output_Float64ThenInt64_BatchIsCastKeepingNulls()
+    {
+        var values = Enumerable.Range(0, 20).Select(i => i % 3 == 0 ? null : (long?)(i * 1000 - 7)).ToArray();
+        using (var job = Job())
+        {
+            using (var a = Batch(("v", Float64Column(0.5)))) job.Write("output", a);
+            using (var b = Batch(("v", Int64Column(-1, null, long.MinValue, TwoTo53 + 1)))) job.Write("output", b);
+            // Slices whose validity bitmaps start mid-byte and on a byte boundary (a slice shares its
+            // parent's buffers, so each gets a parent of its own to dispose with it).
+            using (var c = Batch(("v", ArrowArrayFactory.Slice(Int64Column(values), 5, 13)))) job.Write("output", c);
+            using (var d = Batch(("v", ArrowArrayFactory.Slice(Int64Column(values), 8, 12)))) job.Write("output", d);
+            using (var e = Batch(("v", Int64Column(4, 5)))) job.Write("output", e);
+            job.Commit();
+        }
+        var file = Read(Path.Combine(Root, "output", "job-7.parquet"));
+        Assert.Equal(["double"], Types(file));
+        var want = new List<object?> { 0.5, -1.0, null, -9223372036854775808.0, 9007199254740992.0 };
+        want.AddRange(values.Skip(5).Take(13).Select(v => v is { } x ? (object)(double)x : null));
+        want.AddRange(values.Skip(8).Take(12).Select(v => v is { } x ? (object)(double)x : null));
+        want.AddRange([4.0, 5.0]);
+        Assert.Equal(want, file.Values("v"));
+    }
+
+    [Fact]
+    public void Output_NumericAndNullPromotions_MixInOneTopic()
+    {
+        using (var job = Job(options: Options() with { RowGroupRows = 1 }))
+        {
+            // a: null → int64 → float64 (two rewrites); b: int64 → float64, then int64 again (cast);
+            // c: float64 throughout, with a null-typed and an int64 batch.
+            using (var x = Batch(("a", new NullArray(2)), ("b", Int64Column(1, 2)), ("c", Float64Column(0.25, null)))) job.Write("output", x);
+            using (var y = Batch(("a", Int64Column(3)), ("b", Float64Column(2.5)), ("c", new NullArray(1)))) job.Write("output", y);
+            using (var z = Batch(("a", Float64Column(4.5)), ("b", Int64Column(5)), ("c", Int64Column(6)))) job.Write("output", z);
+            using (var w = Batch(("a", new NullArray(1)), ("b", new NullArray(1)), ("c", Int64Column([null])))) job.Write("output", w);
+            job.Commit();
+        }
+        var file = Read(Path.Combine(Root, "output", "job-7.parquet"));
+        Assert.Equal(["double", "double", "double"], Types(file));
+        Assert.Equal([null, null, 3.0, 4.5, null], file.Values("a"));
+        Assert.Equal([1.0, 2.0, 2.5, 5.0, null], file.Values("b"));
+        Assert.Equal([0.25, null, null, 6.0, null], file.Values("c"));
+        Assert.Equal(["job-7.parquet"], Directory.GetFiles(Path.Combine(Root, "output")).Select(Path.GetFileName));
+    }
+
+    [Fact]
+    public void Output_SeveralColumnsWidenInOneBatch()
+    {
+        using (var job = Job())
+        {
+            using (var a = Batch(("x", Int64Column(1, 2)), ("keep", Int64Column(10, 20)), ("y", Int64Column(3, null)), ("n", new NullArray(2)), ("z", Int64Column(5, 6)))) job.Write("output", a);
+            using (var b = Batch(("z", Float64Column(0.5)), ("y", Float64Column(-0.5)), ("n", StringColumn("s")), ("keep", Int64Column(30)), ("x", Float64Column(1e300)))) job.Write("output", b);
+            job.Commit();
+        }
+        var file = Read(Path.Combine(Root, "output", "job-7.parquet"));
+        Assert.Equal(["double", "int64", "double", "utf8", "double"], Types(file));
+        Assert.Equal([1.0, 2.0, 1e300], file.Values("x"));
+        Assert.Equal([10L, 20L, 30L], file.Values("keep"));
+        Assert.Equal([3.0, null, -0.5], file.Values("y"));
+        Assert.Equal([null, null, "s"], file.Values("n"));
+        Assert.Equal([5.0, 6.0, 0.5], file.Values("z"));
+    }
+
+    [Fact]
+    public void Output_SchemaMismatch_MessageExactAndNothingWidenedBesideIt()
+    {
+        using var job = Job();
+        using (var first = Batch(("x", Int64Column(1)), ("s", StringColumn("a")))) job.Write("output", first);
+        // x alone could be promoted; s cannot, so the table is refused as a whole.
+        using var second = Batch(("x", Float64Column(1.5)), ("s", Int64Column(2)));
+        var e = Assert.Throws<OutputException>(() => job.Write("output", second));
+        Assert.Equal("job 7: topic 'output' got a table whose schema differs from the topic's earlier tables: column 's' is utf8 in the topic but int64 in this table; yield one schema per topic or route the table to another topic", e.Message);
+    }
+
+    [Theory]
+    [InlineData("int64", "utf8", nameof(Promotion.Mismatch))]
+    [InlineData("utf8", "int64", nameof(Promotion.Mismatch))]
+    [InlineData("int64", "int32", nameof(Promotion.Mismatch))]     // only int64 is promoted, not narrower ints
+    [InlineData("int64", "uint64", nameof(Promotion.Mismatch))]    // nor unsigned
+    [InlineData("double", "float", nameof(Promotion.Mismatch))]    // nor float32
+    [InlineData("float", "int64", nameof(Promotion.Mismatch))]     // an int64 into float32 would lose more than pandas does
+    [InlineData("double", "bool", nameof(Promotion.Mismatch))]
+    [InlineData("int64", "double", nameof(Promotion.WidenTopic))]
+    [InlineData("double", "int64", nameof(Promotion.CastToFloat64))]
+    [InlineData("null", "int64", nameof(Promotion.WidenTopic))]
+    [InlineData("int64", "null", nameof(Promotion.FillNulls))]
+    [InlineData("null", "null", nameof(Promotion.None))]
+    [InlineData("double", "double", nameof(Promotion.None))]
+    public void Output_Promote_OnlyNullAndInt64Float64(string topic, string batch, string promotion)
+    {
+        var expected = Enum.Parse<Promotion>(promotion);
+        Assert.Equal(expected, ArrowSchemas.Promote(TypeNamed(topic), TypeNamed(batch)));
+        if (expected is not Promotion.Mismatch) return;
+        using var job = Job();
+        using (var first = Batch(("c", Column(topic)))) job.Write("output", first);
+        using var second = Batch(("c", Column(batch)));
+        var e = Assert.Throws<OutputException>(() => job.Write("output", second));
+        Assert.Contains($"column 'c' is {topic} in the topic but {batch} in this table", e.Message);
+    }
+
+    private static IArrowType TypeNamed(string name) => name switch
+    {
+        "int64" => Int64Type.Default,
+        "int32" => Int32Type.Default,
+        "uint64" => UInt64Type.Default,
+        "double" => DoubleType.Default,
+        "float" => FloatType.Default,
+        "bool" => BooleanType.Default,
+        "utf8" => StringType.Default,
+        _ => NullType.Default,
+    };
+
+    private static IArrowArray Column(string type) => type switch
+    {
+        "int64" => Int64Column(1),
+        "int32" => new Int32Array.Builder().Append(1).Build(),
+        "uint64" => new UInt64Array.Builder().Append(1).Build(),
+        "double" => Float64Column(1),
+        "float" => new FloatArray.Builder().Append(1).Build(),
+        "bool" => new BooleanArray.Builder().Append(true).Build(),
+        "utf8" => StringColumn("1"),
+        _ => new NullArray(1),
+    };
+
     // ---- atomicity, retries ------------------------------------------------------------------------
 
     [Fact]
