@@ -93,7 +93,10 @@ internal sealed partial class JobOutput
             }
             Directory.CreateDirectory(target.Directory);
             // A killed earlier attempt of this job may have left its temp file; nobody else writes this prefix.
-            foreach (var stale in Directory.EnumerateFiles(target.Directory, target.TempPrefix(JobId) + "*")) TryDelete(stale);
+            // The exact length check keeps the temp files of a longer stem that happens to share the prefix.
+            string prefix = target.TempPrefix(JobId);
+            foreach (var stale in Directory.EnumerateFiles(target.Directory, prefix + "*"))
+                if (Path.GetFileName(stale).Length == prefix.Length + SinkTarget.TempSuffixLength) TryDelete(stale);
             OpenWriter();
         }
 
@@ -110,7 +113,7 @@ internal sealed partial class JobOutput
             metadata[SinkTarget.JobIdKey] = JobId.ToString(System.Globalization.CultureInfo.InvariantCulture);
             metadata[SinkTarget.FileVersionIdKey] = job._fileVersionId.ToString(System.Globalization.CultureInfo.InvariantCulture);
             _writerSchema = new Schema(fields, metadata);
-            _tempPath = Path.Combine(target.Directory, target.TempPrefix(JobId) + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+            _tempPath = Path.Combine(target.Directory, target.TempPrefix(JobId) + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(SinkTarget.TempSuffixLength / 2)));
             _writer = new FileWriter(_tempPath, _writerSchema, _properties!, job._arrowProperties);
             _groupRows = 0;
             _groupBytes = 0;

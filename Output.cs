@@ -4,10 +4,16 @@
 // Layout. Every (job, topic) has exactly one destination file with a deterministic name, so a retried
 // job (on this machine or another, after a crash or kill -9) overwrites its own file instead of adding
 // a second copy. Where the file goes is decided by the topic's sink (Output.Sinks.cs):
-//   - no sink for the topic (always the case when DISPATCH has no sinks): {root}/{topic}/job-{id}.parquet
+//   - no sink for the topic (always the case when DISPATCH has no sinks): {root}/{topic}/{name}
 //   - a directory uri (parquet://NAME, a relative path, or file:///ABS inside an allowed root, not
-//     ending in .parquet): the directory is a dataset and this job's file is {dir}/job-{id}.parquet
+//     ending in .parquet): the directory is a dataset and this job's file is {dir}/{name}
 //   - a file uri (ending in .parquet): that file is the topic's whole dataset
+// {name} is job-{id}.parquet, or {stem}.parquet when the JobOutput is given a file stem (dev mode,
+// `casparian run`: one JobOutput per input file, named after it, so a rerun overwrites). A stem is
+// sanitised (SinkTarget.SanitizeStem: ASCII letters, digits, '-', '_', '.', anything else '_', no
+// leading '.', never empty, at most 200 characters); two inputs whose sanitised stems are equal
+// (a/x.csv and b/x.csv) would write the same file, the later winning, so the caller must pass stems
+// that are unique after sanitising and can check that up front with SanitizeStem.
 // Modes (SinkConfig.mode):
 //   - append (default): directory: add/overwrite this job's file, leave every other file alone.
 //     File uri: refused when the job starts (a Parquet file cannot be appended to, and appending would
@@ -132,6 +138,7 @@ internal sealed partial class JobOutput : IDisposable
     private readonly OutputOptions _options;
     private readonly ulong _jobId;
     private readonly long _fileVersionId;
+    private readonly string? _fileStem;
     private readonly Dictionary<string, SinkTarget> _sinks;
     // Topics in first-write order: a handful per job, searched linearly.
     private readonly List<TopicWriter> _topics = [];
@@ -145,16 +152,21 @@ internal sealed partial class JobOutput : IDisposable
     /// <summary>
     /// Resolves and checks every sink up front (a bad uri or mode error fails before the parser runs).
     /// <paramref name="sinks"/> is DISPATCH's list; empty means one dataset per topic under the root.
+    /// <paramref name="fileStem"/> (dev mode: the input file's name without extension) names this job's
+    /// file in each dataset directory <c>{stem}.parquet</c> instead of <c>job-{id}.parquet</c>, sanitised
+    /// by <see cref="SinkTarget.SanitizeStem"/>. Jobs sharing an output directory must have distinct
+    /// sanitised stems, or the later overwrites the earlier: the caller checks that before it starts.
     /// </summary>
-    public JobOutput(OutputOptions options, ulong jobId, long fileVersionId, IReadOnlyList<SinkConfig> sinks)
+    public JobOutput(OutputOptions options, ulong jobId, long fileVersionId, IReadOnlyList<SinkConfig> sinks, string? fileStem = null)
     {
         _options = options;
         _jobId = jobId;
         _fileVersionId = fileVersionId;
+        _fileStem = fileStem;
         _sinks = new Dictionary<string, SinkTarget>(StringComparer.Ordinal);
         foreach (var sink in sinks)
         {
-            var target = SinkTarget.Resolve(options, jobId, sink.Topic, sink.Uri, sink.Mode);
+            var target = SinkTarget.Resolve(options, jobId, sink.Topic, sink.Uri, sink.Mode, fileStem);
             if (!_sinks.TryAdd(sink.Topic, target)) OutputThrow.Sink_DuplicateTopic(jobId, sink.Topic);
             if (target.Mode == SinkMode.Error) target.CheckNoOtherData(jobId);
         }
@@ -229,7 +241,7 @@ internal sealed partial class JobOutput : IDisposable
         if (!_sinks.TryGetValue(name, out var target))
         {
             if (!SinkTarget.IsTopicName(name)) OutputThrow.Topic_BadName(_jobId, name);
-            target = SinkTarget.Resolve(_options, _jobId, name, "parquet://" + name, SinkMode.Append);
+            target = SinkTarget.Resolve(_options, _jobId, name, "parquet://" + name, SinkMode.Append, _fileStem);
         }
         var topic = new TopicWriter(this, name, target);
         _topics.Add(topic);

@@ -743,6 +743,143 @@ public sealed class OutputTests : IDisposable
         Assert.Contains("topic name", Assert.Throws<OutputException>(() => job.Write(topic, a)).Message);
     }
 
+    // ---- file stems (dev mode) -----------------------------------------------------------------------
+
+    [Fact]
+    public void Output_FileStem_NamesDefaultLayoutAndDirectoryDatasetsButNotSingleFiles()
+    {
+        OutputResult result;
+        using (var job = new JobOutput(Options(), 7, 1007, [Sink("orders", "parquet://ds"), Sink("totals", "parquet://one.parquet", SinkMode.Replace)], fileStem: "sales_2024-01"))
+        {
+            using (var a = Ints64("a", 1)) job.Write("output", a);
+            using (var b = Ints64("a", 2)) job.Write("orders", b);
+            using (var c = Ints64("a", 3)) job.Write("totals", c);
+            // Temp files carry the stem too, hidden until commit.
+            Assert.Equal([".sales_2024-01.parquet.tmp-7-"], Directory.GetFiles(Path.Combine(Root, "output")).Select(f => Path.GetFileName(f)![..^SinkTarget.TempSuffixLength]));
+            result = job.Commit();
+        }
+        Assert.Equal([1L], Read(Path.Combine(Root, "output", "sales_2024-01.parquet")).Values("a").Cast<long>());
+        Assert.Equal([2L], Read(Path.Combine(Root, "ds", "sales_2024-01.parquet")).Values("a").Cast<long>());
+        Assert.Equal([3L], Read(Path.Combine(Root, "one.parquet")).Values("a").Cast<long>());
+        Assert.Equal(
+            [new Uri(Path.Combine(Root, "output", "sales_2024-01.parquet")).AbsoluteUri, new Uri(Path.Combine(Root, "ds", "sales_2024-01.parquet")).AbsoluteUri, new Uri(Path.Combine(Root, "one.parquet")).AbsoluteUri],
+            result.Artifacts.Select(a => a.Uri));
+        Assert.Equal(["sales_2024-01.parquet"], Directory.GetFiles(Path.Combine(Root, "output")).Select(Path.GetFileName));
+    }
+
+    [Fact]
+    public void Output_FileStem_RerunOverwritesAndOtherStemsStay()
+    {
+        void Run(ulong id, string stem, long value)
+        {
+            using var job = new JobOutput(Options(), id, 1, [], stem);
+            using var a = Ints64("a", value);
+            job.Write("output", a);
+            job.Commit();
+        }
+        Run(1, "x", 10);
+        Run(1, "y", 20);
+        // A rerun (a new run may number its jobs differently) lands on the same name.
+        Run(2, "x", 11);
+        string dir = Path.Combine(Root, "output");
+        Assert.Equal(["x.parquet", "y.parquet"], Directory.GetFiles(dir).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+        Assert.Equal([11L], Read(Path.Combine(dir, "x.parquet")).Values("a").Cast<long>());
+        Assert.Equal([20L], Read(Path.Combine(dir, "y.parquet")).Values("a").Cast<long>());
+    }
+
+    [Fact]
+    public void Output_FileStem_ModesSeeOnlyTheirOwnFile()
+    {
+        void Run(string stem, SinkMode mode)
+        {
+            using var job = new JobOutput(Options(), 7, 1, [Sink("output", "parquet://ds", mode)], stem);
+            using var a = Ints64("a", 1);
+            job.Write("output", a);
+            job.Commit();
+        }
+        Run("a", SinkMode.Error);
+        Run("a", SinkMode.Error);
+        Assert.Contains("a.parquet", Assert.Throws<OutputException>(() => Run("b", SinkMode.Error)).Message);
+        Run("b", SinkMode.Append);
+        Run("c", SinkMode.Replace);
+        Assert.Equal(["c.parquet"], Directory.GetFiles(Path.Combine(Root, "ds")).Select(Path.GetFileName));
+    }
+
+    [Fact]
+    public void Output_FileStem_StaleTempOfThisStemRemovedButNotOfALongerStemSharingItsPrefix()
+    {
+        string dir = Path.Combine(Root, "output");
+        Directory.CreateDirectory(dir);
+        File.WriteAllText(Path.Combine(dir, ".x.parquet.tmp-7-deadbeef0000"), "partial");
+        // The temp file a job with stem "x.parquet.tmp-7-y" may be writing right now.
+        File.WriteAllText(Path.Combine(dir, ".x.parquet.tmp-7-y.parquet.tmp-7-deadbeef0000"), "partial");
+        using (var job = new JobOutput(Options(), 7, 1, [], "x"))
+        using (var a = Ints64("a", 1))
+        {
+            job.Write("output", a);
+            job.Commit();
+        }
+        Assert.Equal([".x.parquet.tmp-7-y.parquet.tmp-7-deadbeef0000", "x.parquet"], Directory.GetFiles(dir).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+    }
+
+    [Theory]
+    [InlineData("plain", "plain")]
+    [InlineData("x.tar", "x.tar")]                  // inner dots stay
+    [InlineData("a/b", "a_b")]                      // no directory separators
+    [InlineData("a\\b", "a_b")]
+    [InlineData("../etc", "_._etc")]                // no climbing, no leading dot
+    [InlineData(".hidden", "_hidden")]              // dataset readers skip hidden files
+    [InlineData(".", "_")]
+    [InlineData("", "_")]                           // never empty
+    [InlineData("a b\tc\u0000d", "a_b_c_d")]        // whitespace and control characters
+    [InlineData("données", "donn_es")]              // non-ASCII, one '_' per UTF-16 unit
+    [InlineData("😀", "__")]
+    [InlineData("Q3-report_v2", "Q3-report_v2")]
+    public void Output_FileStem_SanitisedToTheNameItIsWrittenUnder(string stem, string expected)
+    {
+        Assert.Equal(expected, SinkTarget.SanitizeStem(stem));
+        using (var job = new JobOutput(Options(), 7, 1, [], stem))
+        using (var a = Ints64("a", 1))
+        {
+            job.Write("output", a);
+            job.Commit();
+        }
+        Assert.Equal([expected + ".parquet"], Directory.GetFiles(Path.Combine(Root, "output")).Select(Path.GetFileName));
+    }
+
+    [Fact]
+    public void Output_FileStem_LongStemCutSoTempNameFitsAFileName()
+    {
+        string stem = new('s', 300);
+        Assert.Equal(new string('s', SinkTarget.MaxStemLength), SinkTarget.SanitizeStem(stem));
+        using (var job = new JobOutput(Options(), ulong.MaxValue, 1, [], stem))
+        using (var a = Ints64("a", 1))
+        {
+            job.Write("output", a);
+            // The longest temp name there can be: ".{200}.parquet.tmp-18446744073709551615-{12}", 247 ≤ 255.
+            string temp = Path.GetFileName(Assert.Single(Directory.GetFiles(Path.Combine(Root, "output"))));
+            Assert.Equal(SinkTarget.MaxStemLength + 47, temp.Length);
+            Assert.StartsWith($".{SinkTarget.SanitizeStem(stem)}.parquet.tmp-{ulong.MaxValue}-", temp);
+            job.Commit();
+        }
+        Assert.True(File.Exists(Path.Combine(Root, "output", SinkTarget.SanitizeStem(stem) + ".parquet")));
+    }
+
+    [Fact]
+    public void Output_FileStem_CollisionVisibleBeforehandLaterWins()
+    {
+        // a/x.csv and b/x.csv, or "a b" and "a_b": the caller sees equal sanitised stems before it starts.
+        Assert.Equal(SinkTarget.SanitizeStem("a b"), SinkTarget.SanitizeStem("a_b"));
+        foreach (var (stem, value) in new[] { ("a b", 1L), ("a_b", 2L) })
+        {
+            using var job = new JobOutput(Options(), 7, 1, [], stem);
+            using var a = Ints64("a", value);
+            job.Write("output", a);
+            job.Commit();
+        }
+        Assert.Equal([2L], Read(Path.Combine(Root, "output", "a_b.parquet")).Values("a").Cast<long>());
+    }
+
     // ---- sink uri resolution -------------------------------------------------------------------------
 
     private SinkTarget Resolve(string uri, SinkMode mode = SinkMode.Append, params string[] allowed) =>
