@@ -148,17 +148,19 @@ internal sealed record SinkTarget(string Topic, string Uri, string Directory, st
         foreach (var file in OtherDataFiles()) OutputThrow.Sink_DataExists(jobId, Topic, file);
     }
 
-    /// <summary>Mode replace on a directory: deletes every *.parquet in it except this job's file.</summary>
-    public void DeleteOtherData()
+    /// <summary>Mode replace on a directory: deletes every *.parquet in it except this job's file; returns how many it found.</summary>
+    public int DeleteOtherData()
     {
-        foreach (var file in OtherDataFiles())
+        var files = OtherDataFiles();
+        foreach (var file in files)
         {
             try { File.Delete(file); }
             catch (FileNotFoundException) { }
         }
+        return files.Count;
     }
 
-    private IEnumerable<string> OtherDataFiles()
+    private List<string> OtherDataFiles()
     {
         if (!System.IO.Directory.Exists(Directory)) return [];
         return System.IO.Directory.EnumerateFiles(Directory, "*.parquet")

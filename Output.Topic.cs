@@ -1,5 +1,7 @@
-// One topic of a job: its temp file, its ParquetSharp Arrow writer, its schema and row-group budget.
+// One topic of a job: its temp file, its ParquetSharp Arrow writer, its schema and row-group budget, and
+// the directory fsync that makes its commit durable (DirectorySync).
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using Apache.Arrow;
 using Apache.Arrow.Types;
@@ -22,6 +24,8 @@ internal sealed partial class JobOutput
         private WriterProperties? _properties;
         private FileWriter? _writer;
         private string? _tempPath;
+        // The outermost directory Start created for this topic's file (null if it existed): Commit syncs up to its parent.
+        private string? _created;
         private long _rows;
         private long _groupRows;
         private long _groupBytes;
@@ -69,8 +73,32 @@ internal sealed partial class JobOutput
             string final = target.FinalPath;
             File.Move(_tempPath!, final, overwrite: true);
             _tempPath = null;
-            if (target.Mode == SinkMode.Replace && !target.SingleFile) target.DeleteOtherData();
+            SyncDirectories();
+            if (target.Mode == SinkMode.Replace && !target.SingleFile && target.DeleteOtherData() > 0) Sync(target.Directory);
             return new OutputArtifact(Name, new Uri(final).AbsoluteUri, _rows, new FileInfo(final).Length);
+        }
+
+        /// <summary>
+        /// A rename survives a power loss only once its directory is fsynced, and a directory this topic
+        /// created only once its parent is: syncs the file's directory and, up to the first directory that
+        /// already existed, each one created for it.
+        /// </summary>
+        private void SyncDirectories()
+        {
+            string dir = target.Directory;
+            Sync(dir);
+            if (_created is not { } top) return;
+            for (string d = dir; ; d = Path.GetDirectoryName(d)!)
+            {
+                Sync(Path.GetDirectoryName(d)!);
+                if (d == top) break;
+            }
+        }
+
+        private void Sync(string directory)
+        {
+            int errno = DirectorySync.Flush(directory);
+            if (errno != 0) OutputThrow.Commit_DirectorySync(JobId, Name, directory, errno);
         }
 
         public void Dispose()
@@ -91,6 +119,7 @@ internal sealed partial class JobOutput
                 foreach (var column in ArrowSchemas.NearUniqueColumns(first)) builder.DisableDictionary(new ColumnPath([column]));
                 _properties = builder.Build();
             }
+            for (string? d = target.Directory; d is not null && !Directory.Exists(d); d = Path.GetDirectoryName(d)) _created = d;
             Directory.CreateDirectory(target.Directory);
             // A killed earlier attempt of this job may have left its temp file; nobody else writes this prefix.
             // The exact length check keeps the temp files of a longer stem that happens to share the prefix.
@@ -263,4 +292,61 @@ internal sealed partial class JobOutput
             catch (UnauthorizedAccessException) { }
         }
     }
+}
+
+/// <summary>
+/// fsync of a directory, which .NET has no API for (FileStream and File.OpenHandle refuse directories):
+/// libc's open + fsync. The runtime maps the library name "libc" to the platform's C library (libc.so.6
+/// on glibc) under the JIT and NativeAOT alike.
+/// </summary>
+internal static class DirectorySync
+{
+    // O_RDONLY | O_CLOEXEC, the same on x86-64 and arm64 Linux. No O_DIRECTORY: its value differs between
+    // the two, and a read-only open of a directory needs no flag.
+    private const int OpenFlags = 0x80000;
+    private const int EINTR = 4, EBADF = 9, EACCES = 13, EINVAL = 22;
+
+    /// <summary>
+    /// Makes <paramref name="directory"/>'s entries (renames, creations, deletions) durable. Returns 0, or
+    /// the errno of the failure. Like PostgreSQL, treats a directory that cannot be opened for reading
+    /// (EACCES) or a file system that cannot sync directories (EINVAL, EBADF) as nothing to do.
+    /// No-op off Linux (the flags above are Linux's).
+    /// </summary>
+    public static int Flush(string directory)
+    {
+        if (!OperatingSystem.IsLinux()) return 0;
+        byte[] path = System.Text.Encoding.UTF8.GetBytes(directory + "\0");
+        int fd, errno;
+        do
+        {
+            fd = open(path, OpenFlags);
+            errno = fd < 0 ? Marshal.GetLastPInvokeError() : 0;
+        }
+        while (errno == EINTR);
+        if (fd < 0) return errno == EACCES ? 0 : errno;
+        try
+        {
+            int result;
+            do
+            {
+                result = fsync(fd);
+                errno = result < 0 ? Marshal.GetLastPInvokeError() : 0;
+            }
+            while (errno == EINTR);
+            return errno is EINVAL or EBADF ? 0 : errno;
+        }
+        finally
+        {
+            _ = close(fd);
+        }
+    }
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern int open(byte[] path, int flags);
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern int fsync(int fd);
+
+    [DllImport("libc")]
+    private static extern int close(int fd);
 }

@@ -28,7 +28,9 @@
 //
 // Atomicity. A topic's rows go to ".{final}.tmp-{job}-{random}" in the destination directory (hidden,
 // not *.parquet, so dataset readers skip it) and the finished file is fsynced and then renamed over the
-// final name: a reader sees the old file or the complete new one, never a partial one. Temp files of
+// final name: a reader sees the old file or the complete new one, never a partial one. Then the
+// directory is fsynced (and the parents of directories the topic created), so a committed file survives
+// a power loss; mode replace syncs again after its deletions. Temp files of
 // the same (job, topic) left by a killed attempt are deleted when the retry starts writing that topic.
 // Dispose without Commit deletes this job's temp files. Topics commit one after another, so a failure
 // inside Commit can leave some topics committed; the retry overwrites them.
@@ -279,6 +281,8 @@ internal static class OutputThrow
         throw new OutputException($"job {job}: topic '{topic}' has a column named '{column}', which lineage reserves; rename the column or turn lineage off");
     [DoesNotReturn] public static IArrowArray Schema_CannotFillNulls(ulong job, string topic, string column, string type) =>
         throw new OutputException($"job {job}: topic '{topic}' column '{column}' is all null in a table, and nulls of type {type} cannot be filled in; send the column with its type");
+    [DoesNotReturn] public static void Commit_DirectorySync(ulong job, string topic, string directory, int errno) =>
+        throw new OutputException($"job {job}: topic '{topic}' was renamed into {directory} but syncing that directory to disk failed ({System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(errno)}, errno {errno}); the file may not survive a power loss; check the disk, then retry the job");
     [DoesNotReturn] public static void Write_Failed(ulong job, string topic, ParquetException e) =>
         throw new OutputException($"job {job}: writing topic '{topic}' failed: {e.Message}", e);
 }

@@ -634,6 +634,27 @@ public sealed class OutputTests : IDisposable
         Assert.Equal([9L], Read(Path.Combine(dir, "job-7.parquet")).Values("a").Cast<long>());
     }
 
+    // ---- durability of the rename ----------------------------------------------------------------------
+
+    [Fact]
+    public void Output_DirectorySync_SyncsADirectoryAndReportsErrno()
+    {
+        Directory.CreateDirectory(Root);
+        Assert.Equal(0, DirectorySync.Flush(Root));
+        // ENOENT from libc itself: the P/Invoke really runs (a stub returning 0 would fail here).
+        Assert.Equal(2, DirectorySync.Flush(Path.Combine(Root, "missing")));
+    }
+
+    [Fact]
+    public void Output_Commit_IntoNewNestedDirectoriesAndReplace_SyncsWithoutError()
+    {
+        // Root, a, b and c do not exist yet: the commit syncs c, b, a, Root and Root's parent.
+        Commit(1, Sink("output", "parquet://a/b/c"), 10);
+        Commit(2, Sink("output", "parquet://a/b/c", SinkMode.Replace), 20);
+        Assert.Equal(["job-2.parquet"], Directory.GetFiles(Path.Combine(Root, "a", "b", "c")).Select(Path.GetFileName));
+        Assert.Equal([20L], Read(Path.Combine(Root, "a", "b", "c", "job-2.parquet")).Values("a").Cast<long>());
+    }
+
     // ---- modes -------------------------------------------------------------------------------------
 
     private static SinkConfig Sink(string topic, string uri, SinkMode mode = SinkMode.Append) => new() { Topic = topic, Uri = uri, Mode = mode };
