@@ -241,13 +241,13 @@ internal static class Program
     // The roles and command groups, in the order --help lists them.
     internal static readonly Command[] Commands =
     [
-        NotBuilt("sentinel", "control plane: job store, worker tracking, dispatch", "sentinel --bind ADDR [--db PATH]", issue: 3),
-        NotBuilt("worker", "data plane: run parsers, write Parquet, report receipts", "worker --connect ADDR --output DIR", issue: 4),
+        Sentinel.Command,
+        Worker.Command,
         NotBuilt("start", "sentinel and worker in one process: the local default", "start", issue: 6),
         NotBuilt("run", "dev mode: one parser over a file or folder, no store", "run PARSER INPUT [--output DIR]", issue: 5),
-        NotBuilt("parser", "register and list parsers (register|ls)", "parser register|ls …", issue: 3),
-        NotBuilt("job", "queue and manage jobs (add|show|retry|cancel)", "job add|show|retry|cancel …", issue: 3),
-        NotBuilt("jobs", "list jobs and counts per state", "jobs [--state S]", issue: 3),
+        JobCommands.Parser,
+        JobCommands.Job,
+        JobCommands.Jobs,
         Config.Command,
         VersionCommand,
     ];

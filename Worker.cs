@@ -29,6 +29,33 @@ internal delegate Task<EnvReady> EnvPreparer(PrepareEnv request, CancellationTok
 
 internal sealed partial class Worker : IDisposable
 {
+    internal static readonly Command Command = new("worker", "data plane: run parsers, write Parquet, report receipts",
+        "worker --connect ADDR --output DIR [--worker-id ID] [--slots N] [--venvs DIR]",
+        Config.Flags(Config.Connect, Config.Output, Config.WorkerId, Config.Slots, Config.Venvs, Config.VenvBudget, Config.Wheelhouse,
+            Config.Python, Config.AllowedRoots, Config.Lineage, Config.HeartbeatInterval, Config.ShutdownGrace, Config.JobTimeout,
+            Config.ConnectTimeout, Config.IdleTimeout, Config.LogLimit),
+        RunCommand);
+
+    private static int RunCommand(Args args)
+    {
+        args.RequirePositionals(0, 0);
+        var config = Config.Load(args);
+        var options = new WorkerOptions
+        {
+            Connect = config.Get(Config.Connect),
+            WorkerId = config.Get(Config.WorkerId) is { Length: > 0 } id ? id : WorkerIdentity.LoadOrCreate(Path.Combine(config.HomeDir, "worker")),
+            Slots = config.Get(Config.Slots),
+            HeartbeatInterval = config.Get(Config.HeartbeatInterval),
+            ShutdownGrace = config.Get(Config.ShutdownGrace),
+        };
+        using var host = WorkerHost.Create(config);
+        using var worker = new Worker(options, host.Executor.RunAsync, host.PrepareEnv);
+        using var signal = new ShutdownSignal(line => Console.Error.WriteLine($"worker {options.WorkerId}: {line}"));
+        Console.Error.WriteLine($"worker {options.WorkerId}: output under {config.Get(Config.Output)}");
+        worker.Run(signal.Token);
+        return 0;
+    }
+
     private readonly WorkerOptions _options;
     private readonly JobRunner _runJob;
     private readonly EnvPreparer _prepareEnv;
@@ -275,7 +302,7 @@ internal sealed partial class Worker : IDisposable
             }
             catch (Exception e)
             {
-                var err = new ErrorPayload { Message = $"environment {request.EnvHash} could not be built: {e.Message}" };
+                var err = new ErrorPayload { Message = e is CasparianException ? e.Message : $"environment {request.EnvHash}: {e.GetType().Name}: {e.Message}" };
                 _inbox.Enqueue(() => Wire.Send(_socket, OpCode.Err, 0, err, ProtocolJson.Default.ErrorPayload));
             }
         });
@@ -308,9 +335,10 @@ internal sealed partial class Worker : IDisposable
     public void Dispose()
     {
         _lifetime.Cancel();
-        // Order matters: the poller before the things it polls, the monitor before its socket.
-        _poller.Dispose();
+        // Order matters: the monitor detaches itself from the poller, so it goes first; then the
+        // poller, then what it polled; the socket last.
         _monitor.Dispose();
+        _poller.Dispose();
         _heartbeatTimer.Enable = false;
         _inbox.Dispose();
         _socket.Dispose();

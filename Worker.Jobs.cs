@@ -1,0 +1,229 @@
+// What one DISPATCH does, on the thread pool: parser (source or bundle) → environment → guest
+// process → Parquet → receipt. Every failure becomes a receipt; nothing here throws to the loop.
+//
+// Receipt contract with the sentinel: FAILED with metrics["transient"] = 1 is worth retrying (guest
+// exit code 2: TransientError, MemoryError, or a kill we did not send); any other FAILED is permanent.
+using System.Diagnostics;
+using System.Text;
+using Apache.Arrow;
+
+namespace Casparian;
+
+internal sealed record JobExecutorOptions
+{
+    public required OutputOptions Output { get; init; }
+    public BridgeOptions Bridge { get; init; } = BridgeOptions.Default;
+    /// <summary>bridge_shim.py, from Shim.Ensure.</summary>
+    public required string ShimPath { get; init; }
+    /// <summary>Where bundles are extracted, one directory per source hash, reused across jobs.</summary>
+    public required string ParsersDir { get; init; }
+    /// <summary>Per-job guest logs: {LogsDir}/job-{id}.log.</summary>
+    public required string LogsDir { get; init; }
+    public long LogLimit { get; init; } = 10L << 20;
+    /// <summary>Total time a job may run when DISPATCH does not say (timeout_seconds).</summary>
+    public TimeSpan DefaultTimeout { get; init; } = TimeSpan.FromHours(1);
+}
+
+internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs)
+{
+    public const string TransientMetric = "transient";
+
+    public async Task<JobReceipt> RunAsync(ulong jobId, Dispatch dispatch, CancellationToken abort)
+    {
+        var clock = Stopwatch.StartNew();
+        try
+        {
+            GuestParser parser = ParserFor(dispatch);
+            // Sinks are checked first: cheap, and a bad one should not wait for an environment build.
+            using var output = new JobOutput(options.Output, jobId, dispatch.FileVersionId, dispatch.Sinks);
+            using EnvLease env = await envs.AcquireAsync(dispatch.EnvHash, dispatch.LockfileContent, abort).ConfigureAwait(false);
+            using var log = new JobLog(Path.Combine(options.LogsDir, $"job-{jobId}.log"), options.LogLimit);
+            var request = new GuestRequest
+            {
+                Interpreter = env.InterpreterPath,
+                ShimPath = options.ShimPath,
+                Parser = parser,
+                FilePath = dispatch.FilePath,
+                JobId = jobId,
+                FileVersionId = dispatch.FileVersionId,
+                ParserName = dispatch.ParserVersion is { } v ? $"{dispatch.PluginName}@{v}" : dispatch.PluginName,
+                Timeout = dispatch.TimeoutSeconds is > 0 and var s ? TimeSpan.FromSeconds(s) : options.DefaultTimeout,
+                Options = options.Bridge,
+            };
+            GuestResult result = await Bridge.RunAsync(request, new OutputSink(output, log), abort).ConfigureAwait(false);
+            var metrics = new Dictionary<string, long>
+            {
+                ["tables"] = result.Tables,
+                ["log_lines"] = result.LogLines,
+                ["guest_ms"] = (long)result.Duration.TotalMilliseconds,
+            };
+            if (result.ExitCode is { } code) metrics["exit_code"] = code;
+
+            switch (result.Outcome)
+            {
+                case GuestOutcome.Success:
+                    OutputResult written = output.Commit();
+                    foreach (var (k, value) in written.Metrics()) metrics[k] = value;
+                    metrics["duration_ms"] = clock.ElapsedMilliseconds;
+                    return new JobReceipt { Status = ReceiptStatus.Success, Metrics = metrics, Artifacts = written.ReceiptArtifacts() };
+                case GuestOutcome.Aborted:
+                    return new JobReceipt { Status = ReceiptStatus.Aborted, Metrics = metrics, ErrorMessage = result.ErrorMessage ?? "aborted" };
+                case GuestOutcome.Transient:
+                    metrics[TransientMetric] = 1;
+                    return Failed(result, metrics);
+                default:
+                    return Failed(result, metrics);
+            }
+        }
+        catch (OperationCanceledException) when (abort.IsCancellationRequested)
+        {
+            return new JobReceipt { Status = ReceiptStatus.Aborted, ErrorMessage = "aborted before the parser started" };
+        }
+        catch (CasparianException e)
+        {
+            // A bad sink, schema mismatch, unusable bundle or failed environment build: retrying will not fix it.
+            return new JobReceipt { Status = ReceiptStatus.Failed, ErrorMessage = e.Message, Metrics = new() { ["duration_ms"] = clock.ElapsedMilliseconds } };
+        }
+        catch (IOException e)
+        {
+            // The disk (output, logs, bundle cache) failed under us: another attempt may well succeed.
+            return new JobReceipt
+            {
+                Status = ReceiptStatus.Failed,
+                ErrorMessage = $"I/O error on the worker: {e.Message}",
+                Metrics = new() { [TransientMetric] = 1, ["duration_ms"] = clock.ElapsedMilliseconds },
+            };
+        }
+    }
+
+    private static JobReceipt Failed(GuestResult result, Dictionary<string, long> metrics)
+    {
+        string message = result.ErrorMessage ?? $"parser failed ({result.Outcome})";
+        if (result.Traceback is { Length: > 0 } tb) message += "\n" + tb;
+        return new JobReceipt { Status = ReceiptStatus.Failed, Metrics = metrics, ErrorMessage = message };
+    }
+
+    private GuestParser ParserFor(Dispatch dispatch)
+    {
+        if (dispatch.ParserArchive is not { } encoded) return GuestParser.Source(dispatch.SourceCode);
+        byte[] archive;
+        try
+        {
+            archive = Convert.FromBase64String(encoded);
+        }
+        catch (FormatException)
+        {
+            throw new InputException($"DISPATCH for parser {dispatch.PluginName} carries a parser_archive that is not base64");
+        }
+        // Extracted once per source hash and reused by every later job of the same bundle.
+        ExtractedBundle bundle = ParserBundle.Extract(archive, options.ParsersDir);
+        return GuestParser.Path(bundle.EntryPath);
+    }
+
+    /// <summary>Streams the guest's tables into the job's Parquet files and its log lines into the job log.</summary>
+    private sealed class OutputSink(JobOutput output, JobLog log) : IGuestSink
+    {
+        public void Table(string topic, RecordBatch batch)
+        {
+            using (batch) output.Write(topic, batch);
+        }
+
+        public void Log(GuestLogLevel level, string text) => log.Write(level, text);
+    }
+}
+
+/// <summary>
+/// A job's guest log, capped at a size: past the cap lines are counted, not written, and the count
+/// is noted at the end, so a parser printing gigabytes cannot fill the disk.
+/// </summary>
+internal sealed class JobLog : IDisposable
+{
+    private readonly StreamWriter _writer;
+    private readonly long _limit;
+    private long _written;
+    private long _dropped;
+
+    public JobLog(string path, long limit)
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+        _writer = new StreamWriter(path, append: false, new UTF8Encoding(false), bufferSize: 64 << 10);
+        _limit = limit;
+    }
+
+    public void Write(GuestLogLevel level, string text)
+    {
+        if (_written >= _limit)
+        {
+            _dropped++;
+            return;
+        }
+        string line = $"{DateTime.Now:HH:mm:ss.fff} {LevelName(level)} {text}\n";
+        _written += Encoding.UTF8.GetByteCount(line);
+        _writer.Write(line);
+    }
+
+    public static string LevelName(GuestLogLevel level) => level switch
+    {
+        GuestLogLevel.Stdout => "stdout ",
+        GuestLogLevel.Stderr => "stderr ",
+        GuestLogLevel.Debug => "debug  ",
+        GuestLogLevel.Info => "info   ",
+        GuestLogLevel.Warning => "warning",
+        GuestLogLevel.Error => "error  ",
+        _ => "?      ",
+    };
+
+    public void Dispose()
+    {
+        if (_dropped > 0) _writer.Write($"[log capped at {_limit} bytes; {_dropped} more line(s) not written]\n");
+        _writer.Dispose();
+    }
+}
+
+/// <summary>
+/// What a worker needs besides its socket, built from the effective configuration: environments,
+/// the extracted shim and the job executor. `worker` owns one; `start` shares one among its workers.
+/// </summary>
+internal sealed class WorkerHost : IDisposable
+{
+    public required EnvManager Envs { get; init; }
+    public required JobExecutor Executor { get; init; }
+
+    public static WorkerHost Create(Config config)
+    {
+        string home = config.HomeDir;
+        var envs = new EnvManager(new VenvOptions
+        {
+            Root = config.Get(Config.Venvs),
+            BasePython = config.Get(Config.Python),
+            Wheelhouse = config.Get(Config.Wheelhouse) is { Length: > 0 } w ? w : null,
+            Uv = Python.FindOnPath("uv", Environment.GetEnvironmentVariable("PATH")),
+            MaxBytes = config.Get(Config.VenvBudget),
+        });
+        var executor = new JobExecutor(new JobExecutorOptions
+        {
+            Output = new OutputOptions
+            {
+                Root = config.Get(Config.Output),
+                AllowedRoots = config.Get(Config.AllowedRoots),
+                Lineage = config.Get(Config.Lineage),
+            },
+            Bridge = new BridgeOptions { ConnectTimeout = config.Get(Config.ConnectTimeout), IdleTimeout = config.Get(Config.IdleTimeout) },
+            ShimPath = Shim.Ensure(Path.Combine(home, "shim")),
+            ParsersDir = Path.Combine(home, "parsers"),
+            LogsDir = Path.Combine(home, "logs"),
+            LogLimit = config.Get(Config.LogLimit),
+            DefaultTimeout = config.Get(Config.JobTimeout),
+        }, envs);
+        return new WorkerHost { Envs = envs, Executor = executor };
+    }
+
+    /// <summary>PREPARE_ENV: build (or find) the environment and say where its interpreter is.</summary>
+    public async Task<EnvReady> PrepareEnv(PrepareEnv request, CancellationToken cancel)
+    {
+        using var lease = await Envs.AcquireAsync(request.EnvHash, request.LockfileContent, cancel).ConfigureAwait(false);
+        return new EnvReady { EnvHash = request.EnvHash, InterpreterPath = lease.InterpreterPath, Cached = lease.Cached };
+    }
+
+    public void Dispose() => Envs.Dispose();
+}

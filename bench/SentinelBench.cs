@@ -1,0 +1,197 @@
+// Sentinel end to end (SPEC §2, §6): jobs go QUEUED → DISPATCH → CONCLUDE → COMPLETED (committed)
+// through a real sentinel on loopback TCP, with benchmark workers (DEALER threads) that conclude
+// every DISPATCH at once. What is measured is the control plane alone: socket, loop and store.
+using System.ComponentModel;
+using BenchmarkDotNet.Attributes;
+using NetMQ;
+using NetMQ.Sockets;
+
+namespace Casparian.Bench;
+
+[Macro]
+[MemoryDiagnoser]
+[Description("Each invocation runs 20,000 jobs through the sentinel; times are per job. Fleet = workers x slots each. " +
+             "Workers are held until the invocation starts, then conclude instantly; the invocation ends when the last " +
+             "conclusion is committed to the store.")]
+public class SentinelBench
+{
+    private const int Jobs = 20_000;
+
+    [Params("1x4", "4x4", "1x64")]
+    public string Fleet { get; set; } = "1x4";
+
+    private string _dir = "";
+    private SqliteJobStore _store = null!;
+    private Sentinel _sentinel = null!;
+    private Thread _sentinelThread = null!;
+    private readonly CancellationTokenSource _stop = new();
+    private readonly List<BenchWorker> _workers = [];
+    private NewJob[] _jobs = [];
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        string[] fleet = Fleet.Split('x');
+        int workers = int.Parse(fleet[0], System.Globalization.CultureInfo.InvariantCulture);
+        int slots = int.Parse(fleet[1], System.Globalization.CultureInfo.InvariantCulture);
+        _dir = Directory.CreateTempSubdirectory("casparian-bench-sentinel-").FullName;
+        string db = Path.Combine(_dir, "casparian.db");
+        _store = new SqliteJobStore(new StoreOptions { Path = db });
+        const string source = "def parse(path):\n    return [{'x': 1}]\n";
+        _store.RegisterParser(new ParserRecord
+        {
+            Name = "bench",
+            Version = "1.0",
+            Source = source,
+            EnvHash = ParserRecord.SystemEnv,
+            SourceHash = Hashes.Sha256Hex(source),
+            ArtifactHash = Hashes.ArtifactHash(source, ""),
+        });
+        _jobs = [.. Enumerable.Range(0, Jobs).Select(i => new NewJob("bench", "1.0", $"/data/in/{i:D7}.csv", "h"))];
+
+        _sentinel = new Sentinel(new SentinelOptions
+        {
+            Bind = "tcp://127.0.0.1:*",
+            DbPath = db,
+            Quiet = true,
+            // Under load, claims follow every freed slot; the poll only matters when work is added to an idle sentinel.
+            PollInterval = TimeSpan.FromMilliseconds(5),
+        });
+        _sentinel.Start();
+        _sentinelThread = new Thread(() => _sentinel.Run(_stop.Token)) { Name = "sentinel", IsBackground = true };
+        _sentinelThread.Start();
+        for (int i = 0; i < workers; i++) _workers.Add(new BenchWorker(_sentinel.Endpoint, $"bench-{i}", slots));
+
+        // Checked before every run: a small batch goes through and lands COMPLETED with its receipt.
+        var first = _store.EnqueueMany(_jobs[..100]);
+        Run(100);
+        if (_store.Get(first) is not { State: JobState.Completed, MetricsJson: """{"rows":1}""" } || _store.Counts()[JobState.Completed] != 100)
+            throw new InvalidOperationException("jobs did not complete through the sentinel");
+    }
+
+    [GlobalCleanup]
+    public void Cleanup()
+    {
+        foreach (var w in _workers) w.Dispose();
+        _stop.Cancel();
+        _sentinelThread.Join();
+        _sentinel.Dispose();
+        _store.Dispose();
+        Directory.Delete(_dir, recursive: true);
+    }
+
+    [IterationSetup]
+    public void Queue()
+    {
+        foreach (var w in _workers) w.Hold();
+        _store.EnqueueMany(_jobs);
+    }
+
+    [Benchmark(OperationsPerInvoke = Jobs)]
+    [Throughput(1, Unit = "jobs")]
+    [Target("end to end through the sentinel: ≥ 5,000 jobs/s")]
+    public void EndToEnd() => Run(Jobs);
+
+    /// <summary>Releases the workers and returns once <paramref name="count"/> conclusions are committed.</summary>
+    private void Run(int count)
+    {
+        using var done = new Countdown(count);
+        foreach (var w in _workers) w.Release(done);
+        if (!done.Wait(TimeSpan.FromMinutes(2))) throw new TimeoutException($"{done.Remaining} of {count} jobs were never dispatched and concluded");
+        // Each worker's conclusions arrive in order on its socket and commit in order, so its last job
+        // being COMPLETED means all of its jobs are.
+        foreach (var w in _workers)
+        {
+            long last = w.LastConcluded;
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+            while (_store.Get(last)?.State != JobState.Completed)
+            {
+                if (DateTime.UtcNow > deadline) throw new TimeoutException($"job {last} was concluded but never committed COMPLETED");
+                Thread.Sleep(0);
+            }
+        }
+        foreach (var w in _workers) w.Hold();
+    }
+
+    /// <summary>Conclusions still to come in this invocation; workers signal from their own threads.</summary>
+    private sealed class Countdown(int count) : IDisposable
+    {
+        private int _remaining = count;
+        private readonly ManualResetEventSlim _done = new(count <= 0);
+
+        public int Remaining => Volatile.Read(ref _remaining);
+
+        public void Signal()
+        {
+            if (Interlocked.Decrement(ref _remaining) == 0) _done.Set();
+        }
+
+        public bool Wait(TimeSpan timeout) => _done.Wait(timeout);
+
+        public void Dispose() => _done.Dispose();
+    }
+
+    /// <summary>A worker that answers every DISPATCH with SUCCESS at once, except while held.</summary>
+    private sealed class BenchWorker : IDisposable
+    {
+        private static readonly byte[] Receipt = Payload.Encode(new JobReceipt
+        {
+            Status = ReceiptStatus.Success,
+            Metrics = new() { ["rows"] = 1 },
+            Artifacts = [new() { ["topic"] = "output", ["uri"] = "file:///out/output/job.parquet" }],
+        }, ProtocolJson.Default.JobReceipt);
+
+        private static readonly byte[] Alive = Payload.Encode(new Heartbeat { Status = WorkerStatus.Alive }, ProtocolJson.Default.Heartbeat);
+
+        private readonly Thread _thread;
+        private volatile bool _stopping;
+        private volatile Countdown? _release;
+        private long _lastConcluded;
+
+        public long LastConcluded => Interlocked.Read(ref _lastConcluded);
+
+        public BenchWorker(string endpoint, string id, int slots)
+        {
+            _thread = new Thread(() => Loop(endpoint, id, slots)) { Name = id, IsBackground = true };
+            _thread.Start();
+        }
+
+        public void Hold() => _release = null;
+
+        public void Release(Countdown done) => _release = done;
+
+        private void Loop(string endpoint, string id, int slots)
+        {
+            using var socket = new DealerSocket();
+            socket.Connect(endpoint);
+            Wire.Send(socket, OpCode.Identify, 0, new Identify { Capabilities = ["*"], WorkerId = id, Slots = slots }, ProtocolJson.Default.Identify);
+            var held = new Queue<ulong>();
+            while (!_stopping)
+            {
+                var release = _release;
+                if (release is not null)
+                    while (held.Count > 0) Conclude(socket, held.Dequeue(), release);
+                NetMQMessage? m = null;
+                if (!socket.TryReceiveMultipartMessage(TimeSpan.FromMilliseconds(held.Count > 0 ? 1 : 20), ref m)) continue;
+                var msg = Wire.FromDealerFrames(m);
+                if (msg.Op == OpCode.Heartbeat) Wire.Send(socket, OpCode.Heartbeat, 0, Alive);
+                else if (msg.Op != OpCode.Dispatch) continue;
+                else if (_release is { } open) Conclude(socket, msg.JobId, open);
+                else held.Enqueue(msg.JobId);
+            }
+        }
+
+        private void Conclude(DealerSocket socket, ulong jobId, Countdown done)
+        {
+            Wire.Send(socket, OpCode.Conclude, jobId, Receipt);
+            Interlocked.Exchange(ref _lastConcluded, (long)jobId);
+            done.Signal();
+        }
+
+        public void Dispose()
+        {
+            _stopping = true;
+            _thread.Join();
+        }
+    }
+}

@@ -1,0 +1,762 @@
+# Arrow IPC stream writer for the Casparian guest shim (SPEC section 3, 4), standard library only.
+#
+# A table becomes one or more bridge messages. Each message is a complete Arrow IPC stream:
+#
+#   schema message | record batch message ... | end-of-stream marker (FF FF FF FF 00 00 00 00)
+#
+# and every IPC message is framed as FF FF FF FF, int32 LE metadata length (padded so the body
+# starts 8-byte aligned), the flatbuffer metadata, then the body: each buffer padded to 8 bytes.
+# The topic travels in the schema's custom metadata under the key "casparian.topic".
+#
+# Two passes per table, so a table is never held encoded in memory as a whole: plan() computes
+# every batch's exact size arithmetically (counts of None, UTF-8 lengths) and builds its metadata,
+# then the bodies are encoded and handed to the socket one batch at a time. The bridge frame
+# needs the stream length N before the first byte; the plan gives it without encoding anything.
+# Large tables are cut into batches of at most BATCH_ROWS rows and about BATCH_BYTES bytes, and
+# into several messages when one would exceed the bridge's message limit.
+#
+# Value work happens in C wherever a C-level call does it: array('q'/'d'/'i') over lists or
+# maps, bytes.join, str.join, dict.get as a None-replacing map, and validity bitmaps packed through
+# int(bits, 2).to_bytes (a little-endian integer whose bit i is row i is exactly Arrow's LSB-first
+# bitmap).
+import struct
+import sys
+from array import array
+from datetime import date, datetime, timedelta, timezone
+from itertools import accumulate, repeat
+from operator import floordiv, is_not, sub
+
+TOPIC_KEY = "casparian.topic"
+BATCH_ROWS = 65536
+BATCH_BYTES = 32 << 20
+DEFAULT_MAX_MESSAGE = 100 << 20
+
+# Column kinds and their Arrow type union ids (Schema.fbs `union Type`).
+NULL, INT64, FLOAT64, BOOL, UTF8, BINARY, TIMESTAMP, DATE32 = range(8)
+KIND_NAMES = ("null", "int64", "float64", "bool", "utf8", "binary", "timestamp[us]", "date32")
+_TYPE_ID = (1, 2, 3, 6, 5, 4, 10, 8)
+
+_LITTLE = sys.byteorder == "little"
+_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+_CONT = b"\xff\xff\xff\xff"
+_BITS = bytes.maketrans(b"\x00\x01", b"01")
+_NoneType = type(None)
+_EPOCH = datetime(1970, 1, 1)
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_US = timedelta(microseconds=1)
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_EXACT_FLOAT_INT = 1 << 53
+
+# dict.get(v, v) maps None to a filler and every other (hashable) value to itself, in C.
+_NONE_0 = {None: 0}.get
+_NONE_0F = {None: 0.0}.get
+_NONE_FALSE = {None: False}.get
+_NONE_EMPTY = {None: ""}.get
+_NONE_EMPTY_B = {None: b""}.get
+_NONE_EPOCH = {None: _EPOCH}.get
+_NONE_EPOCH_UTC = {None: _EPOCH_UTC}.get
+_NONE_DATE = {None: date(1970, 1, 1)}.get
+
+
+class TableError(ValueError):
+    """A table the shim cannot encode: the message is shown to the parser author as is."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Flatbuffers, written front to back: a table's vtable, then the table, then what its offset
+# fields point at (uoffsets must point forward, and they do). Positions are absolute in the
+# buffer, which sits 8-byte aligned in the stream, so aligning here aligns in the stream.
+
+class _T:
+    """A flatbuffer table: fields is a list of (slot, format, value); format 'o' is an offset."""
+    __slots__ = ("fields",)
+
+    def __init__(self, *fields):
+        self.fields = fields
+
+
+class _Vec:
+    """A vector of offsets to tables or strings."""
+    __slots__ = ("items",)
+
+    def __init__(self, items):
+        self.items = items
+
+
+class _Structs:
+    """A vector of 16-byte structs (FieldNode, Buffer): raw little-endian bytes."""
+    __slots__ = ("data", "count")
+
+    def __init__(self, data, count):
+        self.data = data
+        self.count = count
+
+
+_SIZE = {"q": 8, "i": 4, "o": 4, "h": 2, "B": 1}
+
+
+def _pad_to(buf, align, rem=0):
+    buf += b"\0" * ((rem - len(buf)) % align)
+
+
+def _write(buf, obj):
+    if isinstance(obj, _T):
+        fields = sorted(obj.fields, key=lambda f: -_SIZE[f[1]])
+        nslots = max((f[0] for f in fields), default=-1) + 1
+        _pad_to(buf, 2)
+        vt = len(buf)
+        vt_size = 4 + 2 * nslots
+        t = vt + vt_size
+        t += (4 - t) % 8 if any(_SIZE[f[1]] == 8 for f in fields) else -t % 4
+        entries = [0] * nslots
+        pos = t + 4
+        placed = []
+        for slot, fmt, value in fields:
+            size = _SIZE[fmt]
+            pos += -pos % size
+            entries[slot] = pos - t
+            placed.append((pos, fmt, value))
+            pos += size
+        buf += b"\0" * (pos - vt)
+        struct.pack_into("<HH%dH" % nslots, buf, vt, vt_size, pos - t, *entries)
+        struct.pack_into("<i", buf, t, t - vt)
+        children = []
+        for p, fmt, value in placed:
+            if fmt == "o":
+                children.append((p, value))
+            else:
+                struct.pack_into("<" + fmt, buf, p, value)
+        for p, child in children:
+            struct.pack_into("<I", buf, p, _write(buf, child) - p)
+        return t
+    if isinstance(obj, (str, bytes)):
+        data = obj.encode("utf-8") if isinstance(obj, str) else obj
+        _pad_to(buf, 4)
+        p = len(buf)
+        buf += struct.pack("<I", len(data)) + data + b"\0"
+        return p
+    if isinstance(obj, _Vec):
+        _pad_to(buf, 4)
+        p = len(buf)
+        buf += struct.pack("<I", len(obj.items)) + b"\0" * (4 * len(obj.items))
+        for i, item in enumerate(obj.items):
+            slot = p + 4 + 4 * i
+            struct.pack_into("<I", buf, slot, _write(buf, item) - slot)
+        return p
+    if isinstance(obj, _Structs):
+        _pad_to(buf, 8, 4)
+        p = len(buf)
+        buf += struct.pack("<I", obj.count) + obj.data
+        return p
+    raise TypeError(obj)
+
+
+def _message(header_type, header, body_length):
+    """One encapsulated IPC message prefix: continuation, length, flatbuffer Message padded to 8."""
+    buf = bytearray(4)
+    # Message: version (V5 = 4), header_type, header, bodyLength.
+    root = _T((0, "h", 4), (1, "B", header_type), (2, "o", header), (3, "q", body_length))
+    struct.pack_into("<I", buf, 0, _write(buf, root))
+    _pad_to(buf, 8)
+    return _CONT + struct.pack("<i", len(buf)) + bytes(buf)
+
+
+def _arrow_type(kind, tz):
+    if kind == INT64:
+        return _T((0, "i", 64), (1, "B", 1))
+    if kind == FLOAT64:
+        return _T((0, "h", 2))
+    if kind == TIMESTAMP:
+        return _T((0, "h", 2), (1, "o", tz)) if tz else _T((0, "h", 2))
+    if kind == DATE32:
+        return _T((0, "h", 0))
+    return _T()
+
+
+def schema_message(columns, topic, extra_metadata=()):
+    fields = [
+        _T((0, "o", c.name), (1, "B", 1), (2, "B", _TYPE_ID[c.kind]), (3, "o", _arrow_type(c.kind, c.tz)), (5, "o", _Vec([])))
+        for c in columns
+    ]
+    meta = [_T((0, "o", TOPIC_KEY), (1, "o", topic))]
+    meta += [_T((0, "o", k), (1, "o", v)) for k, v in extra_metadata]
+    # Schema: endianness Little, fields, custom_metadata.
+    return _message(1, _T((0, "h", 0), (1, "o", _Vec(fields)), (2, "o", _Vec(meta))), 0)
+
+
+def _batch_message(rows, nodes, lengths):
+    """RecordBatch metadata for buffers of the given lengths, laid out 8-aligned in that order."""
+    buffers = []
+    offset = 0
+    for n in lengths:
+        buffers.append((offset, n))
+        offset += n + (-n % 8)
+    node_bytes = b"".join(struct.pack("<qq", n, nc) for n, nc in nodes)
+    buf_bytes = b"".join(struct.pack("<qq", o, n) for o, n in buffers)
+    rb = _T((0, "q", rows), (1, "o", _Structs(node_bytes, len(nodes))), (2, "o", _Structs(buf_bytes, len(buffers))))
+    return _message(3, rb, offset), offset
+
+
+def _pack_bits(flags):
+    """One byte 0/1 per row -> Arrow bitmap (bit i of the little-endian integer is row i)."""
+    n = len(flags)
+    if n == 0:
+        return b""
+    return int(flags.translate(_BITS)[::-1], 2).to_bytes((n + 7) // 8, "little")
+
+
+def _validity(values):
+    return _pack_bits(bytes(map(is_not, values, repeat(None))))
+
+
+def _utf8(strings):
+    """(offsets, data) of a list of str with no None."""
+    joined = "".join(strings)
+    if joined.isascii():
+        data = joined.encode("ascii")
+        offsets = array("i", accumulate(map(len, strings), initial=0))
+    else:
+        encoded = list(map(str.encode, strings, repeat("utf-8"), repeat("replace")))
+        data = b"".join(encoded)
+        offsets = array("i", accumulate(map(len, encoded), initial=0))
+    return offsets, data
+
+
+def _utf8_length(strings):
+    joined = "".join(strings)
+    return len(joined) if joined.isascii() else len(joined.encode("utf-8", "replace"))
+
+
+def _le(arr):
+    if not _LITTLE:
+        arr.byteswap()
+    return arr
+
+
+# ---------------------------------------------------------------------------------------------
+# Columns from Python values. A column's kind is decided over all its values before the schema
+# is written; plan and encode then work on one batch slice at a time.
+
+def _safe_str(v):
+    if type(v) is str:
+        return v
+    try:
+        return str(v)
+    except Exception:
+        try:
+            return repr(v)
+        except Exception:
+            return "<unprintable %s>" % type(v).__name__
+
+
+def _to_str(values):
+    return [None if v is None else _safe_str(v) for v in values]
+
+
+def _to_int(values):
+    return [None if v is None else int(v) for v in values]
+
+
+def _to_float(values):
+    return [None if v is None else float(v) for v in values]
+
+
+def _to_bool(values):
+    return [None if v is None else bool(v) for v in values]
+
+
+def _to_bytes(values):
+    return [None if v is None else bytes(v) for v in values]
+
+
+_EXACT = {int: INT64, float: FLOAT64, bool: BOOL, str: UTF8, bytes: BINARY, datetime: TIMESTAMP, date: DATE32}
+_NORM = {INT64: _to_int, FLOAT64: _to_float, BOOL: _to_bool, UTF8: _to_str, BINARY: _to_bytes, TIMESTAMP: None, DATE32: None}
+
+
+def _kind_of(t):
+    """The kind of a type that is not one of _EXACT: subclasses and numeric ABCs (numpy scalars)."""
+    if issubclass(t, bool) or t.__name__ == "bool_":
+        return BOOL
+    if issubclass(t, str):
+        return UTF8
+    if issubclass(t, (bytes, bytearray, memoryview)):
+        return BINARY
+    if issubclass(t, datetime):
+        return TIMESTAMP
+    if issubclass(t, date):
+        return DATE32
+    import numbers
+    if issubclass(t, numbers.Integral):
+        return INT64
+    if issubclass(t, numbers.Real):
+        return FLOAT64
+    return None
+
+
+def tz_name(tz, sample):
+    """The Arrow timezone string for a tzinfo: an Olson name or +HH:MM."""
+    if tz is timezone.utc:
+        return "UTC"
+    for attr in ("key", "zone"):  # zoneinfo, pytz
+        name = getattr(tz, attr, None)
+        if isinstance(name, str) and name:
+            return name
+    offset = tz.utcoffset(sample)
+    if offset is None:
+        return "UTC"
+    if isinstance(tz, timezone) or type(tz).__name__ in ("tzutc", "tzoffset", "FixedOffset", "StaticTzInfo"):
+        minutes = int(offset.total_seconds()) // 60
+        if minutes == 0:
+            return "UTC"
+        sign = "+" if minutes >= 0 else "-"
+        return "%s%02d:%02d" % (sign, abs(minutes) // 60, abs(minutes) % 60)
+    return "UTC"
+
+
+class ListColumn:
+    """A column of Python values (a list or tuple), encoded slice by slice."""
+    __slots__ = ("name", "kind", "values", "nulls", "norm", "tz")
+
+    def __init__(self, name, values):
+        if not isinstance(values, (list, tuple)):
+            values = list(values)
+        self.name = name
+        self.values = values
+        self.norm = None
+        self.tz = None
+        self.nulls = False
+        self.kind = self._infer()
+
+    def _infer(self):
+        values = self.values
+        types = set(map(type, values))
+        if _NoneType in types:
+            self.nulls = True
+            types.discard(_NoneType)
+        if not types:
+            return NULL
+        if len(types) == 1:
+            kind = _EXACT.get(next(iter(types)))
+            if kind is not None:
+                return self._check(kind)
+        kinds = set(map(_kind_of, types))
+        if len(kinds) == 1 and None not in kinds:
+            kind = kinds.pop()
+            self.norm = _NORM[kind]
+            return self._check(kind)
+        if kinds == {INT64, FLOAT64}:
+            ints = [v for v in values if v is not None and _kind_of(type(v)) == INT64]
+            if max(map(abs, ints)) <= _EXACT_FLOAT_INT:
+                self.norm = _to_float
+                return FLOAT64
+        return self._fallback()
+
+    def _fallback(self):
+        self.norm = _to_str
+        self.tz = None
+        return UTF8
+
+    def _check(self, kind):
+        values = self.values
+        if kind == INT64:
+            # filter(None, …) drops None and 0; 0 is always in range.
+            present = filter(None, values) if self.nulls else values
+            lo = min(present, default=0)
+            present = filter(None, values) if self.nulls else values
+            hi = max(present, default=0)
+            if lo < _INT64_MIN or hi > _INT64_MAX:
+                return self._fallback()
+        elif kind == TIMESTAMP:
+            present = list(filter(None, values)) if self.nulls else values
+            zones = set(map(_tzinfo, present))
+            if len(zones) > 1 and None in zones:
+                return self._fallback()  # naive and aware values together
+            if zones != {None}:
+                self.tz = tz_name(zones.pop(), present[0]) if len(zones) == 1 else "UTC"
+        return kind
+
+    def _slice(self, start, stop):
+        s = self.values[start:stop]
+        return self.norm(s) if self.norm is not None else s
+
+    def layout(self, start, stop):
+        """(null_count, buffer lengths) of rows [start, stop) without encoding them."""
+        n = stop - start
+        kind = self.kind
+        if kind == NULL:
+            return n, ()
+        if kind in (UTF8, BINARY):
+            s = self._slice(start, stop)
+            nc = s.count(None) if self.nulls else 0
+            if kind == UTF8:
+                size = _utf8_length(list(map(_NONE_EMPTY, s, s)) if nc else s)
+            else:
+                size = sum(map(len, filter(None, s))) if nc else sum(map(len, s))
+            return nc, ((n + 7) // 8 if nc else 0, 4 * (n + 1), size)
+        nc = self.values[start:stop].count(None) if self.nulls else 0
+        width = (n + 7) // 8 if kind == BOOL else (4 * n if kind == DATE32 else 8 * n)
+        return nc, ((n + 7) // 8 if nc else 0, width)
+
+    def buffers(self, start, stop):
+        s = self._slice(start, stop)
+        kind = self.kind
+        if kind == NULL:
+            return ()
+        nc = self.nulls and None in s
+        validity = _validity(s) if nc else b""
+        if kind == INT64:
+            return validity, _le(array("q", map(_NONE_0, s, s) if nc else s))
+        if kind == FLOAT64:
+            return validity, _le(array("d", map(_NONE_0F, s, s) if nc else s))
+        if kind == BOOL:
+            return validity, _pack_bits(bytes(map(_NONE_FALSE, s, s) if nc else s))
+        if kind == UTF8:
+            offsets, data = _utf8(list(map(_NONE_EMPTY, s, s)) if nc else s)
+            return validity, _le(offsets), data
+        if kind == BINARY:
+            present = list(map(_NONE_EMPTY_B, s, s)) if nc else s
+            return validity, _le(array("i", accumulate(map(len, present), initial=0))), b"".join(present)
+        if kind == TIMESTAMP:
+            epoch = _EPOCH_UTC if self.tz else _EPOCH
+            src = map(_NONE_EPOCH_UTC if self.tz else _NONE_EPOCH, s, s) if nc else s
+            return validity, _le(array("q", map(floordiv, map(sub, src, repeat(epoch)), repeat(_US))))
+        if kind == DATE32:
+            src = map(_NONE_DATE, s, s) if nc else s
+            return validity, _le(array("i", map(sub, map(date.toordinal, src), repeat(_EPOCH_ORDINAL))))
+        raise AssertionError(kind)
+
+
+def _tzinfo(v):
+    return v.tzinfo
+
+
+
+class NumpyColumn:
+    """A column held in a numpy array of its Arrow width ('<i8', '<f8', bool); mask True = null."""
+    __slots__ = ("name", "kind", "data", "mask", "tz")
+
+    def __init__(self, name, kind, data, mask, tz=None):
+        self.name = name
+        self.kind = kind
+        self.data = data
+        self.mask = mask if mask is not None and mask.any() else None
+        self.tz = tz
+
+    def layout(self, start, stop):
+        n = stop - start
+        nc = int(self.mask[start:stop].sum()) if self.mask is not None else 0
+        width = (n + 7) // 8 if self.kind == BOOL else 8 * n
+        return nc, ((n + 7) // 8 if nc else 0, width)
+
+    def buffers(self, start, stop):
+        import numpy as np
+        validity = b""
+        if self.mask is not None:
+            m = self.mask[start:stop]
+            if m.any():
+                validity = np.packbits(~m, bitorder="little")
+        data = self.data[start:stop]
+        if self.kind == BOOL:
+            return validity, np.packbits(data, bitorder="little")
+        return validity, data
+
+
+def numpy_column(name, values):
+    """A column from a pandas Series or a numpy array: numeric and datetime columns straight from
+    their buffers; everything else through ListColumn's inference with missing values as None.
+    pandas semantics for pandas objects: NaN, NaT and NA are null. A plain numpy float array keeps
+    its NaN as values, like a list of floats."""
+    import numpy as np
+    pandas = hasattr(values, "isna")
+    dtype = values.dtype
+    kind = getattr(dtype, "kind", "O")
+    if pandas:
+        mask = np.asarray(values.isna(), dtype=bool)
+    elif kind in "mM":
+        mask = np.isnat(values)
+    else:
+        mask = None
+
+    def as_numpy(np_dtype, fill):
+        if pandas:
+            return np.ascontiguousarray(values.to_numpy(dtype=np_dtype, na_value=fill))
+        return np.ascontiguousarray(values, dtype=np_dtype)
+
+    if kind in "iu" and not (kind == "u" and len(values) and int(values.max()) > _INT64_MAX):
+        return NumpyColumn(name, INT64, as_numpy("<i8", 0), mask)
+    if kind == "f":
+        return NumpyColumn(name, FLOAT64, as_numpy("<f8", 0.0), mask)
+    if kind == "b":
+        return NumpyColumn(name, BOOL, as_numpy(bool, False), mask)
+    if kind == "M":
+        tz = getattr(dtype, "tz", None)
+        if pandas and tz is not None:
+            arr = values.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()
+        else:
+            arr = values.to_numpy() if pandas else values
+        data = np.ascontiguousarray(arr.astype("datetime64[us]").view("<i8"))
+        return NumpyColumn(name, TIMESTAMP, data, mask, tz_name(tz, None) if tz is not None else None)
+    objects = values.to_numpy(dtype=object) if pandas else np.asarray(values, dtype=object)
+    if mask is not None and mask.any():
+        objects = objects.copy()
+        objects[mask] = None
+    return ListColumn(name, objects.tolist())
+
+
+def _is_numpy(v):
+    return type(v).__module__.split(".", 1)[0] in ("numpy", "pandas") and hasattr(v, "dtype")
+
+
+def _name(key):
+    return key if isinstance(key, str) else str(key)
+
+
+def _check_lengths(lengths):
+    if len(set(lengths.values())) > 1:
+        desc = ", ".join("%r has %d" % (k, v) for k, v in lengths.items())
+        raise TableError("columns of unequal length: %s" % desc)
+
+
+def columns_from_dict(table):
+    """A dict of equal-length columns (lists, tuples, numpy arrays, pandas Series, any iterable)."""
+    columns = []
+    lengths = {}
+    for key, values in table.items():
+        name = _name(key)
+        if _is_numpy(values) and getattr(values, "ndim", 1) == 1:
+            column = numpy_column(name, values)
+            lengths[name] = len(values)
+        else:
+            if not isinstance(values, (list, tuple)):
+                if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
+                    raise TableError("column %r is a %s, not a sequence of values" % (name, type(values).__name__))
+                values = list(values)
+            lengths[name] = len(values)
+            column = values
+        columns.append((name, column))
+    _check_lengths(lengths)
+    rows = next(iter(lengths.values()), 0)
+    return [c if not isinstance(c, (list, tuple)) else ListColumn(n, c) for n, c in columns], rows
+
+
+def columns_from_rows(rows):
+    """A list of row dicts. Columns in first-seen key order; a key a row lacks is null there."""
+    first = rows[0]
+    if len(set(map(len, rows))) == 1:
+        # Same size as the first row and holding all its keys: the same key set.
+        from operator import itemgetter
+        try:
+            return [ListColumn(_name(k), list(map(itemgetter(k), rows))) for k in first], len(rows)
+        except KeyError:
+            pass
+    keys = list(dict.fromkeys(k for shape in dict.fromkeys(map(tuple, rows)) for k in shape))
+    return [ListColumn(_name(k), list(map(dict.get, rows, repeat(k)))) for k in keys], len(rows)
+
+
+def columns_from_pandas(df):
+    if type(df.index).__name__ != "RangeIndex":
+        df = df.reset_index()
+    names = [_name(c) for c in df.columns]
+    if len(set(names)) != len(names):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        raise TableError("DataFrame has duplicate column names: %s" % ", ".join(map(repr, dupes)))
+    return [numpy_column(n, df.iloc[:, i]) for i, n in enumerate(names)], len(df)
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages.
+
+def _check_names(columns):
+    seen = set()
+    for c in columns:
+        if c.name in seen:
+            raise TableError("duplicate column name %r" % c.name)
+        seen.add(c.name)
+
+
+def _plan(columns, nrows, budget):
+    """[(start, stop, metadata prefix, body length)]: batches of at most BATCH_ROWS rows and about
+    BATCH_BYTES bytes, each fitting in `budget`; a batch over either limit is halved until it fits."""
+    planned = []
+    stack = [(s, min(s + BATCH_ROWS, nrows)) for s in range(0, nrows, BATCH_ROWS)] or [(0, 0)]
+    stack.reverse()
+    while stack:
+        start, stop = stack.pop()
+        nodes = []
+        lengths = []
+        for c in columns:
+            nc, ls = c.layout(start, stop)
+            nodes.append((stop - start, nc))
+            lengths.extend(ls)
+        prefix, body = _batch_message(stop - start, nodes, lengths)
+        size = len(prefix) + body
+        if (size > budget or body > BATCH_BYTES) and stop - start > 1:
+            mid = (start + stop) // 2
+            stack.append((mid, stop))
+            stack.append((start, mid))
+            continue
+        if size > budget:
+            raise TableError("row %d is %d bytes once encoded, more than the %d-byte message limit" % (start, size, budget))
+        planned.append((start, stop, prefix, body, lengths))
+    return planned
+
+
+def _batch_chunk(columns, start, stop, prefix, body, lengths):
+    parts = [prefix]
+    i = 0
+    for c in columns:
+        for buf in c.buffers(start, stop):
+            n = memoryview(buf).nbytes
+            if n != lengths[i]:
+                raise AssertionError("column %r: encoded %d bytes, planned %d" % (c.name, n, lengths[i]))
+            parts.append(buf)
+            if n % 8:
+                parts.append(b"\0" * (8 - n % 8))
+            i += 1
+    return b"".join(parts)
+
+
+def column_messages(columns, nrows, topic, max_message=DEFAULT_MAX_MESSAGE):
+    """Yields (N, chunks) per bridge message: chunks iterates bytes-like objects totalling N."""
+    _check_names(columns)
+    schema = schema_message(columns, topic)
+    fixed = len(schema) + len(_EOS)
+    planned = _plan(columns, nrows, max_message - fixed)
+    group = []
+    size = fixed
+    for batch in planned:
+        batch_size = len(batch[2]) + batch[3]
+        if group and size + batch_size > max_message:
+            yield size, _chunks(columns, schema, group)
+            group = []
+            size = fixed
+        group.append(batch)
+        size += batch_size
+    yield size, _chunks(columns, schema, group)
+
+
+def _chunks(columns, schema, group):
+    yield schema
+    for start, stop, prefix, body, lengths in group:
+        yield _batch_chunk(columns, start, stop, prefix, body, lengths)
+    yield _EOS
+
+
+# ---------------------------------------------------------------------------------------------
+# pyarrow, when the parser's environment has it: its own IPC writer, one batch in memory at a time.
+
+class _Collect:
+    """A write-only file for pyarrow's writer that keeps what was written until drained."""
+
+    def __init__(self):
+        self.parts = []
+        self.closed = False
+
+    def write(self, data):
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def writable(self):
+        return True
+
+    def flush(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+    def drain(self):
+        parts, self.parts = self.parts, []
+        return parts
+
+
+def _pa_stream_size(pa, schema, batches):
+    sink = pa.MockOutputStream()
+    with pa.ipc.new_stream(sink, schema) as writer:
+        for b in batches:
+            writer.write_batch(b)
+    return sink.size()
+
+
+def pyarrow_messages(table, topic, max_message=DEFAULT_MAX_MESSAGE):
+    import pyarrow as pa
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    metadata = dict(table.schema.metadata or {})
+    metadata[TOPIC_KEY.encode()] = topic.encode()
+    table = table.replace_schema_metadata(metadata)
+    schema = table.schema
+    batches = table.to_batches(max_chunksize=BATCH_ROWS) or [
+        pa.RecordBatch.from_arrays([pa.array([], type=f.type) for f in schema], schema=schema)
+    ]
+    pending = [batches]
+    while pending:
+        group = pending.pop(0)
+        size = _pa_stream_size(pa, schema, group)
+        if size > max_message:
+            if len(group) > 1:
+                mid = len(group) // 2
+                pending[:0] = [group[:mid], group[mid:]]
+                continue
+            b = group[0]
+            if b.num_rows <= 1:
+                raise TableError("a row is %d bytes once encoded, more than the %d-byte message limit" % (size, max_message))
+            mid = b.num_rows // 2
+            pending[:0] = [[b.slice(0, mid)], [b.slice(mid)]]
+            continue
+        yield size, _pa_chunks(pa, schema, group)
+
+
+def _pa_chunks(pa, schema, group):
+    sink = _Collect()
+    writer = pa.ipc.new_stream(sink, schema)
+    for b in group:
+        writer.write_batch(b)
+        yield from sink.drain()
+    writer.close()
+    yield from sink.drain()
+
+
+# ---------------------------------------------------------------------------------------------
+# What counts as a table (SPEC section 4).
+
+def _module_root(obj):
+    return type(obj).__module__.split(".", 1)[0]
+
+
+def is_row(obj):
+    """A dict that is one row rather than a dict of columns: some value is not a sequence."""
+    if not isinstance(obj, dict) or not obj:
+        return False
+    for v in obj.values():
+        if isinstance(v, (str, bytes, dict)) or not (isinstance(v, (list, tuple)) or _is_numpy(v) and getattr(v, "ndim", 0) == 1):
+            return True
+    return False
+
+
+def table_messages(obj, topic, max_message=DEFAULT_MAX_MESSAGE):
+    """Bridge messages for one table, or None when obj is not a table this module knows.
+    Returns an iterator of (N, chunks)."""
+    root = _module_root(obj)
+    name = type(obj).__name__
+    if root == "pyarrow" and name in ("Table", "RecordBatch"):
+        return pyarrow_messages(obj, topic, max_message)
+    if root == "pandas" and name == "DataFrame":
+        try:
+            import pyarrow as pa
+        except ImportError:
+            pa = None
+        if pa is not None:
+            try:
+                return pyarrow_messages(pa.Table.from_pandas(obj), topic, max_message)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                pass  # mixed object columns: our own inference turns them into utf8
+        return column_messages(*columns_from_pandas(obj), topic, max_message)
+    if isinstance(obj, dict) and not is_row(obj):
+        return column_messages(*columns_from_dict(obj), topic, max_message)
+    if isinstance(obj, list) and obj and all(map(isinstance, obj, repeat(dict))):
+        return column_messages(*columns_from_rows(obj), topic, max_message)
+    if callable(getattr(obj, "to_arrow", None)):
+        return pyarrow_messages(obj.to_arrow(), topic, max_message)
+    return None
