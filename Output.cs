@@ -30,8 +30,8 @@
 // not *.parquet, so dataset readers skip it) and the finished file is fsynced and then renamed over the
 // final name: a reader sees the old file or the complete new one, never a partial one. Then the
 // directory is fsynced (and the parents of directories the topic created), so a committed file survives
-// a power loss; mode replace syncs again after its deletions. Temp files of
-// the same (job, topic) left by a killed attempt are deleted when the retry starts writing that topic.
+// a power loss; mode replace syncs again after its deletions. Temp files of the same (job, topic) left
+// by a killed attempt are deleted when the retry starts writing that topic.
 // Dispose without Commit deletes this job's temp files. Topics commit one after another, so a failure
 // inside Commit can leave some topics committed; the retry overwrites them.
 //
@@ -59,8 +59,8 @@
 //     column is cast to float64. Either way an int64 value becomes the nearest double: exact up to 2^53
 //     in magnitude, rounded beyond (as pandas does when it mixes ints and floats).
 // Widening rewrites the rows written so far into a new temp file with the wider schema (a pass over
-// that topic's data so far; memory stays bounded by a row group), so a column is rewritten at most
-// twice (null → int64 → float64). Any other pair of types (int32 vs int64, utf8 vs int64, timestamps
+// that topic's data so far; memory stays bounded by a row group); each column can set off at most two
+// rewrites (null → int64 → float64). Any other pair of types (int32 vs int64, utf8 vs int64, timestamps
 // of different units or time zones …) fails the job, naming the topic and every differing column.
 //
 // Lineage (on by default): every row gets int64 columns _job_id and _file_version_id, after the
