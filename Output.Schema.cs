@@ -1,5 +1,6 @@
-// Schema rules of a topic (see Output.cs): structural type equality, the null-column promotions, the
-// dictionary heuristic, and the arrays JobOutput makes itself (all-null columns, lineage columns).
+// Schema rules of a topic (see Output.cs): structural type equality, the promotions (null ↔ concrete,
+// int64 ↔ float64), the dictionary heuristic, and the arrays JobOutput makes itself (all-null columns,
+// int64 columns cast to float64, lineage columns).
 using System.Buffers;
 using System.Runtime.InteropServices;
 using Apache.Arrow;
@@ -7,8 +8,37 @@ using Apache.Arrow.Types;
 
 namespace Casparian;
 
+/// <summary>How a batch's column of one type goes into a topic's column of another (the rules in Output.cs).</summary>
+internal enum Promotion
+{
+    /// <summary>The same type: written as is.</summary>
+    None,
+    /// <summary>The batch's column is Arrow null: written as all-null of the topic's type.</summary>
+    FillNulls,
+    /// <summary>int64 in the batch, float64 in the topic: the batch's values are cast (exact up to 2^53 in magnitude).</summary>
+    CastToFloat64,
+    /// <summary>The topic takes the batch's type (null → concrete, int64 → float64): the rows written so far are rewritten.</summary>
+    WidenTopic,
+    /// <summary>No rule joins the two types: the job fails naming the column.</summary>
+    Mismatch,
+}
+
 internal static class ArrowSchemas
 {
+    /// <summary>The rule that puts a batch column of type <paramref name="batch"/> into a topic column of type <paramref name="topic"/>.</summary>
+    public static Promotion Promote(IArrowType topic, IArrowType batch)
+    {
+        if (SameType(topic, batch)) return Promotion.None;
+        return (topic.TypeId, batch.TypeId) switch
+        {
+            (_, ArrowTypeId.Null) => Promotion.FillNulls,
+            (ArrowTypeId.Null, _) => Promotion.WidenTopic,
+            (ArrowTypeId.Int64, ArrowTypeId.Double) => Promotion.WidenTopic,
+            (ArrowTypeId.Double, ArrowTypeId.Int64) => Promotion.CastToFloat64,
+            _ => Promotion.Mismatch,
+        };
+    }
+
     /// <summary>The same Arrow type, structurally (units, time zones, widths, children), ignoring field nullability and metadata.</summary>
     public static bool SameType(IArrowType a, IArrowType b)
     {
@@ -177,6 +207,42 @@ internal sealed class ScratchArrays : IDisposable
             _ => null,
         };
         return buffers is null ? null : ArrowArrayFactory.BuildArray(new ArrayData(type, length, length, 0, buffers));
+    }
+
+    /// <summary>
+    /// An int64 column as float64, nulls kept. Each value becomes the nearest double: exact up to 2^53 in
+    /// magnitude, rounded beyond (what pandas does when it mixes ints and floats).
+    /// </summary>
+    public DoubleArray Float64(IArrowArray int64)
+    {
+        var data = int64.Data;
+        int length = data.Length;
+        var values = Rent(checked(length * sizeof(double)));
+        var source = MemoryMarshal.Cast<byte, long>(data.Buffers[1].Span).Slice(data.Offset, length);
+        var target = MemoryMarshal.Cast<byte, double>(values.Span);
+        for (int i = 0; i < length; i++) target[i] = source[i];
+        int nulls = int64.NullCount;
+        var validity = nulls == 0 ? ArrowBuffer.Empty : Bits(data.Buffers[0].Span, data.Offset, length);
+        return new DoubleArray(new ArrowBuffer(values), validity, length, nulls, 0);
+    }
+
+    /// <summary>A copy of <paramref name="length"/> bits of a bitmap starting at bit <paramref name="offset"/>, realigned to bit 0.</summary>
+    private ArrowBuffer Bits(ReadOnlySpan<byte> bitmap, int offset, int length)
+    {
+        var memory = Rent((length + 7) / 8);
+        var target = memory.Span;
+        if (offset % 8 == 0)
+        {
+            bitmap.Slice(offset / 8, target.Length).CopyTo(target);
+            return new ArrowBuffer(memory);
+        }
+        target.Clear();
+        for (int i = 0; i < length; i++)
+        {
+            int at = offset + i;
+            if ((bitmap[at >> 3] & (1 << (at & 7))) != 0) target[i >> 3] |= (byte)(1 << (i & 7));
+        }
+        return new ArrowBuffer(memory);
     }
 
     private ArrowBuffer Zeros(int length)

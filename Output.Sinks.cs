@@ -17,11 +17,40 @@ internal sealed record SinkTarget(string Topic, string Uri, string Directory, st
 
     public string FinalPath => Path.Combine(Directory, FileName);
 
+    /// <summary>Hex digits after <see cref="TempPrefix"/>: a temp file's name is exactly prefix + this many.</summary>
+    public const int TempSuffixLength = 12;
+
+    /// <summary>Most characters of a sanitised file stem: the temp name adds 47 and a file name holds 255 bytes.</summary>
+    public const int MaxStemLength = 200;
+
     /// <summary>Temp files of this (job, topic) start with this, whichever attempt made them.</summary>
     public string TempPrefix(ulong jobId) => $".{FileName}.tmp-{jobId}-";
 
-    /// <summary>The destination file of a directory dataset: deterministic per job, so a retry overwrites it.</summary>
-    public static string JobFileName(ulong jobId) => $"job-{jobId}.parquet";
+    /// <summary>
+    /// The destination file of a directory dataset: <c>job-{id}.parquet</c>, or <c>{stem}.parquet</c> with the
+    /// stem sanitised. Deterministic either way, so a retry or rerun overwrites it.
+    /// </summary>
+    public static string DatasetFileName(ulong jobId, string? fileStem) =>
+        fileStem is null ? $"job-{jobId}.parquet" : SanitizeStem(fileStem) + ".parquet";
+
+    /// <summary>
+    /// The stem as it appears in file names: every character outside ASCII letters, digits, '-', '_' and
+    /// '.' becomes '_' (so no '/', no control or non-ASCII characters), a leading '.' becomes '_' (dataset
+    /// readers skip hidden files), empty becomes "_", and it is cut to <see cref="MaxStemLength"/>
+    /// characters. Different stems can sanitise alike ("a b", "a_b"): callers compare sanitised stems.
+    /// </summary>
+    public static string SanitizeStem(string stem)
+    {
+        if (stem.Length == 0) return "_";
+        return string.Create(Math.Min(stem.Length, MaxStemLength), stem, static (span, stem) =>
+        {
+            for (int i = 0; i < span.Length; i++)
+            {
+                char c = stem[i];
+                span[i] = char.IsAsciiLetterOrDigit(c) || c is '-' or '_' || (c == '.' && i > 0) ? c : '_';
+            }
+        });
+    }
 
     public static bool IsTopicName(string name)
     {
@@ -34,9 +63,10 @@ internal sealed record SinkTarget(string Topic, string Uri, string Directory, st
     /// <summary>
     /// Resolves <paramref name="uri"/>: <c>parquet://NAME</c> or a relative path under the root;
     /// <c>file:///ABS</c> or <c>/ABS</c> only inside the root or an allowed root. A path ending in
-    /// <c>.parquet</c> is a single file, anything else a dataset directory.
+    /// <c>.parquet</c> is a single file, anything else a dataset directory, whose file for this job is
+    /// <see cref="DatasetFileName"/>.
     /// </summary>
-    public static SinkTarget Resolve(OutputOptions options, ulong jobId, string topic, string uri, SinkMode mode)
+    public static SinkTarget Resolve(OutputOptions options, ulong jobId, string topic, string uri, SinkMode mode, string? fileStem = null)
     {
         string root = Normalize(options.Root);
         string path;
@@ -71,7 +101,7 @@ internal sealed record SinkTarget(string Topic, string Uri, string Directory, st
         if (singleFile && mode == SinkMode.Append) OutputThrow.Sink_AppendToFile(jobId, topic, uri);
         return singleFile
             ? new SinkTarget(topic, uri, Path.GetDirectoryName(path)!, Path.GetFileName(path), mode, SingleFile: true)
-            : new SinkTarget(topic, uri, path, JobFileName(jobId), mode, SingleFile: false);
+            : new SinkTarget(topic, uri, path, DatasetFileName(jobId, fileStem), mode, SingleFile: false);
     }
 
     private static string UnderRoot(ulong jobId, string topic, string uri, string root, string relative)
@@ -118,17 +148,19 @@ internal sealed record SinkTarget(string Topic, string Uri, string Directory, st
         foreach (var file in OtherDataFiles()) OutputThrow.Sink_DataExists(jobId, Topic, file);
     }
 
-    /// <summary>Mode replace on a directory: deletes every *.parquet in it except this job's file.</summary>
-    public void DeleteOtherData()
+    /// <summary>Mode replace on a directory: deletes every *.parquet in it except this job's file; returns how many it found.</summary>
+    public int DeleteOtherData()
     {
-        foreach (var file in OtherDataFiles())
+        var files = OtherDataFiles();
+        foreach (var file in files)
         {
             try { File.Delete(file); }
             catch (FileNotFoundException) { }
         }
+        return files.Count;
     }
 
-    private IEnumerable<string> OtherDataFiles()
+    private List<string> OtherDataFiles()
     {
         if (!System.IO.Directory.Exists(Directory)) return [];
         return System.IO.Directory.EnumerateFiles(Directory, "*.parquet")

@@ -1,4 +1,7 @@
-// One topic of a job: its temp file, its ParquetSharp Arrow writer, its schema and row-group budget.
+// One topic of a job: its temp file, its ParquetSharp Arrow writer, its schema and row-group budget, and
+// the directory fsync that makes its commit durable (DirectorySync).
+using System.Diagnostics;
+using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using Apache.Arrow;
 using Apache.Arrow.Types;
@@ -21,6 +24,8 @@ internal sealed partial class JobOutput
         private WriterProperties? _properties;
         private FileWriter? _writer;
         private string? _tempPath;
+        // The outermost directory Start created for this topic's file (null if it existed): Commit syncs up to its parent.
+        private string? _created;
         private long _rows;
         private long _groupRows;
         private long _groupBytes;
@@ -46,13 +51,7 @@ internal sealed partial class JobOutput
             using var scratch = new ScratchArrays();
             var fields = _schema.FieldsList;
             var arrays = new IArrowArray[_writerSchema!.FieldsList.Count];
-            for (int i = 0; i < fields.Count; i++)
-            {
-                var column = batch.Column(map[i]);
-                arrays[i] = column.Data.DataType.TypeId == ArrowTypeId.Null && fields[i].DataType.TypeId != ArrowTypeId.Null
-                    ? scratch.Nulls(fields[i].DataType, batch.Length) ?? OutputThrow.Schema_CannotFillNulls(JobId, Name, fields[i].Name, ArrowSchemas.Describe(fields[i].DataType))
-                    : column;
-            }
+            for (int i = 0; i < fields.Count; i++) arrays[i] = Conform(batch.Column(map[i]), fields[i], scratch);
             if (Options.Lineage)
             {
                 arrays[fields.Count] = scratch.Constant(unchecked((long)JobId), batch.Length);
@@ -74,8 +73,32 @@ internal sealed partial class JobOutput
             string final = target.FinalPath;
             File.Move(_tempPath!, final, overwrite: true);
             _tempPath = null;
-            if (target.Mode == SinkMode.Replace && !target.SingleFile) target.DeleteOtherData();
+            SyncDirectories();
+            if (target.Mode == SinkMode.Replace && !target.SingleFile && target.DeleteOtherData() > 0) Sync(target.Directory);
             return new OutputArtifact(Name, new Uri(final).AbsoluteUri, _rows, new FileInfo(final).Length);
+        }
+
+        /// <summary>
+        /// A rename survives a power loss only once its directory is fsynced, and a directory this topic
+        /// created only once its parent is: syncs the file's directory and, up to the first directory that
+        /// already existed, each one created for it.
+        /// </summary>
+        private void SyncDirectories()
+        {
+            string dir = target.Directory;
+            Sync(dir);
+            if (_created is not { } top) return;
+            for (string d = dir; ; d = Path.GetDirectoryName(d)!)
+            {
+                Sync(Path.GetDirectoryName(d)!);
+                if (d == top) break;
+            }
+        }
+
+        private void Sync(string directory)
+        {
+            int errno = DirectorySync.Flush(directory);
+            if (errno != 0) OutputThrow.Commit_DirectorySync(JobId, Name, directory, errno);
         }
 
         public void Dispose()
@@ -96,9 +119,13 @@ internal sealed partial class JobOutput
                 foreach (var column in ArrowSchemas.NearUniqueColumns(first)) builder.DisableDictionary(new ColumnPath([column]));
                 _properties = builder.Build();
             }
+            for (string? d = target.Directory; d is not null && !Directory.Exists(d); d = Path.GetDirectoryName(d)) _created = d;
             Directory.CreateDirectory(target.Directory);
             // A killed earlier attempt of this job may have left its temp file; nobody else writes this prefix.
-            foreach (var stale in Directory.EnumerateFiles(target.Directory, target.TempPrefix(JobId) + "*")) TryDelete(stale);
+            // The exact length check keeps the temp files of a longer stem that happens to share the prefix.
+            string prefix = target.TempPrefix(JobId);
+            foreach (var stale in Directory.EnumerateFiles(target.Directory, prefix + "*"))
+                if (Path.GetFileName(stale).Length == prefix.Length + SinkTarget.TempSuffixLength) TryDelete(stale);
             OpenWriter();
         }
 
@@ -115,7 +142,7 @@ internal sealed partial class JobOutput
             metadata[SinkTarget.JobIdKey] = JobId.ToString(System.Globalization.CultureInfo.InvariantCulture);
             metadata[SinkTarget.FileVersionIdKey] = job._fileVersionId.ToString(System.Globalization.CultureInfo.InvariantCulture);
             _writerSchema = new Schema(fields, metadata);
-            _tempPath = Path.Combine(target.Directory, target.TempPrefix(JobId) + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6)));
+            _tempPath = Path.Combine(target.Directory, target.TempPrefix(JobId) + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(SinkTarget.TempSuffixLength / 2)));
             _writer = new FileWriter(_tempPath, _writerSchema, _properties!, job._arrowProperties);
             _groupRows = 0;
             _groupBytes = 0;
@@ -163,8 +190,8 @@ internal sealed partial class JobOutput
         }
 
         /// <summary>
-        /// Maps the topic's columns to <paramref name="incoming"/>'s (by name, any order) and applies the
-        /// null promotions; throws naming every differing column otherwise.
+        /// Maps the topic's columns to <paramref name="incoming"/>'s (by name, any order) and widens the
+        /// topic where a promotion asks for it; throws naming every column no promotion joins.
         /// </summary>
         private int[] Reconcile(Schema incoming)
         {
@@ -186,19 +213,34 @@ internal sealed partial class JobOutput
                 seen[j] = true;
                 map[i] = j;
                 var have = fields[j].DataType;
-                if (ArrowSchemas.SameType(want.DataType, have) || have.TypeId == ArrowTypeId.Null) continue;
-                if (want.DataType.TypeId == ArrowTypeId.Null)
+                switch (ArrowSchemas.Promote(want.DataType, have))
                 {
-                    (widened ??= [.. topic])[i] = new Field(want.Name, have, true, want.HasMetadata ? want.Metadata : null);
-                    continue;
+                    case Promotion.WidenTopic:
+                        (widened ??= [.. topic])[i] = new Field(want.Name, have, true, want.HasMetadata ? want.Metadata : null);
+                        break;
+                    case Promotion.Mismatch:
+                        (problems ??= []).Add($"column '{want.Name}' is {ArrowSchemas.Describe(want.DataType)} in the topic but {ArrowSchemas.Describe(have)} in this table");
+                        break;
                 }
-                (problems ??= []).Add($"column '{want.Name}' is {ArrowSchemas.Describe(want.DataType)} in the topic but {ArrowSchemas.Describe(have)} in this table");
             }
             for (int j = 0; j < fields.Count; j++)
                 if (!seen[j]) (problems ??= []).Add($"column '{fields[j].Name}' ({ArrowSchemas.Describe(fields[j].DataType)}) is new");
             if (problems is not null) OutputThrow.Schema_Mismatch(JobId, Name, string.Join("; ", problems));
             if (widened is not null) Widen(new Schema(widened, _schema.HasMetadata ? _schema.Metadata : null));
             return map;
+        }
+
+        /// <summary>A column in the topic's type <paramref name="want"/>, which Reconcile or Widen has made reachable by a promotion.</summary>
+        private IArrowArray Conform(IArrowArray column, Field want, ScratchArrays scratch)
+        {
+            var promotion = ArrowSchemas.Promote(want.DataType, column.Data.DataType);
+            Debug.Assert(promotion is Promotion.None or Promotion.FillNulls or Promotion.CastToFloat64, $"column '{want.Name}': {promotion} after Reconcile");
+            return promotion switch
+            {
+                Promotion.FillNulls => scratch.Nulls(want.DataType, column.Length) ?? OutputThrow.Schema_CannotFillNulls(JobId, Name, want.Name, ArrowSchemas.Describe(want.DataType)),
+                Promotion.CastToFloat64 => scratch.Float64(column),
+                _ => column,
+            };
         }
 
         private static int IndexOf(IReadOnlyList<Field> fields, string name)
@@ -208,8 +250,9 @@ internal sealed partial class JobOutput
         }
 
         /// <summary>
-        /// Columns that were all null so far now have a type: rewrites the rows written so far into a new
-        /// temp file whose schema has those types, streaming row group by row group.
+        /// Some columns take a wider type (all null so far → a concrete type, int64 → float64): rewrites
+        /// the rows written so far into a new temp file with that schema, streaming the old file batch by
+        /// batch, then deletes the old one.
         /// </summary>
         private void Widen(Schema schema)
         {
@@ -231,13 +274,7 @@ internal sealed partial class JobOutput
                     using (var scratch = new ScratchArrays())
                     {
                         var arrays = new IArrowArray[want.Count];
-                        for (int i = 0; i < want.Count; i++)
-                        {
-                            var column = batch.Column(i);
-                            arrays[i] = column.Data.DataType.TypeId == ArrowTypeId.Null && want[i].DataType.TypeId != ArrowTypeId.Null
-                                ? scratch.Nulls(want[i].DataType, batch.Length) ?? OutputThrow.Schema_CannotFillNulls(JobId, Name, want[i].Name, ArrowSchemas.Describe(want[i].DataType))
-                                : column;
-                        }
+                        for (int i = 0; i < want.Count; i++) arrays[i] = Conform(batch.Column(i), want[i], scratch);
                         WriteRows(arrays, batch.Length, ArrowSchemas.Bytes(batch));
                     }
                 }
@@ -255,4 +292,61 @@ internal sealed partial class JobOutput
             catch (UnauthorizedAccessException) { }
         }
     }
+}
+
+/// <summary>
+/// fsync of a directory, which .NET has no API for (FileStream and File.OpenHandle refuse directories):
+/// libc's open + fsync. The runtime maps the library name "libc" to the platform's C library (libc.so.6
+/// on glibc) under the JIT and NativeAOT alike.
+/// </summary>
+internal static class DirectorySync
+{
+    // O_RDONLY | O_CLOEXEC, the same on x86-64 and arm64 Linux. No O_DIRECTORY: its value differs between
+    // the two, and a read-only open of a directory needs no flag.
+    private const int OpenFlags = 0x80000;
+    private const int EINTR = 4, EBADF = 9, EACCES = 13, EINVAL = 22;
+
+    /// <summary>
+    /// Makes <paramref name="directory"/>'s entries (renames, creations, deletions) durable. Returns 0, or
+    /// the errno of the failure. Like PostgreSQL, treats a directory that cannot be opened for reading
+    /// (EACCES) or a file system that cannot sync directories (EINVAL, EBADF) as nothing to do.
+    /// No-op off Linux (the flags above are Linux's).
+    /// </summary>
+    public static int Flush(string directory)
+    {
+        if (!OperatingSystem.IsLinux()) return 0;
+        byte[] path = System.Text.Encoding.UTF8.GetBytes(directory + "\0");
+        int fd, errno;
+        do
+        {
+            fd = open(path, OpenFlags);
+            errno = fd < 0 ? Marshal.GetLastPInvokeError() : 0;
+        }
+        while (errno == EINTR);
+        if (fd < 0) return errno == EACCES ? 0 : errno;
+        try
+        {
+            int result;
+            do
+            {
+                result = fsync(fd);
+                errno = result < 0 ? Marshal.GetLastPInvokeError() : 0;
+            }
+            while (errno == EINTR);
+            return errno is EINVAL or EBADF ? 0 : errno;
+        }
+        finally
+        {
+            _ = close(fd);
+        }
+    }
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern int open(byte[] path, int flags);
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern int fsync(int fd);
+
+    [DllImport("libc")]
+    private static extern int close(int fd);
 }

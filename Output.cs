@@ -4,10 +4,16 @@
 // Layout. Every (job, topic) has exactly one destination file with a deterministic name, so a retried
 // job (on this machine or another, after a crash or kill -9) overwrites its own file instead of adding
 // a second copy. Where the file goes is decided by the topic's sink (Output.Sinks.cs):
-//   - no sink for the topic (always the case when DISPATCH has no sinks): {root}/{topic}/job-{id}.parquet
+//   - no sink for the topic (always the case when DISPATCH has no sinks): {root}/{topic}/{name}
 //   - a directory uri (parquet://NAME, a relative path, or file:///ABS inside an allowed root, not
-//     ending in .parquet): the directory is a dataset and this job's file is {dir}/job-{id}.parquet
+//     ending in .parquet): the directory is a dataset and this job's file is {dir}/{name}
 //   - a file uri (ending in .parquet): that file is the topic's whole dataset
+// {name} is job-{id}.parquet, or {stem}.parquet when the JobOutput is given a file stem (dev mode,
+// `casparian run`: one JobOutput per input file, named after it, so a rerun overwrites). A stem is
+// sanitised (SinkTarget.SanitizeStem: ASCII letters, digits, '-', '_', '.', anything else '_', no
+// leading '.', never empty, at most 200 characters); two inputs whose sanitised stems are equal
+// (a/x.csv and b/x.csv) would write the same file, the later winning, so the caller must pass stems
+// that are unique after sanitising and can check that up front with SanitizeStem.
 // Modes (SinkConfig.mode):
 //   - append (default): directory: add/overwrite this job's file, leave every other file alone.
 //     File uri: refused when the job starts (a Parquet file cannot be appended to, and appending would
@@ -22,8 +28,10 @@
 //
 // Atomicity. A topic's rows go to ".{final}.tmp-{job}-{random}" in the destination directory (hidden,
 // not *.parquet, so dataset readers skip it) and the finished file is fsynced and then renamed over the
-// final name: a reader sees the old file or the complete new one, never a partial one. Temp files of
-// the same (job, topic) left by a killed attempt are deleted when the retry starts writing that topic.
+// final name: a reader sees the old file or the complete new one, never a partial one. Then the
+// directory is fsynced (and the parents of directories the topic created), so a committed file survives
+// a power loss; mode replace syncs again after its deletions. Temp files of the same (job, topic) left
+// by a killed attempt are deleted when the retry starts writing that topic.
 // Dispose without Commit deletes this job's temp files. Topics commit one after another, so a failure
 // inside Commit can leave some topics committed; the retry overwrites them.
 //
@@ -40,12 +48,20 @@
 // up and re-encode, which cost about 40% of the write time for numeric data.
 //
 // Schema (Output.Schema.cs). A topic's schema is set by its first batch, with every column made
-// nullable. Later batches must have the same column names (any order) and types, except that a column
-// of Arrow type null (what the shim sends for a column with no values in that batch) is accepted either
-// way round: null in the batch and concrete in the topic → written as all-null of the topic's type;
-// null in the topic and concrete in the batch → the topic widens to that type, by rewriting the rows
-// written so far into a new temp file (a one-off pass over that topic's data; memory stays bounded by
-// a row group). Anything else fails the job, naming the topic and the differing columns.
+// nullable. Later batches must have the same column names (any order) and types, except for two
+// promotions, each accepted either way round. They exist because the shim infers types per table, so a
+// parser that yields chunks can send one column with different types in different tables:
+//   - null ↔ concrete (a column with no values in that batch is Arrow type null): null in the batch and
+//     concrete in the topic → written as all-null of the topic's type; null in the topic and concrete in
+//     the batch → the topic widens to that type.
+//   - int64 ↔ float64 (whole numbers in one chunk, a 2.5 in the next): int64 in the topic and float64 in
+//     the batch → the topic widens to float64; float64 in the topic and int64 in the batch → the batch's
+//     column is cast to float64. Either way an int64 value becomes the nearest double: exact up to 2^53
+//     in magnitude, rounded beyond (as pandas does when it mixes ints and floats).
+// Widening rewrites the rows written so far into a new temp file with the wider schema (a pass over
+// that topic's data so far; memory stays bounded by a row group); each column can set off at most two
+// rewrites (null → int64 → float64). Any other pair of types (int32 vs int64, utf8 vs int64, timestamps
+// of different units or time zones …) fails the job, naming the topic and every differing column.
 //
 // Lineage (on by default): every row gets int64 columns _job_id and _file_version_id, after the
 // parser's columns; the footer's key-value metadata carries casparian.job_id and casparian.file_version_id.
@@ -124,6 +140,7 @@ internal sealed partial class JobOutput : IDisposable
     private readonly OutputOptions _options;
     private readonly ulong _jobId;
     private readonly long _fileVersionId;
+    private readonly string? _fileStem;
     private readonly Dictionary<string, SinkTarget> _sinks;
     // Topics in first-write order: a handful per job, searched linearly.
     private readonly List<TopicWriter> _topics = [];
@@ -137,16 +154,21 @@ internal sealed partial class JobOutput : IDisposable
     /// <summary>
     /// Resolves and checks every sink up front (a bad uri or mode error fails before the parser runs).
     /// <paramref name="sinks"/> is DISPATCH's list; empty means one dataset per topic under the root.
+    /// <paramref name="fileStem"/> (dev mode: the input file's name without extension) names this job's
+    /// file in each dataset directory <c>{stem}.parquet</c> instead of <c>job-{id}.parquet</c>, sanitised
+    /// by <see cref="SinkTarget.SanitizeStem"/>. Jobs sharing an output directory must have distinct
+    /// sanitised stems, or the later overwrites the earlier: the caller checks that before it starts.
     /// </summary>
-    public JobOutput(OutputOptions options, ulong jobId, long fileVersionId, IReadOnlyList<SinkConfig> sinks)
+    public JobOutput(OutputOptions options, ulong jobId, long fileVersionId, IReadOnlyList<SinkConfig> sinks, string? fileStem = null)
     {
         _options = options;
         _jobId = jobId;
         _fileVersionId = fileVersionId;
+        _fileStem = fileStem;
         _sinks = new Dictionary<string, SinkTarget>(StringComparer.Ordinal);
         foreach (var sink in sinks)
         {
-            var target = SinkTarget.Resolve(options, jobId, sink.Topic, sink.Uri, sink.Mode);
+            var target = SinkTarget.Resolve(options, jobId, sink.Topic, sink.Uri, sink.Mode, fileStem);
             if (!_sinks.TryAdd(sink.Topic, target)) OutputThrow.Sink_DuplicateTopic(jobId, sink.Topic);
             if (target.Mode == SinkMode.Error) target.CheckNoOtherData(jobId);
         }
@@ -221,7 +243,7 @@ internal sealed partial class JobOutput : IDisposable
         if (!_sinks.TryGetValue(name, out var target))
         {
             if (!SinkTarget.IsTopicName(name)) OutputThrow.Topic_BadName(_jobId, name);
-            target = SinkTarget.Resolve(_options, _jobId, name, "parquet://" + name, SinkMode.Append);
+            target = SinkTarget.Resolve(_options, _jobId, name, "parquet://" + name, SinkMode.Append, _fileStem);
         }
         var topic = new TopicWriter(this, name, target);
         _topics.Add(topic);
@@ -259,6 +281,8 @@ internal static class OutputThrow
         throw new OutputException($"job {job}: topic '{topic}' has a column named '{column}', which lineage reserves; rename the column or turn lineage off");
     [DoesNotReturn] public static IArrowArray Schema_CannotFillNulls(ulong job, string topic, string column, string type) =>
         throw new OutputException($"job {job}: topic '{topic}' column '{column}' is all null in a table, and nulls of type {type} cannot be filled in; send the column with its type");
+    [DoesNotReturn] public static void Commit_DirectorySync(ulong job, string topic, string directory, int errno) =>
+        throw new OutputException($"job {job}: topic '{topic}' was renamed into {directory} but syncing that directory to disk failed ({System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(errno)}, errno {errno}); the file may not survive a power loss; check the disk, then retry the job");
     [DoesNotReturn] public static void Write_Failed(ulong job, string topic, ParquetException e) =>
         throw new OutputException($"job {job}: writing topic '{topic}' failed: {e.Message}", e);
 }

@@ -408,6 +408,165 @@ public sealed class OutputTests : IDisposable
         Assert.Equal([null, null], file.Values("n"));
     }
 
+    // ---- int64 ↔ float64 ---------------------------------------------------------------------------
+
+    private const long TwoTo53 = 1L << 53;
+
+    private static IArrowArray Float64Column(params double?[] values)
+    {
+        var b = new DoubleArray.Builder();
+        foreach (var v in values) if (v is { } x) b.Append(x); else b.AppendNull();
+        return b.Build();
+    }
+
+    private static string[] Types(ParquetContent file) => file.Schema.FieldsList.Select(f => ArrowSchemas.Describe(f.DataType)).ToArray();
+
+    [Fact]
+    public void Output_Int64ThenFloat64_TopicWidensAndRewritesEarlierRowsAsFloat64()
+    {
+        // Two-row groups, so the rewrite reads several row groups back.
+        using (var job = Job(options: Options(lineage: true) with { RowGroupRows = 2 }))
+        {
+            using (var a = Batch(("v", Int64Column(1, null, -3, TwoTo53, TwoTo53 + 1, long.MaxValue)), ("s", StringColumn("a", "b", "c", "d", "e", "f")))) job.Write("output", a);
+            using (var b = Batch(("v", Float64Column(2.5, null, double.NaN)), ("s", StringColumn("g", "h", "i")))) job.Write("output", b);
+            using (var c = Batch(("v", Int64Column(7)), ("s", StringColumn("j")))) job.Write("output", c);
+            var result = job.Commit();
+            Assert.Equal(10, result.Rows);
+        }
+        var file = Read(Path.Combine(Root, "output", "job-7.parquet"));
+        Assert.Equal(["double", "utf8", "int64", "int64"], Types(file));
+        // 2^53 + 1 has no double: it rounds to 2^53 (ties to even), as the header comment documents.
+        Assert.Equal([1.0, null, -3.0, 9007199254740992.0, 9007199254740992.0, 9223372036854775807.0, 2.5, null, double.NaN, 7.0], file.Values("v"));
+        Assert.Equal(["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"], file.Values("s"));
+        Assert.Equal(Enumerable.Repeat(7L, 10), file.Values("_job_id").Cast<long>());
+        Assert.Equal(Enumerable.Repeat(1007L, 10), file.Values("_file_version_id").Cast<long>());
+        Assert.Equal(["job-7.parquet"], Directory.GetFiles(Path.Combine(Root, "output")).Select(Path.GetFileName));
+    }
+
+    [Fact]
+    public void Output_Float64ThenInt64_BatchIsCastKeepingNulls()
+    {
+        var values = Enumerable.Range(0, 20).Select(i => i % 3 == 0 ? null : (long?)(i * 1000 - 7)).ToArray();
+        using (var job = Job())
+        {
+            using (var a = Batch(("v", Float64Column(0.5)))) job.Write("output", a);
+            using (var b = Batch(("v", Int64Column(-1, null, long.MinValue, TwoTo53 + 1)))) job.Write("output", b);
+            // Slices whose validity bitmaps start mid-byte and on a byte boundary (a slice shares its
+            // parent's buffers, so each gets a parent of its own to dispose with it).
+            using (var c = Batch(("v", ArrowArrayFactory.Slice(Int64Column(values), 5, 13)))) job.Write("output", c);
+            using (var d = Batch(("v", ArrowArrayFactory.Slice(Int64Column(values), 8, 12)))) job.Write("output", d);
+            using (var e = Batch(("v", Int64Column(4, 5)))) job.Write("output", e);
+            job.Commit();
+        }
+        var file = Read(Path.Combine(Root, "output", "job-7.parquet"));
+        Assert.Equal(["double"], Types(file));
+        var want = new List<object?> { 0.5, -1.0, null, -9223372036854775808.0, 9007199254740992.0 };
+        want.AddRange(values.Skip(5).Take(13).Select(v => v is { } x ? (object)(double)x : null));
+        want.AddRange(values.Skip(8).Take(12).Select(v => v is { } x ? (object)(double)x : null));
+        want.AddRange([4.0, 5.0]);
+        Assert.Equal(want, file.Values("v"));
+    }
+
+    [Fact]
+    public void Output_NumericAndNullPromotions_MixInOneTopic()
+    {
+        using (var job = Job(options: Options() with { RowGroupRows = 1 }))
+        {
+            // a: null → int64 → float64 (two rewrites); b: int64 → float64, then int64 again (cast);
+            // c: float64 throughout, with a null-typed and an int64 batch.
+            using (var x = Batch(("a", new NullArray(2)), ("b", Int64Column(1, 2)), ("c", Float64Column(0.25, null)))) job.Write("output", x);
+            using (var y = Batch(("a", Int64Column(3)), ("b", Float64Column(2.5)), ("c", new NullArray(1)))) job.Write("output", y);
+            using (var z = Batch(("a", Float64Column(4.5)), ("b", Int64Column(5)), ("c", Int64Column(6)))) job.Write("output", z);
+            using (var w = Batch(("a", new NullArray(1)), ("b", new NullArray(1)), ("c", Int64Column([null])))) job.Write("output", w);
+            job.Commit();
+        }
+        var file = Read(Path.Combine(Root, "output", "job-7.parquet"));
+        Assert.Equal(["double", "double", "double"], Types(file));
+        Assert.Equal([null, null, 3.0, 4.5, null], file.Values("a"));
+        Assert.Equal([1.0, 2.0, 2.5, 5.0, null], file.Values("b"));
+        Assert.Equal([0.25, null, null, 6.0, null], file.Values("c"));
+        Assert.Equal(["job-7.parquet"], Directory.GetFiles(Path.Combine(Root, "output")).Select(Path.GetFileName));
+    }
+
+    [Fact]
+    public void Output_SeveralColumnsWidenInOneBatch()
+    {
+        using (var job = Job())
+        {
+            using (var a = Batch(("x", Int64Column(1, 2)), ("keep", Int64Column(10, 20)), ("y", Int64Column(3, null)), ("n", new NullArray(2)), ("z", Int64Column(5, 6)))) job.Write("output", a);
+            using (var b = Batch(("z", Float64Column(0.5)), ("y", Float64Column(-0.5)), ("n", StringColumn("s")), ("keep", Int64Column(30)), ("x", Float64Column(1e300)))) job.Write("output", b);
+            job.Commit();
+        }
+        var file = Read(Path.Combine(Root, "output", "job-7.parquet"));
+        Assert.Equal(["double", "int64", "double", "utf8", "double"], Types(file));
+        Assert.Equal([1.0, 2.0, 1e300], file.Values("x"));
+        Assert.Equal([10L, 20L, 30L], file.Values("keep"));
+        Assert.Equal([3.0, null, -0.5], file.Values("y"));
+        Assert.Equal([null, null, "s"], file.Values("n"));
+        Assert.Equal([5.0, 6.0, 0.5], file.Values("z"));
+    }
+
+    [Fact]
+    public void Output_SchemaMismatch_MessageExactAndNothingWidenedBesideIt()
+    {
+        using var job = Job();
+        using (var first = Batch(("x", Int64Column(1)), ("s", StringColumn("a")))) job.Write("output", first);
+        // x alone could be promoted; s cannot, so the table is refused as a whole.
+        using var second = Batch(("x", Float64Column(1.5)), ("s", Int64Column(2)));
+        var e = Assert.Throws<OutputException>(() => job.Write("output", second));
+        Assert.Equal("job 7: topic 'output' got a table whose schema differs from the topic's earlier tables: column 's' is utf8 in the topic but int64 in this table; yield one schema per topic or route the table to another topic", e.Message);
+    }
+
+    [Theory]
+    [InlineData("int64", "utf8", nameof(Promotion.Mismatch))]
+    [InlineData("utf8", "int64", nameof(Promotion.Mismatch))]
+    [InlineData("int64", "int32", nameof(Promotion.Mismatch))]     // only int64 is promoted, not narrower ints
+    [InlineData("int64", "uint64", nameof(Promotion.Mismatch))]    // nor unsigned
+    [InlineData("double", "float", nameof(Promotion.Mismatch))]    // nor float32
+    [InlineData("float", "int64", nameof(Promotion.Mismatch))]     // an int64 into float32 would lose more than pandas does
+    [InlineData("double", "bool", nameof(Promotion.Mismatch))]
+    [InlineData("int64", "double", nameof(Promotion.WidenTopic))]
+    [InlineData("double", "int64", nameof(Promotion.CastToFloat64))]
+    [InlineData("null", "int64", nameof(Promotion.WidenTopic))]
+    [InlineData("int64", "null", nameof(Promotion.FillNulls))]
+    [InlineData("null", "null", nameof(Promotion.None))]
+    [InlineData("double", "double", nameof(Promotion.None))]
+    public void Output_Promote_OnlyNullAndInt64Float64(string topic, string batch, string promotion)
+    {
+        var expected = Enum.Parse<Promotion>(promotion);
+        Assert.Equal(expected, ArrowSchemas.Promote(TypeNamed(topic), TypeNamed(batch)));
+        if (expected is not Promotion.Mismatch) return;
+        using var job = Job();
+        using (var first = Batch(("c", Column(topic)))) job.Write("output", first);
+        using var second = Batch(("c", Column(batch)));
+        var e = Assert.Throws<OutputException>(() => job.Write("output", second));
+        Assert.Contains($"column 'c' is {topic} in the topic but {batch} in this table", e.Message);
+    }
+
+    private static IArrowType TypeNamed(string name) => name switch
+    {
+        "int64" => Int64Type.Default,
+        "int32" => Int32Type.Default,
+        "uint64" => UInt64Type.Default,
+        "double" => DoubleType.Default,
+        "float" => FloatType.Default,
+        "bool" => BooleanType.Default,
+        "utf8" => StringType.Default,
+        _ => NullType.Default,
+    };
+
+    private static IArrowArray Column(string type) => type switch
+    {
+        "int64" => Int64Column(1),
+        "int32" => new Int32Array.Builder().Append(1).Build(),
+        "uint64" => new UInt64Array.Builder().Append(1).Build(),
+        "double" => Float64Column(1),
+        "float" => new FloatArray.Builder().Append(1).Build(),
+        "bool" => new BooleanArray.Builder().Append(true).Build(),
+        "utf8" => StringColumn("1"),
+        _ => new NullArray(1),
+    };
+
     // ---- atomicity, retries ------------------------------------------------------------------------
 
     [Fact]
@@ -473,6 +632,27 @@ public sealed class OutputTests : IDisposable
         }
         Assert.Equal([".job-77.parquet.tmp-77-deadbeef0000", "job-7.parquet"], Directory.GetFiles(dir).Select(Path.GetFileName).Order(StringComparer.Ordinal));
         Assert.Equal([9L], Read(Path.Combine(dir, "job-7.parquet")).Values("a").Cast<long>());
+    }
+
+    // ---- durability of the rename ----------------------------------------------------------------------
+
+    [Fact]
+    public void Output_DirectorySync_SyncsADirectoryAndReportsErrno()
+    {
+        Directory.CreateDirectory(Root);
+        Assert.Equal(0, DirectorySync.Flush(Root));
+        // ENOENT from libc itself: the P/Invoke really runs (a stub returning 0 would fail here).
+        Assert.Equal(2, DirectorySync.Flush(Path.Combine(Root, "missing")));
+    }
+
+    [Fact]
+    public void Output_Commit_IntoNewNestedDirectoriesAndReplace_SyncsWithoutError()
+    {
+        // Root, a, b and c do not exist yet: the commit syncs c, b, a, Root and Root's parent.
+        Commit(1, Sink("output", "parquet://a/b/c"), 10);
+        Commit(2, Sink("output", "parquet://a/b/c", SinkMode.Replace), 20);
+        Assert.Equal(["job-2.parquet"], Directory.GetFiles(Path.Combine(Root, "a", "b", "c")).Select(Path.GetFileName));
+        Assert.Equal([20L], Read(Path.Combine(Root, "a", "b", "c", "job-2.parquet")).Values("a").Cast<long>());
     }
 
     // ---- modes -------------------------------------------------------------------------------------
@@ -582,6 +762,143 @@ public sealed class OutputTests : IDisposable
         using var job = Job();
         using var a = Ints64("a", 1);
         Assert.Contains("topic name", Assert.Throws<OutputException>(() => job.Write(topic, a)).Message);
+    }
+
+    // ---- file stems (dev mode) -----------------------------------------------------------------------
+
+    [Fact]
+    public void Output_FileStem_NamesDefaultLayoutAndDirectoryDatasetsButNotSingleFiles()
+    {
+        OutputResult result;
+        using (var job = new JobOutput(Options(), 7, 1007, [Sink("orders", "parquet://ds"), Sink("totals", "parquet://one.parquet", SinkMode.Replace)], fileStem: "sales_2024-01"))
+        {
+            using (var a = Ints64("a", 1)) job.Write("output", a);
+            using (var b = Ints64("a", 2)) job.Write("orders", b);
+            using (var c = Ints64("a", 3)) job.Write("totals", c);
+            // Temp files carry the stem too, hidden until commit.
+            Assert.Equal([".sales_2024-01.parquet.tmp-7-"], Directory.GetFiles(Path.Combine(Root, "output")).Select(f => Path.GetFileName(f)![..^SinkTarget.TempSuffixLength]));
+            result = job.Commit();
+        }
+        Assert.Equal([1L], Read(Path.Combine(Root, "output", "sales_2024-01.parquet")).Values("a").Cast<long>());
+        Assert.Equal([2L], Read(Path.Combine(Root, "ds", "sales_2024-01.parquet")).Values("a").Cast<long>());
+        Assert.Equal([3L], Read(Path.Combine(Root, "one.parquet")).Values("a").Cast<long>());
+        Assert.Equal(
+            [new Uri(Path.Combine(Root, "output", "sales_2024-01.parquet")).AbsoluteUri, new Uri(Path.Combine(Root, "ds", "sales_2024-01.parquet")).AbsoluteUri, new Uri(Path.Combine(Root, "one.parquet")).AbsoluteUri],
+            result.Artifacts.Select(a => a.Uri));
+        Assert.Equal(["sales_2024-01.parquet"], Directory.GetFiles(Path.Combine(Root, "output")).Select(Path.GetFileName));
+    }
+
+    [Fact]
+    public void Output_FileStem_RerunOverwritesAndOtherStemsStay()
+    {
+        void Run(ulong id, string stem, long value)
+        {
+            using var job = new JobOutput(Options(), id, 1, [], stem);
+            using var a = Ints64("a", value);
+            job.Write("output", a);
+            job.Commit();
+        }
+        Run(1, "x", 10);
+        Run(1, "y", 20);
+        // A rerun (a new run may number its jobs differently) lands on the same name.
+        Run(2, "x", 11);
+        string dir = Path.Combine(Root, "output");
+        Assert.Equal(["x.parquet", "y.parquet"], Directory.GetFiles(dir).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+        Assert.Equal([11L], Read(Path.Combine(dir, "x.parquet")).Values("a").Cast<long>());
+        Assert.Equal([20L], Read(Path.Combine(dir, "y.parquet")).Values("a").Cast<long>());
+    }
+
+    [Fact]
+    public void Output_FileStem_ModesSeeOnlyTheirOwnFile()
+    {
+        void Run(string stem, SinkMode mode)
+        {
+            using var job = new JobOutput(Options(), 7, 1, [Sink("output", "parquet://ds", mode)], stem);
+            using var a = Ints64("a", 1);
+            job.Write("output", a);
+            job.Commit();
+        }
+        Run("a", SinkMode.Error);
+        Run("a", SinkMode.Error);
+        Assert.Contains("a.parquet", Assert.Throws<OutputException>(() => Run("b", SinkMode.Error)).Message);
+        Run("b", SinkMode.Append);
+        Run("c", SinkMode.Replace);
+        Assert.Equal(["c.parquet"], Directory.GetFiles(Path.Combine(Root, "ds")).Select(Path.GetFileName));
+    }
+
+    [Fact]
+    public void Output_FileStem_StaleTempOfThisStemRemovedButNotOfALongerStemSharingItsPrefix()
+    {
+        string dir = Path.Combine(Root, "output");
+        Directory.CreateDirectory(dir);
+        File.WriteAllText(Path.Combine(dir, ".x.parquet.tmp-7-deadbeef0000"), "partial");
+        // The temp file a job with stem "x.parquet.tmp-7-y" may be writing right now.
+        File.WriteAllText(Path.Combine(dir, ".x.parquet.tmp-7-y.parquet.tmp-7-deadbeef0000"), "partial");
+        using (var job = new JobOutput(Options(), 7, 1, [], "x"))
+        using (var a = Ints64("a", 1))
+        {
+            job.Write("output", a);
+            job.Commit();
+        }
+        Assert.Equal([".x.parquet.tmp-7-y.parquet.tmp-7-deadbeef0000", "x.parquet"], Directory.GetFiles(dir).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+    }
+
+    [Theory]
+    [InlineData("plain", "plain")]
+    [InlineData("x.tar", "x.tar")]                  // inner dots stay
+    [InlineData("a/b", "a_b")]                      // no directory separators
+    [InlineData("a\\b", "a_b")]
+    [InlineData("../etc", "_._etc")]                // no climbing, no leading dot
+    [InlineData(".hidden", "_hidden")]              // dataset readers skip hidden files
+    [InlineData(".", "_")]
+    [InlineData("", "_")]                           // never empty
+    [InlineData("a b\tc\u0000d", "a_b_c_d")]        // whitespace and control characters
+    [InlineData("données", "donn_es")]              // non-ASCII, one '_' per UTF-16 unit
+    [InlineData("😀", "__")]
+    [InlineData("Q3-report_v2", "Q3-report_v2")]
+    public void Output_FileStem_SanitisedToTheNameItIsWrittenUnder(string stem, string expected)
+    {
+        Assert.Equal(expected, SinkTarget.SanitizeStem(stem));
+        using (var job = new JobOutput(Options(), 7, 1, [], stem))
+        using (var a = Ints64("a", 1))
+        {
+            job.Write("output", a);
+            job.Commit();
+        }
+        Assert.Equal([expected + ".parquet"], Directory.GetFiles(Path.Combine(Root, "output")).Select(Path.GetFileName));
+    }
+
+    [Fact]
+    public void Output_FileStem_LongStemCutSoTempNameFitsAFileName()
+    {
+        string stem = new('s', 300);
+        Assert.Equal(new string('s', SinkTarget.MaxStemLength), SinkTarget.SanitizeStem(stem));
+        using (var job = new JobOutput(Options(), ulong.MaxValue, 1, [], stem))
+        using (var a = Ints64("a", 1))
+        {
+            job.Write("output", a);
+            // The longest temp name there can be: ".{200}.parquet.tmp-18446744073709551615-{12}", 247 ≤ 255.
+            string temp = Path.GetFileName(Assert.Single(Directory.GetFiles(Path.Combine(Root, "output"))));
+            Assert.Equal(SinkTarget.MaxStemLength + 47, temp.Length);
+            Assert.StartsWith($".{SinkTarget.SanitizeStem(stem)}.parquet.tmp-{ulong.MaxValue}-", temp);
+            job.Commit();
+        }
+        Assert.True(File.Exists(Path.Combine(Root, "output", SinkTarget.SanitizeStem(stem) + ".parquet")));
+    }
+
+    [Fact]
+    public void Output_FileStem_CollisionVisibleBeforehandLaterWins()
+    {
+        // a/x.csv and b/x.csv, or "a b" and "a_b": the caller sees equal sanitised stems before it starts.
+        Assert.Equal(SinkTarget.SanitizeStem("a b"), SinkTarget.SanitizeStem("a_b"));
+        foreach (var (stem, value) in new[] { ("a b", 1L), ("a_b", 2L) })
+        {
+            using var job = new JobOutput(Options(), 7, 1, [], stem);
+            using var a = Ints64("a", value);
+            job.Write("output", a);
+            job.Commit();
+        }
+        Assert.Equal([2L], Read(Path.Combine(Root, "output", "a_b.parquet")).Values("a").Cast<long>());
     }
 
     // ---- sink uri resolution -------------------------------------------------------------------------
