@@ -12,7 +12,7 @@ namespace Casparian;
 internal enum ExitCode
 {
     Ok = 0,
-    /// <summary>The work ran and some of it failed (a job, a file), or the role is not built yet.</summary>
+    /// <summary>The work ran and some of it failed (a job, a file).</summary>
     Failed = 1,
     /// <summary>Unknown command, unknown or malformed flag, missing argument.</summary>
     Usage = 2,
@@ -54,8 +54,6 @@ internal static class CliThrow
         throw new UsageException($"flag {flag} of 'casparian {command}' got '{value}'; expected {expected}");
     [DoesNotReturn] public static void Usage_Positionals(string command, string synopsis, int given) =>
         throw new UsageException($"'casparian {command}' got {given} argument(s); usage: casparian {synopsis}");
-    [DoesNotReturn] public static void Failed_NotBuilt(string command, int issue) =>
-        throw new CasparianException(ExitCode.Failed, $"'casparian {command}' is not built yet (issue #{issue}); nothing was done");
 
     private static string Expected(IEnumerable<Flag> flags)
     {
@@ -244,16 +242,13 @@ internal static class Program
         Sentinel.Command,
         Worker.Command,
         Start.Command,
-        NotBuilt("run", "dev mode: one parser over a file or folder, no store", "run PARSER INPUT [--output DIR]", issue: 5),
+        DevRun.Command,
         JobCommands.Parser,
         JobCommands.Job,
         JobCommands.Jobs,
         Config.Command,
         VersionCommand,
     ];
-
-    private static Command NotBuilt(string name, string summary, string synopsis, int issue) =>
-        new(name, summary + " [not built yet]", synopsis, [], _ => { CliThrow.Failed_NotBuilt(name, issue); return 1; });
 
     internal static int Main(string[] args)
     {
@@ -337,7 +332,7 @@ internal static class Program
         sb.AppendLine();
         sb.AppendLine("exit codes:");
         sb.AppendLine("  0    success");
-        sb.AppendLine("  1    the work ran and some of it failed (a job, a file), or the command is not built yet");
+        sb.AppendLine("  1    the work ran and some of it failed (a job, a file)");
         sb.AppendLine("  2    usage: unknown command, unknown or malformed flag, missing argument");
         sb.AppendLine("  3    bad input: a file, parser, store or config file that is missing or invalid");
         sb.AppendLine("  4    unavailable: python3 missing, address in use, store locked");
