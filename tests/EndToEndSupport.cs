@@ -143,7 +143,7 @@ internal sealed class Cluster : IDisposable
 {
     private readonly TempDir _dir = new();
     private readonly List<Daemon> _daemons = [];
-    private readonly HashSet<int> _guests = [];
+    private readonly Dictionary<int, string> _tracked = [];
 
     public string Root => _dir.Path;
     public string Home => _dir.File("home");
@@ -215,17 +215,19 @@ internal sealed class Cluster : IDisposable
     }
 
     /// <summary>A worker process with its own home (id file, shim, bundles, logs) writing to the shared output root.</summary>
-    public Daemon StartWorker(string id, string? sleep = null, int slots = 2)
+    public Daemon StartWorker(string id, string? sleep = null, int slots = 2, bool child = false)
     {
-        var env = new Dictionary<string, string?> { ["E2E_SLEEP"] = sleep };
+        var env = new Dictionary<string, string?> { ["E2E_SLEEP"] = sleep, ["E2E_CHILD"] = child ? "1" : null };
         return Spawn(id, ["worker", "--connect", Address, "--output", Output, "--worker-id", id, "--slots", slots.ToString(CultureInfo.InvariantCulture),
             "--heartbeat-interval", "0.2s", "--shutdown-grace", "10s"], home: _dir.File("home-" + id), env: env);
     }
 
-    /// <summary>Remembers guest pids seen under a process, so Dispose kills them even once orphaned.</summary>
-    public void Track(IEnumerable<int> guests)
+    /// <summary>Remembers processes seen under a daemon, so Dispose kills them even once orphaned (if the pid still runs the same command).</summary>
+    public void Track(IEnumerable<int> pids)
     {
-        lock (_guests) _guests.UnionWith(guests);
+        lock (_tracked)
+            foreach (int pid in pids)
+                if (Posix.CommandLine(pid) is { Length: > 0 } command) _tracked.TryAdd(pid, command);
     }
 
     // ---- the store ------------------------------------------------------------------------------
@@ -274,7 +276,7 @@ internal sealed class Cluster : IDisposable
     /// <summary>
     /// A parser directory of two modules: parser.py (the entry) imports rows.py. It emits a file's
     /// first row, sleeps $E2E_SLEEP seconds (set per worker), then emits the rest, so a slow worker
-    /// provably holds a half-written job.
+    /// provably holds a half-written job; with $E2E_CHILD set it also starts a `sleep` child as long.
     /// </summary>
     public string WriteBundle(string helperComment = "")
     {
@@ -282,6 +284,7 @@ internal sealed class Cluster : IDisposable
         Directory.CreateDirectory(dir);
         System.IO.File.WriteAllText(Path.Combine(dir, "parser.py"), """
             import os
+            import subprocess
             import time
 
             from rows import read_rows
@@ -293,6 +296,8 @@ internal sealed class Cluster : IDisposable
             def parse(path):
                 rows = read_rows(path)
                 yield rows[:1]
+                if os.environ.get("E2E_CHILD"):
+                    subprocess.Popen(["sleep", os.environ["E2E_SLEEP"]])
                 time.sleep(float(os.environ.get("E2E_SLEEP") or 0))
                 yield rows[1:]
 
@@ -338,14 +343,14 @@ internal sealed class Cluster : IDisposable
         {
             foreach (var d in _daemons)
             {
-                // Guests of a daemon that is still running go with its tree; remember them for the orphan sweep too.
-                if (!d.HasExited) Track(d.Guests());
+                // What runs under a daemon goes with its tree; remembered too, for what escaped the tree.
+                if (!d.HasExited) Track(Posix.Descendants(d.Pid));
                 d.Dispose();
             }
         }
-        lock (_guests)
-            foreach (int pid in _guests)
-                if (Guest.Alive(pid) && Posix.CommandLine(pid).Contains("bridge_shim", StringComparison.Ordinal))
+        lock (_tracked)
+            foreach (var (pid, command) in _tracked)
+                if (Guest.Alive(pid) && Posix.CommandLine(pid) == command)
                     try { Posix.Kill(pid, Posix.SigKill); } catch (InvalidOperationException) { }
         _dir.Dispose();
     }

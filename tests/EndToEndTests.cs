@@ -124,21 +124,23 @@ public sealed class EndToEndTests : IDisposable
         Register();
         var inputs = _c.WriteInputs(12);
         var sentinel = _c.StartSentinel(heartbeatTimeout: "1.5s");
-        // The doomed worker's parser writes a file's first row and then sleeps far longer than the test.
-        var doomed = _c.StartWorker("w-doomed", sleep: "120");
+        // The doomed worker's parser writes a file's first row, starts a child, and sleeps far longer than the test.
+        var doomed = _c.StartWorker("w-doomed", sleep: "120", child: true);
         WaitJoined(sentinel, "w-doomed");
         _c.Ok("job", "add", "--parser", "e2e_csv", _c.Inputs);
 
         // Provably mid-job: the store says RUNNING on it, its guests are alive, and each held job has a
         // half-written temp file in the output directory.
         List<StoredJob> held = [];
-        List<int> guests = [];
+        List<int> guests = [], children = [];
         _c.WaitUntil("w-doomed to hold two half-written jobs", TimeSpan.FromSeconds(30), () =>
         {
             held = [.. _c.Jobs().Where(j => j.State == "RUNNING" && j.Worker == "w-doomed")];
+            var tree = Posix.Descendants(doomed.Pid);
+            _c.Track(tree);
             guests = doomed.Guests();
-            _c.Track(guests);
-            return held.Count == 2 && guests.Count == 2 && held.All(j => TempFiles(j.Id).Length == 1);
+            children = [.. tree.Where(p => Posix.CommandLine(p) == "sleep 120")];
+            return held.Count == 2 && guests.Count == 2 && children.Count == 2 && held.All(j => TempFiles(j.Id).Length == 1);
         });
 
         doomed.Signal(Posix.SigKill);
@@ -157,9 +159,10 @@ public sealed class EndToEndTests : IDisposable
         // No input lost or written twice, and the killed attempts' temp files are gone.
         Assert.Equal(36, AssertOutputIsExactlyTheInputs(jobs, inputs));
 
-        // The killed worker's guests do not outlive it (they would otherwise sleep on for minutes).
-        int[] left = Guest.WaitGone(guests, TimeSpan.FromSeconds(10));
-        Assert.True(left.Length == 0, $"guests of the killed worker still running: {string.Join(", ", left.Select(p => $"{p} {Posix.CommandLine(p)}"))}");
+        // The killed worker's guests, and what their parsers started, do not outlive it (they would
+        // otherwise sleep on for minutes).
+        int[] left = Guest.WaitGone([.. guests, .. children], TimeSpan.FromSeconds(10));
+        Assert.True(left.Length == 0, $"processes of the killed worker still running: {string.Join(", ", left.Select(p => $"{p} {Posix.CommandLine(p)}"))}");
         Stop(survivor);
         Stop(sentinel);
     }
