@@ -178,29 +178,38 @@ internal static class Start
 
     /// <summary>
     /// One `start` per home: the ipc socket, the worker id and the log are the home's. An advisory
-    /// lock on HOME/start.lock, released by the kernel if the process dies.
+    /// lock on HOME/start.lock, released by the kernel if the process dies. The holder's pid goes to
+    /// HOME/start.pid, not into the lock file: .NET reads a file under a shared flock, which the
+    /// holder's exclusive one refuses, so nobody else could read it there.
     /// </summary>
     private sealed class HomeLock(FileStream file) : IDisposable
     {
         public static HomeLock Acquire(string home)
         {
             string path = Path.Combine(home, "start.lock");
+            string pidPath = Path.Combine(home, "start.pid");
+            FileStream file;
             try
             {
-                var file = new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
-                file.SetLength(0);
-                var pid = Encoding.ASCII.GetBytes(Environment.ProcessId.ToString(CultureInfo.InvariantCulture) + "\n");
-                file.Write(pid);
-                file.Flush();
-                return new HomeLock(file);
+                file = new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
             }
             catch (IOException)
             {
                 string owner = "";
-                try { owner = $" (pid {File.ReadAllText(path).Trim()})"; }
+                try { owner = $" (pid {File.ReadAllText(pidPath).Trim()})"; }
                 catch (IOException) { }
                 throw new UnavailableException($"another 'casparian start' is running on {home}{owner}; stop it first, or give this one its own CASPARIAN_HOME");
             }
+            try
+            {
+                File.WriteAllText(pidPath, Environment.ProcessId.ToString(CultureInfo.InvariantCulture) + "\n");
+            }
+            catch
+            {
+                file.Dispose();
+                throw;
+            }
+            return new HomeLock(file);
         }
 
         public void Dispose() => file.Dispose();

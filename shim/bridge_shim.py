@@ -20,13 +20,15 @@
 #
 # Exit codes: 0 success (after an end-of-stream frame), 1 permanent failure, 2 transient failure
 # (TransientError, MemoryError). A failure sends one error frame first: its first line names the
-# parser, the input file and the cause; the lines after it are the traceback, if any.
+# parser, the input file and the cause; the lines after it are the traceback, if any. A guest whose
+# worker dies (the bridge closes before the guest is done) kills its process group and exits 1.
 import base64
 import importlib.util
 import io
 import logging
 import os
 import re
+import signal
 import socket
 import struct
 import sys
@@ -541,6 +543,26 @@ def _parse_args(argv):
     return parser_path, parser_archive
 
 
+def _watch_worker(sock, finishing):
+    """Ends this guest when the worker's end of the bridge closes first. The worker never writes to
+    the socket and closes it only after killing the guest, so an end-of-file before the guest is
+    finishing means the worker died (kill -9, crash) and can no longer kill its guests; left alone they
+    would run their parser to the end, its output lost. The whole group goes when the guest leads one,
+    so what the parser spawned goes too."""
+    try:
+        sock.recv(1)
+    except OSError:
+        pass
+    if finishing.is_set():
+        return
+    try:
+        if os.getpgid(0) == os.getpid():
+            os.killpg(os.getpid(), signal.SIGKILL)
+    except OSError:
+        pass
+    os._exit(1)
+
+
 def main(argv):
     if os.environ.get("BRIDGE_INTERACTIVE") != "1":
         try:
@@ -564,6 +586,8 @@ def main(argv):
         sys.stderr.write("casparian shim: cannot connect to %s: %s\n" % (socket_path, e))
         return 1
 
+    finishing = threading.Event()
+    threading.Thread(target=_watch_worker, args=(sock, finishing), name="casparian-watch-worker", daemon=True).start()
     channel = Channel(sock, max_message)
     real_stdout, real_stderr = sys.stdout, sys.stderr
     sys.stdout = LogStream(channel, STDOUT, 1)
@@ -580,6 +604,7 @@ def main(argv):
         except SystemExit as e:
             if e.code not in (None, 0):
                 raise ParserError("called sys.exit(%r)" % (e.code,)) from None
+        finishing.set()
         sys.stdout.flush()
         sys.stderr.flush()
         channel.end()
@@ -591,6 +616,7 @@ def main(argv):
         if e.__cause__ is not None:
             real_stderr.write(_traceback(e.__cause__) + "\n")
     except BaseException as e:
+        finishing.set()
         code = 2 if isinstance(e, MemoryError) or _is_named(e, "TransientError") else 1
         if isinstance(e, (ParserError, arrow_ipc.TableError)):
             text = "parser %s on %s: %s" % (display, file_path, e)
