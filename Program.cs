@@ -357,11 +357,9 @@ internal static class Program
         {
             sb.AppendLine();
             sb.AppendLine("flags:");
-            foreach (var f in command.Flags)
-            {
-                string left = f.IsSwitch ? f.Name : f.Name + " " + f.Value;
-                sb.Append("  ").Append(left.PadRight(24)).Append(' ').AppendLine(f.Help);
-            }
+            static string Left(Flag f) => f.IsSwitch ? f.Name : f.Name + " " + f.Value;
+            int width = command.Flags.Max(f => Left(f).Length);
+            foreach (var f in command.Flags) sb.Append("  ").Append(Left(f).PadRight(width)).Append("  ").AppendLine(f.Help);
         }
         return sb.ToString();
     }

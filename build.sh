@@ -2,8 +2,12 @@
 # Builds Casparian from a fresh machine that has only the .NET SDK.
 #
 #   ./build.sh [build]   install missing Debian packages, publish the native binary ./casparian
-#   ./build.sh test      build, then run every test (the README's test command; .ci/run calls it)
-#   ./build.sh bench     build, then run the benchmarks: dotnet run -c Release --project bench
+#   ./build.sh demo      build, then run the demo end to end (demo/run.sh): the README's main command
+#   ./build.sh test      build, run every test, then every benchmark once in --check mode
+#                        (the README's test command; .ci/run calls it). ./build.sh test ARGS… passes
+#                        ARGS to dotnet test (e.g. --filter Store) and skips the benchmark check.
+#   ./build.sh bench     build, then run every benchmark and rewrite BENCHMARKS.md
+#   ./build.sh bench ARGS…  build, then run the benchmarks with ARGS (--filter, --check, --report FILE)
 #
 # The binary is NativeAOT with SQLite linked in statically; ParquetSharp's native library
 # (ParquetSharpNative.so) rides beside it. Nothing else is needed at run time.
@@ -44,20 +48,35 @@ test_all() {
   apt_need python3 python3-pandas python3-zmq
   step "running the tests"
   CASPARIAN_BIN="$root/casparian" run dotnet test tests/tests.csproj -c Release -nologo "$@"
+  # The whole run (no test filter given) also proves every benchmark still runs and verifies its
+  # results: one quick pass each, a few minutes, so the bench project never rots.
+  if (($# == 0)); then
+    step "checking the benchmarks (one quick pass each)"
+    CASPARIAN_BIN="$root/casparian" run dotnet run -c Release --project bench -- --check
+  fi
 }
 
 bench() {
   build
   apt_need python3 python3-zmq
   step "running the benchmarks"
+  (($#)) || set -- --report BENCHMARKS.md
   CASPARIAN_BIN="$root/casparian" run dotnet run -c Release --project bench -- "$@"
+}
+
+demo() {
+  build
+  apt_need python3
+  step "running the demo"
+  run ./demo/run.sh
 }
 
 cmd=${1:-build}
 [ $# -gt 0 ] && shift
 case "$cmd" in
   build) build ;;
+  demo) demo ;;
   test) test_all "$@" ;;
   bench) bench "$@" ;;
-  *) echo "usage: ./build.sh [build|test|bench] [extra args]" >&2; exit 2 ;;
+  *) echo "usage: ./build.sh [build|demo|test|bench] [extra args]" >&2; exit 2 ;;
 esac
