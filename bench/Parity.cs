@@ -3,6 +3,8 @@
 // printed side by side. A suite's static PythonGlobals runs once per interpreter (sockets, threads,
 // connections that must outlive timeit's repeats); its PythonSetup runs before every timing, as timeit does.
 // C# is timed by BenchmarkDotNet, Python by timeit's autorange + repeat: both report time per operation.
+// A benchmark marked [Versus(nameof(Other))] is instead paired with another benchmark of its suite
+// (end to end: casparian against the parser run alone), both spawned processes timed by BenchmarkDotNet.
 using System.Diagnostics;
 using System.Globalization;
 using System.Reflection;
@@ -28,9 +30,17 @@ public sealed class PythonAttribute(string statement) : Attribute
     public int Repeat { get; init; } = 7;
 }
 
+/// <summary>Pairs this benchmark with <paramref name="baseline"/>, a benchmark of the same suite timed the same way; the ratio is this / baseline.</summary>
+[AttributeUsage(AttributeTargets.Method)]
+public sealed class VersusAttribute(string baseline) : Attribute
+{
+    public string Baseline { get; } = baseline;
+}
+
 public static class Parity
 {
-    public sealed record Row(string Suite, string Benchmark, double CSharpNs, double PythonNs, long? AllocatedBytes)
+    /// <param name="Baseline">The paired benchmark of the same suite ([Versus]); null when the pairing is a timeit statement.</param>
+    public sealed record Row(string Suite, string Benchmark, double CSharpNs, double PythonNs, long? AllocatedBytes, string? Baseline = null)
     {
         public double Speedup => PythonNs / CSharpNs;
     }
@@ -46,6 +56,16 @@ public static class Parity
                 .Select(r => (Report: r, Attr: r.BenchmarkCase.Descriptor.WorkloadMethod.GetCustomAttribute<PythonAttribute>()))
                 .Where(p => p.Attr is not null)
                 .ToList();
+            foreach (var r in group)
+            {
+                var method = r.BenchmarkCase.Descriptor.WorkloadMethod;
+                if (method.GetCustomAttribute<VersusAttribute>() is not { } versus) continue;
+                var baseline = group.FirstOrDefault(b => b.BenchmarkCase.Descriptor.WorkloadMethod.Name == versus.Baseline
+                    && b.BenchmarkCase.Parameters.DisplayInfo == r.BenchmarkCase.Parameters.DisplayInfo);
+                if (baseline is null) continue;
+                rows.Add(new Row(group.Key.Name, method.Name, r.ResultStatistics!.Median, baseline.ResultStatistics!.Median,
+                    r.GcStats.GetBytesAllocatedPerOperation(r.BenchmarkCase), versus.Baseline));
+            }
             if (pairs.Count == 0) continue;
             string setup = group.Key.GetProperty("PythonSetup", BindingFlags.Public | BindingFlags.Static)?.GetValue(null) as string ?? "";
             string globals = group.Key.GetProperty("PythonGlobals", BindingFlags.Public | BindingFlags.Static)?.GetValue(null) as string ?? "";
@@ -64,13 +84,28 @@ public static class Parity
 
     public static void Print(List<Row> rows)
     {
-        if (rows.Count == 0) return;
+        var timeit = rows.Where(r => r.Baseline is null).ToList();
+        if (timeit.Count > 0)
+        {
+            Console.WriteLine();
+            Console.WriteLine("Python parity (medians per operation; C# by BenchmarkDotNet, Python by timeit)");
+            Console.WriteLine($"{"suite",-16} {"benchmark",-24} {"C#",12} {"Python",12} {"C#/Python",10} {"speedup",9} {"alloc",8}");
+            foreach (var r in timeit)
+                Console.WriteLine($"{r.Suite,-16} {r.Benchmark,-24} {Ns(r.CSharpNs),12} {Ns(r.PythonNs),12} {Ratio(r),10} {Speedup(r),9} {r.AllocatedBytes?.ToString(CultureInfo.InvariantCulture) ?? "?",8}");
+        }
+        var versus = rows.Where(r => r.Baseline is not null).ToList();
+        if (versus.Count == 0) return;
         Console.WriteLine();
-        Console.WriteLine("Python parity (medians per operation; C# by BenchmarkDotNet, Python by timeit)");
-        Console.WriteLine($"{"suite",-16} {"benchmark",-24} {"C#",12} {"Python",12} {"C#/Python",10} {"speedup",9} {"alloc",8}");
-        foreach (var r in rows)
-            Console.WriteLine($"{r.Suite,-16} {r.Benchmark,-24} {Ns(r.CSharpNs),12} {Ns(r.PythonNs),12} {Ratio(r),10} {Speedup(r),9} {r.AllocatedBytes?.ToString(CultureInfo.InvariantCulture) ?? "?",8}");
+        Console.WriteLine("End to end against the parser alone (medians; both sides spawned processes timed by BenchmarkDotNet)");
+        Console.WriteLine($"{"suite",-16} {"benchmark",-24} {"casparian",12} {"baseline",-16} {"alone",12} {"ratio",10}");
+        foreach (var r in versus)
+            Console.WriteLine($"{r.Suite,-16} {r.Benchmark,-24} {Ns(r.CSharpNs),12} {r.Baseline,-16} {Ns(r.PythonNs),12} {Ratio(r),10}");
     }
+
+    /// <summary>"3.0x faster" or "2.5x slower": how the benchmark compares with its pairing.</summary>
+    public static string Versus(Row r) => r.CSharpNs <= 0 ? "n/a"
+        : r.Speedup >= 1 ? $"{r.Speedup.ToString("0.0", CultureInfo.InvariantCulture)}x faster"
+        : $"{(1 / r.Speedup).ToString("0.0", CultureInfo.InvariantCulture)}x slower";
 
     /// <summary>C#/Python, or "n/a" when C# measured no time at all (a --check pass can round to 0).</summary>
     public static string Ratio(Row r) => r.CSharpNs > 0 ? (r.CSharpNs / r.PythonNs).ToString(r.CSharpNs / r.PythonNs < 0.01 ? "0.0000" : "0.000", CultureInfo.InvariantCulture) : "n/a";
@@ -138,4 +173,5 @@ public sealed record PythonJob(
 
 [System.Text.Json.Serialization.JsonSerializable(typeof(PythonJob))]
 [System.Text.Json.Serialization.JsonSerializable(typeof(double[]))]
+[System.Text.Json.Serialization.JsonSerializable(typeof(Extras.Measurement))]
 internal sealed partial class ParityJson : System.Text.Json.Serialization.JsonSerializerContext;

@@ -67,6 +67,12 @@ public sealed record BenchOptions(string[] Filters, bool Check, string? ReportPa
 
 public static class Program
 {
+    /// <summary>
+    /// True in a --check run, whose benchmarks all run in this process, so macro suites can shrink their
+    /// inputs; always false in BenchmarkDotNet's child processes, which measure the full sizes.
+    /// </summary>
+    public static bool Checking { get; private set; }
+
     public static int Main(string[] args)
     {
         BenchOptions options;
@@ -100,9 +106,13 @@ public static class Program
             return 2;
         }
 
+        Checking = options.Check;
+        Extras.Begin();
         Summary[] summaries = BenchmarkRunner.Run([.. runs]);
         var parity = Parity.Measure(summaries, options.Check);
         Parity.Print(parity);
+        var extras = Extras.Collect();
+        Extras.Print(extras);
 
         int failures = 0;
         foreach (var report in summaries.SelectMany(s => s.Reports).Where(r => !r.Success))
@@ -118,7 +128,7 @@ public static class Program
             }
         if (options.ReportPath is { } path)
         {
-            Report.Write(path, summaries, parity, options, args);
+            Report.Write(path, summaries, parity, extras, options, args);
             Console.WriteLine($"wrote {Path.GetFullPath(path)}");
         }
         if (options.Check) Console.WriteLine(failures == 0 ? $"check: {summaries.Sum(s => s.Reports.Length)} benchmark(s) ran and verified" : $"check: {failures} failure(s)");

@@ -18,7 +18,7 @@ public sealed class EarlierSystemAttribute(double pythonSeconds, double rustSeco
 
 public static class Report
 {
-    public static void Write(string path, Summary[] summaries, List<Parity.Row> parity, BenchOptions options, string[] args)
+    public static void Write(string path, Summary[] summaries, List<Parity.Row> parity, List<Extras.Measurement> extras, BenchOptions options, string[] args)
     {
         var inv = CultureInfo.InvariantCulture;
         var sb = new StringBuilder();
@@ -32,6 +32,8 @@ public static class Report
         sb.AppendLine("interquartile range Q1–Q3); Python by `timeit` in a spawned interpreter (median of its repeats). Both");
         sb.AppendLine("report time per operation. Micro benchmarks run out of process with BenchmarkDotNet's default");
         sb.AppendLine("iteration rules; macro ones (processes, files) are timed per invocation, 7 iterations after a warm-up.");
+        sb.AppendLine("End-to-end pairings (Python column \"baseline: time\") compare two benchmarks of the same suite, both");
+        sb.AppendLine("spawned processes timed by BenchmarkDotNet; their ratio is casparian / the parser run alone.");
         sb.AppendLine();
         sb.AppendLine("## Machine");
         sb.AppendLine();
@@ -70,8 +72,8 @@ public static class Report
                 string py = "", ratio = "";
                 if (parityByKey.TryGetValue((suite.Key.Name, method.Name), out var p))
                 {
-                    py = Parity.Ns(p.PythonNs);
-                    ratio = p.CSharpNs > 0 ? $"{Parity.Ratio(p)} ({Parity.Speedup(p)} faster)" : "n/a";
+                    py = p.Baseline is null ? Parity.Ns(p.PythonNs) : $"{p.Baseline}: {Parity.Ns(p.PythonNs)}";
+                    ratio = p.CSharpNs > 0 ? $"{Parity.Ratio(p)} ({Parity.Versus(p)})" : "n/a";
                 }
                 string target = method.GetCustomAttribute<TargetAttribute>()?.Text ?? "";
                 sb.AppendLine($"| {name} | {Parity.Ns(st.Median)} | {Parity.Ns(st.Q1)}–{Parity.Ns(st.Q3)} | {Bytes(alloc)} | {throughput} | {py} | {ratio} | {target} |");
@@ -83,6 +85,14 @@ public static class Report
                 }
             }
             sb.AppendLine();
+            var mine = extras.Where(m => m.Suite == suite.Key.Name).ToList();
+            if (mine.Count > 0)
+            {
+                sb.AppendLine("| measurement | value | how |");
+                sb.AppendLine("|---|---:|---|");
+                foreach (var m in mine) sb.AppendLine($"| {m.Name} | {m.Value} | {m.Note} |");
+                sb.AppendLine();
+            }
         }
 
         if (targets.Count > 0)
