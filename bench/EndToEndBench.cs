@@ -4,7 +4,8 @@
 //   Alone*  the real python3 running the same parse() over the same file(s) in one process, no output
 //   Run*    `casparian run parser.py INPUT --output DIR` (dev mode: a guest per file, Parquet out)
 //   Start*  `casparian parser register` + `job add` + `start --drain` in a fresh CASPARIAN_HOME
-// and the fixed costs a job pays: interpreter start-up, the shim's imports, an empty guest job.
+// and the fixed costs: the native binary's start-up, and per job interpreter start-up, the shim's
+// imports, an empty guest job.
 // StartSmall also reads each job's created/claimed/finished times from the store afterwards and
 // records the latency percentiles through Extras. The binary is $CASPARIAN_BIN or ./casparian.
 //   dotnet run -c Release --project bench -- --filter '*EndToEnd*'
@@ -158,6 +159,16 @@ public partial class EndToEndBench
         if (Directory.Exists(_output)) Directory.Delete(_output, recursive: true);
     }
 
+    /// <summary>The native binary's own start-up: `casparian version`, spawned and waited for.</summary>
+    [Benchmark]
+    [Target("< 20 ms (issue 2: native start-up)")]
+    public int NativeVersion()
+    {
+        string output = Exec(_binary, ["version"], null);
+        if (!output.StartsWith("casparian ", StringComparison.Ordinal)) throw new InvalidOperationException($"casparian version printed '{output}'");
+        return output.Length;
+    }
+
     /// <summary>The interpreter every job starts, doing nothing.</summary>
     [Benchmark]
     public int PythonStart() => Exec(_python, ["-c", "pass"], null).Length;
@@ -177,6 +188,7 @@ public partial class EndToEndBench
     [Benchmark]
     [Throughput(BigRows)]
     [Versus(nameof(AloneBig))]
+    [Target("within 1.3x of AloneBig, the parser alone without output (issue 5)")]
     public long RunBig() => DevRun(_big, 1, _bigRows);
 
     [Benchmark]
