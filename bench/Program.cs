@@ -37,6 +37,9 @@ public sealed class ThroughputAttribute(long rows, long bytes = 0) : Attribute
 public sealed class TargetAttribute(string text) : Attribute
 {
     public string Text { get; } = text;
+
+    /// <summary>The target is about the paired Python statement's time (e.g. the shim's encoding), not the C# side's.</summary>
+    public bool OfPython { get; init; }
 }
 
 public sealed record BenchOptions(string[] Filters, bool Check, string? ReportPath, bool List)

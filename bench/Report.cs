@@ -75,9 +75,12 @@ public static class Report
                     py = p.Baseline is null ? Parity.Ns(p.PythonNs) : $"{p.Baseline}: {Parity.Ns(p.PythonNs)}";
                     ratio = p.CSharpNs > 0 ? $"{Parity.Ratio(p)} ({Parity.Versus(p)})" : "n/a";
                 }
-                string target = method.GetCustomAttribute<TargetAttribute>()?.Text ?? "";
+                var targetOf = method.GetCustomAttribute<TargetAttribute>();
+                string target = targetOf?.Text ?? "";
                 sb.AppendLine($"| {name} | {Parity.Ns(st.Median)} | {Parity.Ns(st.Q1)}–{Parity.Ns(st.Q3)} | {Bytes(alloc)} | {throughput} | {py} | {ratio} | {target} |");
-                if (target.Length > 0) targets.Add($"| {suite.Key.Name}.{name} | {Parity.Ns(st.Median)} | {throughput} | {target} |");
+                if (targetOf is { OfPython: true } && p is not null)
+                    targets.Add($"| {suite.Key.Name}.{name}, Python side | {Parity.Ns(p.PythonNs)} | {Throughput(method, p.PythonNs)} | {target} |");
+                else if (target.Length > 0) targets.Add($"| {suite.Key.Name}.{name} | {Parity.Ns(st.Median)} | {throughput} | {target} |");
                 if (method.GetCustomAttribute<EarlierSystemAttribute>() is { } earlier)
                 {
                     double s = st.Median / 1e9;

@@ -5,6 +5,7 @@
 // encodings against pickle.dumps and json.dumps of the same rows (Python against Python, timeit).
 using Apache.Arrow;
 using Apache.Arrow.Ipc;
+using System.Globalization;
 using BenchmarkDotNet.Attributes;
 
 namespace Casparian.Bench;
@@ -44,14 +45,55 @@ public class ShimBench
     [Benchmark]
     [Throughput(Rows)]
     [Python("encode(cols)", Number = 1, Repeat = 5)]
-    [Target("Python side: ≥ 2M rows/s encoding a dict of lists (issue 5)")]
+    [Target("Python side: ≥ 2M rows/s encoding a dict of lists (issue 5)", OfPython = true)]
     public long DecodeDictOfLists() => Decode(_stream);
 
     [Benchmark]
     [Throughput(Rows)]
     [Python("encode(rows)", Number = 1, Repeat = 5)]
-    [Target("Python side: ≥ 1M rows/s encoding a list of row dicts (issue 5)")]
+    [Target("Python side: ≥ 1M rows/s encoding a list of row dicts (issue 5)", OfPython = true)]
     public long DecodeRowDicts() => Decode(_stream);
+
+    /// <summary>
+    /// Issue 7's pairing of the shim's Arrow encoding with plain Python serialization of the same rows:
+    /// bench/shim_bench.py times every case with timeit (Python against Python, so the [Python]
+    /// pairing above, which sets the shim against C#'s decode, does not cover it).
+    /// </summary>
+    [GlobalCleanup(Target = nameof(DecodeDictOfLists))]
+    public void PythonSerialization()
+    {
+        int rows = Program.Checking ? 20_000 : Rows;
+        var psi = new System.Diagnostics.ProcessStartInfo(Python.ResolveReal())
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+        };
+        psi.ArgumentList.Add(Path.Combine(BenchDir, "shim_bench.py"));
+        psi.ArgumentList.Add(rows.ToString(CultureInfo.InvariantCulture));
+        psi.ArgumentList.Add("--tsv");
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        var err = p.StandardError.ReadToEndAsync();
+        var times = p.StandardOutput.ReadToEnd().Split('\n', StringSplitOptions.RemoveEmptyEntries)
+            .Select(l => l.Split('\t')).ToDictionary(f => f[0], f => double.Parse(f[1], CultureInfo.InvariantCulture));
+        p.WaitForExit();
+        if (p.ExitCode != 0 || times.Count != 6) throw new InvalidOperationException($"shim_bench.py failed (exit {p.ExitCode}): {err.Result}");
+
+        string note = $"timeit, median of 5, {rows:N0} rows × (int64, float64, utf8, bool)";
+        foreach (var (shape, shim) in new[] { ("dict of lists", "shim encode, dict of lists"), ("rows", "shim encode, list of row dicts") })
+        {
+            double s = times[shim];
+            Extras.Add(nameof(ShimBench), shim, Rate(rows, s), note);
+            foreach (string other in new[] { "pickle.dumps", "json.dumps" })
+            {
+                double o = times[$"{other}({shape})"];
+                Extras.Add(nameof(ShimBench), $"{other}({shape})", Rate(rows, o), o >= s
+                    ? $"the shim's Arrow encoding is {(o / s).ToString("0.0", CultureInfo.InvariantCulture)}x faster"
+                    : $"the shim's Arrow encoding is {(s / o).ToString("0.0", CultureInfo.InvariantCulture)}x slower");
+            }
+        }
+    }
+
+    private static string Rate(int rows, double seconds) =>
+        $"{(seconds * 1e3).ToString("0", CultureInfo.InvariantCulture)} ms, {(rows / seconds / 1e6).ToString("0.00", CultureInfo.InvariantCulture)}M rows/s";
 
     internal static long Decode(byte[] stream)
     {

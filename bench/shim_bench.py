@@ -1,8 +1,8 @@
 # Shim encoding speed, timed in Python with timeit (medians of 5 runs): the shim's Arrow IPC
 # encoding of 1M rows x (int64, float64, utf8, bool), from a dict of lists and from a list of row
 # dicts, paired with pickle.dumps and json.dumps of the same rows. Run with the real python3:
-#   python3 bench/shim_bench.py [ROWS]
-# ShimBench.cs runs the same statements through bench/Parity.cs's timeit driver.
+#   python3 bench/shim_bench.py [ROWS] [--tsv]
+# ShimBench.cs runs it (--tsv) and writes every case into the report.
 import os
 import sys
 import timeit
@@ -48,16 +48,22 @@ CASES = [
 
 
 def main():
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+    args = [a for a in sys.argv[1:] if a != "--tsv"]
+    tsv = "--tsv" in sys.argv  # "case<TAB>seconds" lines, for ShimBench.cs
+    n = int(args[0]) if args else 1_000_000
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     setup = SETUP.replace("N", str(n))
-    print("python %s, %d rows x (int64, float64, utf8, bool); median of 5 (timeit)" % (sys.version.split()[0], n))
-    print("%-32s %10s %14s" % ("case", "seconds", "rows/s"))
+    if not tsv:
+        print("python %s, %d rows x (int64, float64, utf8, bool); median of 5 (timeit)" % (sys.version.split()[0], n))
+        print("%-32s %10s %14s" % ("case", "seconds", "rows/s"))
     for name, stmt in CASES:
         t = timeit.Timer(stmt, setup=setup)
         runs = sorted(t.repeat(repeat=5, number=1))
         median = runs[len(runs) // 2]
-        print("%-32s %10.3f %14s" % (name, median, "{:,.0f}".format(n / median)))
+        if tsv:
+            print("%s\t%.6f" % (name, median))
+        else:
+            print("%-32s %10.3f %14s" % (name, median, "{:,.0f}".format(n / median)))
 
 
 if __name__ == "__main__":
