@@ -203,12 +203,13 @@ internal static partial class Bridge
             Task<Socket> accept = _listener!.AcceptAsync(connect.Token).AsTask();
             Task exited = _process!.WaitForExitAsync(connect.Token);
             await Task.WhenAny(accept, exited).ConfigureAwait(false);
-            // A guest that connected, wrote everything and exited is still in the backlog, or already
+            // An exit seen first does not mean the guest never connected: one that connected, wrote
+            // everything and exited is still in the backlog (the accept completes at once), or already
             // taken from it by the pending accept whose completion has not run yet (a busy thread pool
-            // delays it): only an accept still empty-handed after a grace period means it never connected.
-            if (!accept.IsCompleted && exited.IsCompletedSuccessfully && !_listener.Poll(0, SelectMode.SelectRead))
+            // delays it). Only an accept still empty-handed after a grace period means it never connected.
+            if (!accept.IsCompleted && exited.IsCompletedSuccessfully)
                 await Task.WhenAny(accept, Task.Delay(ExitGrace, job)).ConfigureAwait(false);
-            if (!accept.IsCompleted && exited.IsCompletedSuccessfully && !_listener.Poll(0, SelectMode.SelectRead))
+            if (!accept.IsCompleted && exited.IsCompletedSuccessfully)
             {
                 connect.Cancel();
                 _exitCode = _process.ExitCode;

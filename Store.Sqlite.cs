@@ -464,21 +464,17 @@ internal sealed class SqliteJobStore : IJobStore
         };
     }
 
-    public bool HasJob(string parserName, string parserVersion, string contentHash)
-    {
-        var cmd = Prepare(ref _hasJob,
-            "SELECT 1 FROM jobs WHERE content_hash = $hash AND parser_name = $parser AND parser_version = $version LIMIT 1",
-            "$hash", "$parser", "$version");
-        cmd.Parameters[0].Value = contentHash;
-        cmd.Parameters[1].Value = parserName;
-        cmd.Parameters[2].Value = parserVersion;
-        return cmd.ExecuteScalar() is not null;
-    }
+    public bool HasJob(string parserName, string parserVersion, string contentHash) =>
+        JobExists(ref _hasJob, "", parserName, parserVersion, contentHash);
 
-    public bool IsCompleted(string parserName, string parserVersion, string contentHash)
+    public bool IsCompleted(string parserName, string parserVersion, string contentHash) =>
+        JobExists(ref _isCompleted, " AND state = 'COMPLETED'", parserName, parserVersion, contentHash);
+
+    /// <summary>Whether a job of this parser version for this content exists (index jobs_file), with an optional extra condition.</summary>
+    private bool JobExists(ref SqliteCommand? slot, string condition, string parserName, string parserVersion, string contentHash)
     {
-        var cmd = Prepare(ref _isCompleted,
-            "SELECT 1 FROM jobs WHERE content_hash = $hash AND parser_name = $parser AND parser_version = $version AND state = 'COMPLETED' LIMIT 1",
+        var cmd = Prepare(ref slot,
+            $"SELECT 1 FROM jobs WHERE content_hash = $hash AND parser_name = $parser AND parser_version = $version{condition} LIMIT 1",
             "$hash", "$parser", "$version");
         cmd.Parameters[0].Value = contentHash;
         cmd.Parameters[1].Value = parserName;

@@ -27,7 +27,7 @@ public class BridgeBench
     {
         _dir = Directory.CreateTempSubdirectory("casparian-bridgebench-").FullName;
         string shimDir = Path.Combine(ShimBench.RepoRoot, "shim");
-        ShimBench.RunPython($"""
+        ShimBench.RunPython("-c", $"""
             import sys
             sys.path.insert(0, {ShimBench.PyString(shimDir)})
             import arrow_ipc

@@ -36,7 +36,7 @@ public class ShimBench
                     for c in chunks:
                         f.write(c)
             """;
-        RunPython(script);
+        RunPython("-c", script);
         _stream = File.ReadAllBytes(file);
         File.Delete(file);
         if (Decode(_stream) != Rows) throw new InvalidOperationException($"the shim's stream does not decode to {Rows} rows");
@@ -63,19 +63,10 @@ public class ShimBench
     public void PythonSerialization()
     {
         int rows = Program.Checking ? 20_000 : Rows;
-        var psi = new System.Diagnostics.ProcessStartInfo(Python.ResolveReal())
-        {
-            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
-        };
-        psi.ArgumentList.Add(Path.Combine(BenchDir, "shim_bench.py"));
-        psi.ArgumentList.Add(rows.ToString(CultureInfo.InvariantCulture));
-        psi.ArgumentList.Add("--tsv");
-        using var p = System.Diagnostics.Process.Start(psi)!;
-        var err = p.StandardError.ReadToEndAsync();
-        var times = p.StandardOutput.ReadToEnd().Split('\n', StringSplitOptions.RemoveEmptyEntries)
+        var times = RunPython(Path.Combine(BenchDir, "shim_bench.py"), rows.ToString(CultureInfo.InvariantCulture), "--tsv")
+            .Split('\n', StringSplitOptions.RemoveEmptyEntries)
             .Select(l => l.Split('\t')).ToDictionary(f => f[0], f => double.Parse(f[1], CultureInfo.InvariantCulture));
-        p.WaitForExit();
-        if (p.ExitCode != 0 || times.Count != 6) throw new InvalidOperationException($"shim_bench.py failed (exit {p.ExitCode}): {err.Result}");
+        if (times.Count != 6) throw new InvalidOperationException($"shim_bench.py timed {times.Count} case(s), expected 6");
 
         string note = $"timeit, median of 5, {rows:N0} rows × (int64, float64, utf8, bool)";
         foreach (var (shape, shim) in new[] { ("dict of lists", "shim encode, dict of lists"), ("rows", "shim encode, list of row dicts") })
@@ -104,16 +95,20 @@ public class ShimBench
         return rows;
     }
 
-    /// <summary>Runs a Python script with the real python3; throws with its stderr when it fails.</summary>
-    internal static void RunPython(string script)
+    /// <summary>Runs the real python3 with <paramref name="args"/> (a script path, or "-c" and code); its stdout, or an exception with its stderr when it fails.</summary>
+    internal static string RunPython(params string[] args)
     {
-        var psi = new System.Diagnostics.ProcessStartInfo(Python.ResolveReal()) { RedirectStandardError = true, UseShellExecute = false };
-        psi.ArgumentList.Add("-c");
-        psi.ArgumentList.Add(script);
+        var psi = new System.Diagnostics.ProcessStartInfo(Python.ResolveReal())
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+        };
+        foreach (string a in args) psi.ArgumentList.Add(a);
         using var p = System.Diagnostics.Process.Start(psi)!;
-        string err = p.StandardError.ReadToEnd();
+        var err = p.StandardError.ReadToEndAsync();
+        string output = p.StandardOutput.ReadToEnd();
         p.WaitForExit();
-        if (p.ExitCode != 0) throw new InvalidOperationException($"python setup failed (exit {p.ExitCode}): {err}");
+        if (p.ExitCode != 0) throw new InvalidOperationException($"python {string.Join(' ', args.Take(1))} failed (exit {p.ExitCode}): {err.Result}");
+        return output;
     }
 
     internal static string PyString(string s) => "'" + s.Replace("\\", "\\\\").Replace("'", "\\'") + "'";
