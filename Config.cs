@@ -81,12 +81,6 @@ internal sealed class Setting<T>(string key, string metavar, string help,
     public override string Format(object? value) => value is T t ? (format?.Invoke(t) ?? t.ToString() ?? "") : "";
 }
 
-/// <summary>A raw value: text (flag, environment, config-file scalar) or a config-file array.</summary>
-internal readonly record struct ConfigValue(string? Text, IReadOnlyList<string>? Items = null)
-{
-    public override string ToString() => Items is null ? Text ?? "" : "[" + string.Join(", ", Items) + "]";
-}
-
 internal readonly record struct Resolved(object Value, SettingSource Source, string Where);
 
 internal sealed class Config
@@ -145,6 +139,13 @@ internal sealed class Config
         HeartbeatInterval, HeartbeatTimeout, RetryLimit, RetryBackoff, JobTimeout, ConnectTimeout, IdleTimeout, ShutdownGrace, LogLimit,
     ];
 
+    /// <summary>
+    /// Table names a later layer owns in the config file ([topics.NAME], [[sources]], [[rules]] when
+    /// they come): ConfigFile accepts them and <see cref="TablesOf"/> hands their contents to the owner.
+    /// Any other table in the file is an error.
+    /// </summary>
+    public static readonly string[] Tables = [];
+
     public static readonly Flag ConfigFlag = new("--config", "FILE", "config file (default ./casparian.toml, else HOME/casparian.toml)");
 
     /// <summary>The flags of a command that reads <paramref name="settings"/>: theirs plus --config and --home.</summary>
@@ -184,19 +185,19 @@ internal sealed class Config
         if (explicitFile is not null)
         {
             string full = Path.GetFullPath(explicitFile, workingDirectory);
-            if (!File.Exists(full)) throw new InputException($"config file {full} does not exist (given by --config)");
-            file = ConfigFile.Read(full);
+            if (!File.Exists(full)) throw ConfigThrow.File_Missing(full);
+            file = ConfigFile.Read(full, Tables);
         }
         else
         {
             string local = Path.Combine(workingDirectory, "casparian.toml");
-            file = File.Exists(local) ? ConfigFile.Read(local) : null;
+            file = File.Exists(local) ? ConfigFile.Read(local, Tables) : null;
             if (file is null)
             {
                 // The home directory can itself come from a flag or the environment, but not from the file inside it.
                 var probe = new Config(args, env, null, workingDirectory);
                 string inHome = Path.Combine(probe.HomeDir, "casparian.toml");
-                if (File.Exists(inHome)) file = ConfigFile.Read(inHome);
+                if (File.Exists(inHome)) file = ConfigFile.Read(inHome, Tables);
             }
         }
         var config = new Config(args, env, file, workingDirectory);
@@ -214,6 +215,9 @@ internal sealed class Config
     }
 
     public T Get<T>(Setting<T> setting) => (T)Resolve(setting).Value;
+
+    /// <summary>The config file's tables under the registered name <paramref name="root"/>, in file order.</summary>
+    public IEnumerable<ConfigTable> TablesOf(string root) => _file?.Tables.Where(t => t.Root == root) ?? [];
 
     public Resolved Describe(Setting setting) => Resolve(setting);
 
@@ -237,16 +241,9 @@ internal sealed class Config
 
     private static Resolved Parse(Setting s, ConfigValue raw, string baseDir, SettingSource source, string where, string what)
     {
-        if (!s.TryParse(raw, baseDir, out var value, out var expected))
-        {
-            string message = $"bad value {Quote(raw)} for {what}: expected {expected}";
-            if (source == SettingSource.Flag) throw new UsageException(message);
-            throw new InputException(message);
-        }
+        if (!s.TryParse(raw, baseDir, out var value, out var expected)) throw ConfigThrow.Value_Bad(raw, what, expected, source == SettingSource.Flag);
         return new Resolved(value!, source, where);
     }
-
-    private static string Quote(ConfigValue raw) => raw.Items is null ? $"'{raw.Text}'" : raw.ToString();
 
     // ---- `casparian config` ------------------------------------------------------------------
 
@@ -405,162 +402,31 @@ internal static class Parsers
     };
 }
 
-/// <summary>
-/// The subset of TOML a settings file needs: top-level <c>key = value</c> lines with strings
-/// ("basic" and 'literal'), integers, floats, booleans and one-line arrays of strings; # comments.
-/// Anything else is an error naming the file and line. Unknown keys are errors too: a typo must not
-/// silently fall back to a default.
-/// </summary>
-internal sealed class ConfigFile
+internal static class ConfigThrow
 {
-    public required string Path { get; init; }
-    public required Dictionary<string, (ConfigValue Value, int Line)> Values { get; init; }
+    public static InputException File_Missing(string path) =>
+        new($"config file {path} does not exist (given by --config)");
+    public static InputException File_Unreadable(string path, Exception e) =>
+        new($"cannot read config file {path}: {e.Message}", e);
+    public static InputException File_Syntax(string path, int line, string message) =>
+        new($"config file {path} line {line}: {message}");
+    public static InputException File_UnknownKey(string path, int line, string key) =>
+        new($"config file {path} line {line}: unknown key '{key}'{(ConfigFile.Suggest(key) is { } near ? $" (did you mean '{near}'?)" : "")}; " +
+            $"known keys: {string.Join(", ", Config.All.Select(s => s.Key))}");
+    public static InputException File_SetTwice(string path, int line, string key) =>
+        new($"config file {path} line {line}: key '{key}' is set twice");
+    public static InputException File_BadValue(string path, int line, string key, string message) =>
+        new($"config file {path} line {line}: bad value for '{key}': {message}");
+    public static InputException File_Unquoted(string path, int line, string key, string value) =>
+        new($"config file {path} line {line}: bad value for '{key}': '{value}' is not a TOML value (strings need quotes)");
+    public static InputException File_UnknownTable(string path, int line, string name, bool array, IReadOnlyCollection<string> known) =>
+        new($"config file {path} line {line}: tables such as {(array ? $"[[{name}]]" : $"[{name}]")} are not used; write settings as top-level keys (see 'casparian config')" +
+            (known.Count == 0 ? "" : $"; known tables: {string.Join(", ", known)}"));
 
-    public static ConfigFile Read(string path)
+    /// <summary>A value no setting parser accepts: a usage error when it came from a flag, bad input otherwise.</summary>
+    public static CasparianException Value_Bad(ConfigValue raw, string what, string expected, bool flag)
     {
-        string[] lines;
-        try
-        {
-            lines = System.IO.File.ReadAllLines(path);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new InputException($"cannot read config file {path}: {e.Message}", e);
-        }
-        var values = new Dictionary<string, (ConfigValue, int)>(StringComparer.Ordinal);
-        for (int i = 0; i < lines.Length; i++)
-        {
-            int lineNo = i + 1;
-            string line = lines[i].Trim();
-            if (line.Length == 0 || line[0] == '#') continue;
-            if (line[0] == '[')
-                throw Bad(path, lineNo, $"tables such as {line} are not used; write settings as top-level keys (see 'casparian config')");
-            int eq = line.IndexOf('=');
-            if (eq <= 0) throw Bad(path, lineNo, "expected key = value");
-            string key = line[..eq].Trim();
-            if (key.Length > 1 && key[0] == '"' && key[^1] == '"') key = key[1..^1];
-            if (Array.Find(Config.All, s => s.Key == key) is null)
-                throw Bad(path, lineNo, $"unknown key '{key}'{Suggest(key)}; known keys: {string.Join(", ", Config.All.Select(s => s.Key))}");
-            if (values.ContainsKey(key)) throw Bad(path, lineNo, $"key '{key}' is set twice");
-            var value = ParseValue(line.AsSpan(eq + 1), out string? error);
-            if (error is not null) throw Bad(path, lineNo, $"bad value for '{key}': {error}");
-            values[key] = (value, lineNo);
-        }
-        return new ConfigFile { Path = path, Values = values };
-    }
-
-    private static InputException Bad(string path, int line, string message) => new($"config file {path} line {line}: {message}");
-
-    private static string Suggest(string key)
-    {
-        var best = Config.All.Select(s => (s.Key, Distance: Levenshtein(key, s.Key))).MinBy(p => p.Distance);
-        return best.Distance <= 2 ? $" (did you mean '{best.Key}'?)" : "";
-    }
-
-    private static int Levenshtein(string a, string b)
-    {
-        var prev = new int[b.Length + 1];
-        var cur = new int[b.Length + 1];
-        for (int j = 0; j <= b.Length; j++) prev[j] = j;
-        for (int i = 1; i <= a.Length; i++)
-        {
-            cur[0] = i;
-            for (int j = 1; j <= b.Length; j++)
-                cur[j] = Math.Min(Math.Min(cur[j - 1] + 1, prev[j] + 1), prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1));
-            (prev, cur) = (cur, prev);
-        }
-        return prev[b.Length];
-    }
-
-    private static ConfigValue ParseValue(ReadOnlySpan<char> text, out string? error)
-    {
-        int pos = 0;
-        SkipSpace(text, ref pos);
-        ConfigValue value;
-        if (pos < text.Length && text[pos] == '[')
-        {
-            pos++;
-            var items = new List<string>();
-            while (true)
-            {
-                SkipSpace(text, ref pos);
-                if (pos < text.Length && text[pos] == ']') { pos++; break; }
-                string? item = ParseScalar(text, ref pos, out error);
-                if (error is not null) return default;
-                items.Add(item!);
-                SkipSpace(text, ref pos);
-                if (pos < text.Length && text[pos] == ',') { pos++; continue; }
-                if (pos < text.Length && text[pos] == ']') { pos++; break; }
-                error = "an array must be on one line: [\"a\", \"b\"]";
-                return default;
-            }
-            value = new ConfigValue(null, items);
-        }
-        else
-        {
-            string? scalar = ParseScalar(text, ref pos, out error);
-            if (error is not null) return default;
-            value = new ConfigValue(scalar);
-        }
-        SkipSpace(text, ref pos);
-        if (pos < text.Length && text[pos] != '#')
-        {
-            error = $"unexpected text after the value: '{text[pos..].ToString()}'";
-            return default;
-        }
-        error = null;
-        return value;
-    }
-
-    private static void SkipSpace(ReadOnlySpan<char> text, ref int pos)
-    {
-        while (pos < text.Length && text[pos] is ' ' or '\t') pos++;
-    }
-
-    private static string? ParseScalar(ReadOnlySpan<char> text, ref int pos, out string? error)
-    {
-        error = null;
-        if (pos >= text.Length) { error = "missing value"; return null; }
-        char c = text[pos];
-        if (c == '\'')
-        {
-            int end = text[(pos + 1)..].IndexOf('\'');
-            if (end < 0) { error = "unterminated 'string'"; return null; }
-            string s = text.Slice(pos + 1, end).ToString();
-            pos += end + 2;
-            return s;
-        }
-        if (c == '"')
-        {
-            var sb = new StringBuilder();
-            for (pos++; pos < text.Length; pos++)
-            {
-                char ch = text[pos];
-                if (ch == '"') { pos++; return sb.ToString(); }
-                if (ch != '\\') { sb.Append(ch); continue; }
-                if (++pos >= text.Length) break;
-                switch (text[pos])
-                {
-                    case '"': sb.Append('"'); break;
-                    case '\\': sb.Append('\\'); break;
-                    case 'n': sb.Append('\n'); break;
-                    case 't': sb.Append('\t'); break;
-                    case 'u' when pos + 4 < text.Length && ushort.TryParse(text.Slice(pos + 1, 4), NumberStyles.HexNumber, CultureInfo.InvariantCulture, out ushort u):
-                        sb.Append((char)u);
-                        pos += 4;
-                        break;
-                    default: error = $"unknown escape \\{text[pos]}"; return null;
-                }
-            }
-            error = "unterminated \"string\"";
-            return null;
-        }
-        int start = pos;
-        while (pos < text.Length && text[pos] is not (' ' or '\t' or ',' or ']' or '#')) pos++;
-        string bare = text[start..pos].ToString().Replace("_", "");
-        if (bare is "true" or "false") return bare;
-        if (double.TryParse(bare, NumberStyles.Float | NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out _)) return bare;
-        error = $"'{bare}' is not a TOML value (strings need quotes)";
-        return null;
+        string message = $"bad value {(raw.Items is null && raw.Table is null ? $"'{raw.Text}'" : raw.ToString())} for {what}: expected {expected}";
+        return flag ? new UsageException(message) : new InputException(message);
     }
 }
