@@ -11,38 +11,6 @@ using System.Text;
 
 namespace Casparian;
 
-internal static class Paths
-{
-    /// <summary>$CASPARIAN_HOME, else ~/.casparian.</summary>
-    public static string Home =>
-        Environment.GetEnvironmentVariable("CASPARIAN_HOME") is { Length: > 0 } home
-            ? Path.GetFullPath(home)
-            : DefaultHome;
-
-    public static string DefaultHome => Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".casparian");
-
-    /// <summary>The embedded job store (sentinel, start, and the job/parser commands).</summary>
-    public static string Db => Path.Combine(Home, "casparian.db");
-
-    /// <summary>Content-addressed Python environments: {Venvs}/{env_hash}/.</summary>
-    public static string Venvs => Path.Combine(Home, "venvs");
-
-    /// <summary>The guest shim, written out of the binary on first use: {Shim}/{version}-{hash}/.</summary>
-    public static string Shim => Path.Combine(Home, "shim");
-
-    /// <summary>Extracted parser bundles by source hash: {Parsers}/{source_hash}/.</summary>
-    public static string Parsers => Path.Combine(Home, "parsers");
-
-    /// <summary>Default Parquet output root.</summary>
-    public static string Output => Path.Combine(Home, "output");
-
-    /// <summary>Per-job guest logs.</summary>
-    public static string Logs => Path.Combine(Home, "logs");
-
-    /// <summary>Worker state: its persistent id.</summary>
-    public static string Worker => Path.Combine(Home, "worker");
-}
-
 internal enum SettingSource { Default, File, Environment, Flag }
 
 /// <summary>
@@ -88,9 +56,9 @@ internal sealed class Config
     // ---- the settings ------------------------------------------------------------------------
 
     public static readonly Setting<string> Home = new("home", "DIR", "state directory: store, environments, shim, logs, output",
-        Parsers.Dir, _ => Paths.DefaultHome);
-    public static readonly Setting<string> Db = new("db", "PATH", "job store (SQLite file)",
-        Parsers.File, c => Path.Combine(c.HomeDir, "casparian.db"));
+        Parsers.Dir, _ => Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".casparian"));
+    public static readonly Setting<string> Db = new("db", "PATH", "job store: an SQLite file",
+        Parsers.Store, c => Path.Combine(c.HomeDir, "casparian.db"));
     public static readonly Setting<string> Bind = new("bind", "ADDR", "address the sentinel binds (tcp://HOST:PORT or ipc://PATH)",
         Parsers.Address, _ => "tcp://127.0.0.1:5555");
     public static readonly Setting<string> Connect = new("connect", "ADDR", "sentinel address a worker connects to",
@@ -122,6 +90,14 @@ internal sealed class Config
         Parsers.Int(0, 100), _ => 3);
     public static readonly Setting<TimeSpan> RetryBackoff = new("retry_backoff", "SECONDS", "first retry delay; doubles with each retry",
         Parsers.Duration, _ => TimeSpan.FromSeconds(2), Parsers.FormatDuration);
+    public static readonly Setting<TimeSpan> RetryBackoffMax = new("retry_backoff_max", "SECONDS", "longest delay between retries",
+        Parsers.Duration, _ => TimeSpan.FromMinutes(5), Parsers.FormatDuration);
+    public static readonly Setting<TimeSpan> LockTimeout = new("lock_timeout", "SECONDS", "how long a store operation waits for another process's lock before it fails as busy",
+        Parsers.Duration, _ => TimeSpan.FromSeconds(10), Parsers.FormatDuration);
+    public static readonly Setting<TimeSpan> PollInterval = new("poll_interval", "SECONDS", "how often the sentinel asks the store for new jobs and cancellations",
+        Parsers.Duration, _ => TimeSpan.FromMilliseconds(200), Parsers.FormatDuration);
+    public static readonly Setting<IReadOnlyList<string>> Capabilities = new("capabilities", "NAMES", "parsers a worker runs (','-separated; TOML array; * is any)",
+        Parsers.NameList, _ => ["*"], v => string.Join(",", v));
     public static readonly Setting<TimeSpan> JobTimeout = new("job_timeout", "SECONDS", "total time a job may run before it is killed",
         Parsers.Duration, _ => TimeSpan.FromHours(1), Parsers.FormatDuration);
     public static readonly Setting<TimeSpan> ConnectTimeout = new("connect_timeout", "SECONDS", "time for a parser process to connect back",
@@ -132,11 +108,20 @@ internal sealed class Config
         Parsers.Duration, _ => TimeSpan.FromSeconds(30), Parsers.FormatDuration);
     public static readonly Setting<long> LogLimit = new("log_limit", "SIZE", "per-job parser log cap (e.g. 10MB)",
         Parsers.Size, _ => 10L << 20, Parsers.FormatSize);
+    public static readonly Setting<long> MessageLimit = new("message_limit", "SIZE", "largest table message a parser may send (a larger table must come in parts)",
+        Parsers.SizeUpTo(1L << 30), _ => 100L << 20, Parsers.FormatSize);
+    public static readonly Setting<TimeSpan> BuildTimeout = new("build_timeout", "SECONDS", "time one environment build may take before it is killed",
+        Parsers.Duration, _ => TimeSpan.FromMinutes(15), Parsers.FormatDuration);
+    public static readonly Setting<int> RowGroupRows = new("row_group_rows", "N", "most rows in one Parquet row group",
+        Parsers.Int(1, int.MaxValue), _ => 1 << 20);
+    public static readonly Setting<long> RowGroupSize = new("row_group_size", "SIZE", "most Arrow data in one Parquet row group: bounds the writer's memory per topic",
+        Parsers.SizeUpTo(1L << 30), _ => 16L << 20, Parsers.FormatSize);
 
     public static readonly Setting[] All =
     [
         Home, Db, Bind, Connect, Output, AllowedRoots, Lineage, Venvs, VenvBudget, Wheelhouse, Python, Slots, WorkerId,
-        HeartbeatInterval, HeartbeatTimeout, RetryLimit, RetryBackoff, JobTimeout, ConnectTimeout, IdleTimeout, ShutdownGrace, LogLimit,
+        HeartbeatInterval, HeartbeatTimeout, RetryLimit, RetryBackoff, RetryBackoffMax, LockTimeout, PollInterval, Capabilities, JobTimeout,
+        ConnectTimeout, IdleTimeout, ShutdownGrace, LogLimit, MessageLimit, BuildTimeout, RowGroupRows, RowGroupSize,
     ];
 
     /// <summary>
@@ -162,6 +147,16 @@ internal sealed class Config
 
     public string HomeDir { get; }
 
+    // State under HOME that is not a setting of its own.
+    /// <summary>The guest shim, written out of the binary on first use: {ShimDir}/{version}-{hash}/.</summary>
+    public string ShimDir => Path.Combine(HomeDir, "shim");
+    /// <summary>Extracted parser bundles by source hash: {ParsersDir}/{source_hash}/.</summary>
+    public string ParsersDir => Path.Combine(HomeDir, "parsers");
+    /// <summary>Per-job guest logs, and `start`'s log.</summary>
+    public string LogsDir => Path.Combine(HomeDir, "logs");
+    /// <summary>The worker's persistent id.</summary>
+    public string WorkerDir => Path.Combine(HomeDir, "worker");
+
     /// <summary>The config file that was read, if any.</summary>
     public string? FilePath => _file?.Path;
 
@@ -174,6 +169,10 @@ internal sealed class Config
         HomeDir = "";
         HomeDir = (string)Resolve(Home).Value;
     }
+
+    /// <summary>Every setting at its default, with state under <paramref name="home"/>: no flags, no environment, no file (tests build options from it).</summary>
+    public static Config Defaults(string home) =>
+        new(null, new Dictionary<string, string?> { [Home.EnvName] = home }, null, home);
 
     /// <summary>Resolves settings for a command from its flags, the process environment and the config file.</summary>
     public static Config Load(Args args) => Load(args, ReadEnvironment(), Directory.GetCurrentDirectory());
@@ -247,15 +246,6 @@ internal sealed class Config
 
     // ---- `casparian config` ------------------------------------------------------------------
 
-    internal static readonly Command Command = new("config", "print every setting's effective value and where it came from",
-        "config [--config FILE]", Flags([.. All]), args =>
-        {
-            args.RequirePositionals(0, 0);
-            var config = Load(args);
-            Console.Out.Write(config.Render());
-            return 0;
-        });
-
     public string Render()
     {
         var sb = new StringBuilder();
@@ -292,6 +282,10 @@ internal static class Parsers
 
     public static (bool, string, string) File(ConfigValue raw, string baseDir) => PathValue(raw, baseDir, "a file path");
 
+    /// <summary>A store: a URL (scheme://…) as given, else a file path.</summary>
+    public static (bool, string, string) Store(ConfigValue raw, string baseDir) =>
+        raw.Items is null && raw.Text is { } t && t.Contains("://", StringComparison.Ordinal) ? (true, t, "") : PathValue(raw, baseDir, "a file path");
+
     public static (bool, string, string) OptionalDir(ConfigValue raw, string baseDir) =>
         raw.Items is null && raw.Text is "" ? (true, "", "") : PathValue(raw, baseDir, "a directory path");
 
@@ -320,6 +314,15 @@ internal static class Parsers
             list.Add(ExpandPath(item, baseDir));
         }
         return (true, list, "");
+    }
+
+    public static (bool, IReadOnlyList<string>, string) NameList(ConfigValue raw, string baseDir)
+    {
+        IEnumerable<string> items = raw.Items ?? (raw.Text ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        var list = items.ToList();
+        return list.Count > 0 && list.TrueForAll(n => n == "*" || ParserBundle.ValidName().IsMatch(n))
+            ? (true, list, "")
+            : (false, [], "parser names (','-separated, or a TOML array of strings), or *");
     }
 
     public static (bool, string, string) Address(ConfigValue raw, string baseDir)
@@ -392,6 +395,9 @@ internal static class Parsers
             return (false, 0, Expected);
         return (true, (long)(v * scale), "");
     }
+
+    public static Func<ConfigValue, string, (bool, long, string)> SizeUpTo(long max) => (raw, baseDir) =>
+        Size(raw, baseDir) is (true, var v, _) && v >= 1 && v <= max ? (true, v, "") : (false, 0, $"a size from 1 byte to {FormatSize(max)} (e.g. 100MB)");
 
     public static string FormatSize(long bytes) => bytes switch
     {

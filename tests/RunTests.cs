@@ -143,7 +143,7 @@ public sealed class RunTests : IDisposable
         // Two bare environments, each with a module saying which it is.
         string MakeVenv(string dir, string marker)
         {
-            var r = Proc.Run(Python.ResolveReal(), ["-m", "venv", "--without-pip", dir], TimeSpan.FromMinutes(2));
+            var r = Proc.Run(Guest.Python, ["-m", "venv", "--without-pip", dir], TimeSpan.FromMinutes(2));
             Assert.True(r.ExitCode == 0, r.ToString());
             string site = Directory.GetDirectories(Path.Combine(dir, "lib")).Single();
             File.WriteAllText(Path.Combine(site, "site-packages", "which_env.py"), $"NAME = '{marker}'\n");

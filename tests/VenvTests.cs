@@ -23,7 +23,7 @@ public sealed class VenvTests : IDisposable
     private string Venvs => _dir.File("venvs");
 
     private EnvManager Manager(long maxBytes = long.MaxValue) =>
-        new(new VenvOptions { Root = Venvs, Wheelhouse = _wheelhouse, MaxBytes = maxBytes, BasePython = Python.ResolveReal() });
+        new(Defaults.Venv(Venvs) with { Wheelhouse = _wheelhouse, MaxBytes = maxBytes, BasePython = Guest.Python });
 
     private static string Hash(string lockfile) => Hashes.Sha256Hex(lockfile);
 
@@ -152,7 +152,7 @@ public sealed class VenvTests : IDisposable
     {
         using var m = Manager();
         using var lease = await m.AcquireAsync("system", null, CancellationToken.None);
-        Assert.Equal(Python.ResolveReal(), lease.InterpreterPath);
+        Assert.Equal(Guest.Python, lease.InterpreterPath);
         Assert.True(lease.Cached);
         Assert.False(Directory.Exists(Venvs));
     }

@@ -1,16 +1,14 @@
 // The job and parser commands (SPEC §1): `parser register|ls`, `job add|show|retry|cancel`, `jobs`.
-// They open the store file directly, so they work whether or not a sentinel is running: SQLite's
-// locking orders their writes with the sentinel's, and the sentinel notices new jobs and
-// cancellations when it next polls the store. Bad input is found before anything is written.
+// They open the store directly (through IJobStore), so they work whether or not a sentinel is
+// running: the store orders their writes with the sentinel's, and the sentinel notices new jobs and
+// cancellations when it next polls. Bad input is found before anything is written.
 using System.Globalization;
-using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
-using Microsoft.Data.Sqlite;
 
 namespace Casparian;
 
-internal static class JobCommands
+internal static partial class Commands
 {
     private static readonly Flag ParserFlag = new("--parser", "NAME[@VERSION]", "parser to run (default version: the latest registered)");
     private static readonly Flag PriorityFlag = new("--priority", "N", "higher runs first (default 0)");
@@ -18,19 +16,16 @@ internal static class JobCommands
     private static readonly Flag StateFlag = new("--state", "S", "only jobs in state S: queued, running, completed, failed, cancelled");
     private static readonly Flag LimitFlag = new("--limit", "N", "show the N most recent jobs (default 50)");
 
-    /// <summary>Rows per transaction when queueing: keeps the write lock short for a running sentinel.</summary>
-    private const int EnqueueChunk = 5000;
-
     // ---- parser ------------------------------------------------------------------------------
 
     private static readonly Command Register = new("register", "bundle a parser (directory or .py file) and store it",
         "parser register PATH [--db PATH]", Config.Flags(Config.Db), args =>
         {
             string path = args.RequirePositionals(1, 1)[0];
-            string db = DbFrom(args);
+            var storeOptions = StoreFrom(args, create: true);
             // Bundling reads and checks everything before the store is touched.
             var bundle = ParserBundle.Load(path);
-            return WithStore(db, create: true, store =>
+            return WithStore(storeOptions, store =>
             {
                 var record = new ParserRecord
                 {
@@ -56,8 +51,7 @@ internal static class JobCommands
                         Console.Out.WriteLine($"parser {bundle.Name} {bundle.Version} is already registered with the same source (id {result.Id}); nothing changed");
                         break;
                     default:
-                        throw new InputException($"parser {bundle.Name} {bundle.Version} is already registered with a different source " +
-                            $"(source hash {Short(result.Existing!.SourceHash)}, now {Short(bundle.SourceHash)}); bump the version in {path} and register again");
+                        throw CliThrow.Input_ParserConflict(bundle.Name, bundle.Version, result.Existing!.SourceHash, bundle.SourceHash, path);
                 }
                 return 0;
             });
@@ -66,13 +60,13 @@ internal static class JobCommands
     private static readonly Command Ls = new("ls", "list registered parsers", "parser ls [--db PATH]", Config.Flags(Config.Db), args =>
     {
         args.RequirePositionals(0, 0);
-        string db = DbFrom(args);
-        if (!File.Exists(db))
+        var storeOptions = StoreFrom(args, create: false);
+        if (!JobStores.Exists(storeOptions))
         {
-            Console.Out.WriteLine($"no parsers registered (no store at {db}); register one with 'casparian parser register DIR'");
+            Console.Out.WriteLine($"no parsers registered (no store at {storeOptions.Db}); register one with 'casparian parser register DIR'");
             return 0;
         }
-        return WithStore(db, create: false, store =>
+        return WithStore(storeOptions, store =>
         {
             var parsers = store.ListParsers();
             if (parsers.Count == 0)
@@ -82,13 +76,13 @@ internal static class JobCommands
             }
             var table = new Table("NAME", "VERSION", "ID", "ENV", "SOURCE", "BUNDLE", "REGISTERED");
             foreach (var p in parsers)
-                table.Add(p.Name, p.Version, Num(p.Id), ShortEnv(p.EnvHash), Short(p.SourceHash), p.ArchiveBytes == 0 ? "-" : Size(p.ArchiveBytes), Time(p.CreatedAt));
+                table.Add(p.Name, p.Version, Num(p.Id), ShortEnv(p.EnvHash), Hashes.Short(p.SourceHash), p.ArchiveBytes == 0 ? "-" : Size(p.ArchiveBytes), Time(p.CreatedAt));
             Console.Out.Write(table.Render());
             return 0;
         });
     });
 
-    internal static readonly Command Parser = Command.Group("parser", "register and list parsers (register|ls)", Register, Ls);
+    private static readonly Command ParserGroup = Command.Group("parser", "register and list parsers (register|ls)", Register, Ls);
 
     // ---- job ---------------------------------------------------------------------------------
 
@@ -100,13 +94,13 @@ internal static class JobCommands
             string spec = args.Require(ParserFlag.Name);
             int priority = args.GetInt(PriorityFlag.Name, 0);
             bool force = args.Has(ForceFlag.Name);
-            string db = DbFrom(args);
+            var storeOptions = StoreFrom(args, create: false);
             var (name, version) = ParserSpec("job add", ParserFlag, spec);
             paths = ExpandInputs(paths);
 
-            return WithStore(db, create: false, store =>
+            return WithStore(storeOptions, store =>
             {
-                var parser = store.GetParser(name, version) ?? throw UnknownParser(store, db, name, version);
+                var parser = FindParser(store, name, version);
                 var files = paths.Select(f => (f, HashFile(f))).ToList();
                 var r = Queue(store, parser, files, priority, skip: force ? null : hash => store.IsCompleted(parser.Name, parser.Version, hash));
                 var sb = new StringBuilder($"queued {r.Queued} job(s) for parser {parser.Name} {parser.Version}");
@@ -120,9 +114,9 @@ internal static class JobCommands
     private static readonly Command Show = new("show", "show one job in full", "job show ID [--db PATH]", Config.Flags(Config.Db), args =>
     {
         long id = JobId(args);
-        return WithStore(DbFrom(args), create: false, store =>
+        return WithStore(StoreFrom(args, create: false), store =>
         {
-            var job = store.Get(id) ?? StoreThrow.Input_NoJob<JobRecord>(id, store.Path);
+            var job = store.Get(id) ?? throw StoreThrow.Input_NoJob(id, store.Location);
             Console.Out.Write(Describe(job));
             return 0;
         });
@@ -131,9 +125,9 @@ internal static class JobCommands
     private static readonly Command Retry = new("retry", "queue a FAILED or CANCELLED job again", "job retry ID [--db PATH]", Config.Flags(Config.Db), args =>
     {
         long id = JobId(args);
-        return WithStore(DbFrom(args), create: false, store =>
+        return WithStore(StoreFrom(args, create: false), store =>
         {
-            var before = store.Get(id) ?? StoreThrow.Input_NoJob<JobRecord>(id, store.Path);
+            var before = store.Get(id) ?? throw StoreThrow.Input_NoJob(id, store.Location);
             store.Retry(id);
             Console.Out.WriteLine($"job {id} queued again (was {before.State.Name()}; retry count reset)");
             return 0;
@@ -143,9 +137,9 @@ internal static class JobCommands
     private static readonly Command Cancel = new("cancel", "cancel a QUEUED or RUNNING job", "job cancel ID [--db PATH]", Config.Flags(Config.Db), args =>
     {
         long id = JobId(args);
-        return WithStore(DbFrom(args), create: false, store =>
+        return WithStore(StoreFrom(args, create: false), store =>
         {
-            var before = store.Get(id) ?? StoreThrow.Input_NoJob<JobRecord>(id, store.Path);
+            var before = store.Get(id) ?? throw StoreThrow.Input_NoJob(id, store.Location);
             store.Cancel(id);
             string note = before.State == JobState.Running ? $"; the sentinel will tell worker {before.Worker} to abort it" : "";
             Console.Out.WriteLine($"job {id} cancelled (was {before.State.Name()}){note}");
@@ -153,26 +147,26 @@ internal static class JobCommands
         });
     });
 
-    internal static readonly Command Job = Command.Group("job", "queue and manage jobs (add|show|retry|cancel)", Add, Show, Retry, Cancel);
+    private static readonly Command JobGroup = Command.Group("job", "queue and manage jobs (add|show|retry|cancel)", Add, Show, Retry, Cancel);
 
-    internal static readonly Command Jobs = new("jobs", "list jobs and counts per state", "jobs [--state S] [--limit N] [--db PATH]",
+    private static readonly Command JobsCommand = new("jobs", "list jobs and counts per state", "jobs [--state S] [--limit N] [--db PATH]",
         [StateFlag, LimitFlag, .. Config.Flags(Config.Db)], args =>
         {
             args.RequirePositionals(0, 0);
             JobState? state = null;
             if (args.Get(StateFlag.Name) is { } s)
             {
-                if (!JobStates.TryParse(s, out var parsed)) CliThrow.Usage_BadValue("jobs", StateFlag.Name, s, "one of queued, running, completed, failed, cancelled");
+                if (!JobStates.TryParse(s, out var parsed)) throw CliThrow.Usage_BadValue("jobs", StateFlag.Name, s, "one of queued, running, completed, failed, cancelled");
                 state = parsed;
             }
             int limit = args.GetInt(LimitFlag.Name, 50, min: 1);
-            string db = DbFrom(args);
-            if (!File.Exists(db))
+            var storeOptions = StoreFrom(args, create: false);
+            if (!JobStores.Exists(storeOptions))
             {
-                Console.Out.WriteLine($"no jobs (no store at {db})");
+                Console.Out.WriteLine($"no jobs (no store at {storeOptions.Db})");
                 return 0;
             }
-            return WithStore(db, create: false, store =>
+            return WithStore(storeOptions, store =>
             {
                 var jobs = store.List(state, limit);
                 var counts = store.Counts();
@@ -193,115 +187,20 @@ internal static class JobCommands
 
     // ---- helpers -----------------------------------------------------------------------------
 
-    internal readonly record struct QueueResult(int Queued, int Skipped, long FirstId, long LastId);
+    private static StoreOptions StoreFrom(Args args, bool create) => StoreOptions(Config.Load(args), create);
 
-    /// <summary>
-    /// Queues <paramref name="files"/> (path, content hash) for <paramref name="parser"/>, in chunks of
-    /// one transaction each, leaving out every file <paramref name="skip"/> says is done already.
-    /// </summary>
-    internal static QueueResult Queue(IJobStore store, ParserRecord parser, IReadOnlyList<(string Path, string Hash)> files, int priority,
-        Func<string, bool>? skip)
+    private static int WithStore(StoreOptions options, Func<IJobStore, int> work)
     {
-        var jobs = new List<NewJob>(files.Count);
-        int skipped = 0;
-        foreach (var (file, hash) in files)
-        {
-            if (skip?.Invoke(hash) == true) { skipped++; continue; }
-            jobs.Add(new NewJob(parser.Name, parser.Version, file, hash, priority));
-        }
-        long first = 0, last = 0;
-        for (int i = 0; i < jobs.Count; i += EnqueueChunk)
-        {
-            var chunk = jobs.GetRange(i, Math.Min(EnqueueChunk, jobs.Count - i));
-            long id = store.EnqueueMany(chunk);
-            if (first == 0) first = id;
-            last = id + chunk.Count - 1;
-        }
-        return new QueueResult(jobs.Count, skipped, first, last);
-    }
-
-    /// <summary>NAME or NAME@VERSION.</summary>
-    internal static (string Name, string? Version) ParserSpec(string command, Flag flag, string spec)
-    {
-        int at = spec.IndexOf('@');
-        string name = at < 0 ? spec : spec[..at];
-        string? version = at < 0 ? null : spec[(at + 1)..];
-        if (name.Length == 0 || version is { Length: 0 }) CliThrow.Usage_BadValue(command, flag.Name, spec, "NAME or NAME@VERSION");
-        return (name, version);
-    }
-
-    private static string DbFrom(Args args) => Config.Load(args).Get(Config.Db);
-
-    private static int WithStore(string db, bool create, Func<SqliteJobStore, int> work)
-    {
-        using var store = new SqliteJobStore(new StoreOptions { Path = db, Create = create });
-        try
-        {
-            return work(store);
-        }
-        catch (SqliteException e)
-        {
-            throw store.Translate(e);
-        }
+        using var store = JobStores.Open(options);
+        return work(store);
     }
 
     private static long JobId(Args args)
     {
         string text = args.RequirePositionals(1, 1)[0];
         if (!long.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out long id) || id <= 0)
-            throw new UsageException($"'casparian {args.CommandPath}' got '{text}' as a job id; expected a positive integer (see 'casparian jobs')");
+            throw CliThrow.Usage_BadJobId(args.CommandPath, text);
         return id;
-    }
-
-    /// <summary>Files to queue, in order: each file as given, each folder's files recursively sorted; hidden entries skipped.</summary>
-    internal static List<string> ExpandInputs(IEnumerable<string> paths)
-    {
-        var files = new List<string>();
-        var seen = new HashSet<string>(StringComparer.Ordinal);
-        var walk = new EnumerationOptions { RecurseSubdirectories = true, IgnoreInaccessible = false };
-        foreach (string p in paths)
-        {
-            string full = Path.GetFullPath(p);
-            List<string> found;
-            if (File.Exists(full)) found = [full];
-            else if (Directory.Exists(full))
-            {
-                try
-                {
-                    found = [.. Directory.EnumerateFiles(full, "*", walk)];
-                }
-                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-                {
-                    throw new InputException($"cannot read folder {full}: {e.Message}; nothing was queued", e);
-                }
-                found.Sort(StringComparer.Ordinal);
-            }
-            else throw new InputException($"no such file or folder: {p}; nothing was queued");
-            foreach (string f in found)
-                if (seen.Add(f)) files.Add(f);
-        }
-        return files;
-    }
-
-    internal static string HashFile(string path)
-    {
-        try
-        {
-            using var stream = File.OpenRead(path);
-            return Convert.ToHexStringLower(SHA256.HashData(stream));
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new InputException($"cannot read {path}: {e.Message}; nothing was queued", e);
-        }
-    }
-
-    internal static InputException UnknownParser(SqliteJobStore store, string db, string name, string? version)
-    {
-        var versions = store.ListParsers().Where(p => p.Name == name).Select(p => p.Version).ToList();
-        if (version is not null && versions.Count > 0)
-            return new InputException($"parser {name} has no version {version} in {db}; registered: {string.Join(", ", versions)}; nothing was queued");
-        return new InputException($"unknown parser '{name}' in {db}; register it with 'casparian parser register DIR' (see 'casparian parser ls'); nothing was queued");
     }
 
     private static string Describe(JobRecord j)
@@ -339,9 +238,7 @@ internal static class JobCommands
 
     private static string Time(DateTimeOffset t) => t.UtcDateTime.ToString("yyyy-MM-dd HH:mm:ss'Z'", CultureInfo.InvariantCulture);
 
-    private static string Short(string hash) => hash.Length > 12 ? hash[..12] : hash;
-
-    private static string ShortEnv(string envHash) => envHash == ParserRecord.SystemEnv ? envHash : Short(envHash);
+    private static string ShortEnv(string envHash) => envHash == Hashes.SystemEnv ? envHash : Hashes.Short(envHash);
 
     private static string Size(long bytes) => bytes switch
     {
@@ -349,31 +246,4 @@ internal static class JobCommands
         < 1024 * 1024 => (bytes / 1024.0).ToString("0.#", CultureInfo.InvariantCulture) + " KiB",
         _ => (bytes / (1024.0 * 1024)).ToString("0.#", CultureInfo.InvariantCulture) + " MiB",
     };
-
-    /// <summary>A plain text table: columns padded to their widest cell, the last one left ragged.</summary>
-    private sealed class Table(params string[] headers)
-    {
-        private readonly List<string[]> _rows = [headers];
-
-        public void Add(params string[] cells) => _rows.Add(cells);
-
-        public string Render()
-        {
-            int n = _rows[0].Length;
-            var widths = new int[n];
-            foreach (var row in _rows)
-                for (int i = 0; i < n; i++) widths[i] = Math.Max(widths[i], row[i].Length);
-            var sb = new StringBuilder();
-            foreach (var row in _rows)
-            {
-                for (int i = 0; i < n; i++)
-                {
-                    if (i < n - 1) sb.Append(row[i].PadRight(widths[i] + 2));
-                    else sb.Append(row[i]);
-                }
-                sb.AppendLine();
-            }
-            return sb.ToString();
-        }
-    }
 }
