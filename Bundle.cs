@@ -13,7 +13,6 @@
 // The entry module is parser.py at the top level, else main.py, else the only top-level .py file
 // (the Python shim applies the same rule to an archive).
 using System.Buffers.Binary;
-using System.Diagnostics.CodeAnalysis;
 using System.IO.Compression;
 using System.Security.Cryptography;
 using System.Text;

@@ -111,41 +111,23 @@ internal static partial class Commands
             });
         });
 
-    private static readonly Command Show = new("show", "show one job in full", "job show ID [--db PATH]", Config.Flags(Config.Db), args =>
-    {
-        long id = JobId(args);
-        return WithStore(StoreFrom(args, create: false), store =>
-        {
-            var job = store.Get(id) ?? throw StoreThrow.Input_NoJob(id, store.Location);
-            Console.Out.Write(Describe(job));
-            return 0;
-        });
-    });
+    private static readonly Command Show = new("show", "show one job in full", "job show ID [--db PATH]", Config.Flags(Config.Db),
+        args => WithJob(args, (_, job) => Describe(job)));
 
-    private static readonly Command Retry = new("retry", "queue a FAILED or CANCELLED job again", "job retry ID [--db PATH]", Config.Flags(Config.Db), args =>
-    {
-        long id = JobId(args);
-        return WithStore(StoreFrom(args, create: false), store =>
+    private static readonly Command Retry = new("retry", "queue a FAILED or CANCELLED job again", "job retry ID [--db PATH]", Config.Flags(Config.Db),
+        args => WithJob(args, (store, before) =>
         {
-            var before = store.Get(id) ?? throw StoreThrow.Input_NoJob(id, store.Location);
-            store.Retry(id);
-            Console.Out.WriteLine($"job {id} queued again (was {before.State.Name()}; retry count reset)");
-            return 0;
-        });
-    });
+            store.Retry(before.Id);
+            return $"job {before.Id} queued again (was {before.State.Name()}; retry count reset)\n";
+        }));
 
-    private static readonly Command Cancel = new("cancel", "cancel a QUEUED or RUNNING job", "job cancel ID [--db PATH]", Config.Flags(Config.Db), args =>
-    {
-        long id = JobId(args);
-        return WithStore(StoreFrom(args, create: false), store =>
+    private static readonly Command Cancel = new("cancel", "cancel a QUEUED or RUNNING job", "job cancel ID [--db PATH]", Config.Flags(Config.Db),
+        args => WithJob(args, (store, before) =>
         {
-            var before = store.Get(id) ?? throw StoreThrow.Input_NoJob(id, store.Location);
-            store.Cancel(id);
+            store.Cancel(before.Id);
             string note = before.State == JobState.Running ? $"; the sentinel will tell worker {before.Worker} to abort it" : "";
-            Console.Out.WriteLine($"job {id} cancelled (was {before.State.Name()}){note}");
-            return 0;
-        });
-    });
+            return $"job {before.Id} cancelled (was {before.State.Name()}){note}\n";
+        }));
 
     private static readonly Command JobGroup = Command.Group("job", "queue and manage jobs (add|show|retry|cancel)", Add, Show, Retry, Cancel);
 
@@ -193,6 +175,18 @@ internal static partial class Commands
     {
         using var store = JobStores.Open(options);
         return work(store);
+    }
+
+    /// <summary>A command on the one job its argument names, which must exist; <paramref name="act"/> returns what to print.</summary>
+    private static int WithJob(Args args, Func<IJobStore, JobRecord, string> act)
+    {
+        long id = JobId(args);
+        return WithStore(StoreFrom(args, create: false), store =>
+        {
+            var job = store.Get(id) ?? throw StoreThrow.Input_NoJob(id, store.Location);
+            Console.Out.Write(act(store, job));
+            return 0;
+        });
     }
 
     private static long JobId(Args args)

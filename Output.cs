@@ -68,7 +68,6 @@
 //
 // Threading: a JobOutput is used by one thread at a time (the job's bridge reader).
 using System.Diagnostics;
-using System.Diagnostics.CodeAnalysis;
 using System.Globalization;
 using Apache.Arrow;
 using ParquetSharp;

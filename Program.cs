@@ -1,9 +1,6 @@
 // Entry point: argv[0] picks the role, the rest is parsed against the flags that role declares, and
 // one catch maps every failure to a documented exit code with one line on stderr.
-using System.Diagnostics.CodeAnalysis;
 using System.Reflection;
-using System.Runtime.InteropServices;
-using System.Runtime.CompilerServices;
 using System.Text;
 
 namespace Casparian;

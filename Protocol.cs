@@ -1,7 +1,6 @@
 // Control protocol v4 (SPEC §2): header, opcodes, JSON payloads and ZeroMQ framing. Bit-compatible
 // with the earlier Python/Rust system, so every byte layout and field name here is fixed.
 using System.Buffers.Binary;
-using System.Diagnostics.CodeAnalysis;
 using System.Security.Cryptography;
 using System.Text.Json;
 using System.Text.Json.Serialization;

@@ -31,7 +31,8 @@ internal sealed record DevRunOptions
 
 internal static class DevRun
 {
-    private sealed record FileResult(string Input, GuestResult? Guest, OutputResult? Output, string? Error, TimeSpan Elapsed, Dictionary<string, long> Skipped);
+    /// <summary>One input's run. <see cref="Code"/> says whose fault a failure was: the parser's (Failed) or the user's output (BadInput).</summary>
+    private sealed record FileResult(string Input, GuestResult? Guest, OutputResult? Output, string? Error, ExitCode Code, TimeSpan Elapsed, Dictionary<string, long> Skipped);
 
     /// <summary>Runs every input (up to Slots at once), prints the summary table and one line per failure; returns the exit code.</summary>
     public static int Run(DevRunOptions o, CancellationToken stop)
@@ -53,7 +54,9 @@ internal static class DevRun
         foreach (var r in results.Where(r => r.Error is not null))
             Console.Error.WriteLine($"error: {Text.FirstLine(r.Error!)}");
         if (stop.IsCancellationRequested) return (int)ExitCode.Interrupted;
-        return failed == 0 ? 0 : (int)ExitCode.Failed;
+        // The most telling code wins: a table the output refused (a schema mismatch, a bad sink) is the
+        // user's to fix (3) where a parser that raised is work that failed (1).
+        return failed == 0 ? 0 : (int)results.Where(r => r.Error is not null).Max(r => r.Code);
     }
 
     private static async Task<FileResult> RunOne(DevRunOptions o, ulong jobId, string input, string stem, Terminal terminal, bool interactive, CancellationToken stop)
@@ -79,16 +82,18 @@ internal static class DevRun
             GuestResult guest = await Bridge.RunAsync(request, sink, stop).ConfigureAwait(false);
             if (!guest.Succeeded)
             {
+                if (sink.Refused is { } refused)
+                    return new FileResult(input, guest, null, $"parser {o.ParserName} on {input}: {refused.Message}", refused.Code, clock.Elapsed, skipped);
                 // The shim's messages already read "parser P on FILE: cause"; others get that form here.
                 string error = guest.ErrorMessage ?? $"parser {o.ParserName} on {input}: {guest.Outcome}";
                 if (guest.Traceback is { Length: > 0 } tb) terminal.Traceback(Path.GetFileName(input), tb);
-                return new FileResult(input, guest, null, error, clock.Elapsed, skipped);
+                return new FileResult(input, guest, null, error, ExitCode.Failed, clock.Elapsed, skipped);
             }
-            return new FileResult(input, guest, output.Commit(), null, clock.Elapsed, skipped);
+            return new FileResult(input, guest, output.Commit(), null, ExitCode.Ok, clock.Elapsed, skipped);
         }
         catch (CasparianException e)
         {
-            return new FileResult(input, null, null, $"parser {o.ParserName} on {input}: {e.Message}", clock.Elapsed, skipped);
+            return new FileResult(input, null, null, $"parser {o.ParserName} on {input}: {e.Message}", e.Code, clock.Elapsed, skipped);
         }
     }
 
@@ -190,12 +195,27 @@ internal static class DevRun
 
     private sealed class TerminalSink(JobOutput output, Terminal terminal, string file, IReadOnlySet<string>? topics, Dictionary<string, long> skipped) : IGuestSink
     {
+        /// <summary>Why the output refused a table (the bridge keeps only the message), so the run's exit code can say whose fault it was.</summary>
+        public CasparianException? Refused { get; private set; }
+
         public void Table(string topic, RecordBatch batch)
         {
             using (batch)
             {
-                if (topics is null || topics.Contains(topic)) output.Write(topic, batch);
-                else skipped[topic] = skipped.GetValueOrDefault(topic) + batch.Length;
+                if (topics is not null && !topics.Contains(topic))
+                {
+                    skipped[topic] = skipped.GetValueOrDefault(topic) + batch.Length;
+                    return;
+                }
+                try
+                {
+                    output.Write(topic, batch);
+                }
+                catch (CasparianException e)
+                {
+                    Refused ??= e;
+                    throw;
+                }
             }
         }
 

@@ -28,7 +28,6 @@
 // environment that is leased anywhere and the one just built.
 using System.Collections.Concurrent;
 using System.Diagnostics;
-using System.Diagnostics.CodeAnalysis;
 using System.Text;
 
 namespace Casparian;

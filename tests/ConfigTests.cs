@@ -204,6 +204,24 @@ public sealed class ConfigTests : IDisposable
     }
 
     [Fact]
+    public void Config_Options_CarryTheSettingsIntoEveryRole()
+    {
+        // The shell's mapping (Commands.Options.cs) is the only place option records are filled.
+        WriteToml("retry_backoff_max = \"90s\"\nmessage_limit = \"8MB\"\nrow_group_rows = 1000\ncapabilities = [\"csv\", \"json\"]\n");
+        var c = Config.Load(Flags("--lock-timeout", "3s", "--poll-interval", "50ms", "--db", "postgresql://h/db"),
+            Env(("CASPARIAN_BUILD_TIMEOUT", "2m"), ("CASPARIAN_HOME", _dir.File("home"))), _dir.Path);
+        var sentinel = Commands.SentinelOptions(c, RoleLog.None);
+        Assert.Equal((TimeSpan.FromSeconds(90), TimeSpan.FromSeconds(3), "postgresql://h/db"),
+            (sentinel.Store.RetryBackoffMax, sentinel.Store.LockTimeout, sentinel.Store.Db));
+        Assert.Equal(TimeSpan.FromMilliseconds(50), sentinel.PollInterval);
+        Assert.Equal(8 << 20, Commands.BridgeOptions(c).MaxMessageBytes);
+        Assert.Equal(1000, Commands.OutputOptions(c).RowGroupRows);
+        Assert.Equal(["csv", "json"], Commands.WorkerOptions(c, "w", RoleLog.None).Capabilities);
+        Assert.Equal(TimeSpan.FromMinutes(2), Commands.VenvOptions(c).BuildTimeout);
+        Assert.Equal(Path.Combine(_dir.File("home"), "venvs"), Commands.VenvOptions(c).Root);
+    }
+
+    [Fact]
     public void Config_BadEnvironmentValue_NamesTheVariable()
     {
         var e = Assert.Throws<InputException>(() => Config.Load(Flags(), Env(("CASPARIAN_HEARTBEAT_TIMEOUT", "-3")), _dir.Path));

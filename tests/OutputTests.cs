@@ -319,6 +319,7 @@ public sealed class OutputTests : IDisposable
         Assert.Contains("column 'gone' (int64) is missing", e.Message);
         Assert.Contains("column 'extra' (int64) is new", e.Message);
         Assert.DoesNotContain("'name'", e.Message);
+        Assert.Equal(ExitCode.BadInput, e.Code);
     }
 
     [Fact]
@@ -698,6 +699,7 @@ public sealed class OutputTests : IDisposable
         var e = Assert.Throws<OutputException>(() => Job(2, [sink]));
         Assert.Contains("mode error", e.Message);
         Assert.Contains("job-1.parquet", e.Message);
+        Assert.Equal(ExitCode.BadInput, e.Code);
     }
 
     [Fact]

@@ -34,6 +34,14 @@ public sealed class StoreTests : IDisposable
     }
 
     [Fact]
+    public void Store_Factory_PathIsSqliteAndAUrlSchemeIsNotSupportedYet()
+    {
+        using (var store = JobStores.Open(Defaults.Store(DbPath))) Assert.IsType<SqliteJobStore>(store);
+        var e = Assert.Throws<InputException>(() => JobStores.Open(Defaults.Store("postgresql://casparian@db.internal/jobs")));
+        Assert.Equal("job store 'postgresql://casparian@db.internal/jobs': postgresql:// stores are not supported yet; give a file path for an SQLite store", e.Message);
+    }
+
+    [Fact]
     public void Store_Locked_IsATransientStoreUnavailableException()
     {
         using var store = new SqliteJobStore(Defaults.Store(DbPath) with { LockTimeout = TimeSpan.FromMilliseconds(200) });

@@ -118,6 +118,8 @@ public sealed class VenvTests : IDisposable
         Assert.Contains("pip install exited 1", e.Message);
         Assert.Contains("no-such-pkg", e.Message);
         Assert.Contains(_wheelhouse, e.Message);
+        // A lockfile pinning what the wheelhouse lacks is the user's to fix.
+        Assert.Equal(ExitCode.BadInput, e.Code);
         Assert.Empty(EnvDirs());
         Assert.Equal(0, m.Builds);
         // The failure is not remembered: fixing the wheelhouse and asking again builds it.
