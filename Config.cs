@@ -1,11 +1,14 @@
-// Where Casparian keeps its state, and layered settings: every setting has one key, and its value
-// comes from the first of
+// Layered settings, and the only place a default is written: every setting has one key, and its
+// value comes from the first of
 //   1. the command-line flag          --heartbeat-timeout 30
 //   2. the environment                CASPARIAN_HEARTBEAT_TIMEOUT=30
 //   3. the config file                heartbeat_timeout = 30
 //      (--config FILE, else ./casparian.toml, else $CASPARIAN_HOME/casparian.toml)
 //   4. the built-in default
-// `casparian config` prints the effective value of each setting and where it came from.
+// `casparian config` prints the effective value of each setting and where it came from. State under
+// HOME that is not a setting of its own (shim, parser bundles, logs, the worker id) is named here
+// too. The config file itself is read by Config.File.cs; the option records are filled from these
+// settings in Commands.Options.cs.
 using System.Globalization;
 using System.Text;
 

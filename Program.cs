@@ -1,5 +1,8 @@
-// Entry point: argv[0] picks the role, the rest is parsed against the flags that role declares, and
-// one catch maps every failure to a documented exit code with one line on stderr.
+// Entry point: argv[0] picks the command (Commands.cs), the rest is parsed against the flags that
+// command declares, and one catch maps every failure to a documented exit code with one line on
+// stderr. The error convention for the whole tree: a failure the user can act on is a
+// CasparianException carrying its exit code; each layer has at most one *Throw class whose helpers,
+// named Kind_Reason, return the exception for the call site to throw (`throw CliThrow.Usage_…(…)`).
 using System.Reflection;
 using System.Text;
 
@@ -13,7 +16,7 @@ internal enum ExitCode
     Failed = 1,
     /// <summary>Unknown command, unknown or malformed flag, missing argument.</summary>
     Usage = 2,
-    /// <summary>A file, parser, store or config file named by the user is missing or invalid.</summary>
+    /// <summary>A file, parser, store or config file named by the user is missing or invalid, or an output or environment the user configured refused the work.</summary>
     BadInput = 3,
     /// <summary>Something needed is absent or busy: python3, an address already bound, a locked store.</summary>
     Unavailable = 4,
@@ -310,7 +313,7 @@ internal static class Program
         sb.AppendLine("  0    success");
         sb.AppendLine("  1    the work ran and some of it failed (a job, a file)");
         sb.AppendLine("  2    usage: unknown command, unknown or malformed flag, missing argument");
-        sb.AppendLine("  3    bad input: a file, parser, store or config file that is missing or invalid");
+        sb.AppendLine("  3    bad input: a file, parser, store, config file, output or lockfile that is missing or invalid");
         sb.AppendLine("  4    unavailable: python3 missing, address in use, store locked");
         sb.AppendLine("  70   internal error (a bug; set CASPARIAN_DEBUG=1 for the stack trace)");
         sb.AppendLine("  130  interrupted before the work was done");
