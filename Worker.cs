@@ -239,9 +239,10 @@ internal sealed class Worker : IDisposable
         _jobs.Remove(job.Id);
         Interlocked.Decrement(ref _activeCount);
         job.Abort.Dispose();
-        SendConclude(job.Id, receipt);
+        // Logged before it is sent, so the log never lags behind what the store already shows.
         string detail = receipt.ErrorMessage is { } e ? ": " + Text.Headline(e) : "";
         _log.Info($"job {job.Id}: {receipt.Status.ToString().ToUpperInvariant()}{detail}");
+        SendConclude(job.Id, receipt);
         if (_draining && _jobs.Count == 0) _poller.Stop();
     }
 
