@@ -19,7 +19,7 @@
 //                    logging record (which may span lines)
 //   N = 0xFFFFFFFD, 0xFFFFFFFC, 0xFFFFFFFB   reserved (the earlier system's output start, output
 //                    end, metrics JSON): rejected as malformed
-//   otherwise        N bytes (≤ MaxMessageBytes, 100 MiB by default) holding one complete Arrow IPC
+//   otherwise        N bytes (≤ MaxMessageBytes, the message_limit setting) holding one complete Arrow IPC
 //                    stream: schema, record batches, end-of-stream marker. One stream is one table;
 //                    its topic is the schema's custom metadata "casparian.topic" ("output" when
 //                    absent), and must match [a-z][a-z0-9_]*. A table larger than the limit comes
@@ -86,12 +86,11 @@ internal readonly record struct GuestParser(GuestParserKind Kind, string Value)
 /// <summary>Limits and places that stay the same for every job of one worker or run.</summary>
 internal sealed record BridgeOptions
 {
-    public static readonly BridgeOptions Default = new();
-
-    public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    public required TimeSpan ConnectTimeout { get; init; }
     /// <summary>Longest silence from the guest while a frame is awaited, and longest wait for it to exit after its end of stream.</summary>
-    public TimeSpan IdleTimeout { get; init; } = TimeSpan.FromSeconds(60);
-    public int MaxMessageBytes { get; init; } = 100 << 20;
+    public required TimeSpan IdleTimeout { get; init; }
+    /// <summary>Largest table message (one Arrow IPC stream) the guest may send.</summary>
+    public required int MaxMessageBytes { get; init; }
     /// <summary>Where the private socket directories go; null for the system temp directory. Unix socket
     /// paths are limited to 107 bytes, so a long root falls back to the temp directory.</summary>
     public string? SocketRoot { get; init; }
@@ -99,7 +98,7 @@ internal sealed record BridgeOptions
 
 internal sealed record GuestRequest
 {
-    /// <summary>A real interpreter path (Python.ResolveReal() or a venv's bin/python), never a shell shim.</summary>
+    /// <summary>A real interpreter path (Python.ResolveReal or a venv's bin/python), never a shell shim.</summary>
     public required string Interpreter { get; init; }
     /// <summary>bridge_shim.py, from <see cref="Shim.Ensure"/>.</summary>
     public required string ShimPath { get; init; }
@@ -116,7 +115,7 @@ internal sealed record GuestRequest
     public string? WorkingDirectory { get; init; }
     /// <summary>Extra environment for the guest (null value removes a variable).</summary>
     public IReadOnlyDictionary<string, string?>? Environment { get; init; }
-    public BridgeOptions Options { get; init; } = BridgeOptions.Default;
+    public required BridgeOptions Options { get; init; }
 }
 
 internal sealed record GuestResult
@@ -181,7 +180,7 @@ internal static class BridgeThrow
     public static BridgeProtocolException Arrow_NoSchema(long table) =>
         new($"guest sent an Arrow stream without a schema (table {table})");
     public static BridgeProtocolException Arrow_BadTopic(string topic) =>
-        new($"guest sent a table for topic '{topic}'; topic names match [a-z][a-z0-9_]*");
+        new($"guest sent a table for topic '{topic}'; topic names match [a-z][a-z0-9_]* (at most {Bridge.MaxTopicLength} characters)");
     public static BridgeProtocolException Arrow_EmptyUnsupported(IArrowType type) =>
         new($"guest sent a schema-only table with a column of type {type.Name}; send one empty batch instead");
 }
@@ -222,9 +221,13 @@ internal static partial class Bridge
         return run.Result(abort);
     }
 
+    /// <summary>Longest topic name: a topic names a directory under the output root.</summary>
+    public const int MaxTopicLength = 128;
+
+    /// <summary>The one rule for topic names, here and in the output: [a-z][a-z0-9_]*, at most <see cref="MaxTopicLength"/> characters.</summary>
     public static bool IsValidTopic(string topic)
     {
-        if (topic.Length == 0 || !char.IsAsciiLetterLower(topic[0])) return false;
+        if (topic.Length is 0 or > MaxTopicLength || !char.IsAsciiLetterLower(topic[0])) return false;
         foreach (char c in topic)
             if (!(char.IsAsciiLetterLower(c) || char.IsAsciiDigit(c) || c == '_')) return false;
         return true;

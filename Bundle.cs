@@ -13,7 +13,6 @@
 // The entry module is parser.py at the top level, else main.py, else the only top-level .py file
 // (the Python shim applies the same rule to an archive).
 using System.Buffers.Binary;
-using System.Diagnostics.CodeAnalysis;
 using System.IO.Compression;
 using System.Security.Cryptography;
 using System.Text;
@@ -49,6 +48,8 @@ internal sealed partial record ParserBundle(
 
     public const string DefaultVersion = "0.0.0";
 
+    internal static string Mib(long bytes) => (bytes / (1024.0 * 1024)).ToString("0.#", System.Globalization.CultureInfo.InvariantCulture) + " MiB";
+
     /// <summary>Lockfile names in order of preference; only the top level of a directory is searched.</summary>
     public static readonly string[] LockfileNames = ["uv.lock", "requirements.lock", "requirements.txt"];
 
@@ -76,18 +77,17 @@ internal sealed partial record ParserBundle(
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            BundleThrow.Input_Unreadable(full, e);
+            throw BundleThrow.Input_Unreadable(full, e);
         }
-        BundleThrow.Input_NotFound(path);
-        return null;
+        throw BundleThrow.Input_NotFound(path);
     }
 
     private static ParserBundle LoadFile(string file)
     {
         string fileName = Path.GetFileName(file);
-        if (!fileName.EndsWith(".py", StringComparison.Ordinal)) BundleThrow.Input_NotPython(file);
+        if (!fileName.EndsWith(".py", StringComparison.Ordinal)) throw BundleThrow.Input_NotPython(file);
         long size = new FileInfo(file).Length;
-        if (size > MaxBytes) BundleThrow.Input_TooLarge(file, size, [new BundleFile(fileName, size)]);
+        if (size > MaxBytes) throw BundleThrow.Input_TooLarge(file, size, [new BundleFile(fileName, size)]);
         var files = new List<(string Path, byte[] Content)> { (fileName, File.ReadAllBytes(file)) };
         return Create(files, fileName, lockfile: null, Path.GetFileNameWithoutExtension(file), file);
     }
@@ -103,7 +103,7 @@ internal sealed partial record ParserBundle(
         long total = 0;
         foreach (var f in found) total += f.Size;
         if (total > MaxBytes)
-            BundleThrow.Input_TooLarge(dir, total, [.. found.OrderByDescending(f => f.Size).Take(3).Select(f => new BundleFile(f.Rel, f.Size))]);
+            throw BundleThrow.Input_TooLarge(dir, total, [.. found.OrderByDescending(f => f.Size).Take(3).Select(f => new BundleFile(f.Rel, f.Size))]);
 
         var files = new List<(string Path, byte[] Content)>(found.Count);
         foreach (var f in found) files.Add((f.Rel, File.ReadAllBytes(f.Full)));
@@ -122,15 +122,15 @@ internal sealed partial record ParserBundle(
             if (info is DirectoryInfo sub)
             {
                 if (Array.IndexOf(ExcludedDirectories, name) >= 0 || File.Exists(Path.Combine(sub.FullName, "pyvenv.cfg"))) continue;
-                if (sub.LinkTarget is { } target) BundleThrow.Input_Symlink(root, rel, target);
+                if (sub.LinkTarget is { } target) throw BundleThrow.Input_Symlink(root, rel, target);
                 Walk(root, sub.FullName, rel + "/", lockfile, into);
             }
             else if (info is FileInfo file)
             {
                 bool isLockfile = prefix.Length == 0 && name == lockfile;
                 if (!isLockfile && !HasAllowedExtension(name)) continue;
-                if (file.LinkTarget is { } target) BundleThrow.Input_Symlink(root, rel, target);
-                if (name.Contains('\\')) BundleThrow.Input_Backslash(root, rel);
+                if (file.LinkTarget is { } target) throw BundleThrow.Input_Symlink(root, rel, target);
+                if (name.Contains('\\')) throw BundleThrow.Input_Backslash(root, rel);
                 into.Add((rel, file.FullName, file.Length));
             }
         }
@@ -151,8 +151,8 @@ internal sealed partial record ParserBundle(
         string? lockfileHash = lockfile is null ? null : Hashes.Sha256Hex(lockfileContent);
 
         var (name, version) = ReadNameAndVersion(entrySource);
-        if (name is not null && !ValidName().IsMatch(name)) BundleThrow.Input_BadName(origin, entry, name);
-        if (version is not null && !ValidVersion().IsMatch(version)) BundleThrow.Input_BadVersion(origin, entry, version);
+        if (name is not null && !ValidName().IsMatch(name)) throw BundleThrow.Input_BadName(origin, entry, name);
+        if (version is not null && !ValidVersion().IsMatch(version)) throw BundleThrow.Input_BadVersion(origin, entry, version);
 
         return new ParserBundle(
             Name: name ?? NormaliseName(fallbackName),
@@ -163,7 +163,7 @@ internal sealed partial record ParserBundle(
             SourceHash: ComputeSourceHash(files),
             LockfileContent: lockfileContent,
             LockfileHash: lockfileHash,
-            EnvHash: lockfileHash ?? "system",
+            EnvHash: lockfileHash ?? Hashes.SystemEnv,
             ArtifactHash: Hashes.ArtifactHash(entrySource, lockfileContent),
             Files: [.. files.Select(f => new BundleFile(f.Path, f.Content.Length))]);
     }
@@ -171,7 +171,7 @@ internal sealed partial record ParserBundle(
     private static string Decode(byte[] content, string file)
     {
         try { return StrictUtf8.GetString(content); }
-        catch (DecoderFallbackException) { BundleThrow.Input_NotUtf8(file); return null; }
+        catch (DecoderFallbackException) { throw BundleThrow.Input_NotUtf8(file); }
     }
 
     /// <summary>The entry module among a bundle's paths: parser.py, else main.py, else the only top-level .py file.</summary>
@@ -181,8 +181,7 @@ internal sealed partial record ParserBundle(
         foreach (string name in EntryNames)
             if (topLevel.Contains(name)) return name;
         if (topLevel.Count == 1) return topLevel[0];
-        BundleThrow.Input_NoEntry(origin, topLevel);
-        return null;
+        throw BundleThrow.Input_NoEntry(origin, topLevel);
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -293,9 +292,6 @@ internal sealed partial record ParserBundle(
         return Convert.ToHexStringLower(hash.GetHashAndReset());
     }
 
-    /// <summary>The source hash of an archive's content, without extracting it. Refuses what Extract refuses.</summary>
-    public static string SourceHashOf(byte[] archive) => ComputeSourceHash(ReadArchive(archive));
-
     // ---------------------------------------------------------------------------------------------
     // Extraction. {root}/{source_hash}/ only ever appears by renaming a complete, verified temp tree
     // ({root}/.tmp-…) into place, so an existing {source_hash} directory is complete and is reused as
@@ -312,7 +308,7 @@ internal sealed partial record ParserBundle(
         var files = ReadArchive(archive);
         string hash = ComputeSourceHash(files);
         if (expectedSourceHash is not null && !string.Equals(expectedSourceHash, hash, StringComparison.OrdinalIgnoreCase))
-            BundleThrow.Input_HashMismatch(expectedSourceHash, hash);
+            throw BundleThrow.Input_HashMismatch(expectedSourceHash, hash);
         string entry = ChooseEntry(files.Select(f => f.Path), $"parser archive {hash}");
         string root = Path.GetFullPath(targetRoot);
         string target = Path.Combine(root, hash);
@@ -330,14 +326,14 @@ internal sealed partial record ParserBundle(
             {
                 string full = Path.GetFullPath(Path.Combine(temp, path));
                 // ReadArchive already refused every escaping name; this guards the invariant, not the input.
-                if (!full.StartsWith(temp + Path.DirectorySeparatorChar, StringComparison.Ordinal)) BundleThrow.Input_BadEntry(path, "escapes the target directory");
+                if (!full.StartsWith(temp + Path.DirectorySeparatorChar, StringComparison.Ordinal)) throw BundleThrow.Input_BadEntry(path, "escapes the target directory");
                 Directory.CreateDirectory(Path.GetDirectoryName(full)!);
                 using var stream = new FileStream(full, FileMode.CreateNew, FileAccess.Write);
                 stream.Write(content);
                 stream.Flush(flushToDisk: true);
             }
             string onDisk = ComputeSourceHash(ReadTree(temp));
-            if (onDisk != hash) BundleThrow.Failed_ExtractedHash(temp, hash, onDisk);
+            if (onDisk != hash) throw BundleThrow.Failed_ExtractedHash(temp, hash, onDisk);
             try
             {
                 Directory.Move(temp, target);
@@ -349,7 +345,7 @@ internal sealed partial record ParserBundle(
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            BundleThrow.Unavailable_Extract(root, e);
+            throw BundleThrow.Unavailable_Extract(root, e);
         }
         finally
         {
@@ -383,39 +379,39 @@ internal sealed partial record ParserBundle(
             {
                 string name = entry.FullName;
                 bool isDirectory = name.EndsWith('/');
-                if (UnsafeName(isDirectory ? name[..^1] : name) is { } reason) BundleThrow.Input_BadEntry(name, reason);
+                if (UnsafeName(isDirectory ? name[..^1] : name) is { } reason) throw BundleThrow.Input_BadEntry(name, reason);
                 int type = (entry.ExternalAttributes >> 16) & UnixTypeMask;
                 if (isDirectory)
                 {
-                    if (entry.Length != 0) BundleThrow.Input_BadEntry(name, "is a directory entry with content");
+                    if (entry.Length != 0) throw BundleThrow.Input_BadEntry(name, "is a directory entry with content");
                     continue;
                 }
                 // Zero when the archiver recorded no Unix mode (e.g. made on Windows): a plain file.
-                if (type != 0 && type != UnixRegularFile) BundleThrow.Input_BadEntry(name, $"is not a regular file (Unix file type 0x{type:X4}, e.g. a symlink)");
-                if (!paths.Add(name)) BundleThrow.Input_BadEntry(name, "appears twice");
+                if (type != 0 && type != UnixRegularFile) throw BundleThrow.Input_BadEntry(name, $"is not a regular file (Unix file type 0x{type:X4}, e.g. a symlink)");
+                if (!paths.Add(name)) throw BundleThrow.Input_BadEntry(name, "appears twice");
                 total += entry.Length;
-                if (total > MaxBytes) BundleThrow.Input_BadArchive($"its content exceeds {BundleThrow.Mib(MaxBytes)}");
+                if (total > MaxBytes) throw BundleThrow.Input_BadArchive($"its content exceeds {ParserBundle.Mib(MaxBytes)}");
                 var content = new byte[entry.Length];
                 using (var stream = entry.Open())
                 {
                     stream.ReadExactly(content);
-                    if (stream.ReadByte() != -1) BundleThrow.Input_BadEntry(name, "holds more bytes than its header declares");
+                    if (stream.ReadByte() != -1) throw BundleThrow.Input_BadEntry(name, "holds more bytes than its header declares");
                 }
                 files.Add((name, content));
             }
         }
         catch (InvalidDataException e)
         {
-            BundleThrow.Input_BadArchive(e.Message, e);
+            throw BundleThrow.Input_BadArchive(e.Message, e);
         }
         catch (EndOfStreamException e)
         {
-            BundleThrow.Input_BadArchive("an entry holds fewer bytes than its header declares", e);
+            throw BundleThrow.Input_BadArchive("an entry holds fewer bytes than its header declares", e);
         }
         // A file "a" and a file "a/b.py" cannot both exist on disk.
         foreach (var (path, _) in files)
             for (int slash = path.IndexOf('/'); slash >= 0; slash = path.IndexOf('/', slash + 1))
-                if (paths.Contains(path[..slash])) BundleThrow.Input_BadEntry(path, $"lies under '{path[..slash]}', which is a file");
+                if (paths.Contains(path[..slash])) throw BundleThrow.Input_BadEntry(path, $"lies under '{path[..slash]}', which is a file");
         files.Sort((a, b) => string.CompareOrdinal(a.Path, b.Path));
         return files;
     }
@@ -439,39 +435,37 @@ internal sealed partial record ParserBundle(
 
 internal static class BundleThrow
 {
-    [DoesNotReturn] public static void Input_NotFound(string path) =>
-        throw new InputException($"parser {path} not found: give a parser directory or a .py file");
-    [DoesNotReturn] public static void Input_NotPython(string file) =>
-        throw new InputException($"parser file {file} is not a .py file: give a .py file or a parser directory");
-    [DoesNotReturn] public static void Input_Unreadable(string path, Exception e) =>
-        throw new InputException($"cannot read parser {path}: {e.Message}", e);
-    [DoesNotReturn] public static void Input_TooLarge(string origin, long total, BundleFile[] largest) =>
-        throw new InputException($"parser {origin} holds {Mib(total)} of bundle files, above the limit of {Mib(ParserBundle.MaxBytes)} " +
-            $"(largest: {string.Join(", ", largest.Select(f => $"{f.Path} {Mib(f.Size)}"))}); keep data files outside the parser directory");
-    [DoesNotReturn] public static void Input_Symlink(string root, string rel, string target) =>
-        throw new InputException($"parser directory {root} contains the symlink {rel} -> {target}; bundles hold regular files only: copy the file in or move the link out");
-    [DoesNotReturn] public static void Input_Backslash(string root, string rel) =>
-        throw new InputException($"parser directory {root} contains {rel}, whose name has a backslash; rename it (bundle paths use '/' only)");
-    [DoesNotReturn] public static void Input_NotUtf8(string file) =>
-        throw new InputException($"parser file {file} is not valid UTF-8; save it as UTF-8");
-    [DoesNotReturn] public static void Input_NoEntry(string origin, List<string> topLevel) =>
-        throw new InputException(topLevel.Count == 0
+    public static InputException Input_NotFound(string path) =>
+        new($"parser {path} not found: give a parser directory or a .py file");
+    public static InputException Input_NotPython(string file) =>
+        new($"parser file {file} is not a .py file: give a .py file or a parser directory");
+    public static InputException Input_Unreadable(string path, Exception e) =>
+        new($"cannot read parser {path}: {e.Message}", e);
+    public static InputException Input_TooLarge(string origin, long total, BundleFile[] largest) =>
+        new($"parser {origin} holds {ParserBundle.Mib(total)} of bundle files, above the limit of {ParserBundle.Mib(ParserBundle.MaxBytes)} " +
+            $"(largest: {string.Join(", ", largest.Select(f => $"{f.Path} {ParserBundle.Mib(f.Size)}"))}); keep data files outside the parser directory");
+    public static InputException Input_Symlink(string root, string rel, string target) =>
+        new($"parser directory {root} contains the symlink {rel} -> {target}; bundles hold regular files only: copy the file in or move the link out");
+    public static InputException Input_Backslash(string root, string rel) =>
+        new($"parser directory {root} contains {rel}, whose name has a backslash; rename it (bundle paths use '/' only)");
+    public static InputException Input_NotUtf8(string file) =>
+        new($"parser file {file} is not valid UTF-8; save it as UTF-8");
+    public static InputException Input_NoEntry(string origin, List<string> topLevel) =>
+        new(topLevel.Count == 0
             ? $"{origin} has no top-level .py file; add parser.py (the entry module)"
             : $"{origin} has no parser.py or main.py and more than one top-level .py file ({string.Join(", ", topLevel)}); name the entry module parser.py");
-    [DoesNotReturn] public static void Input_BadName(string origin, string entry, string name) =>
-        throw new InputException($"parser {origin}: name \"{name}\" in {entry} is not a valid parser name; use letters, digits, '_', '.', '-', starting with a letter or '_' (at most 128)");
-    [DoesNotReturn] public static void Input_BadVersion(string origin, string entry, string version) =>
-        throw new InputException($"parser {origin}: version \"{version}\" in {entry} is not valid; use letters, digits, '.', '_', '+', '-', starting with a letter or digit (at most 64)");
-    [DoesNotReturn] public static void Input_BadArchive(string reason, Exception? e = null) =>
-        throw new InputException($"parser archive is not a valid bundle: {reason}", e);
-    [DoesNotReturn] public static void Input_BadEntry(string entry, string reason) =>
-        throw new InputException($"parser archive entry '{entry}' {reason}; refusing to extract the bundle");
-    [DoesNotReturn] public static void Input_HashMismatch(string expected, string actual) =>
-        throw new InputException($"parser archive has source hash {actual}, expected {expected}; the archive is corrupt or not the parser asked for");
-    [DoesNotReturn] public static void Failed_ExtractedHash(string dir, string expected, string actual) =>
-        throw new CasparianException(ExitCode.Failed, $"extracted parser bundle in {dir} hashes to {actual}, expected {expected}; the disk did not keep what was written");
-    [DoesNotReturn] public static void Unavailable_Extract(string root, Exception e) =>
-        throw new UnavailableException($"cannot extract a parser bundle into {root}: {e.Message}", e);
-
-    internal static string Mib(long bytes) => (bytes / (1024.0 * 1024)).ToString("0.#", System.Globalization.CultureInfo.InvariantCulture) + " MiB";
+    public static InputException Input_BadName(string origin, string entry, string name) =>
+        new($"parser {origin}: name \"{name}\" in {entry} is not a valid parser name; use letters, digits, '_', '.', '-', starting with a letter or '_' (at most 128)");
+    public static InputException Input_BadVersion(string origin, string entry, string version) =>
+        new($"parser {origin}: version \"{version}\" in {entry} is not valid; use letters, digits, '.', '_', '+', '-', starting with a letter or digit (at most 64)");
+    public static InputException Input_BadArchive(string reason, Exception? e = null) =>
+        new($"parser archive is not a valid bundle: {reason}", e);
+    public static InputException Input_BadEntry(string entry, string reason) =>
+        new($"parser archive entry '{entry}' {reason}; refusing to extract the bundle");
+    public static InputException Input_HashMismatch(string expected, string actual) =>
+        new($"parser archive has source hash {actual}, expected {expected}; the archive is corrupt or not the parser asked for");
+    public static CasparianException Failed_ExtractedHash(string dir, string expected, string actual) =>
+        new(ExitCode.Failed, $"extracted parser bundle in {dir} hashes to {actual}, expected {expected}; the disk did not keep what was written");
+    public static UnavailableException Unavailable_Extract(string root, Exception e) =>
+        new($"cannot extract a parser bundle into {root}: {e.Message}", e);
 }

@@ -1,47 +1,18 @@
-// Where Casparian keeps its state, and layered settings: every setting has one key, and its value
-// comes from the first of
+// Layered settings, and the only place a default is written: every setting has one key, and its
+// value comes from the first of
 //   1. the command-line flag          --heartbeat-timeout 30
 //   2. the environment                CASPARIAN_HEARTBEAT_TIMEOUT=30
 //   3. the config file                heartbeat_timeout = 30
 //      (--config FILE, else ./casparian.toml, else $CASPARIAN_HOME/casparian.toml)
 //   4. the built-in default
-// `casparian config` prints the effective value of each setting and where it came from.
+// `casparian config` prints the effective value of each setting and where it came from. State under
+// HOME that is not a setting of its own (shim, parser bundles, logs, the worker id) is named here
+// too. The config file itself is read by Config.File.cs; the option records are filled from these
+// settings in Commands.Options.cs.
 using System.Globalization;
 using System.Text;
 
 namespace Casparian;
-
-internal static class Paths
-{
-    /// <summary>$CASPARIAN_HOME, else ~/.casparian.</summary>
-    public static string Home =>
-        Environment.GetEnvironmentVariable("CASPARIAN_HOME") is { Length: > 0 } home
-            ? Path.GetFullPath(home)
-            : DefaultHome;
-
-    public static string DefaultHome => Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".casparian");
-
-    /// <summary>The embedded job store (sentinel, start, and the job/parser commands).</summary>
-    public static string Db => Path.Combine(Home, "casparian.db");
-
-    /// <summary>Content-addressed Python environments: {Venvs}/{env_hash}/.</summary>
-    public static string Venvs => Path.Combine(Home, "venvs");
-
-    /// <summary>The guest shim, written out of the binary on first use: {Shim}/{version}-{hash}/.</summary>
-    public static string Shim => Path.Combine(Home, "shim");
-
-    /// <summary>Extracted parser bundles by source hash: {Parsers}/{source_hash}/.</summary>
-    public static string Parsers => Path.Combine(Home, "parsers");
-
-    /// <summary>Default Parquet output root.</summary>
-    public static string Output => Path.Combine(Home, "output");
-
-    /// <summary>Per-job guest logs.</summary>
-    public static string Logs => Path.Combine(Home, "logs");
-
-    /// <summary>Worker state: its persistent id.</summary>
-    public static string Worker => Path.Combine(Home, "worker");
-}
 
 internal enum SettingSource { Default, File, Environment, Flag }
 
@@ -81,12 +52,6 @@ internal sealed class Setting<T>(string key, string metavar, string help,
     public override string Format(object? value) => value is T t ? (format?.Invoke(t) ?? t.ToString() ?? "") : "";
 }
 
-/// <summary>A raw value: text (flag, environment, config-file scalar) or a config-file array.</summary>
-internal readonly record struct ConfigValue(string? Text, IReadOnlyList<string>? Items = null)
-{
-    public override string ToString() => Items is null ? Text ?? "" : "[" + string.Join(", ", Items) + "]";
-}
-
 internal readonly record struct Resolved(object Value, SettingSource Source, string Where);
 
 internal sealed class Config
@@ -94,9 +59,9 @@ internal sealed class Config
     // ---- the settings ------------------------------------------------------------------------
 
     public static readonly Setting<string> Home = new("home", "DIR", "state directory: store, environments, shim, logs, output",
-        Parsers.Dir, _ => Paths.DefaultHome);
-    public static readonly Setting<string> Db = new("db", "PATH", "job store (SQLite file)",
-        Parsers.File, c => Path.Combine(c.HomeDir, "casparian.db"));
+        Parsers.Dir, _ => Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".casparian"));
+    public static readonly Setting<string> Db = new("db", "PATH", "job store: an SQLite file",
+        Parsers.Store, c => Path.Combine(c.HomeDir, "casparian.db"));
     public static readonly Setting<string> Bind = new("bind", "ADDR", "address the sentinel binds (tcp://HOST:PORT or ipc://PATH)",
         Parsers.Address, _ => "tcp://127.0.0.1:5555");
     public static readonly Setting<string> Connect = new("connect", "ADDR", "sentinel address a worker connects to",
@@ -128,6 +93,14 @@ internal sealed class Config
         Parsers.Int(0, 100), _ => 3);
     public static readonly Setting<TimeSpan> RetryBackoff = new("retry_backoff", "SECONDS", "first retry delay; doubles with each retry",
         Parsers.Duration, _ => TimeSpan.FromSeconds(2), Parsers.FormatDuration);
+    public static readonly Setting<TimeSpan> RetryBackoffMax = new("retry_backoff_max", "SECONDS", "longest delay between retries",
+        Parsers.Duration, _ => TimeSpan.FromMinutes(5), Parsers.FormatDuration);
+    public static readonly Setting<TimeSpan> LockTimeout = new("lock_timeout", "SECONDS", "how long a store operation waits for another process's lock before it fails as busy",
+        Parsers.Duration, _ => TimeSpan.FromSeconds(10), Parsers.FormatDuration);
+    public static readonly Setting<TimeSpan> PollInterval = new("poll_interval", "SECONDS", "how often the sentinel asks the store for new jobs and cancellations",
+        Parsers.Duration, _ => TimeSpan.FromMilliseconds(200), Parsers.FormatDuration);
+    public static readonly Setting<IReadOnlyList<string>> Capabilities = new("capabilities", "NAMES", "parsers a worker runs (','-separated; TOML array; * is any)",
+        Parsers.NameList, _ => ["*"], v => string.Join(",", v));
     public static readonly Setting<TimeSpan> JobTimeout = new("job_timeout", "SECONDS", "total time a job may run before it is killed",
         Parsers.Duration, _ => TimeSpan.FromHours(1), Parsers.FormatDuration);
     public static readonly Setting<TimeSpan> ConnectTimeout = new("connect_timeout", "SECONDS", "time for a parser process to connect back",
@@ -138,12 +111,28 @@ internal sealed class Config
         Parsers.Duration, _ => TimeSpan.FromSeconds(30), Parsers.FormatDuration);
     public static readonly Setting<long> LogLimit = new("log_limit", "SIZE", "per-job parser log cap (e.g. 10MB)",
         Parsers.Size, _ => 10L << 20, Parsers.FormatSize);
+    public static readonly Setting<long> MessageLimit = new("message_limit", "SIZE", "largest table message a parser may send (a larger table must come in parts)",
+        Parsers.SizeUpTo(1L << 30), _ => 100L << 20, Parsers.FormatSize);
+    public static readonly Setting<TimeSpan> BuildTimeout = new("build_timeout", "SECONDS", "time one environment build may take before it is killed",
+        Parsers.Duration, _ => TimeSpan.FromMinutes(15), Parsers.FormatDuration);
+    public static readonly Setting<int> RowGroupRows = new("row_group_rows", "N", "most rows in one Parquet row group",
+        Parsers.Int(1, int.MaxValue), _ => 1 << 20);
+    public static readonly Setting<long> RowGroupSize = new("row_group_size", "SIZE", "most Arrow data in one Parquet row group: bounds the writer's memory per topic",
+        Parsers.SizeUpTo(1L << 30), _ => 16L << 20, Parsers.FormatSize);
 
     public static readonly Setting[] All =
     [
         Home, Db, Bind, Connect, Output, AllowedRoots, Lineage, Venvs, VenvBudget, Wheelhouse, Python, Slots, WorkerId,
-        HeartbeatInterval, HeartbeatTimeout, RetryLimit, RetryBackoff, JobTimeout, ConnectTimeout, IdleTimeout, ShutdownGrace, LogLimit,
+        HeartbeatInterval, HeartbeatTimeout, RetryLimit, RetryBackoff, RetryBackoffMax, LockTimeout, PollInterval, Capabilities, JobTimeout,
+        ConnectTimeout, IdleTimeout, ShutdownGrace, LogLimit, MessageLimit, BuildTimeout, RowGroupRows, RowGroupSize,
     ];
+
+    /// <summary>
+    /// Table names a later layer owns in the config file ([topics.NAME], [[sources]], [[rules]] when
+    /// they come): ConfigFile accepts them and <see cref="TablesOf"/> hands their contents to the owner.
+    /// Any other table in the file is an error.
+    /// </summary>
+    public static readonly string[] Tables = [];
 
     public static readonly Flag ConfigFlag = new("--config", "FILE", "config file (default ./casparian.toml, else HOME/casparian.toml)");
 
@@ -161,6 +150,16 @@ internal sealed class Config
 
     public string HomeDir { get; }
 
+    // State under HOME that is not a setting of its own.
+    /// <summary>The guest shim, written out of the binary on first use: {ShimDir}/{version}-{hash}/.</summary>
+    public string ShimDir => Path.Combine(HomeDir, "shim");
+    /// <summary>Extracted parser bundles by source hash: {ParsersDir}/{source_hash}/.</summary>
+    public string ParsersDir => Path.Combine(HomeDir, "parsers");
+    /// <summary>Per-job guest logs, and `start`'s log.</summary>
+    public string LogsDir => Path.Combine(HomeDir, "logs");
+    /// <summary>The worker's persistent id.</summary>
+    public string WorkerDir => Path.Combine(HomeDir, "worker");
+
     /// <summary>The config file that was read, if any.</summary>
     public string? FilePath => _file?.Path;
 
@@ -174,6 +173,10 @@ internal sealed class Config
         HomeDir = (string)Resolve(Home).Value;
     }
 
+    /// <summary>Every setting at its default, with state under <paramref name="home"/>: no flags, no environment, no file (tests build options from it).</summary>
+    public static Config Defaults(string home) =>
+        new(null, new Dictionary<string, string?> { [Home.EnvName] = home }, null, home);
+
     /// <summary>Resolves settings for a command from its flags, the process environment and the config file.</summary>
     public static Config Load(Args args) => Load(args, ReadEnvironment(), Directory.GetCurrentDirectory());
 
@@ -184,19 +187,19 @@ internal sealed class Config
         if (explicitFile is not null)
         {
             string full = Path.GetFullPath(explicitFile, workingDirectory);
-            if (!File.Exists(full)) throw new InputException($"config file {full} does not exist (given by --config)");
-            file = ConfigFile.Read(full);
+            if (!File.Exists(full)) throw ConfigThrow.File_Missing(full);
+            file = ConfigFile.Read(full, Tables);
         }
         else
         {
             string local = Path.Combine(workingDirectory, "casparian.toml");
-            file = File.Exists(local) ? ConfigFile.Read(local) : null;
+            file = File.Exists(local) ? ConfigFile.Read(local, Tables) : null;
             if (file is null)
             {
                 // The home directory can itself come from a flag or the environment, but not from the file inside it.
                 var probe = new Config(args, env, null, workingDirectory);
                 string inHome = Path.Combine(probe.HomeDir, "casparian.toml");
-                if (File.Exists(inHome)) file = ConfigFile.Read(inHome);
+                if (File.Exists(inHome)) file = ConfigFile.Read(inHome, Tables);
             }
         }
         var config = new Config(args, env, file, workingDirectory);
@@ -214,6 +217,9 @@ internal sealed class Config
     }
 
     public T Get<T>(Setting<T> setting) => (T)Resolve(setting).Value;
+
+    /// <summary>The config file's tables under the registered name <paramref name="root"/>, in file order.</summary>
+    public IEnumerable<ConfigTable> TablesOf(string root) => _file?.Tables.Where(t => t.Root == root) ?? [];
 
     public Resolved Describe(Setting setting) => Resolve(setting);
 
@@ -237,27 +243,11 @@ internal sealed class Config
 
     private static Resolved Parse(Setting s, ConfigValue raw, string baseDir, SettingSource source, string where, string what)
     {
-        if (!s.TryParse(raw, baseDir, out var value, out var expected))
-        {
-            string message = $"bad value {Quote(raw)} for {what}: expected {expected}";
-            if (source == SettingSource.Flag) throw new UsageException(message);
-            throw new InputException(message);
-        }
+        if (!s.TryParse(raw, baseDir, out var value, out var expected)) throw ConfigThrow.Value_Bad(raw, what, expected, source == SettingSource.Flag);
         return new Resolved(value!, source, where);
     }
 
-    private static string Quote(ConfigValue raw) => raw.Items is null ? $"'{raw.Text}'" : raw.ToString();
-
     // ---- `casparian config` ------------------------------------------------------------------
-
-    internal static readonly Command Command = new("config", "print every setting's effective value and where it came from",
-        "config [--config FILE]", Flags([.. All]), args =>
-        {
-            args.RequirePositionals(0, 0);
-            var config = Load(args);
-            Console.Out.Write(config.Render());
-            return 0;
-        });
 
     public string Render()
     {
@@ -295,6 +285,10 @@ internal static class Parsers
 
     public static (bool, string, string) File(ConfigValue raw, string baseDir) => PathValue(raw, baseDir, "a file path");
 
+    /// <summary>A store: a URL (scheme://…) as given, else a file path.</summary>
+    public static (bool, string, string) Store(ConfigValue raw, string baseDir) =>
+        raw.Items is null && raw.Text is { } t && t.Contains("://", StringComparison.Ordinal) ? (true, t, "") : PathValue(raw, baseDir, "a file path");
+
     public static (bool, string, string) OptionalDir(ConfigValue raw, string baseDir) =>
         raw.Items is null && raw.Text is "" ? (true, "", "") : PathValue(raw, baseDir, "a directory path");
 
@@ -323,6 +317,15 @@ internal static class Parsers
             list.Add(ExpandPath(item, baseDir));
         }
         return (true, list, "");
+    }
+
+    public static (bool, IReadOnlyList<string>, string) NameList(ConfigValue raw, string baseDir)
+    {
+        IEnumerable<string> items = raw.Items ?? (raw.Text ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        var list = items.ToList();
+        return list.Count > 0 && list.TrueForAll(n => n == "*" || ParserBundle.ValidName().IsMatch(n))
+            ? (true, list, "")
+            : (false, [], "parser names (','-separated, or a TOML array of strings), or *");
     }
 
     public static (bool, string, string) Address(ConfigValue raw, string baseDir)
@@ -396,6 +399,9 @@ internal static class Parsers
         return (true, (long)(v * scale), "");
     }
 
+    public static Func<ConfigValue, string, (bool, long, string)> SizeUpTo(long max) => (raw, baseDir) =>
+        Size(raw, baseDir) is (true, var v, _) && v >= 1 && v <= max ? (true, v, "") : (false, 0, $"a size from 1 byte to {FormatSize(max)} (e.g. 100MB)");
+
     public static string FormatSize(long bytes) => bytes switch
     {
         _ when bytes >= 1L << 30 && bytes % (1L << 30) == 0 => $"{bytes >> 30}GB",
@@ -405,162 +411,31 @@ internal static class Parsers
     };
 }
 
-/// <summary>
-/// The subset of TOML a settings file needs: top-level <c>key = value</c> lines with strings
-/// ("basic" and 'literal'), integers, floats, booleans and one-line arrays of strings; # comments.
-/// Anything else is an error naming the file and line. Unknown keys are errors too: a typo must not
-/// silently fall back to a default.
-/// </summary>
-internal sealed class ConfigFile
+internal static class ConfigThrow
 {
-    public required string Path { get; init; }
-    public required Dictionary<string, (ConfigValue Value, int Line)> Values { get; init; }
+    public static InputException File_Missing(string path) =>
+        new($"config file {path} does not exist (given by --config)");
+    public static InputException File_Unreadable(string path, Exception e) =>
+        new($"cannot read config file {path}: {e.Message}", e);
+    public static InputException File_Syntax(string path, int line, string message) =>
+        new($"config file {path} line {line}: {message}");
+    public static InputException File_UnknownKey(string path, int line, string key) =>
+        new($"config file {path} line {line}: unknown key '{key}'{(ConfigFile.Suggest(key) is { } near ? $" (did you mean '{near}'?)" : "")}; " +
+            $"known keys: {string.Join(", ", Config.All.Select(s => s.Key))}");
+    public static InputException File_SetTwice(string path, int line, string key) =>
+        new($"config file {path} line {line}: key '{key}' is set twice");
+    public static InputException File_BadValue(string path, int line, string key, string message) =>
+        new($"config file {path} line {line}: bad value for '{key}': {message}");
+    public static InputException File_Unquoted(string path, int line, string key, string value) =>
+        new($"config file {path} line {line}: bad value for '{key}': '{value}' is not a TOML value (strings need quotes)");
+    public static InputException File_UnknownTable(string path, int line, string name, bool array, IReadOnlyCollection<string> known) =>
+        new($"config file {path} line {line}: tables such as {(array ? $"[[{name}]]" : $"[{name}]")} are not used; write settings as top-level keys (see 'casparian config')" +
+            (known.Count == 0 ? "" : $"; known tables: {string.Join(", ", known)}"));
 
-    public static ConfigFile Read(string path)
+    /// <summary>A value no setting parser accepts: a usage error when it came from a flag, bad input otherwise.</summary>
+    public static CasparianException Value_Bad(ConfigValue raw, string what, string expected, bool flag)
     {
-        string[] lines;
-        try
-        {
-            lines = System.IO.File.ReadAllLines(path);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new InputException($"cannot read config file {path}: {e.Message}", e);
-        }
-        var values = new Dictionary<string, (ConfigValue, int)>(StringComparer.Ordinal);
-        for (int i = 0; i < lines.Length; i++)
-        {
-            int lineNo = i + 1;
-            string line = lines[i].Trim();
-            if (line.Length == 0 || line[0] == '#') continue;
-            if (line[0] == '[')
-                throw Bad(path, lineNo, $"tables such as {line} are not used; write settings as top-level keys (see 'casparian config')");
-            int eq = line.IndexOf('=');
-            if (eq <= 0) throw Bad(path, lineNo, "expected key = value");
-            string key = line[..eq].Trim();
-            if (key.Length > 1 && key[0] == '"' && key[^1] == '"') key = key[1..^1];
-            if (Array.Find(Config.All, s => s.Key == key) is null)
-                throw Bad(path, lineNo, $"unknown key '{key}'{Suggest(key)}; known keys: {string.Join(", ", Config.All.Select(s => s.Key))}");
-            if (values.ContainsKey(key)) throw Bad(path, lineNo, $"key '{key}' is set twice");
-            var value = ParseValue(line.AsSpan(eq + 1), out string? error);
-            if (error is not null) throw Bad(path, lineNo, $"bad value for '{key}': {error}");
-            values[key] = (value, lineNo);
-        }
-        return new ConfigFile { Path = path, Values = values };
-    }
-
-    private static InputException Bad(string path, int line, string message) => new($"config file {path} line {line}: {message}");
-
-    private static string Suggest(string key)
-    {
-        var best = Config.All.Select(s => (s.Key, Distance: Levenshtein(key, s.Key))).MinBy(p => p.Distance);
-        return best.Distance <= 2 ? $" (did you mean '{best.Key}'?)" : "";
-    }
-
-    private static int Levenshtein(string a, string b)
-    {
-        var prev = new int[b.Length + 1];
-        var cur = new int[b.Length + 1];
-        for (int j = 0; j <= b.Length; j++) prev[j] = j;
-        for (int i = 1; i <= a.Length; i++)
-        {
-            cur[0] = i;
-            for (int j = 1; j <= b.Length; j++)
-                cur[j] = Math.Min(Math.Min(cur[j - 1] + 1, prev[j] + 1), prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1));
-            (prev, cur) = (cur, prev);
-        }
-        return prev[b.Length];
-    }
-
-    private static ConfigValue ParseValue(ReadOnlySpan<char> text, out string? error)
-    {
-        int pos = 0;
-        SkipSpace(text, ref pos);
-        ConfigValue value;
-        if (pos < text.Length && text[pos] == '[')
-        {
-            pos++;
-            var items = new List<string>();
-            while (true)
-            {
-                SkipSpace(text, ref pos);
-                if (pos < text.Length && text[pos] == ']') { pos++; break; }
-                string? item = ParseScalar(text, ref pos, out error);
-                if (error is not null) return default;
-                items.Add(item!);
-                SkipSpace(text, ref pos);
-                if (pos < text.Length && text[pos] == ',') { pos++; continue; }
-                if (pos < text.Length && text[pos] == ']') { pos++; break; }
-                error = "an array must be on one line: [\"a\", \"b\"]";
-                return default;
-            }
-            value = new ConfigValue(null, items);
-        }
-        else
-        {
-            string? scalar = ParseScalar(text, ref pos, out error);
-            if (error is not null) return default;
-            value = new ConfigValue(scalar);
-        }
-        SkipSpace(text, ref pos);
-        if (pos < text.Length && text[pos] != '#')
-        {
-            error = $"unexpected text after the value: '{text[pos..].ToString()}'";
-            return default;
-        }
-        error = null;
-        return value;
-    }
-
-    private static void SkipSpace(ReadOnlySpan<char> text, ref int pos)
-    {
-        while (pos < text.Length && text[pos] is ' ' or '\t') pos++;
-    }
-
-    private static string? ParseScalar(ReadOnlySpan<char> text, ref int pos, out string? error)
-    {
-        error = null;
-        if (pos >= text.Length) { error = "missing value"; return null; }
-        char c = text[pos];
-        if (c == '\'')
-        {
-            int end = text[(pos + 1)..].IndexOf('\'');
-            if (end < 0) { error = "unterminated 'string'"; return null; }
-            string s = text.Slice(pos + 1, end).ToString();
-            pos += end + 2;
-            return s;
-        }
-        if (c == '"')
-        {
-            var sb = new StringBuilder();
-            for (pos++; pos < text.Length; pos++)
-            {
-                char ch = text[pos];
-                if (ch == '"') { pos++; return sb.ToString(); }
-                if (ch != '\\') { sb.Append(ch); continue; }
-                if (++pos >= text.Length) break;
-                switch (text[pos])
-                {
-                    case '"': sb.Append('"'); break;
-                    case '\\': sb.Append('\\'); break;
-                    case 'n': sb.Append('\n'); break;
-                    case 't': sb.Append('\t'); break;
-                    case 'u' when pos + 4 < text.Length && ushort.TryParse(text.Slice(pos + 1, 4), NumberStyles.HexNumber, CultureInfo.InvariantCulture, out ushort u):
-                        sb.Append((char)u);
-                        pos += 4;
-                        break;
-                    default: error = $"unknown escape \\{text[pos]}"; return null;
-                }
-            }
-            error = "unterminated \"string\"";
-            return null;
-        }
-        int start = pos;
-        while (pos < text.Length && text[pos] is not (' ' or '\t' or ',' or ']' or '#')) pos++;
-        string bare = text[start..pos].ToString().Replace("_", "");
-        if (bare is "true" or "false") return bare;
-        if (double.TryParse(bare, NumberStyles.Float | NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out _)) return bare;
-        error = $"'{bare}' is not a TOML value (strings need quotes)";
-        return null;
+        string message = $"bad value {(raw.Items is null && raw.Table is null ? $"'{raw.Text}'" : raw.ToString())} for {what}: expected {expected}";
+        return flag ? new UsageException(message) : new InputException(message);
     }
 }

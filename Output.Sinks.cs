@@ -52,14 +52,6 @@ internal sealed record SinkTarget(string Topic, string Uri, string Directory, st
         });
     }
 
-    public static bool IsTopicName(string name)
-    {
-        if (name.Length is 0 or > 128 || !char.IsAsciiLetterLower(name[0])) return false;
-        foreach (char c in name)
-            if (!(char.IsAsciiLetterLower(c) || char.IsAsciiDigit(c) || c == '_')) return false;
-        return true;
-    }
-
     /// <summary>
     /// Resolves <paramref name="uri"/>: <c>parquet://NAME</c> or a relative path under the root;
     /// <c>file:///ABS</c> or <c>/ABS</c> only inside the root or an allowed root. A path ending in
@@ -73,20 +65,19 @@ internal sealed record SinkTarget(string Topic, string Uri, string Directory, st
         if (uri.StartsWith("parquet://", StringComparison.OrdinalIgnoreCase))
         {
             string rel = uri["parquet://".Length..];
-            if (rel.StartsWith('/')) OutputThrow.Sink_AbsoluteParquet(jobId, topic, uri);
+            if (rel.StartsWith('/')) throw OutputThrow.Sink_AbsoluteParquet(jobId, topic, uri);
             path = UnderRoot(jobId, topic, uri, root, rel);
         }
         else if (uri.StartsWith("file://", StringComparison.OrdinalIgnoreCase))
         {
             string rest = uri["file://".Length..];
             if (rest.StartsWith("localhost/", StringComparison.OrdinalIgnoreCase)) rest = rest["localhost".Length..];
-            if (!rest.StartsWith('/')) OutputThrow.Sink_Host(jobId, topic, uri);
+            if (!rest.StartsWith('/')) throw OutputThrow.Sink_Host(jobId, topic, uri);
             path = Absolute(options, jobId, topic, uri, root, System.Uri.UnescapeDataString(rest));
         }
         else if (uri.Contains("://", StringComparison.Ordinal))
         {
-            OutputThrow.Sink_Scheme(jobId, topic, uri);
-            return null!;
+            throw OutputThrow.Sink_Scheme(jobId, topic, uri);
         }
         else if (Path.IsPathRooted(uri))
         {
@@ -98,7 +89,7 @@ internal sealed record SinkTarget(string Topic, string Uri, string Directory, st
         }
 
         bool singleFile = path.EndsWith(".parquet", StringComparison.OrdinalIgnoreCase) && !uri.EndsWith('/');
-        if (singleFile && mode == SinkMode.Append) OutputThrow.Sink_AppendToFile(jobId, topic, uri);
+        if (singleFile && mode == SinkMode.Append) throw OutputThrow.Sink_AppendToFile(jobId, topic, uri);
         return singleFile
             ? new SinkTarget(topic, uri, Path.GetDirectoryName(path)!, Path.GetFileName(path), mode, SingleFile: true)
             : new SinkTarget(topic, uri, path, DatasetFileName(jobId, fileStem), mode, SingleFile: false);
@@ -106,23 +97,22 @@ internal sealed record SinkTarget(string Topic, string Uri, string Directory, st
 
     private static string UnderRoot(ulong jobId, string topic, string uri, string root, string relative)
     {
-        if (relative.Trim().Length == 0) OutputThrow.Sink_Empty(jobId, topic);
-        if (HasParentSegment(relative)) OutputThrow.Sink_ParentSegment(jobId, topic, uri);
+        if (relative.Trim().Length == 0) throw OutputThrow.Sink_Empty(jobId, topic);
+        if (HasParentSegment(relative)) throw OutputThrow.Sink_ParentSegment(jobId, topic, uri);
         string full = Normalize(Path.Combine(root, relative));
         // Unreachable after the '..' check; kept so no future parsing change can leave the root.
-        if (!IsInside(full, root)) OutputThrow.Sink_OutsideRoots(jobId, topic, full, [root]);
+        if (!IsInside(full, root)) throw OutputThrow.Sink_OutsideRoots(jobId, topic, full, [root]);
         return full;
     }
 
     private static string Absolute(OutputOptions options, ulong jobId, string topic, string uri, string root, string path)
     {
-        if (HasParentSegment(path)) OutputThrow.Sink_ParentSegment(jobId, topic, uri);
+        if (HasParentSegment(path)) throw OutputThrow.Sink_ParentSegment(jobId, topic, uri);
         string full = Normalize(path);
         if (IsInside(full, root)) return full;
         foreach (var allowed in options.AllowedRoots)
             if (IsInside(full, Normalize(allowed))) return full;
-        OutputThrow.Sink_OutsideRoots(jobId, topic, full, options.AllowedRoots.Prepend(options.Root).Select(Normalize));
-        return null!;
+        throw OutputThrow.Sink_OutsideRoots(jobId, topic, full, options.AllowedRoots.Prepend(options.Root).Select(Normalize));
     }
 
     private static bool HasParentSegment(string path)
@@ -142,10 +132,10 @@ internal sealed record SinkTarget(string Topic, string Uri, string Directory, st
     {
         if (SingleFile)
         {
-            if (File.Exists(FinalPath) && WrittenBy(FinalPath) != jobId) OutputThrow.Sink_DataExists(jobId, Topic, FinalPath);
+            if (File.Exists(FinalPath) && WrittenBy(FinalPath) != jobId) throw OutputThrow.Sink_DataExists(jobId, Topic, FinalPath);
             return;
         }
-        foreach (var file in OtherDataFiles()) OutputThrow.Sink_DataExists(jobId, Topic, file);
+        foreach (var file in OtherDataFiles()) throw OutputThrow.Sink_DataExists(jobId, Topic, file);
     }
 
     /// <summary>Mode replace on a directory: deletes every *.parquet in it except this job's file; returns how many it found.</summary>

@@ -98,7 +98,7 @@ internal sealed partial class JobOutput
         private void Sync(string directory)
         {
             int errno = DirectorySync.Flush(directory);
-            if (errno != 0) OutputThrow.Commit_DirectorySync(JobId, Name, directory, errno);
+            if (errno != 0) throw OutputThrow.Commit_DirectorySync(JobId, Name, directory, errno);
         }
 
         public void Dispose()
@@ -115,7 +115,7 @@ internal sealed partial class JobOutput
         {
             using (var builder = new WriterPropertiesBuilder())
             {
-                builder.Compression(Options.Compression).MaxRowGroupLength(Options.RowGroupRows);
+                builder.Compression(Codec).MaxRowGroupLength(Options.RowGroupRows);
                 foreach (var column in ArrowSchemas.NearUniqueColumns(first)) builder.DisableDictionary(new ColumnPath([column]));
                 _properties = builder.Build();
             }
@@ -183,9 +183,9 @@ internal sealed partial class JobOutput
             for (int i = 0; i < fields.Count; i++)
             {
                 string n = fields[i].Name;
-                if (Options.Lineage && n is JobIdColumn or FileVersionIdColumn) OutputThrow.Schema_ReservedColumn(JobId, Name, n);
+                if (Options.Lineage && n is JobIdColumn or FileVersionIdColumn) throw OutputThrow.Schema_ReservedColumn(JobId, Name, n);
                 for (int j = 0; j < i; j++)
-                    if (fields[j].Name == n) OutputThrow.Schema_DuplicateColumn(JobId, Name, n);
+                    if (fields[j].Name == n) throw OutputThrow.Schema_DuplicateColumn(JobId, Name, n);
             }
         }
 
@@ -225,7 +225,7 @@ internal sealed partial class JobOutput
             }
             for (int j = 0; j < fields.Count; j++)
                 if (!seen[j]) (problems ??= []).Add($"column '{fields[j].Name}' ({ArrowSchemas.Describe(fields[j].DataType)}) is new");
-            if (problems is not null) OutputThrow.Schema_Mismatch(JobId, Name, string.Join("; ", problems));
+            if (problems is not null) throw OutputThrow.Schema_Mismatch(JobId, Name, string.Join("; ", problems));
             if (widened is not null) Widen(new Schema(widened, _schema.HasMetadata ? _schema.Metadata : null));
             return map;
         }
@@ -237,7 +237,7 @@ internal sealed partial class JobOutput
             Debug.Assert(promotion is Promotion.None or Promotion.FillNulls or Promotion.CastToFloat64, $"column '{want.Name}': {promotion} after Reconcile");
             return promotion switch
             {
-                Promotion.FillNulls => scratch.Nulls(want.DataType, column.Length) ?? OutputThrow.Schema_CannotFillNulls(JobId, Name, want.Name, ArrowSchemas.Describe(want.DataType)),
+                Promotion.FillNulls => scratch.Nulls(want.DataType, column.Length) ?? throw OutputThrow.Schema_CannotFillNulls(JobId, Name, want.Name, ArrowSchemas.Describe(want.DataType)),
                 Promotion.CastToFloat64 => scratch.Float64(column),
                 _ => column,
             };

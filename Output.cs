@@ -68,7 +68,6 @@
 //
 // Threading: a JobOutput is used by one thread at a time (the job's bridge reader).
 using System.Diagnostics;
-using System.Diagnostics.CodeAnalysis;
 using System.Globalization;
 using Apache.Arrow;
 using ParquetSharp;
@@ -83,18 +82,16 @@ internal sealed record OutputOptions
     public required string Root { get; init; }
 
     /// <summary>Directories an absolute <c>file:///…</c> sink may write into (the root is always allowed).</summary>
-    public IReadOnlyList<string> AllowedRoots { get; init; } = [];
+    public required IReadOnlyList<string> AllowedRoots { get; init; }
 
     /// <summary>Add <c>_job_id</c> and <c>_file_version_id</c> columns to every row.</summary>
-    public bool Lineage { get; init; } = true;
-
-    public Compression Compression { get; init; } = Compression.Snappy;
+    public required bool Lineage { get; init; }
 
     /// <summary>Most rows in one row group.</summary>
-    public long RowGroupRows { get; init; } = 1L << 20;
+    public required long RowGroupRows { get; init; }
 
     /// <summary>Most Arrow bytes (uncompressed column data) in one row group: bounds the writer's memory per topic.</summary>
-    public long RowGroupBytes { get; init; } = 16L << 20;
+    public required long RowGroupBytes { get; init; }
 }
 
 /// <summary>One committed file. <see cref="Bytes"/> is its size on disk.</summary>
@@ -113,20 +110,24 @@ internal readonly record struct OutputArtifact(string Topic, string Uri, long Ro
 /// <summary>What Commit wrote: one artifact per topic that received at least one batch.</summary>
 internal sealed record OutputResult(IReadOnlyList<OutputArtifact> Artifacts, long Rows, long Bytes, long Batches, long DurationMs)
 {
-    /// <summary>The receipt's metrics: rows, bytes (Parquet bytes on disk), batches, duration_ms.</summary>
+    /// <summary>The receipt's metrics: rows, bytes (Parquet bytes on disk), batches, write_ms (from the output's creation to its commit).</summary>
     public Dictionary<string, long> Metrics() => new()
     {
         ["rows"] = Rows,
         ["bytes"] = Bytes,
         ["batches"] = Batches,
-        ["duration_ms"] = DurationMs,
+        ["write_ms"] = DurationMs,
     };
 
     public List<Dictionary<string, string>> ReceiptArtifacts() => Artifacts.Select(a => a.ToReceipt()).ToList();
 }
 
-/// <summary>A job's output failed in a way retrying will not fix: bad sink, schema mismatch, existing data in mode error.</summary>
-internal sealed class OutputException(string message, Exception? inner = null) : CasparianException(ExitCode.Failed, message, inner);
+/// <summary>
+/// A job's output failed in a way retrying will not fix. The user's doing (bad sink, schema mismatch,
+/// existing data in mode error) is <see cref="ExitCode.BadInput"/>; a disk that failed under the
+/// writer is <see cref="ExitCode.Unavailable"/>.
+/// </summary>
+internal sealed class OutputException(ExitCode code, string message, Exception? inner = null) : CasparianException(code, message, inner);
 
 /// <summary>
 /// The Parquet files of one job: <see cref="Write"/> each batch as it arrives, then <see cref="Commit"/>;
@@ -134,6 +135,8 @@ internal sealed class OutputException(string message, Exception? inner = null) :
 /// </summary>
 internal sealed partial class JobOutput : IDisposable
 {
+    /// <summary>Snappy: fast to write and read, and what Parquet readers expect by default.</summary>
+    public const Compression Codec = Compression.Snappy;
     public const string JobIdColumn = "_job_id";
     public const string FileVersionIdColumn = "_file_version_id";
 
@@ -169,7 +172,7 @@ internal sealed partial class JobOutput : IDisposable
         foreach (var sink in sinks)
         {
             var target = SinkTarget.Resolve(options, jobId, sink.Topic, sink.Uri, sink.Mode, fileStem);
-            if (!_sinks.TryAdd(sink.Topic, target)) OutputThrow.Sink_DuplicateTopic(jobId, sink.Topic);
+            if (!_sinks.TryAdd(sink.Topic, target)) throw OutputThrow.Sink_DuplicateTopic(jobId, sink.Topic);
             if (target.Mode == SinkMode.Error) target.CheckNoOtherData(jobId);
         }
         // The stored Arrow schema brings back exact types on read (timestamp time zones, null columns).
@@ -196,7 +199,7 @@ internal sealed partial class JobOutput : IDisposable
         }
         catch (ParquetException e)
         {
-            OutputThrow.Write_Failed(_jobId, topic, e);
+            throw OutputThrow.Write_Failed(_jobId, topic, e);
         }
         finally
         {
@@ -221,7 +224,7 @@ internal sealed partial class JobOutput : IDisposable
             }
             catch (ParquetException e)
             {
-                OutputThrow.Write_Failed(_jobId, t.Name, e);
+                throw OutputThrow.Write_Failed(_jobId, t.Name, e);
             }
         }
         _clock.Stop();
@@ -242,7 +245,7 @@ internal sealed partial class JobOutput : IDisposable
         foreach (var t in _topics) if (t.Name == name) return t;
         if (!_sinks.TryGetValue(name, out var target))
         {
-            if (!SinkTarget.IsTopicName(name)) OutputThrow.Topic_BadName(_jobId, name);
+            if (!Bridge.IsValidTopic(name)) throw OutputThrow.Topic_BadName(_jobId, name);
             target = SinkTarget.Resolve(_options, _jobId, name, "parquet://" + name, SinkMode.Append, _fileStem);
         }
         var topic = new TopicWriter(this, name, target);
@@ -253,36 +256,36 @@ internal sealed partial class JobOutput : IDisposable
 
 internal static class OutputThrow
 {
-    [DoesNotReturn] public static void Sink_DuplicateTopic(ulong job, string topic) =>
-        throw new OutputException($"job {job}: two sinks for topic '{topic}'; give each topic one sink");
-    [DoesNotReturn] public static void Topic_BadName(ulong job, string topic) =>
-        throw new OutputException($"job {job}: topic name '{topic}' is invalid; topic names match [a-z][a-z0-9_]* (at most 128 characters)");
-    [DoesNotReturn] public static void Sink_Scheme(ulong job, string topic, string uri) =>
-        throw new OutputException($"job {job}: sink uri '{uri}' of topic '{topic}' is not supported; use parquet://NAME, a relative path, or file:///ABSOLUTE/PATH");
-    [DoesNotReturn] public static void Sink_Empty(ulong job, string topic) =>
-        throw new OutputException($"job {job}: sink uri of topic '{topic}' is empty; use parquet://NAME, a relative path, or file:///ABSOLUTE/PATH");
-    [DoesNotReturn] public static void Sink_ParentSegment(ulong job, string topic, string uri) =>
-        throw new OutputException($"job {job}: sink uri '{uri}' of topic '{topic}' contains '..'; sinks may not climb out of their directory");
-    [DoesNotReturn] public static void Sink_AbsoluteParquet(ulong job, string topic, string uri) =>
-        throw new OutputException($"job {job}: sink uri '{uri}' of topic '{topic}': parquet:// names a path under the output root; use file:///… for an absolute path");
-    [DoesNotReturn] public static void Sink_Host(ulong job, string topic, string uri) =>
-        throw new OutputException($"job {job}: sink uri '{uri}' of topic '{topic}' names a host; only local paths are supported (file:///ABSOLUTE/PATH)");
-    [DoesNotReturn] public static void Sink_OutsideRoots(ulong job, string topic, string path, IEnumerable<string> roots) =>
-        throw new OutputException($"job {job}: sink of topic '{topic}' points to {path}, outside the output root and the allowed roots ({string.Join(", ", roots)}); write under the output root or add an allowed root to the worker's configuration");
-    [DoesNotReturn] public static void Sink_AppendToFile(ulong job, string topic, string uri) =>
-        throw new OutputException($"job {job}: sink '{uri}' of topic '{topic}' names a single .parquet file, which mode append cannot add to; use a directory uri (parquet://NAME) to append, or mode replace");
-    [DoesNotReturn] public static void Sink_DataExists(ulong job, string topic, string path) =>
-        throw new OutputException($"job {job}: sink of topic '{topic}' has mode error and {path} already holds data; remove it or use mode append or replace");
-    [DoesNotReturn] public static void Schema_Mismatch(ulong job, string topic, string detail) =>
-        throw new OutputException($"job {job}: topic '{topic}' got a table whose schema differs from the topic's earlier tables: {detail}; yield one schema per topic or route the table to another topic");
-    [DoesNotReturn] public static void Schema_DuplicateColumn(ulong job, string topic, string column) =>
-        throw new OutputException($"job {job}: topic '{topic}' got a table with two columns named '{column}'; column names must be unique");
-    [DoesNotReturn] public static void Schema_ReservedColumn(ulong job, string topic, string column) =>
-        throw new OutputException($"job {job}: topic '{topic}' has a column named '{column}', which lineage reserves; rename the column or turn lineage off");
-    [DoesNotReturn] public static IArrowArray Schema_CannotFillNulls(ulong job, string topic, string column, string type) =>
-        throw new OutputException($"job {job}: topic '{topic}' column '{column}' is all null in a table, and nulls of type {type} cannot be filled in; send the column with its type");
-    [DoesNotReturn] public static void Commit_DirectorySync(ulong job, string topic, string directory, int errno) =>
-        throw new OutputException($"job {job}: topic '{topic}' was renamed into {directory} but syncing that directory to disk failed ({System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(errno)}, errno {errno}); the file may not survive a power loss; check the disk, then retry the job");
-    [DoesNotReturn] public static void Write_Failed(ulong job, string topic, ParquetException e) =>
-        throw new OutputException($"job {job}: writing topic '{topic}' failed: {e.Message}", e);
+    public static OutputException Sink_DuplicateTopic(ulong job, string topic) =>
+        new(ExitCode.BadInput, $"job {job}: two sinks for topic '{topic}'; give each topic one sink");
+    public static OutputException Topic_BadName(ulong job, string topic) =>
+        new(ExitCode.BadInput, $"job {job}: topic name '{topic}' is invalid; topic names match [a-z][a-z0-9_]* (at most {Bridge.MaxTopicLength} characters)");
+    public static OutputException Sink_Scheme(ulong job, string topic, string uri) =>
+        new(ExitCode.BadInput, $"job {job}: sink uri '{uri}' of topic '{topic}' is not supported; use parquet://NAME, a relative path, or file:///ABSOLUTE/PATH");
+    public static OutputException Sink_Empty(ulong job, string topic) =>
+        new(ExitCode.BadInput, $"job {job}: sink uri of topic '{topic}' is empty; use parquet://NAME, a relative path, or file:///ABSOLUTE/PATH");
+    public static OutputException Sink_ParentSegment(ulong job, string topic, string uri) =>
+        new(ExitCode.BadInput, $"job {job}: sink uri '{uri}' of topic '{topic}' contains '..'; sinks may not climb out of their directory");
+    public static OutputException Sink_AbsoluteParquet(ulong job, string topic, string uri) =>
+        new(ExitCode.BadInput, $"job {job}: sink uri '{uri}' of topic '{topic}': parquet:// names a path under the output root; use file:///… for an absolute path");
+    public static OutputException Sink_Host(ulong job, string topic, string uri) =>
+        new(ExitCode.BadInput, $"job {job}: sink uri '{uri}' of topic '{topic}' names a host; only local paths are supported (file:///ABSOLUTE/PATH)");
+    public static OutputException Sink_OutsideRoots(ulong job, string topic, string path, IEnumerable<string> roots) =>
+        new(ExitCode.BadInput, $"job {job}: sink of topic '{topic}' points to {path}, outside the output root and the allowed roots ({string.Join(", ", roots)}); write under the output root or add an allowed root to the worker's configuration");
+    public static OutputException Sink_AppendToFile(ulong job, string topic, string uri) =>
+        new(ExitCode.BadInput, $"job {job}: sink '{uri}' of topic '{topic}' names a single .parquet file, which mode append cannot add to; use a directory uri (parquet://NAME) to append, or mode replace");
+    public static OutputException Sink_DataExists(ulong job, string topic, string path) =>
+        new(ExitCode.BadInput, $"job {job}: sink of topic '{topic}' has mode error and {path} already holds data; remove it or use mode append or replace");
+    public static OutputException Schema_Mismatch(ulong job, string topic, string detail) =>
+        new(ExitCode.BadInput, $"job {job}: topic '{topic}' got a table whose schema differs from the topic's earlier tables: {detail}; yield one schema per topic or route the table to another topic");
+    public static OutputException Schema_DuplicateColumn(ulong job, string topic, string column) =>
+        new(ExitCode.BadInput, $"job {job}: topic '{topic}' got a table with two columns named '{column}'; column names must be unique");
+    public static OutputException Schema_ReservedColumn(ulong job, string topic, string column) =>
+        new(ExitCode.BadInput, $"job {job}: topic '{topic}' has a column named '{column}', which lineage reserves; rename the column or turn lineage off");
+    public static OutputException Schema_CannotFillNulls(ulong job, string topic, string column, string type) =>
+        new(ExitCode.BadInput, $"job {job}: topic '{topic}' column '{column}' is all null in a table, and nulls of type {type} cannot be filled in; send the column with its type");
+    public static OutputException Commit_DirectorySync(ulong job, string topic, string directory, int errno) =>
+        new(ExitCode.Unavailable, $"job {job}: topic '{topic}' was renamed into {directory} but syncing that directory to disk failed ({System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(errno)}, errno {errno}); the file may not survive a power loss; check the disk, then retry the job");
+    public static OutputException Write_Failed(ulong job, string topic, ParquetException e) =>
+        new(ExitCode.Unavailable, $"job {job}: writing topic '{topic}' failed: {e.Message}", e);
 }

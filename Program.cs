@@ -1,9 +1,9 @@
-// Entry point: argv[0] picks the role, the rest is parsed against the flags that role declares, and
-// one catch maps every failure to a documented exit code with one line on stderr.
-using System.Diagnostics.CodeAnalysis;
+// Entry point: argv[0] picks the command (Commands.cs), the rest is parsed against the flags that
+// command declares, and one catch maps every failure to a documented exit code with one line on
+// stderr. The error convention for the whole tree: a failure the user can act on is a
+// CasparianException carrying its exit code; each layer has at most one *Throw class whose helpers,
+// named Kind_Reason, return the exception for the call site to throw (`throw CliThrow.Usage_…(…)`).
 using System.Reflection;
-using System.Runtime.InteropServices;
-using System.Runtime.CompilerServices;
 using System.Text;
 
 namespace Casparian;
@@ -16,7 +16,7 @@ internal enum ExitCode
     Failed = 1,
     /// <summary>Unknown command, unknown or malformed flag, missing argument.</summary>
     Usage = 2,
-    /// <summary>A file, parser, store or config file named by the user is missing or invalid.</summary>
+    /// <summary>A file, parser, store or config file named by the user is missing or invalid, or an output or environment the user configured refused the work.</summary>
     BadInput = 3,
     /// <summary>Something needed is absent or busy: python3, an address already bound, a locked store.</summary>
     Unavailable = 4,
@@ -40,20 +40,52 @@ internal sealed class UnavailableException(string message, Exception? inner = nu
 
 internal static class CliThrow
 {
-    [DoesNotReturn] public static void Usage_UnknownCommand(string given, string expected) =>
-        throw new UsageException($"unknown command '{given}'; expected one of: {expected} (see 'casparian --help')");
-    [DoesNotReturn] public static void Usage_UnknownFlag(string command, string flag, IEnumerable<Flag> flags) =>
-        throw new UsageException($"unknown flag {flag} for 'casparian {command}'; expected {Expected(flags)}");
-    [DoesNotReturn] public static void Usage_MissingValue(string command, Flag flag) =>
-        throw new UsageException($"flag {flag.Name} of 'casparian {command}' needs a value: {flag.Name} {flag.Value}");
-    [DoesNotReturn] public static void Usage_SwitchWithValue(string command, string flag) =>
-        throw new UsageException($"flag {flag} of 'casparian {command}' is a switch and takes no value");
-    [DoesNotReturn] public static void Usage_MissingFlag(string command, Flag flag) =>
-        throw new UsageException($"'casparian {command}' needs {flag.Name} {flag.Value} ({flag.Help})");
-    [DoesNotReturn] public static void Usage_BadValue(string command, string flag, string value, string expected) =>
-        throw new UsageException($"flag {flag} of 'casparian {command}' got '{value}'; expected {expected}");
-    [DoesNotReturn] public static void Usage_Positionals(string command, string synopsis, int given) =>
-        throw new UsageException($"'casparian {command}' got {given} argument(s); usage: casparian {synopsis}");
+    public static UsageException Usage_UnknownCommand(string given, string expected) =>
+        new($"unknown command '{given}'; expected one of: {expected} (see 'casparian --help')");
+    public static UsageException Usage_UnknownFlag(string command, string flag, IEnumerable<Flag> flags) =>
+        new($"unknown flag {flag} for 'casparian {command}'; expected {Expected(flags)}");
+    public static UsageException Usage_MissingValue(string command, Flag flag) =>
+        new($"flag {flag.Name} of 'casparian {command}' needs a value: {flag.Name} {flag.Value}");
+    public static UsageException Usage_SwitchWithValue(string command, string flag) =>
+        new($"flag {flag} of 'casparian {command}' is a switch and takes no value");
+    public static UsageException Usage_MissingFlag(string command, Flag flag) =>
+        new($"'casparian {command}' needs {flag.Name} {flag.Value} ({flag.Help})");
+    public static UsageException Usage_BadValue(string command, string flag, string value, string expected) =>
+        new($"flag {flag} of 'casparian {command}' got '{value}'; expected {expected}");
+    public static UsageException Usage_Positionals(string command, string synopsis, int given) =>
+        new($"'casparian {command}' got {given} argument(s); usage: casparian {synopsis}");
+    public static UsageException Usage_UnknownSubcommand(string path, string given, IEnumerable<Command> subcommands) =>
+        new($"unknown subcommand '{given}' for 'casparian {path}'; expected one of: {string.Join(", ", subcommands.Select(s => s.Name))}");
+    public static UsageException Usage_BadJobId(string command, string text) =>
+        new($"'casparian {command}' got '{text}' as a job id; expected a positive integer (see 'casparian jobs')");
+    public static UsageException Usage_WatchNeedsParser() =>
+        new("'casparian start --watch DIR' needs --parser NAME: the parser the new files are for");
+    public static UsageException Usage_ParserNeedsWatch() =>
+        new("'casparian start --parser NAME' applies to watched folders; add --watch DIR");
+
+    public static InputException Input_NoWatchedFolder(string dir) =>
+        new($"watched folder {dir} does not exist; create it or fix --watch");
+    public static InputException Input_NoSuchPath(string path) =>
+        new($"no such file or folder: {path}; nothing was queued");
+    public static InputException Input_UnreadableFolder(string path, Exception e) =>
+        new($"cannot read folder {path}: {e.Message}; nothing was queued", e);
+    public static InputException Input_Unreadable(string path, Exception e) =>
+        new($"cannot read {path}: {e.Message}; nothing was queued", e);
+    public static InputException Input_UnknownParser(string store, string name, string? version, IReadOnlyList<string> registered) =>
+        version is not null && registered.Count > 0
+            ? new($"parser {name} has no version {version} in {store}; registered: {string.Join(", ", registered)}; nothing was queued")
+            : new($"unknown parser '{name}' in {store}; register it with 'casparian parser register DIR' (see 'casparian parser ls'); nothing was queued");
+    public static InputException Input_ParserConflict(string name, string version, string storedHash, string newHash, string path) =>
+        new($"parser {name} {version} is already registered with a different source " +
+            $"(source hash {Hashes.Short(storedHash)}, now {Hashes.Short(newHash)}); bump the version in {path} and register again");
+    public static InputException Input_NoInput(string path) =>
+        new($"input {path} does not exist");
+    public static InputException Input_EmptyFolder(string path) =>
+        new($"input folder {path} has no files");
+    public static InputException Input_BadVirtualEnv(string venv, string python) =>
+        new($"VIRTUAL_ENV is {venv} but {python} does not exist; activate a working environment or unset VIRTUAL_ENV");
+    public static UnavailableException Unavailable_StartRunning(string home, string owner) =>
+        new($"another 'casparian start' is running on {home}{owner}; stop it first, or give this one its own CASPARIAN_HOME");
 
     private static string Expected(IEnumerable<Flag> flags)
     {
@@ -126,19 +158,19 @@ internal sealed class Args
             {
                 // A lone "-5" is a value such as a negative priority, never a flag.
                 if (a.Length > 1 && char.IsAsciiDigit(a[1])) { args.Positionals.Add(a); continue; }
-                CliThrow.Usage_UnknownFlag(commandPath, name, flags);
+                throw CliThrow.Usage_UnknownFlag(commandPath, name, flags);
             }
             Flag flag = flags[index];
             if (flag.IsSwitch)
             {
-                if (eq > 0) CliThrow.Usage_SwitchWithValue(commandPath, name);
+                if (eq > 0) throw CliThrow.Usage_SwitchWithValue(commandPath, name);
                 args._switches.Add(name);
                 continue;
             }
             string value;
             if (eq > 0) value = a[(eq + 1)..];
             else if (i + 1 < argv.Length) value = argv[++i];
-            else { CliThrow.Usage_MissingValue(commandPath, flag); return args; }
+            else throw CliThrow.Usage_MissingValue(commandPath, flag);
             if (!args._values.TryGetValue(name, out var list)) args._values[name] = list = [];
             list.Add(value);
         }
@@ -156,7 +188,7 @@ internal sealed class Args
     public string Require(string flag)
     {
         string? value = Get(flag);
-        if (value is null) CliThrow.Usage_MissingFlag(CommandPath, FlagNamed(flag));
+        if (value is null) throw CliThrow.Usage_MissingFlag(CommandPath, FlagNamed(flag));
         return value;
     }
 
@@ -165,7 +197,7 @@ internal sealed class Args
         string? text = Get(flag);
         if (text is null) return fallback;
         if (!int.TryParse(text, System.Globalization.NumberStyles.AllowLeadingSign, System.Globalization.CultureInfo.InvariantCulture, out int value) || value < min || value > max)
-            CliThrow.Usage_BadValue(CommandPath, flag, text, $"an integer from {min} to {max}");
+            throw CliThrow.Usage_BadValue(CommandPath, flag, text, $"an integer from {min} to {max}");
         return value;
     }
 
@@ -174,14 +206,14 @@ internal sealed class Args
         string? text = Get(flag);
         if (text is null) return fallback;
         if (!double.TryParse(text, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double value) || !(value >= min && value <= max))
-            CliThrow.Usage_BadValue(CommandPath, flag, text, $"seconds from {min} to {max}");
+            throw CliThrow.Usage_BadValue(CommandPath, flag, text, $"seconds from {min} to {max}");
         return value;
     }
 
     /// <summary>Checks the number of positional arguments and returns them.</summary>
     public List<string> RequirePositionals(int min, int max = int.MaxValue)
     {
-        if (Positionals.Count < min || Positionals.Count > max) CliThrow.Usage_Positionals(CommandPath, Synopsis, Positionals.Count);
+        if (Positionals.Count < min || Positionals.Count > max) throw CliThrow.Usage_Positionals(CommandPath, Synopsis, Positionals.Count);
         return Positionals;
     }
 
@@ -192,63 +224,10 @@ internal sealed class Args
     }
 }
 
-/// <summary>
-/// SIGINT/SIGTERM for long-running roles: the first signal cancels <see cref="Token"/> so the role
-/// stops cleanly; a second one gets the default action (the process ends at once).
-/// </summary>
-internal sealed class ShutdownSignal : IDisposable
-{
-    private readonly CancellationTokenSource _cts = new();
-    private readonly PosixSignalRegistration[] _registrations;
-
-    public ShutdownSignal(Action<string>? log = null)
-    {
-        _registrations = [Register(PosixSignal.SIGINT, log), Register(PosixSignal.SIGTERM, log)];
-    }
-
-    public CancellationToken Token => _cts.Token;
-
-    private PosixSignalRegistration Register(PosixSignal signal, Action<string>? log) =>
-        PosixSignalRegistration.Create(signal, context =>
-        {
-            if (_cts.IsCancellationRequested) return;
-            context.Cancel = true;
-            log?.Invoke($"{signal} received; stopping (send it again to exit at once)");
-            _cts.Cancel();
-        });
-
-    public void Dispose()
-    {
-        foreach (var r in _registrations) r.Dispose();
-        _cts.Dispose();
-    }
-}
-
 internal static class Program
 {
     public static string Version =>
         typeof(Program).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion.Split('+')[0] ?? "0.0.0";
-
-    internal static readonly Command VersionCommand = new("version", "print the version and build", "version", [], _ =>
-    {
-        string mode = RuntimeFeature.IsDynamicCodeSupported ? "jit" : "native-aot";
-        Console.Out.WriteLine($"casparian {Version} (protocol v{Header.Version}, {mode}, {System.Runtime.InteropServices.RuntimeInformation.RuntimeIdentifier})");
-        return 0;
-    });
-
-    // The roles and command groups, in the order --help lists them.
-    internal static readonly Command[] Commands =
-    [
-        Sentinel.Command,
-        Worker.Command,
-        Start.Command,
-        DevRun.Command,
-        JobCommands.Parser,
-        JobCommands.Job,
-        JobCommands.Jobs,
-        Config.Command,
-        VersionCommand,
-    ];
 
     internal static int Main(string[] args)
     {
@@ -281,8 +260,9 @@ internal static class Program
             Console.Out.Write(Help());
             return 0;
         }
-        Command? command = argv[0] is "--version" or "-V" ? VersionCommand : Find(Commands, argv[0]);
-        if (command is null) CliThrow.Usage_UnknownCommand(argv[0], string.Join(", ", Commands.Select(c => c.Name)));
+        var commands = Commands.All;
+        Command? command = argv[0] is "--version" or "-V" ? Commands.VersionCommand : Find(commands, argv[0]);
+        if (command is null) throw CliThrow.Usage_UnknownCommand(argv[0], string.Join(", ", commands.Select(c => c.Name)));
         string path = command.Name;
         argv = argv[1..];
         while (command.Subcommands is { } subs)
@@ -298,8 +278,7 @@ internal static class Program
                 return 0;
             }
             Command? sub = Find(subs, argv[0]);
-            if (sub is null)
-                throw new UsageException($"unknown subcommand '{argv[0]}' for 'casparian {path}'; expected one of: {string.Join(", ", subs.Select(s => s.Name))}");
+            if (sub is null) throw CliThrow.Usage_UnknownSubcommand(path, argv[0], subs);
             command = sub;
             path += " " + sub.Name;
             argv = argv[1..];
@@ -328,13 +307,13 @@ internal static class Program
         sb.AppendLine("usage: casparian COMMAND [FLAGS] [ARGS]   ('casparian COMMAND --help' for its flags)");
         sb.AppendLine();
         sb.AppendLine("commands:");
-        foreach (var c in Commands) sb.Append("  ").Append(c.Name.PadRight(10)).Append(' ').AppendLine(c.Summary);
+        foreach (var c in Commands.All) sb.Append("  ").Append(c.Name.PadRight(10)).Append(' ').AppendLine(c.Summary);
         sb.AppendLine();
         sb.AppendLine("exit codes:");
         sb.AppendLine("  0    success");
         sb.AppendLine("  1    the work ran and some of it failed (a job, a file)");
         sb.AppendLine("  2    usage: unknown command, unknown or malformed flag, missing argument");
-        sb.AppendLine("  3    bad input: a file, parser, store or config file that is missing or invalid");
+        sb.AppendLine("  3    bad input: a file, parser, store, config file, output or lockfile that is missing or invalid");
         sb.AppendLine("  4    unavailable: python3 missing, address in use, store locked");
         sb.AppendLine("  70   internal error (a bug; set CASPARIAN_DEBUG=1 for the stack trace)");
         sb.AppendLine("  130  interrupted before the work was done");

@@ -1,7 +1,6 @@
 // Control protocol v4 (SPEC §2): header, opcodes, JSON payloads and ZeroMQ framing. Bit-compatible
 // with the earlier Python/Rust system, so every byte layout and field name here is fixed.
 using System.Buffers.Binary;
-using System.Diagnostics.CodeAnalysis;
 using System.Security.Cryptography;
 using System.Text.Json;
 using System.Text.Json.Serialization;
@@ -61,8 +60,8 @@ internal readonly record struct Header(OpCode Op, ulong JobId, uint PayloadLengt
             header = default;
             return false;
         }
-        if (source[0] != Version) ProtocolThrow.Header_VersionMismatch(source[0]);
-        if (source[1] > MaxOpCode) ProtocolThrow.Header_InvalidOpCode(source[1]);
+        if (source[0] != Version) throw ProtocolThrow.Header_VersionMismatch(source[0]);
+        if (source[1] > MaxOpCode) throw ProtocolThrow.Header_InvalidOpCode(source[1]);
         header = new Header(
             (OpCode)source[1],
             BinaryPrimitives.ReadUInt64BigEndian(source[4..]),
@@ -73,7 +72,7 @@ internal readonly record struct Header(OpCode Op, ulong JobId, uint PayloadLengt
     /// <summary>A header frame is complete by definition, so a short one is malformed rather than partial.</summary>
     public static Header Read(ReadOnlySpan<byte> frame)
     {
-        if (!TryRead(frame, out var header)) ProtocolThrow.Header_TooShort(frame.Length);
+        if (!TryRead(frame, out var header)) throw ProtocolThrow.Header_TooShort(frame.Length);
         return header;
     }
 }
@@ -124,15 +123,15 @@ internal sealed class PayloadJsonException(OpCode op, string detail, Exception? 
 
 internal static class ProtocolThrow
 {
-    [DoesNotReturn] public static void Header_TooShort(int actual) => throw new HeaderTooShortException(actual);
-    [DoesNotReturn] public static void Header_VersionMismatch(byte actual) => throw new VersionMismatchException(actual);
-    [DoesNotReturn] public static void Header_InvalidOpCode(byte actual) => throw new InvalidOpCodeException(actual);
-    [DoesNotReturn] public static void Frame_LengthMismatch(uint declared, int actual) => throw new PayloadLengthMismatchException(declared, actual);
-    [DoesNotReturn] public static void Frame_Count(int expected, int actual, string shape) => throw new FrameCountException(expected, actual, shape);
-    [DoesNotReturn] public static T Payload_Empty<T>(OpCode op) => throw new PayloadJsonException(op, "empty payload, expected a JSON object");
-    [DoesNotReturn] public static T Payload_Null<T>(OpCode op) => throw new PayloadJsonException(op, "JSON null, expected an object");
+    public static HeaderTooShortException Header_TooShort(int actual) => new(actual);
+    public static VersionMismatchException Header_VersionMismatch(byte actual) => new(actual);
+    public static InvalidOpCodeException Header_InvalidOpCode(byte actual) => new(actual);
+    public static PayloadLengthMismatchException Frame_LengthMismatch(uint declared, int actual) => new(declared, actual);
+    public static FrameCountException Frame_Count(int expected, int actual, string shape) => new(expected, actual, shape);
+    public static PayloadJsonException Payload_Empty(OpCode op) => new(op, "empty payload, expected a JSON object");
+    public static PayloadJsonException Payload_Null(OpCode op) => new(op, "JSON null, expected an object");
     // System.Text.Json's message already names the JSON path and position ("... Path: $.status | LineNumber: 0 ...").
-    [DoesNotReturn] public static T Payload_Json<T>(OpCode op, JsonException e) => throw new PayloadJsonException(op, e.Message, e);
+    public static PayloadJsonException Payload_Json(OpCode op, JsonException e) => new(op, e.Message, e);
 }
 
 internal static class OpCodeNames
@@ -305,7 +304,7 @@ internal static class Payload
     /// <summary>Decodes a payload of <paramref name="op"/>; any JSON problem becomes a <see cref="PayloadJsonException"/>.</summary>
     public static T Decode<T>(OpCode op, ReadOnlySpan<byte> json, JsonTypeInfo<T> info) where T : class
     {
-        if (json.IsEmpty) return ProtocolThrow.Payload_Empty<T>(op);
+        if (json.IsEmpty) throw ProtocolThrow.Payload_Empty(op);
         T? value;
         try
         {
@@ -313,14 +312,20 @@ internal static class Payload
         }
         catch (JsonException e)
         {
-            return ProtocolThrow.Payload_Json<T>(op, e);
+            throw ProtocolThrow.Payload_Json(op, e);
         }
-        return value ?? ProtocolThrow.Payload_Null<T>(op);
+        return value ?? throw ProtocolThrow.Payload_Null(op);
     }
 }
 
 internal static class Hashes
 {
+    /// <summary>env_hash of a parser without a lockfile: the worker's own Python (SPEC §2.4, §5).</summary>
+    public const string SystemEnv = "system";
+
+    /// <summary>The first 12 hex digits, as messages and tables show a hash.</summary>
+    public static string Short(string hash) => hash.Length > 12 ? hash[..12] : hash;
+
     public static string Sha256Hex(ReadOnlySpan<byte> data) => Convert.ToHexStringLower(SHA256.HashData(data));
 
     public static string Sha256Hex(string text) => Sha256Hex(System.Text.Encoding.UTF8.GetBytes(text));
@@ -356,40 +361,23 @@ internal static class Wire
     /// <summary>Parses what a DEALER receives (or sends): exactly [header, payload].</summary>
     public static WireMessage FromDealerFrames(NetMQMessage message)
     {
-        if (message.FrameCount != 2) ProtocolThrow.Frame_Count(2, message.FrameCount, DealerShape);
+        if (message.FrameCount != 2) throw ProtocolThrow.Frame_Count(2, message.FrameCount, DealerShape);
         return Parse(message[0], message[1], identity: null);
     }
 
     /// <summary>Parses what a ROUTER receives: exactly [identity, header, payload].</summary>
     public static WireMessage FromRouterFrames(NetMQMessage message)
     {
-        if (message.FrameCount != 3) ProtocolThrow.Frame_Count(3, message.FrameCount, RouterShape);
+        if (message.FrameCount != 3) throw ProtocolThrow.Frame_Count(3, message.FrameCount, RouterShape);
         return Parse(message[1], message[2], message[0].ToByteArray());
     }
 
     public static WireMessage Parse(NetMQFrame header, NetMQFrame payload, byte[]? identity)
     {
         var h = Header.Read(header.Buffer.AsSpan(0, header.MessageSize));
-        if (h.PayloadLength != (uint)payload.MessageSize) ProtocolThrow.Frame_LengthMismatch(h.PayloadLength, payload.MessageSize);
+        if (h.PayloadLength != (uint)payload.MessageSize) throw ProtocolThrow.Frame_LengthMismatch(h.PayloadLength, payload.MessageSize);
         byte[] body = payload.Buffer.Length == payload.MessageSize ? payload.Buffer : payload.ToByteArray();
         return new WireMessage(h, body, identity);
-    }
-
-    public static NetMQMessage ToDealerFrames(OpCode op, ulong jobId, byte[] payload)
-    {
-        var m = new NetMQMessage(2);
-        m.Append(new Header(op, jobId, (uint)payload.Length).ToArray());
-        m.Append(payload);
-        return m;
-    }
-
-    public static NetMQMessage ToRouterFrames(byte[] identity, OpCode op, ulong jobId, byte[] payload)
-    {
-        var m = new NetMQMessage(3);
-        m.Append(identity);
-        m.Append(new Header(op, jobId, (uint)payload.Length).ToArray());
-        m.Append(payload);
-        return m;
     }
 
     /// <summary>Sends [header, payload] from a DEALER.</summary>

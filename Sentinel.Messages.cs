@@ -1,5 +1,6 @@
-// One handler per opcode a peer may send (SPEC §2.2). Handlers only change memory and queue store
-// work for the turn's step; nothing here touches the disk.
+// One handler per opcode a peer may send (SPEC §2.2). Handlers only change memory (the worker table,
+// in-flight jobs) and queue store work in the turn's TurnWork (Sentinel.Step.cs); nothing here
+// touches the disk.
 using NetMQ;
 
 namespace Casparian;
@@ -61,7 +62,7 @@ internal sealed partial class Sentinel
         byte[] identity = m.Identity!;
         // A worker without an id is named by its socket identity; it cannot be recognised after a restart.
         string id = string.IsNullOrWhiteSpace(hello.WorkerId) ? "peer-" + Convert.ToHexStringLower(identity) : hello.WorkerId;
-        int slots = Math.Clamp(hello.Slots ?? _options.DefaultSlots, 1, MaxSlots);
+        int slots = Math.Clamp(hello.Slots ?? DefaultSlots, 1, MaxSlots);
         var capabilities = hello.Capabilities.Where(c => !string.IsNullOrWhiteSpace(c)).Distinct(StringComparer.Ordinal).ToList();
         long now = NowMs();
 
@@ -70,7 +71,7 @@ internal sealed partial class Sentinel
             // The same socket saying hello again (e.g. after it noticed our restart): it keeps its jobs.
             known.Capabilities = capabilities;
             known.Slots = slots;
-            _claimWanted = true;
+            _work.ClaimWanted = true;
             _log.Info($"worker {id} identified again ({Summary(known)})");
             return;
         }
@@ -83,11 +84,11 @@ internal sealed partial class Sentinel
         else
         {
             // Unknown to this sentinel: if we restarted, the store may show it holding jobs it is still running.
-            _adopt.Add(id);
+            _work.Adopt.Add(id);
         }
         var entry = new WorkerEntry(identity, id, capabilities, slots, now);
         _workers.Add(entry);
-        _claimWanted = true;
+        _work.ClaimWanted = true;
         _log.Info($"worker {id} joined ({Summary(entry)})");
     }
 
@@ -108,7 +109,7 @@ internal sealed partial class Sentinel
         if (now - worker.LastStoreHeartbeat >= (long)_options.HeartbeatTimeout.TotalMilliseconds / 4)
         {
             worker.LastStoreHeartbeat = now;
-            _touch.Add(worker.Id);
+            _work.Touch.Add(worker.Id);
         }
         if (beat is not null) Reconcile(worker, beat);
     }
@@ -135,9 +136,9 @@ internal sealed partial class Sentinel
             _inFlight.Remove(id);
             worker.Active--;
             // An adopted job the worker does not have was lost with its previous process: back to the queue.
-            if (adopted) _released.Add((id, worker.Id));
+            if (adopted) _work.Released.Add((id, worker.Id));
         }
-        _claimWanted = true;
+        _work.ClaimWanted = true;
     }
 
     private void OnConclude(WireMessage m, WorkerEntry? worker)
@@ -154,12 +155,12 @@ internal sealed partial class Sentinel
                 _log.Limited("late", $"ignored {StatusName(receipt.Status)} for job {jobId} from an unknown peer ({Convert.ToHexStringLower(m.Identity!)}): the job is running on worker {holder.Worker.Id}");
                 return;
             }
-            if (_conclusions.Count >= MaxPendingConclusions)
+            if (_work.Conclusions.Count >= MaxPendingConclusions)
             {
                 _log.Limited("late", $"ignored {StatusName(receipt.Status)} for job {jobId} from an unknown peer ({Convert.ToHexStringLower(m.Identity!)}): too much pending work");
                 return;
             }
-            _conclusions.Add(new Conclusion(jobId, null, receipt, Expected: false));
+            _work.Conclusions.Add(new Conclusion(jobId, null, receipt, Expected: false));
             return;
         }
         bool expected = _inFlight.TryGetValue(jobId, out var f) && f.Worker == worker;
@@ -167,11 +168,11 @@ internal sealed partial class Sentinel
         {
             _inFlight.Remove(jobId);
             worker.Active--;
-            _claimWanted = true;
+            _work.ClaimWanted = true;
             if (receipt.Status == ReceiptStatus.Rejected) worker.PausedUntil = NowMs() + 1000;
         }
         // Even when unexpected the store decides: the job may be this worker's from before our restart.
-        _conclusions.Add(new Conclusion(jobId, worker.Id, receipt, expected));
+        _work.Conclusions.Add(new Conclusion(jobId, worker.Id, receipt, expected));
     }
 
     private static string StatusName(ReceiptStatus status) => status switch
@@ -209,7 +210,7 @@ internal sealed partial class Sentinel
         }
         bool system = d.LockfileContent.Length == 0;
         string lockHash = Hashes.Sha256Hex(d.LockfileContent);
-        if (d.EnvHash != lockHash && !(system && d.EnvHash == ParserRecord.SystemEnv))
+        if (d.EnvHash != lockHash && !(system && d.EnvHash == Hashes.SystemEnv))
         {
             SendErr(m.Identity!, m.JobId, $"{what}: env_hash mismatch: expected {lockHash} (sha256 of lockfile_content), got {d.EnvHash}");
             return;
@@ -221,13 +222,13 @@ internal sealed partial class Sentinel
             return;
         }
         // The signature is carried for compatibility and not verified: there is no key infrastructure yet.
-        _deploys.Add((m.Identity!, m.JobId, new ParserRecord
+        _work.Deploys.Add((m.Identity!, m.JobId, new ParserRecord
         {
             Name = d.PluginName,
             Version = d.Version,
             Source = d.SourceCode,
             Lockfile = system ? null : d.LockfileContent,
-            EnvHash = system ? ParserRecord.SystemEnv : lockHash,
+            EnvHash = system ? Hashes.SystemEnv : lockHash,
             SourceHash = Hashes.Sha256Hex(d.SourceCode),
             LockfileHash = system ? null : lockHash,
             ArtifactHash = artifact,

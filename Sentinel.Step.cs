@@ -1,7 +1,6 @@
 // The store step: everything a turn produced, in one transaction (group commit), then the messages
 // that depend on it. Pending work survives a failed step and is retried on a later turn.
 using System.Globalization;
-using Microsoft.Data.Sqlite;
 
 namespace Casparian;
 
@@ -9,36 +8,71 @@ internal sealed partial class Sentinel
 {
     private readonly record struct Conclusion(long JobId, string? WorkerId, JobReceipt Receipt, bool Expected);
 
-    // Pending store work, consumed by the next successful step.
-    private readonly List<Conclusion> _conclusions = [];
-    private readonly List<(byte[] Identity, ulong RequestId, ParserRecord Parser)> _deploys = [];
-    private readonly List<(string WorkerId, string Reason)> _lost = [];
-    private readonly List<string> _adopt = [];
-    private readonly List<(long JobId, string WorkerId)> _released = [];
-    private readonly HashSet<string> _touch = new(StringComparer.Ordinal);
-    private bool _claimWanted = true;
-    private long _nextPoll;
-    private long _storeRetryAt;
-
     /// <summary>Bounds memory if the store is down while peers keep concluding jobs we do not know.</summary>
     private const int MaxPendingConclusions = 100_000;
 
-    // Results of the step's transaction, acted on only after it commits.
-    private readonly List<(Conclusion C, bool Applied, FailResult? Fail)> _concluded = [];
-    private readonly List<(byte[] Identity, ulong RequestId, ParserRecord Parser, ParserRegistration Result)> _deployed = [];
-    private readonly List<(string WorkerId, string Reason, RequeueResult Result)> _requeued = [];
-    private readonly List<(WorkerEntry Worker, ClaimedJob Job, Dispatch Template)> _dispatches = [];
-    private readonly List<(long JobId, string Error)> _unrunnable = [];
-    private List<long> _cancelled = [];
-    private RequeueResult _swept;
+    /// <summary>
+    /// The sentinel's store work, in one place. Gathered: what the handlers and the worker checks
+    /// queue during a turn, consumed by the next step that commits and kept when a step fails.
+    /// Produced: what the step's transaction returned, acted on (sent, logged) only after it commits.
+    /// Schedule: when the store is next polled and swept, and retried after a failed step.
+    /// </summary>
+    private sealed class TurnWork
+    {
+        public readonly List<Conclusion> Conclusions = [];
+        public readonly List<(byte[] Identity, ulong RequestId, ParserRecord Parser)> Deploys = [];
+        public readonly List<(string WorkerId, string Reason)> Lost = [];
+        public readonly List<string> Adopt = [];
+        public readonly List<(long JobId, string WorkerId)> Released = [];
+        public readonly HashSet<string> Touch = new(StringComparer.Ordinal);
+        /// <summary>A slot may have freed or a worker joined: claim without waiting for the poll.</summary>
+        public bool ClaimWanted = true;
+
+        public readonly List<(Conclusion C, bool Applied, FailResult? Fail)> Concluded = [];
+        public readonly List<(byte[] Identity, ulong RequestId, ParserRecord Parser, ParserRegistration Result)> Deployed = [];
+        public readonly List<(string WorkerId, string Reason, RequeueResult Result)> Requeued = [];
+        public readonly List<(WorkerEntry Worker, ClaimedJob Job, Dispatch Template)> Dispatches = [];
+        public readonly List<(long JobId, string Error)> Unrunnable = [];
+        public List<long> Cancelled = [];
+        public RequeueResult Swept;
+
+        public long NextPoll;
+        public long NextSweep;
+        public long RetryAt;
+
+        public bool HasStoreWork =>
+            Conclusions.Count > 0 || Deploys.Count > 0 || Lost.Count > 0 || Adopt.Count > 0 || Released.Count > 0 || Touch.Count > 0;
+
+        public void ClearProduced()
+        {
+            Concluded.Clear();
+            Deployed.Clear();
+            Requeued.Clear();
+            Dispatches.Clear();
+            Unrunnable.Clear();
+            Cancelled = [];
+            Swept = default;
+        }
+
+        public void ClearGathered()
+        {
+            Conclusions.Clear();
+            Deploys.Clear();
+            Lost.Clear();
+            Adopt.Clear();
+            Released.Clear();
+            Touch.Clear();
+            ClaimWanted = false;
+        }
+    }
+
+    private readonly TurnWork _work = new();
+    private int _nextWorkerForClaims;
 
     // Registered parsers never change under the same name and version, so their DISPATCH fields are cached.
     private readonly Dictionary<(string Name, string Version), Dispatch?> _parsers = [];
 
-    private bool HasStoreWork =>
-        _conclusions.Count > 0 || _deploys.Count > 0 || _lost.Count > 0 || _adopt.Count > 0 || _released.Count > 0 || _touch.Count > 0;
-
-    private bool HasPendingWork => HasStoreWork || (_claimWanted && AnyClaimable(NowMs()));
+    private bool HasPendingWork => _work.HasStoreWork || (_work.ClaimWanted && AnyClaimable(NowMs()));
 
     private bool AnyClaimable(long now)
     {
@@ -49,14 +83,14 @@ internal sealed partial class Sentinel
 
     private void Step(long now, bool final)
     {
-        if (!final && now < _storeRetryAt) return;
-        bool poll = now >= _nextPoll;
-        bool claim = !final && (_claimWanted || poll) && AnyClaimable(now);
+        if (!final && now < _work.RetryAt) return;
+        bool poll = now >= _work.NextPoll;
+        bool claim = !final && (_work.ClaimWanted || poll) && AnyClaimable(now);
         bool cancels = poll && _inFlight.Count > 0;
-        bool sweep = !final && now >= _nextSweep;
-        if (!HasStoreWork && !claim && !cancels && !sweep) return;
+        bool sweep = !final && now >= _work.NextSweep;
+        if (!_work.HasStoreWork && !claim && !cancels && !sweep) return;
 
-        ClearResults();
+        _work.ClearProduced();
         try
         {
             _store.InTransaction(() =>
@@ -65,42 +99,27 @@ internal sealed partial class Sentinel
                 return 0;
             });
         }
-        catch (SqliteException e)
+        catch (StoreException e)
         {
-            ClearResults();
-            _storeRetryAt = now + 250;
-            _log.Limited("store", $"store step failed, retrying in 250 ms with the work kept: {_store.Translate(e).Message}");
+            // Transient (StoreUnavailableException: another process holds the lock) or not, the
+            // work is kept and the step retried; the sentinel serves its socket meanwhile.
+            _work.ClearProduced();
+            _work.RetryAt = now + 250;
+            _log.Limited("store", $"store step failed, retrying in 250 ms with the work kept: {e.Message}");
             return;
         }
-        _conclusions.Clear();
-        _deploys.Clear();
-        _lost.Clear();
-        _adopt.Clear();
-        _released.Clear();
-        _touch.Clear();
-        _claimWanted = false;
-        if (poll) _nextPoll = now + (long)_options.PollInterval.TotalMilliseconds;
-        if (sweep) _nextSweep = now + Math.Max(1000, (long)_options.HeartbeatTimeout.TotalMilliseconds / 2);
+        _work.ClearGathered();
+        if (poll) _work.NextPoll = now + (long)_options.PollInterval.TotalMilliseconds;
+        if (sweep) _work.NextSweep = now + Math.Max(1000, (long)_options.HeartbeatTimeout.TotalMilliseconds / 2);
         AfterCommit(now);
-    }
-
-    private void ClearResults()
-    {
-        _concluded.Clear();
-        _deployed.Clear();
-        _requeued.Clear();
-        _dispatches.Clear();
-        _unrunnable.Clear();
-        _cancelled = [];
-        _swept = default;
     }
 
     /// <summary>The transaction's body. Order matters: a lost worker's jobs are requeued before anyone claims.</summary>
     private void StoreWork(long now, bool claim, bool cancels, bool sweep)
     {
-        foreach (var (id, reason) in _lost) _requeued.Add((id, reason, _store.RequeueWorker(id, reason)));
-        foreach (var (jobId, workerId) in _released) _store.Reject(jobId, workerId);
-        foreach (var id in _adopt)
+        foreach (var (id, reason) in _work.Lost) _work.Requeued.Add((id, reason, _store.RequeueWorker(id, reason)));
+        foreach (var (jobId, workerId) in _work.Released) _store.Reject(jobId, workerId);
+        foreach (var id in _work.Adopt)
         {
             // Adoption only reads, so applying it to memory now is safe even if the commit fails.
             if (FindById(id) is not { } w) continue;
@@ -111,17 +130,17 @@ internal sealed partial class Sentinel
             }
             if (w.Active > 0) _log.Info($"worker {id} holds {w.Active} job(s) from before this sentinel started; keeping them");
         }
-        foreach (var c in _conclusions) _concluded.Add(Apply(c));
-        foreach (var (identity, request, parser) in _deploys) _deployed.Add((identity, request, parser, _store.RegisterParser(parser)));
-        foreach (var id in _touch) _store.Heartbeat(id);
+        foreach (var c in _work.Conclusions) _work.Concluded.Add(Apply(c));
+        foreach (var (identity, request, parser) in _work.Deploys) _work.Deployed.Add((identity, request, parser, _store.RegisterParser(parser)));
+        foreach (var id in _work.Touch) _store.Heartbeat(id);
         if (sweep && now - _startedAt >= (long)_options.HeartbeatTimeout.TotalMilliseconds)
-            _swept = _store.RequeueStale(DateTimeOffset.FromUnixTimeMilliseconds(now - (long)_options.HeartbeatTimeout.TotalMilliseconds), [.. _workers.Select(w => w.Id)]);
+            _work.Swept = _store.RequeueStale(DateTimeOffset.FromUnixTimeMilliseconds(now - (long)_options.HeartbeatTimeout.TotalMilliseconds), [.. _workers.Select(w => w.Id)]);
         if (cancels)
         {
             var watch = new List<long>(_inFlight.Count);
             foreach (var (id, f) in _inFlight)
                 if (!f.Aborting) watch.Add(id);
-            _cancelled = _store.CancelledAmong(watch);
+            _work.Cancelled = _store.CancelledAmong(watch);
         }
         if (claim) Claim(now);
     }
@@ -160,12 +179,12 @@ internal sealed partial class Sentinel
             if (w.Free == 0 || w.PausedUntil > now || w.Capabilities.Count == 0) continue;
             foreach (var job in _store.Claim(w.Id, w.Capabilities, w.Free))
             {
-                if (ParserFor(job) is { } template) _dispatches.Add((w, job, template));
+                if (ParserFor(job) is { } template) _work.Dispatches.Add((w, job, template));
                 else
                 {
                     string error = $"parser {job.ParserName} {job.ParserVersion} is not registered in the store";
                     _store.Fail(job.Id, w.Id, error, transient: false);
-                    _unrunnable.Add((job.Id, error));
+                    _work.Unrunnable.Add((job.Id, error));
                 }
             }
         }
@@ -197,13 +216,13 @@ internal sealed partial class Sentinel
 
     private void AfterCommit(long now)
     {
-        foreach (var (id, reason, result) in _requeued)
+        foreach (var (id, reason, result) in _work.Requeued)
             if (result.Total > 0) _log.Info($"worker {id}: {result.Requeued} job(s) requeued, {result.Failed} FAILED (retry limit reached): {reason}");
-        if (_swept.Total > 0)
-            _log.Warn($"{_swept.Requeued} job(s) RUNNING on workers that never came back were requeued, {_swept.Failed} FAILED (retry limit reached)");
-        foreach (var (id, error) in _unrunnable) _log.Warn($"job {id} FAILED: {error}");
+        if (_work.Swept.Total > 0)
+            _log.Warn($"{_work.Swept.Requeued} job(s) RUNNING on workers that never came back were requeued, {_work.Swept.Failed} FAILED (retry limit reached)");
+        foreach (var (id, error) in _work.Unrunnable) _log.Warn($"job {id} FAILED: {error}");
 
-        foreach (var (c, applied, fail) in _concluded)
+        foreach (var (c, applied, fail) in _work.Concluded)
         {
             LogConclusion(c, applied, fail);
             if (!applied) continue;
@@ -211,11 +230,11 @@ internal sealed partial class Sentinel
             else if (fail?.State == JobState.Failed) _activity.Failed++;
             else if (fail?.State == JobState.Queued) _activity.Retried++;
         }
-        _activity.Failed += _unrunnable.Count;
-        _activity.Dispatched += _dispatches.Count;
+        _activity.Failed += _work.Unrunnable.Count;
+        _activity.Dispatched += _work.Dispatches.Count;
         ReportActivity(now);
 
-        foreach (var (identity, request, parser, result) in _deployed)
+        foreach (var (identity, request, parser, result) in _work.Deployed)
         {
             var ack = result.Outcome switch
             {
@@ -227,7 +246,7 @@ internal sealed partial class Sentinel
             if (result.Outcome == RegisterOutcome.Created) _log.Info($"deployed parser {parser.Name} {parser.Version} (id {result.Id})");
         }
 
-        foreach (long id in _cancelled)
+        foreach (long id in _work.Cancelled)
         {
             if (!_inFlight.TryGetValue(id, out var f)) continue;
             _inFlight[id] = f with { Aborting = true };
@@ -235,7 +254,7 @@ internal sealed partial class Sentinel
             _log.Info($"job {id} cancelled: sent ABORT to worker {f.Worker.Id}");
         }
 
-        foreach (var (w, job, template) in _dispatches)
+        foreach (var (w, job, template) in _work.Dispatches)
         {
             // file_version_id is the job id: stable for the job's life, unique per input in this store.
             var dispatch = template with { FilePath = job.InputPath, FileVersionId = job.Id };
@@ -276,26 +295,18 @@ internal sealed partial class Sentinel
             else _log.Limited("late", $"ignored {status} for job {c.JobId} from {who}: the job is no longer running there (moved on, cancelled or unknown)");
             return;
         }
-        string error = c.Receipt.ErrorMessage is { Length: > 0 } e ? ": " + FirstLine(e) : "";
+        string error = c.Receipt.ErrorMessage is { Length: > 0 } e ? ": " + Text.Headline(e) : "";
         switch (c.Receipt.Status)
         {
             case ReceiptStatus.Rejected:
                 _log.Info($"job {c.JobId} rejected by {who}; requeued");
                 break;
             case ReceiptStatus.Failed or ReceiptStatus.Aborted when fail is { State: JobState.Queued } f:
-                _log.Info($"job {c.JobId} {status} on {who}, retry {f.RetryCount}/{_options.RetryLimit} after {f.NextAttemptAt!.Value.UtcDateTime.ToString("HH:mm:ss", CultureInfo.InvariantCulture)}{error}");
+                _log.Info($"job {c.JobId} {status} on {who}, retry {f.RetryCount}/{_options.Store.RetryLimit} after {f.NextAttemptAt!.Value.UtcDateTime.ToString("HH:mm:ss", CultureInfo.InvariantCulture)}{error}");
                 break;
             case ReceiptStatus.Failed or ReceiptStatus.Aborted:
                 _log.Warn($"job {c.JobId} FAILED on {who}{error}");
                 break;
         }
-    }
-
-    /// <summary>One line of a possibly multi-line error: a Python traceback's last line names the exception.</summary>
-    private static string FirstLine(string text)
-    {
-        var lines = text.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-        if (lines.Length <= 1) return text.Trim();
-        return (lines[0].StartsWith("Traceback", StringComparison.Ordinal) ? lines[^1] : lines[0]) + " …";
     }
 }

@@ -9,9 +9,8 @@
 // retried, so messages queue up instead of being lost.
 //
 // Partial files: Sentinel.Messages.cs (one handler per opcode), Sentinel.Step.cs (the group commit
-// and dispatch). The sentinel is embeddable: `start` hosts one next to a worker.
-using System.Globalization;
-using System.Runtime.InteropServices;
+// and dispatch). The sentinel is embeddable: `start` hosts one next to a worker. It depends on the
+// store through IJobStore only.
 using NetMQ;
 using NetMQ.Sockets;
 
@@ -21,61 +20,53 @@ internal sealed record SentinelOptions
 {
     /// <summary>tcp://HOST:PORT (PORT may be * for a free one; see <see cref="Sentinel.Endpoint"/>) or ipc://PATH.</summary>
     public required string Bind { get; init; }
-    public required string DbPath { get; init; }
+    /// <summary>The job store; its clock is the sentinel's.</summary>
+    public required StoreOptions Store { get; init; }
     /// <summary>A worker silent this long is dropped and its jobs requeued.</summary>
-    public TimeSpan HeartbeatTimeout { get; init; } = TimeSpan.FromSeconds(60);
-    public int RetryLimit { get; init; } = 3;
-    public TimeSpan RetryBackoff { get; init; } = TimeSpan.FromSeconds(2);
+    public required TimeSpan HeartbeatTimeout { get; init; }
     /// <summary>Sent to workers as DISPATCH timeout_seconds; null leaves it to the worker.</summary>
-    public TimeSpan? JobTimeout { get; init; }
+    public required TimeSpan? JobTimeout { get; init; }
     /// <summary>How often the store is asked for newly queued or due jobs and for cancellations.</summary>
-    public TimeSpan PollInterval { get; init; } = TimeSpan.FromMilliseconds(200);
-    /// <summary>Slots assumed for a worker whose IDENTIFY does not say (SPEC §9: 4).</summary>
-    public int DefaultSlots { get; init; } = 4;
-    /// <summary>Messages handled per turn before the store step runs: bounds a turn's transaction.</summary>
-    public int MaxMessagesPerTurn { get; init; } = 2048;
-    /// <summary>Warnings only.</summary>
-    public bool Quiet { get; init; }
-    public TextWriter Log { get; init; } = Console.Error;
-    public TimeProvider Clock { get; init; } = TimeProvider.System;
+    public required TimeSpan PollInterval { get; init; }
+    public required RoleLog Log { get; init; }
 }
 
 internal sealed partial class Sentinel : IDisposable
 {
     /// <summary>Slots a worker may claim, whatever it says: a ROUTER drops messages past its send high-water mark (1000).</summary>
     public const int MaxSlots = 256;
+    /// <summary>Slots assumed for a worker whose IDENTIFY does not say (SPEC §9: 4).</summary>
+    public const int DefaultSlots = 4;
+    /// <summary>Messages handled per turn before the store step runs: bounds a turn's transaction.</summary>
+    private const int MaxMessagesPerTurn = 2048;
+    /// <summary>
+    /// Longest a turn waits for another process's store lock (a CLI writing): the socket must not wait
+    /// long, and a step that times out keeps its work and is retried on a later turn.
+    /// </summary>
+    private static readonly TimeSpan TurnLockTimeout = TimeSpan.FromSeconds(2);
 
     private readonly SentinelOptions _options;
     private readonly TimeProvider _clock;
-    private readonly SqliteJobStore _store;
+    private readonly IJobStore _store;
     private readonly RouterSocket _router;
-    private readonly SentinelLog _log;
+    private readonly RoleLog _log;
 
     // Workers: tens of entries, searched linearly. In-flight jobs: a dictionary (job id → holder).
+    // Store work waiting for the turn's step, and the step's schedule, are in _work (Sentinel.Step.cs).
     private readonly List<WorkerEntry> _workers = [];
     private readonly Dictionary<long, InFlight> _inFlight = [];
-    private int _nextWorkerForClaims;
 
     private readonly long _startedAt;
-    private long _nextSweep;
     private long _malformed;
     private bool _started;
 
     public Sentinel(SentinelOptions options)
     {
         _options = options;
-        _clock = options.Clock;
-        _log = new SentinelLog(options.Log, options.Quiet, _clock);
-        _store = new SqliteJobStore(new StoreOptions
-        {
-            Path = options.DbPath,
-            RetryLimit = options.RetryLimit,
-            BackoffBase = options.RetryBackoff,
-            Clock = options.Clock,
-            // Short, so a CLI holding the write lock delays a turn rather than the socket for long:
-            // a step that times out keeps its work and is retried on a later turn.
-            BusyTimeout = TimeSpan.FromSeconds(2),
-        });
+        _clock = options.Store.Clock;
+        _log = options.Log;
+        var lockTimeout = options.Store.LockTimeout < TurnLockTimeout ? options.Store.LockTimeout : TurnLockTimeout;
+        _store = JobStores.Open(options.Store with { LockTimeout = lockTimeout });
         try
         {
             _router = new RouterSocket();
@@ -88,7 +79,7 @@ internal sealed partial class Sentinel : IDisposable
         _startedAt = NowMs();
         // Jobs RUNNING in the store that no worker claims within a heartbeat timeout of our start
         // belong to workers that are gone (left over from a previous sentinel).
-        _nextSweep = _startedAt + (long)options.HeartbeatTimeout.TotalMilliseconds;
+        _work.NextSweep = _startedAt + (long)options.HeartbeatTimeout.TotalMilliseconds;
     }
 
     /// <summary>The bound address, with the real port when <see cref="SentinelOptions.Bind"/> asked for *.</summary>
@@ -106,15 +97,15 @@ internal sealed partial class Sentinel : IDisposable
         }
         catch (AddressAlreadyInUseException e)
         {
-            throw new UnavailableException($"cannot bind {_options.Bind}: the address is already in use (another sentinel?); pick another with --bind", e);
+            throw SentinelThrow.Bind_InUse(_options.Bind, e);
         }
         catch (NetMQException e)
         {
-            throw new UnavailableException($"cannot bind {_options.Bind}: {e.Message}", e);
+            throw SentinelThrow.Bind_Failed(_options.Bind, e);
         }
         Endpoint = _router.Options.LastEndpoint ?? _options.Bind;
         _started = true;
-        _log.Info($"listening on {Endpoint}, store {_store.Path} (heartbeat timeout {_options.HeartbeatTimeout.TotalSeconds:0.###} s, retry limit {_options.RetryLimit})");
+        _log.Info($"listening on {Endpoint}, store {_store.Location} (heartbeat timeout {_options.HeartbeatTimeout.TotalSeconds:0.###} s, retry limit {_options.Store.RetryLimit})");
     }
 
     /// <summary>Serves until <paramref name="cancel"/> fires, then persists what is pending and returns.</summary>
@@ -143,8 +134,8 @@ internal sealed partial class Sentinel : IDisposable
     private TimeSpan WaitBudget()
     {
         long now = NowMs();
-        if (HasPendingWork) return _storeRetryAt > now ? TimeSpan.FromMilliseconds(_storeRetryAt - now) : TimeSpan.Zero;
-        long next = Math.Min(_nextPoll, now + 100);
+        if (HasPendingWork) return _work.RetryAt > now ? TimeSpan.FromMilliseconds(_work.RetryAt - now) : TimeSpan.Zero;
+        long next = Math.Min(_work.NextPoll, now + 100);
         return TimeSpan.FromMilliseconds(Math.Clamp(next - now, 0, 100));
     }
 
@@ -153,7 +144,7 @@ internal sealed partial class Sentinel : IDisposable
         NetMQMessage? message = null;
         if (!_router.TryReceiveMultipartMessage(firstWait, ref message, 3)) return;
         Handle(message);
-        for (int n = 1; n < _options.MaxMessagesPerTurn; n++)
+        for (int n = 1; n < MaxMessagesPerTurn; n++)
         {
             message = null;
             if (!_router.TryReceiveMultipartMessage(TimeSpan.Zero, ref message, 3)) return;
@@ -189,7 +180,7 @@ internal sealed partial class Sentinel : IDisposable
     {
         _workers.Remove(w);
         int held = ReleaseJobsOf(w);
-        _lost.Add((w.Id, reason));
+        _work.Lost.Add((w.Id, reason));
         _log.Warn($"{reason}; requeueing {held} job(s)");
     }
 
@@ -242,89 +233,12 @@ internal sealed partial class Sentinel : IDisposable
     /// Aborting: cancelled, ABORT sent. Either kind is released when the worker's heartbeat stops listing it.
     /// </summary>
     private readonly record struct InFlight(WorkerEntry Worker, bool Adopted = false, bool Aborting = false);
-
-    // ---- the command ------------------------------------------------------------------------
-
-    private static readonly Flag QuietFlag = new("--quiet", null, "log warnings only");
-
-    internal static readonly Command Command = new("sentinel", "control plane: job store, worker tracking, dispatch",
-        "sentinel [--bind ADDR] [--db PATH] [--heartbeat-timeout S] [--retry-limit N] [--retry-backoff S] [--job-timeout S] [--quiet]",
-        [.. Config.Flags(Config.Bind, Config.Db, Config.HeartbeatTimeout, Config.RetryLimit, Config.RetryBackoff, Config.JobTimeout), QuietFlag],
-        args =>
-        {
-            args.RequirePositionals(0, 0);
-            return Serve(OptionsFrom(args));
-        });
-
-    internal static SentinelOptions OptionsFrom(Args args)
-    {
-        var config = Config.Load(args);
-        return new SentinelOptions
-        {
-            Bind = config.Get(Config.Bind),
-            DbPath = config.Get(Config.Db),
-            HeartbeatTimeout = config.Get(Config.HeartbeatTimeout),
-            RetryLimit = config.Get(Config.RetryLimit),
-            RetryBackoff = config.Get(Config.RetryBackoff),
-            JobTimeout = config.Get(Config.JobTimeout),
-            Quiet = args.Has(QuietFlag.Name),
-        };
-    }
-
-    /// <summary>Runs a sentinel until SIGINT or SIGTERM; exit code 0 after a clean stop.</summary>
-    internal static int Serve(SentinelOptions options)
-    {
-        using var stop = new CancellationTokenSource();
-        void OnSignal(PosixSignalContext c)
-        {
-            c.Cancel = true;
-            stop.Cancel();
-        }
-        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
-        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
-        using var sentinel = new Sentinel(options);
-        sentinel.Start();
-        sentinel.Run(stop.Token);
-        return 0;
-    }
 }
 
-/// <summary>
-/// One line per event on stderr: "2026-11-23T11:09:08.123Z sentinel: text". Noisy kinds (malformed
-/// messages, late conclusions) are rate-limited per kind: a few lines per window, then a count.
-/// </summary>
-internal sealed class SentinelLog(TextWriter writer, bool quiet, TimeProvider clock)
+internal static class SentinelThrow
 {
-    private const int LinesPerWindow = 5;
-    private static readonly TimeSpan Window = TimeSpan.FromSeconds(10);
-    private readonly Dictionary<string, (DateTimeOffset Start, int Lines, int Suppressed)> _limits = new(StringComparer.Ordinal);
-
-    public void Info(string text)
-    {
-        if (!quiet) Write("", text);
-    }
-
-    public void Warn(string text) => Write("warning: ", text);
-
-    /// <summary>A warning of a kind that can repeat at message rate.</summary>
-    public void Limited(string kind, string text)
-    {
-        var now = clock.GetUtcNow();
-        _limits.TryGetValue(kind, out var l);
-        if (now - l.Start >= Window)
-        {
-            if (l.Suppressed > 0) Write("warning: ", $"{l.Suppressed} more '{kind}' warning(s) suppressed");
-            l = (now, 0, 0);
-        }
-        if (l.Lines < LinesPerWindow)
-        {
-            l.Lines++;
-            Write("warning: ", text);
-        }
-        else l.Suppressed++;
-        _limits[kind] = l;
-    }
-
-    private void Write(string level, string text) =>
-        writer.WriteLine($"{clock.GetUtcNow().UtcDateTime.ToString("yyyy-MM-ddTHH:mm:ss.fffZ", CultureInfo.InvariantCulture)} sentinel: {level}{text}");
+    public static UnavailableException Bind_InUse(string address, Exception e) =>
+        new($"cannot bind {address}: the address is already in use (another sentinel?); pick another with --bind", e);
+    public static UnavailableException Bind_Failed(string address, Exception e) =>
+        new($"cannot bind {address}: {e.Message}", e);
 }

@@ -18,7 +18,7 @@ internal static class Shim
     public static string DirectoryName { get; } = $"{Program.Version}-{ContentHash()[..8]}";
 
     /// <summary>
-    /// Path of bridge_shim.py under <paramref name="shimRoot"/> (callers pass Paths.Shim), extracting
+    /// Path of bridge_shim.py under <paramref name="shimRoot"/> (HOME/shim: Config.ShimDir), extracting
     /// it first if it is missing or differs from the embedded copy. Safe under concurrent first use
     /// by several processes. Cheap enough to call per job (it compares about 60 KB), which also
     /// repairs a copy someone edited or truncated.

@@ -1,9 +1,7 @@
-// `casparian start`: the local default. The sentinel and a worker in one process over ipc://, the
-// embedded store under CASPARIAN_HOME, folders watched for new files, and a progress line.
-//
-//   casparian start                                  serve the queue until stopped
-//   casparian start --watch DIR --parser NAME        also queue files as they appear in DIR
-//   casparian start --drain                          process what is queued, print the outputs, exit
+// `casparian start`'s engine: the local default. The sentinel and a worker in one process over
+// ipc://, the store under CASPARIAN_HOME, watched folders queued as files appear, a progress line,
+// and a summary of the Parquet files written. The shell (Commands.Roles.cs) reads the flags and
+// settings, takes the home's lock, opens the store and hands over the option records.
 //
 // Sentinel and worker logs go to HOME/logs/casparian.log; the terminal gets the progress line,
 // one line per failed job, and a summary of the Parquet files written.
@@ -13,76 +11,37 @@ using System.Text;
 
 namespace Casparian;
 
+/// <summary>What one `start` runs. The worker's Connect is replaced by the sentinel's bound endpoint.</summary>
+internal sealed record StartOptions
+{
+    public required SentinelOptions Sentinel { get; init; }
+    public required WorkerOptions Worker { get; init; }
+    public required VenvOptions Venvs { get; init; }
+    public required JobExecutorOptions Executor { get; init; }
+    /// <summary>Exit once nothing is queued or running (and every watched file is queued).</summary>
+    public required bool Drain { get; init; }
+    /// <summary>The log file the sentinel and worker write to (for the banner).</summary>
+    public required string LogPath { get; init; }
+}
+
 internal static class Start
 {
-    private static readonly Flag WatchFlag = new("--watch", "DIR", "queue files as they appear in DIR, recursively (repeatable; needs --parser)");
-    private static readonly Flag ParserFlag = new("--parser", "NAME[@VERSION]", "parser for the watched folders");
-    private static readonly Flag DrainFlag = new("--drain", null, "exit once nothing is queued or running (and watched files are queued)");
-
-    internal static readonly Command Command = new("start", "sentinel and worker in one process: the local default",
-        "start [--watch DIR --parser NAME] [--drain] [--slots N]",
-        [WatchFlag, ParserFlag, DrainFlag, .. Config.Flags(Config.Db, Config.Bind, Config.Output, Config.Slots, Config.WorkerId, Config.Venvs,
-            Config.VenvBudget, Config.Wheelhouse, Config.Python, Config.AllowedRoots, Config.Lineage, Config.HeartbeatInterval,
-            Config.HeartbeatTimeout, Config.RetryLimit, Config.RetryBackoff, Config.JobTimeout, Config.ConnectTimeout, Config.IdleTimeout,
-            Config.ShutdownGrace, Config.LogLimit)],
-        Run);
-
     internal sealed record Finished(ulong JobId, string Input, JobReceipt Receipt);
 
-    private static int Run(Args args)
+    /// <summary>
+    /// Serves until <paramref name="stop"/> fires (or, draining, until the queue is empty); returns the
+    /// exit code. <paramref name="store"/> is the store the sentinel serves, read for progress.
+    /// </summary>
+    public static int Run(StartOptions options, IJobStore store, FolderWatch? watch, CancellationToken stop, TextWriter terminal)
     {
-        args.RequirePositionals(0, 0);
-        var config = Config.Load(args);
-        var watched = args.GetAll(WatchFlag.Name).Select(d => Path.GetFullPath(d)).ToList();
-        string? parserSpec = args.Get(ParserFlag.Name);
-        if (watched.Count > 0 && parserSpec is null) throw new UsageException("'casparian start --watch DIR' needs --parser NAME: the parser the new files are for");
-        if (watched.Count == 0 && parserSpec is not null) throw new UsageException("'casparian start --parser NAME' applies to watched folders; add --watch DIR");
-        foreach (var dir in watched)
-            if (!Directory.Exists(dir)) throw new InputException($"watched folder {dir} does not exist; create it or fix --watch");
-        bool drain = args.Has(DrainFlag.Name);
-        string home = config.HomeDir;
-        string db = config.Get(Config.Db);
-        Directory.CreateDirectory(home);
-
-        using var instance = HomeLock.Acquire(home);
-        using var store = new SqliteJobStore(new StoreOptions { Path = db });
-        FolderWatch? watch = null;
-        if (parserSpec is not null)
-        {
-            var (name, version) = JobCommands.ParserSpec("start", ParserFlag, parserSpec);
-            var parser = store.GetParser(name, version) ?? throw JobCommands.UnknownParser(store, db, name, version);
-            watch = new FolderWatch(store, parser, watched);
-        }
-
-        string logPath = Path.Combine(home, "logs", "casparian.log");
-        Directory.CreateDirectory(Path.GetDirectoryName(logPath)!);
-        using var logFile = new StreamWriter(logPath, append: true, new UTF8Encoding(false)) { AutoFlush = true };
-        var log = TextWriter.Synchronized(logFile);
-
         var finished = new System.Collections.Concurrent.ConcurrentQueue<Finished>();
-        using var host = WorkerHost.Create(config, (id, dispatch, receipt) => finished.Enqueue(new Finished(id, dispatch.FilePath, receipt)));
-        using var sentinel = new Sentinel(new SentinelOptions
-        {
-            Bind = config.Describe(Config.Bind).Source == SettingSource.Default ? LocalEndpoint(home) : config.Get(Config.Bind),
-            DbPath = db,
-            HeartbeatTimeout = config.Get(Config.HeartbeatTimeout),
-            RetryLimit = config.Get(Config.RetryLimit),
-            RetryBackoff = config.Get(Config.RetryBackoff),
-            Log = log,
-        });
+        var executor = options.Executor with { Finished = (id, dispatch, receipt) => finished.Enqueue(new Finished(id, dispatch.FilePath, receipt)) };
+        using var host = WorkerHost.Create(options.Venvs, executor);
+        using var sentinel = new Sentinel(options.Sentinel);
         sentinel.Start();
-        string workerId = config.Get(Config.WorkerId) is { Length: > 0 } id ? id : WorkerIdentity.LoadOrCreate(Path.Combine(home, "worker"));
-        using var worker = new Worker(new WorkerOptions
-        {
-            Connect = sentinel.Endpoint,
-            WorkerId = workerId,
-            Slots = config.Get(Config.Slots),
-            HeartbeatInterval = config.Get(Config.HeartbeatInterval),
-            ShutdownGrace = config.Get(Config.ShutdownGrace),
-        }, host.Executor.RunAsync, host.PrepareEnv, line => log.WriteLine($"{DateTime.UtcNow:yyyy-MM-ddTHH:mm:ss.fffZ} worker {workerId}: {line}"));
+        using var worker = new Worker(options.Worker with { Connect = sentinel.Endpoint }, host.Executor.RunAsync, host.PrepareEnv);
 
-        var progress = new Progress(Console.Error, interactive: !Console.IsErrorRedirected);
-        using var signal = new ShutdownSignal(line => progress.Message(line));
+        var progress = new Progress(terminal, interactive: !Console.IsErrorRedirected);
         using var stopSentinel = new CancellationTokenSource();
         using var stopWorker = new CancellationTokenSource();
         var sentinelThread = new Thread(() => sentinel.Run(stopSentinel.Token)) { Name = "sentinel", IsBackground = true };
@@ -90,19 +49,21 @@ internal static class Start
         sentinelThread.Start();
         workerThread.Start();
 
-        Console.Error.WriteLine($"casparian {Program.Version}: store {db}, {config.Get(Config.Slots)} slot(s), output under {config.Get(Config.Output)}");
-        Console.Error.WriteLine($"  sentinel on {sentinel.Endpoint}; logs in {logPath}");
-        foreach (var dir in watched) Console.Error.WriteLine($"  watching {dir} for parser {watch!.Parser.Name} {watch.Parser.Version}");
+        string outputRoot = options.Executor.Output.Root;
+        terminal.WriteLine($"casparian {Program.Version}: store {store.Location}, {options.Worker.Slots} slot(s), output under {outputRoot}");
+        terminal.WriteLine($"  sentinel on {sentinel.Endpoint}; logs in {options.LogPath}");
+        if (watch is not null)
+            foreach (var dir in watch.Folders) terminal.WriteLine($"  watching {dir} for parser {watch.Parser.Name} {watch.Parser.Version}");
 
         var clock = Stopwatch.StartNew();
         var session = new List<Finished>();
         long nextScan = 0;
-        while (!signal.Token.IsCancellationRequested)
+        while (!stop.IsCancellationRequested)
         {
             if (watch is not null && clock.ElapsedMilliseconds >= nextScan)
             {
                 foreach (var line in watch.Scan()) progress.Message(line);
-                nextScan = clock.ElapsedMilliseconds + 1000;
+                nextScan = clock.ElapsedMilliseconds + ScanEveryMs;
             }
             while (finished.TryDequeue(out var f))
             {
@@ -111,12 +72,13 @@ internal static class Start
             }
             var counts = store.Counts();
             progress.Update(counts, session);
-            if (drain && counts.GetValueOrDefault(JobState.Queued) == 0 && counts.GetValueOrDefault(JobState.Running) == 0
+            if (options.Drain && counts.GetValueOrDefault(JobState.Queued) == 0 && counts.GetValueOrDefault(JobState.Running) == 0
                 && (watch is null || watch.Idle) && worker.ActiveJobs == 0)
                 break;
-            signal.Token.WaitHandle.WaitOne(250);
+            stop.WaitHandle.WaitOne(ProgressEveryMs);
         }
 
+        if (stop.IsCancellationRequested) progress.Message("stopping: running jobs finish or are aborted (send the signal again to exit at once)");
         // The worker stops first, so its last CONCLUDEs reach a sentinel that is still listening.
         stopWorker.Cancel();
         workerThread.Join();
@@ -124,10 +86,14 @@ internal static class Start
         sentinelThread.Join();
         while (finished.TryDequeue(out var f)) session.Add(f);
         progress.Done();
-        Console.Out.Write(Summary(session, store.Counts(), config.Get(Config.Output), clock.Elapsed));
-        if (signal.Token.IsCancellationRequested && !drain) return 0;
+        Console.Out.Write(Summary(session, store.Counts(), outputRoot, clock.Elapsed));
+        if (stop.IsCancellationRequested && !options.Drain) return 0;
         return session.Any(f => f.Receipt.Status == ReceiptStatus.Failed) ? (int)ExitCode.Failed : 0;
     }
+
+    // A watched file is queued once it looks the same on two scans this far apart.
+    private const int ScanEveryMs = 1000;
+    private const int ProgressEveryMs = 250;
 
     /// <summary>ipc://HOME/casparian.sock, or a short path in /tmp when HOME is too long for a Unix socket (107 bytes).</summary>
     internal static string LocalEndpoint(string home)
@@ -139,9 +105,7 @@ internal static class Start
 
     private static string FailureLine(Finished f)
     {
-        string error = f.Receipt.ErrorMessage ?? "failed";
-        int nl = error.IndexOf('\n');
-        if (nl >= 0) error = error[..nl];
+        string error = Text.FirstLine(f.Receipt.ErrorMessage ?? "failed");
         bool transient = f.Receipt.Metrics.GetValueOrDefault(JobExecutor.TransientMetric) == 1;
         return $"job {f.JobId} failed{(transient ? " (transient; retried while retries remain)" : "")}: {f.Input}: {error}";
     }
@@ -161,19 +125,13 @@ internal static class Start
         if (files.Count == 0) return sb.ToString();
         sb.Append(inv, $"Parquet written under {outputRoot}:\n");
         const int MaxListed = 40;
-        int width = Math.Min(80, files.Max(f => Rel(f.Path, outputRoot).Length));
+        int width = Math.Min(80, files.Max(f => Text.Rel(f.Path, outputRoot).Length));
         foreach (var f in files.Take(MaxListed))
-            sb.Append("  ").Append(Rel(f.Path, outputRoot).PadRight(width)).Append(inv, $"  {f.Rows,10:N0} rows\n");
+            sb.Append("  ").Append(Text.Rel(f.Path, outputRoot).PadRight(width)).Append(inv, $"  {f.Rows,10:N0} rows\n");
         if (files.Count > MaxListed) sb.Append(inv, $"  … and {files.Count - MaxListed} more file(s)\n");
         foreach (var topic in files.GroupBy(f => f.Topic))
             sb.Append(inv, $"  {topic.Key}: {topic.Count()} file(s), {topic.Sum(f => f.Rows):N0} rows\n");
         return sb.ToString();
-    }
-
-    private static string Rel(string path, string root)
-    {
-        string rel = Path.GetRelativePath(root, path);
-        return rel.StartsWith("..", StringComparison.Ordinal) ? path : rel;
     }
 
     /// <summary>
@@ -182,7 +140,7 @@ internal static class Start
     /// HOME/start.pid, not into the lock file: .NET reads a file under a shared flock, which the
     /// holder's exclusive one refuses, so nobody else could read it there.
     /// </summary>
-    private sealed class HomeLock(FileStream file) : IDisposable
+    internal sealed class HomeLock(FileStream file) : IDisposable
     {
         public static HomeLock Acquire(string home)
         {
@@ -198,7 +156,7 @@ internal static class Start
                 string owner = "";
                 try { owner = $" (pid {File.ReadAllText(pidPath).Trim()})"; }
                 catch (IOException) { }
-                throw new UnavailableException($"another 'casparian start' is running on {home}{owner}; stop it first, or give this one its own CASPARIAN_HOME");
+                throw CliThrow.Unavailable_StartRunning(home, owner);
             }
             try
             {
@@ -255,73 +213,5 @@ internal static class Start
             if (_lineOpen) output.WriteLine();
             _lineOpen = false;
         }
-    }
-}
-
-/// <summary>
-/// Queues the files that appear in watched folders. A file is queued once its size and modification
-/// time are the same on two scans a second apart (so half-written files wait), and only if no job
-/// for this parser version and this content exists yet, in any state: restarting `start` or
-/// touching a file does not queue it twice, and a file rewritten with new content is queued again.
-/// </summary>
-internal sealed class FolderWatch(IJobStore store, ParserRecord parser, IReadOnlyList<string> folders)
-{
-    private readonly Dictionary<string, (long Size, DateTime Modified)> _seen = new(StringComparer.Ordinal);
-    private readonly Dictionary<string, (long Size, DateTime Modified)> _pending = new(StringComparer.Ordinal);
-    private static readonly EnumerationOptions Walk = new() { RecurseSubdirectories = true, IgnoreInaccessible = true };
-
-    public ParserRecord Parser => parser;
-
-    /// <summary>No file is waiting to settle.</summary>
-    public bool Idle => _pending.Count == 0;
-
-    /// <summary>One pass over the folders; returns lines worth telling the user.</summary>
-    public List<string> Scan()
-    {
-        var messages = new List<string>();
-        var ready = new List<(string Path, string Hash)>();
-        foreach (string folder in folders)
-        {
-            IEnumerable<string> files;
-            try
-            {
-                files = Directory.EnumerateFiles(folder, "*", Walk).ToList();
-            }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-            {
-                messages.Add($"cannot read watched folder {folder}: {e.Message}");
-                continue;
-            }
-            foreach (string file in files)
-            {
-                var info = new FileInfo(file);
-                if (!info.Exists) continue;
-                var state = (info.Length, info.LastWriteTimeUtc);
-                if (_seen.TryGetValue(file, out var done) && done == state) continue;
-                if (!_pending.TryGetValue(file, out var before) || before != state)
-                {
-                    _pending[file] = state;
-                    continue;
-                }
-                _pending.Remove(file);
-                _seen[file] = state;
-                try
-                {
-                    ready.Add((file, JobCommands.HashFile(file)));
-                }
-                catch (InputException e)
-                {
-                    messages.Add($"skipping {file}: {e.Message}");
-                }
-            }
-        }
-        // A file deleted while it settled is forgotten.
-        foreach (var gone in _pending.Keys.Where(f => !File.Exists(f)).ToList()) _pending.Remove(gone);
-        if (ready.Count > 0)
-        {
-            var r = JobCommands.Queue(store, parser, ready, priority: 0, skip: hash => store.HasJob(parser.Name, parser.Version, hash));
-            if (r.Queued > 0) messages.Add($"queued {r.Queued} new file(s) for {parser.Name} {parser.Version}" + (r.Skipped > 0 ? $" ({r.Skipped} already had a job)" : ""));
-        }
-        return messages;
     }
 }

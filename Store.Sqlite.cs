@@ -1,5 +1,7 @@
 // The SQLite job store. Times are Unix milliseconds (UTC); states are stored as their names so the
 // file reads well in the sqlite3 shell. Statements are prepared once per connection and reused.
+// Everything SQLite stays in this file: paths, pragmas, and its errors, which every public method
+// turns into the store's own (Translate: BUSY/LOCKED → StoreUnavailableException, the rest → StoreException).
 //
 // Indexes, each serving one access path so no operation scans the jobs table. All but the primary
 // key are partial, so the hot path (claim: QUEUED → RUNNING, complete: RUNNING → COMPLETED) writes as
@@ -14,6 +16,8 @@
 // Jobs are never deleted (they are the history), so the number of COMPLETED jobs is max(id) minus
 // the others, each counted from its small partial index: counts per state cost O(unfinished jobs).
 using System.Globalization;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Text.Json;
 using Microsoft.Data.Sqlite;
 
@@ -91,19 +95,20 @@ internal sealed class SqliteJobStore : IJobStore
     private SqliteCommand? _heartbeat, _fail, _reject, _requeueWorker,
         _requeueStale, _runningOn, _cancelledAmong, _cancel, _retry, _get, _isCompleted, _hasJob, _insertParser, _getParser, _getLatestParser;
 
-    public string Path => _options.Path;
+    /// <summary>The store file.</summary>
+    public string Location => _options.Db;
 
     public SqliteJobStore(StoreOptions options)
     {
         SqliteRuntime.EnsureInitialized();
         _options = options;
         _clock = options.Clock;
-        string path = options.Path;
-        if (!options.Create && !File.Exists(path)) StoreThrow.Input_Missing(path);
+        string path = options.Db;
+        if (!options.Create && !File.Exists(path)) throw StoreThrow.Input_Missing(path);
         string? dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(path));
         if (dir is not null && !Directory.Exists(dir))
         {
-            if (!options.Create) StoreThrow.Input_Missing(path);
+            if (!options.Create) throw StoreThrow.Input_Missing(path);
             Directory.CreateDirectory(dir);
         }
         var cs = new SqliteConnectionStringBuilder
@@ -111,18 +116,18 @@ internal sealed class SqliteJobStore : IJobStore
             DataSource = path,
             Mode = options.Create ? SqliteOpenMode.ReadWriteCreate : SqliteOpenMode.ReadWrite,
             Pooling = false,
-            DefaultTimeout = Math.Max(1, (int)options.BusyTimeout.TotalSeconds),
+            DefaultTimeout = Math.Max(1, (int)options.LockTimeout.TotalSeconds),
         };
         _db = new SqliteConnection(cs.ToString());
         try
         {
             _db.Open();
-            Exec($"PRAGMA busy_timeout = {(long)options.BusyTimeout.TotalMilliseconds}");
+            Exec($"PRAGMA busy_timeout = {(long)options.LockTimeout.TotalMilliseconds}");
             // Read before anything writes: a file from a newer build, or not a store at all, is left untouched.
             long version = Scalar("PRAGMA user_version");
-            if (version > SchemaVersion) StoreThrow.Input_NewerSchema(path, version, SchemaVersion);
+            if (version > SchemaVersion) throw StoreThrow.Input_NewerSchema(path, version, SchemaVersion);
             if (version == 0 && Scalar("SELECT count(*) FROM sqlite_master") > 0)
-                StoreThrow.Input_NotAStore(path, "it is an SQLite database but not a Casparian job store");
+                throw StoreThrow.Input_NotAStore(path, "it is an SQLite database but not a Casparian job store");
             Exec("PRAGMA journal_mode = WAL");
             Exec("PRAGMA synchronous = NORMAL");
             // A checkpoint syncs twice; every 10,000 pages (40 MB of WAL) instead of every 1,000 keeps
@@ -155,40 +160,58 @@ internal sealed class SqliteJobStore : IJobStore
         {
             // Another process may have migrated between our read and our lock.
             long version = Scalar("PRAGMA user_version");
-            if (version > SchemaVersion) StoreThrow.Input_NewerSchema(Path, version, SchemaVersion);
+            if (version > SchemaVersion) throw StoreThrow.Input_NewerSchema(Location, version, SchemaVersion);
             if (version == 0 && Scalar("SELECT count(*) FROM sqlite_master") > 0)
-                StoreThrow.Input_NotAStore(Path, "it is an SQLite database but not a Casparian job store");
+                throw StoreThrow.Input_NotAStore(Location, "it is an SQLite database but not a Casparian job store");
             for (long v = version; v < SchemaVersion; v++) Exec(Migrations[v]);
             Exec($"PRAGMA user_version = {SchemaVersion}");
             return 0;
         });
     }
 
-    public Exception Translate(SqliteException e) => StoreThrow.Translate(Path, e);
+    /// <summary>An SQLite failure as our exception: transient (BUSY, LOCKED) or permanent, each with the exit code it deserves.</summary>
+    private StoreException Translate(SqliteException e) => e.SqliteErrorCode switch
+    {
+        5 or 6 => new StoreUnavailableException($"job store {Location} is locked by another process; try again (SQLite: {e.Message})", e), // BUSY, LOCKED
+        26 => new StoreException(ExitCode.BadInput, $"cannot open job store {Location}: the file is not an SQLite database", e),     // NOTADB
+        11 => new StoreException(ExitCode.BadInput, $"cannot open job store {Location}: the database file is corrupt", e),           // CORRUPT
+        14 => new StoreException(ExitCode.BadInput, $"cannot open job store {Location}: {e.Message}", e),                            // CANTOPEN
+        8 or 23 => new StoreException(ExitCode.BadInput, $"cannot write job store {Location}: permission denied or read-only file", e), // READONLY, AUTH
+        13 => new StoreException(ExitCode.Unavailable, $"cannot write job store {Location}: the disk is full", e),                    // FULL
+        10 => new StoreException(ExitCode.Unavailable, $"job store {Location}: disk I/O error ({e.Message})", e),                   // IOERR
+        _ => new StoreException(ExitCode.Internal, $"job store {Location}: SQLite error {e.SqliteErrorCode}: {e.Message}", e),
+    };
 
     // ---- transactions ----------------------------------------------------------------------
 
     public T InTransaction<T>(Func<T> work)
     {
-        if (_inTransaction) return work();
-        // IMMEDIATE takes the write lock up front: a deferred transaction that reads and then writes
-        // can fail with SQLITE_BUSY_SNAPSHOT under WAL instead of waiting.
-        Raw(ref _begin, "BEGIN IMMEDIATE").Execute();
-        _inTransaction = true;
         try
         {
-            T result = work();
-            Raw(ref _commit, "COMMIT").Execute();
-            return result;
+            if (_inTransaction) return work();
+            // IMMEDIATE takes the write lock up front: a deferred transaction that reads and then writes
+            // can fail with SQLITE_BUSY_SNAPSHOT under WAL instead of waiting.
+            Raw(ref _begin, "BEGIN IMMEDIATE").Execute();
+            _inTransaction = true;
+            try
+            {
+                T result = work();
+                Raw(ref _commit, "COMMIT").Execute();
+                return result;
+            }
+            catch
+            {
+                if (SQLitePCL.raw.sqlite3_get_autocommit(_db.Handle) == 0) Raw(ref _rollback, "ROLLBACK").Execute();
+                throw;
+            }
+            finally
+            {
+                _inTransaction = false;
+            }
         }
-        catch
+        catch (SqliteException e)
         {
-            if (SQLitePCL.raw.sqlite3_get_autocommit(_db.Handle) == 0) Raw(ref _rollback, "ROLLBACK").Execute();
-            throw;
-        }
-        finally
-        {
-            _inTransaction = false;
+            throw Translate(e);
         }
     }
 
@@ -208,10 +231,17 @@ internal sealed class SqliteJobStore : IJobStore
 
     public long Enqueue(NewJob job)
     {
-        Raw(ref _enqueue, EnqueueSql, "$parser", "$version", "$path", "$hash", "$priority", "$now")
-            .Bind(1, job.ParserName).Bind(2, job.ParserVersion).Bind(3, job.InputPath).Bind(4, job.ContentHash).Bind(5, job.Priority).Bind(6, Now())
-            .Execute();
-        return SQLitePCL.raw.sqlite3_last_insert_rowid(_db.Handle);
+        try
+        {
+            Raw(ref _enqueue, EnqueueSql, "$parser", "$version", "$path", "$hash", "$priority", "$now")
+                .Bind(1, job.ParserName).Bind(2, job.ParserVersion).Bind(3, job.InputPath).Bind(4, job.ContentHash).Bind(5, job.Priority).Bind(6, Now())
+                .Execute();
+            return SQLitePCL.raw.sqlite3_last_insert_rowid(_db.Handle);
+        }
+        catch (SqliteException e)
+        {
+            throw Translate(e);
+        }
     }
 
     public long EnqueueMany(IReadOnlyList<NewJob> jobs)
@@ -240,81 +270,116 @@ internal sealed class SqliteJobStore : IJobStore
 
     public List<ClaimedJob> Claim(string worker, IReadOnlyList<string> capabilities, int max)
     {
-        var claimed = new List<ClaimedJob>(Math.Min(max, 256));
-        if (max <= 0) return claimed;
-        bool any = capabilities.Contains("*");
-        // Bindings survive a reset, so the statement is bound once for the whole batch.
-        var st = Raw(ref _claim, ClaimSql, "$worker", "$now", "$any", "$caps")
-            .Bind(1, worker).Bind(2, Now()).Bind(3, any ? 1 : 0)
-            .Bind(4, any ? "[]" : JsonSerializer.Serialize(capabilities as List<string> ?? [.. capabilities], StoreJson.Default.ListString));
-        for (int i = 0; i < max; i++)
+        try
         {
-            try
+            var claimed = new List<ClaimedJob>(Math.Min(max, 256));
+            if (max <= 0) return claimed;
+            bool any = capabilities.Contains("*");
+            // Bindings survive a reset, so the statement is bound once for the whole batch.
+            var st = Raw(ref _claim, ClaimSql, "$worker", "$now", "$any", "$caps")
+                .Bind(1, worker).Bind(2, Now()).Bind(3, any ? 1 : 0)
+                .Bind(4, any ? "[]" : JsonSerializer.Serialize(capabilities as List<string> ?? [.. capabilities], StoreJson.Default.ListString));
+            for (int i = 0; i < max; i++)
             {
-                if (!st.Step()) break;
-                claimed.Add(new ClaimedJob(st.Int64(0), st.Text(1), st.Text(2), st.Text(3), st.Int32(4), st.Int32(5)));
+                try
+                {
+                    if (!st.Step()) break;
+                    claimed.Add(new ClaimedJob(st.Int64(0), st.Text(1), st.Text(2), st.Text(3), st.Int32(4), st.Int32(5)));
+                }
+                finally
+                {
+                    st.Reset();
+                }
             }
-            finally
-            {
-                st.Reset();
-            }
+            return claimed;
         }
-        return claimed;
+        catch (SqliteException e)
+        {
+            throw Translate(e);
+        }
     }
 
     public int Heartbeat(string worker)
     {
-        var cmd = Prepare(ref _heartbeat, "UPDATE jobs SET heartbeat_at = $now WHERE state = 'RUNNING' AND worker = $worker", "$now", "$worker");
-        cmd.Parameters[0].Value = Now();
-        cmd.Parameters[1].Value = worker;
-        return cmd.ExecuteNonQuery();
+        try
+        {
+            var cmd = Prepare(ref _heartbeat, "UPDATE jobs SET heartbeat_at = $now WHERE state = 'RUNNING' AND worker = $worker", "$now", "$worker");
+            cmd.Parameters[0].Value = Now();
+            cmd.Parameters[1].Value = worker;
+            return cmd.ExecuteNonQuery();
+        }
+        catch (SqliteException e)
+        {
+            throw Translate(e);
+        }
     }
 
     public bool Complete(long id, string? worker, IReadOnlyDictionary<string, long> metrics, IReadOnlyList<Dictionary<string, string>> artifacts)
     {
-        return Raw(ref _complete, CompleteSql, "$now", "$metrics", "$artifacts", "$id", "$worker")
-            .Bind(1, Now()).Bind(2, MetricsJson(metrics)).Bind(3, ArtifactsJson(artifacts)).Bind(4, id).Bind(5, worker)
-            .Execute() == 1;
+        try
+        {
+            return Raw(ref _complete, CompleteSql, "$now", "$metrics", "$artifacts", "$id", "$worker")
+                .Bind(1, Now()).Bind(2, MetricsJson(metrics)).Bind(3, ArtifactsJson(artifacts)).Bind(4, id).Bind(5, worker)
+                .Execute() == 1;
+        }
+        catch (SqliteException e)
+        {
+            throw Translate(e);
+        }
     }
 
     public FailResult? Fail(long id, string? worker, string error, bool transient, IReadOnlyDictionary<string, long>? metrics = null)
     {
-        // Every SET expression sees the row as it was, so retry_count below is the count before this failure.
-        var cmd = Prepare(ref _fail,
-            "UPDATE jobs SET " +
-            "  state = CASE WHEN $transient AND retry_count < $limit THEN 'QUEUED' ELSE 'FAILED' END, " +
-            "  retry_count = retry_count + ($transient AND retry_count < $limit), " +
-            "  next_attempt_at = CASE WHEN $transient AND retry_count < $limit THEN $now + min($base << min(retry_count, 30), $max) ELSE next_attempt_at END, " +
-            "  finished_at = CASE WHEN $transient AND retry_count < $limit THEN NULL ELSE $now END, " +
-            "  heartbeat_at = $now, error = $error, metrics = coalesce($metrics, metrics) " +
-            "WHERE id = $id AND state = 'RUNNING' AND ($worker IS NULL OR worker = $worker) " +
-            "RETURNING state, retry_count, next_attempt_at",
-            "$transient", "$limit", "$now", "$base", "$max", "$error", "$metrics", "$id", "$worker");
-        var p = cmd.Parameters;
-        p[0].Value = transient ? 1 : 0;
-        p[1].Value = _options.RetryLimit;
-        p[2].Value = Now();
-        p[3].Value = (long)_options.BackoffBase.TotalMilliseconds;
-        p[4].Value = (long)_options.BackoffMax.TotalMilliseconds;
-        p[5].Value = error;
-        p[6].Value = metrics is null ? DBNull.Value : MetricsJson(metrics);
-        p[7].Value = id;
-        p[8].Value = (object?)worker ?? DBNull.Value;
-        using var r = cmd.ExecuteReader();
-        if (!r.Read()) return null;
-        var state = JobStates.Parse(r.GetString(0));
-        return new FailResult(state, r.GetInt32(1), state == JobState.Queued ? FromMs(r.GetInt64(2)) : null);
+        try
+        {
+            // Every SET expression sees the row as it was, so retry_count below is the count before this failure.
+            var cmd = Prepare(ref _fail,
+                "UPDATE jobs SET " +
+                "  state = CASE WHEN $transient AND retry_count < $limit THEN 'QUEUED' ELSE 'FAILED' END, " +
+                "  retry_count = retry_count + ($transient AND retry_count < $limit), " +
+                "  next_attempt_at = CASE WHEN $transient AND retry_count < $limit THEN $now + min($base << min(retry_count, 30), $max) ELSE next_attempt_at END, " +
+                "  finished_at = CASE WHEN $transient AND retry_count < $limit THEN NULL ELSE $now END, " +
+                "  heartbeat_at = $now, error = $error, metrics = coalesce($metrics, metrics) " +
+                "WHERE id = $id AND state = 'RUNNING' AND ($worker IS NULL OR worker = $worker) " +
+                "RETURNING state, retry_count, next_attempt_at",
+                "$transient", "$limit", "$now", "$base", "$max", "$error", "$metrics", "$id", "$worker");
+            var p = cmd.Parameters;
+            p[0].Value = transient ? 1 : 0;
+            p[1].Value = _options.RetryLimit;
+            p[2].Value = Now();
+            p[3].Value = (long)_options.RetryBackoff.TotalMilliseconds;
+            p[4].Value = (long)_options.RetryBackoffMax.TotalMilliseconds;
+            p[5].Value = error;
+            p[6].Value = metrics is null ? DBNull.Value : MetricsJson(metrics);
+            p[7].Value = id;
+            p[8].Value = (object?)worker ?? DBNull.Value;
+            using var r = cmd.ExecuteReader();
+            if (!r.Read()) return null;
+            var state = JobStates.Parse(r.GetString(0));
+            return new FailResult(state, r.GetInt32(1), state == JobState.Queued ? FromMs(r.GetInt64(2)) : null);
+        }
+        catch (SqliteException e)
+        {
+            throw Translate(e);
+        }
     }
 
     public bool Reject(long id, string? worker)
     {
-        var cmd = Prepare(ref _reject,
-            "UPDATE jobs SET state = 'QUEUED', heartbeat_at = $now WHERE id = $id AND state = 'RUNNING' AND ($worker IS NULL OR worker = $worker)",
-            "$now", "$id", "$worker");
-        cmd.Parameters[0].Value = Now();
-        cmd.Parameters[1].Value = id;
-        cmd.Parameters[2].Value = (object?)worker ?? DBNull.Value;
-        return cmd.ExecuteNonQuery() == 1;
+        try
+        {
+            var cmd = Prepare(ref _reject,
+                "UPDATE jobs SET state = 'QUEUED', heartbeat_at = $now WHERE id = $id AND state = 'RUNNING' AND ($worker IS NULL OR worker = $worker)",
+                "$now", "$id", "$worker");
+            cmd.Parameters[0].Value = Now();
+            cmd.Parameters[1].Value = id;
+            cmd.Parameters[2].Value = (object?)worker ?? DBNull.Value;
+            return cmd.ExecuteNonQuery() == 1;
+        }
+        catch (SqliteException e)
+        {
+            throw Translate(e);
+        }
     }
 
     // A lost worker counts as a retry (a file that crashes workers must not loop forever) but waits
@@ -328,29 +393,43 @@ internal sealed class SqliteJobStore : IJobStore
 
     public RequeueResult RequeueWorker(string worker, string reason)
     {
-        var cmd = Prepare(ref _requeueWorker, RequeueSet + "WHERE state = 'RUNNING' AND worker = $worker RETURNING state",
-            "$limit", "$now", "$reason", "$worker");
-        var p = cmd.Parameters;
-        p[0].Value = _options.RetryLimit;
-        p[1].Value = Now();
-        p[2].Value = reason;
-        p[3].Value = worker;
-        return ReadRequeue(cmd);
+        try
+        {
+            var cmd = Prepare(ref _requeueWorker, RequeueSet + "WHERE state = 'RUNNING' AND worker = $worker RETURNING state",
+                "$limit", "$now", "$reason", "$worker");
+            var p = cmd.Parameters;
+            p[0].Value = _options.RetryLimit;
+            p[1].Value = Now();
+            p[2].Value = reason;
+            p[3].Value = worker;
+            return ReadRequeue(cmd);
+        }
+        catch (SqliteException e)
+        {
+            throw Translate(e);
+        }
     }
 
     public RequeueResult RequeueStale(DateTimeOffset cutoff, IReadOnlyCollection<string> liveWorkers)
     {
-        var cmd = Prepare(ref _requeueStale, RequeueSet +
-            "WHERE state = 'RUNNING' AND coalesce(heartbeat_at, 0) < $cutoff " +
-            "  AND (worker IS NULL OR worker NOT IN (SELECT value FROM json_each($live))) RETURNING state",
-            "$limit", "$now", "$reason", "$cutoff", "$live");
-        var p = cmd.Parameters;
-        p[0].Value = _options.RetryLimit;
-        p[1].Value = Now();
-        p[2].Value = "no heartbeat from its worker since " + cutoff.UtcDateTime.ToString("u", CultureInfo.InvariantCulture);
-        p[3].Value = cutoff.ToUnixTimeMilliseconds();
-        p[4].Value = JsonSerializer.Serialize([.. liveWorkers], StoreJson.Default.ListString);
-        return ReadRequeue(cmd);
+        try
+        {
+            var cmd = Prepare(ref _requeueStale, RequeueSet +
+                "WHERE state = 'RUNNING' AND coalesce(heartbeat_at, 0) < $cutoff " +
+                "  AND (worker IS NULL OR worker NOT IN (SELECT value FROM json_each($live))) RETURNING state",
+                "$limit", "$now", "$reason", "$cutoff", "$live");
+            var p = cmd.Parameters;
+            p[0].Value = _options.RetryLimit;
+            p[1].Value = Now();
+            p[2].Value = "no heartbeat from its worker since " + cutoff.UtcDateTime.ToString("u", CultureInfo.InvariantCulture);
+            p[3].Value = cutoff.ToUnixTimeMilliseconds();
+            p[4].Value = JsonSerializer.Serialize([.. liveWorkers], StoreJson.Default.ListString);
+            return ReadRequeue(cmd);
+        }
+        catch (SqliteException e)
+        {
+            throw Translate(e);
+        }
     }
 
     private static RequeueResult ReadRequeue(SqliteCommand cmd)
@@ -364,24 +443,38 @@ internal sealed class SqliteJobStore : IJobStore
 
     public List<long> RunningOn(string worker)
     {
-        var cmd = Prepare(ref _runningOn, "SELECT id FROM jobs WHERE state = 'RUNNING' AND worker = $worker ORDER BY id", "$worker");
-        cmd.Parameters[0].Value = worker;
-        var ids = new List<long>();
-        using var r = cmd.ExecuteReader();
-        while (r.Read()) ids.Add(r.GetInt64(0));
-        return ids;
+        try
+        {
+            var cmd = Prepare(ref _runningOn, "SELECT id FROM jobs WHERE state = 'RUNNING' AND worker = $worker ORDER BY id", "$worker");
+            cmd.Parameters[0].Value = worker;
+            var ids = new List<long>();
+            using var r = cmd.ExecuteReader();
+            while (r.Read()) ids.Add(r.GetInt64(0));
+            return ids;
+        }
+        catch (SqliteException e)
+        {
+            throw Translate(e);
+        }
     }
 
     public List<long> CancelledAmong(IReadOnlyCollection<long> ids)
     {
-        var found = new List<long>();
-        if (ids.Count == 0) return found;
-        var cmd = Prepare(ref _cancelledAmong,
-            "SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each($ids)) AND state = 'CANCELLED'", "$ids");
-        cmd.Parameters[0].Value = JsonSerializer.Serialize([.. ids], StoreJson.Default.ListInt64);
-        using var r = cmd.ExecuteReader();
-        while (r.Read()) found.Add(r.GetInt64(0));
-        return found;
+        try
+        {
+            var found = new List<long>();
+            if (ids.Count == 0) return found;
+            var cmd = Prepare(ref _cancelledAmong,
+                "SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each($ids)) AND state = 'CANCELLED'", "$ids");
+            cmd.Parameters[0].Value = JsonSerializer.Serialize([.. ids], StoreJson.Default.ListInt64);
+            using var r = cmd.ExecuteReader();
+            while (r.Read()) found.Add(r.GetInt64(0));
+            return found;
+        }
+        catch (SqliteException e)
+        {
+            throw Translate(e);
+        }
     }
 
     public JobRecord Cancel(long id) => InTransaction(() =>
@@ -392,8 +485,8 @@ internal sealed class SqliteJobStore : IJobStore
         cmd.Parameters[0].Value = Now();
         cmd.Parameters[1].Value = id;
         if (ReadOneJob(cmd) is { } job) return job;
-        var current = Get(id) ?? StoreThrow.Input_NoJob<JobRecord>(id, Path);
-        return StoreThrow.Input_WrongState<JobRecord>(id, current.State, "cancel", "; only QUEUED or RUNNING jobs can be cancelled");
+        var current = Get(id) ?? throw StoreThrow.Input_NoJob(id, Location);
+        throw StoreThrow.Input_WrongState(id, current.State, "cancel", "; only QUEUED or RUNNING jobs can be cancelled");
     });
 
     public JobRecord Retry(long id) => InTransaction(() =>
@@ -404,38 +497,52 @@ internal sealed class SqliteJobStore : IJobStore
             "$id");
         cmd.Parameters[0].Value = id;
         if (ReadOneJob(cmd) is { } job) return job;
-        var current = Get(id) ?? StoreThrow.Input_NoJob<JobRecord>(id, Path);
+        var current = Get(id) ?? throw StoreThrow.Input_NoJob(id, Location);
         string hint = current.State == JobState.Completed
             ? $"; to run the file again, queue it with 'casparian job add --force --parser {current.ParserName}@{current.ParserVersion} {current.InputPath}'"
             : "; it is already queued or running";
-        return StoreThrow.Input_WrongState<JobRecord>(id, current.State, "retry", hint);
+        throw StoreThrow.Input_WrongState(id, current.State, "retry", hint);
     });
 
     public JobRecord? Get(long id)
     {
-        var cmd = Prepare(ref _get, $"SELECT {JobColumns} FROM jobs WHERE id = $id", "$id");
-        cmd.Parameters[0].Value = id;
-        return ReadOneJob(cmd);
+        try
+        {
+            var cmd = Prepare(ref _get, $"SELECT {JobColumns} FROM jobs WHERE id = $id", "$id");
+            cmd.Parameters[0].Value = id;
+            return ReadOneJob(cmd);
+        }
+        catch (SqliteException e)
+        {
+            throw Translate(e);
+        }
     }
 
     public List<JobRecord> List(JobState? state, int limit)
     {
-        using var cmd = _db.CreateCommand();
-        cmd.CommandText = state switch
+        try
         {
-            null => $"SELECT {JobColumns} FROM jobs ORDER BY id DESC LIMIT $limit",
-            JobState.Failed or JobState.Cancelled => $"SELECT {JobColumns} FROM jobs WHERE {Attention} AND state = $state ORDER BY id DESC LIMIT $limit",
-            // Newest first by rowid: the completed index is ordered by content hash, so using it would sort every completed job.
-            JobState.Completed => $"SELECT {JobColumns} FROM jobs NOT INDEXED WHERE state = $state ORDER BY id DESC LIMIT $limit",
-            _ => $"SELECT {JobColumns} FROM jobs WHERE state = $state ORDER BY id DESC LIMIT $limit",
-        };
-        cmd.Parameters.AddWithValue("$limit", limit);
-        if (state is { } s) cmd.Parameters.AddWithValue("$state", s.Name());
-        var list = new List<JobRecord>();
-        using (var r = cmd.ExecuteReader())
-            while (r.Read()) list.Add(ReadJob(r));
-        list.Reverse();
-        return list;
+            using var cmd = _db.CreateCommand();
+            cmd.CommandText = state switch
+            {
+                null => $"SELECT {JobColumns} FROM jobs ORDER BY id DESC LIMIT $limit",
+                JobState.Failed or JobState.Cancelled => $"SELECT {JobColumns} FROM jobs WHERE {Attention} AND state = $state ORDER BY id DESC LIMIT $limit",
+                // Newest first by rowid: the completed index is ordered by content hash, so using it would sort every completed job.
+                JobState.Completed => $"SELECT {JobColumns} FROM jobs NOT INDEXED WHERE state = $state ORDER BY id DESC LIMIT $limit",
+                _ => $"SELECT {JobColumns} FROM jobs WHERE state = $state ORDER BY id DESC LIMIT $limit",
+            };
+            cmd.Parameters.AddWithValue("$limit", limit);
+            if (state is { } s) cmd.Parameters.AddWithValue("$state", s.Name());
+            var list = new List<JobRecord>();
+            using (var r = cmd.ExecuteReader())
+                while (r.Read()) list.Add(ReadJob(r));
+            list.Reverse();
+            return list;
+        }
+        catch (SqliteException e)
+        {
+            throw Translate(e);
+        }
     }
 
     // SQLite uses a partial index only when the query repeats its condition; state = 'FAILED' alone is not enough.
@@ -443,25 +550,32 @@ internal sealed class SqliteJobStore : IJobStore
 
     public Dictionary<JobState, long> Counts()
     {
-        // One statement, so one snapshot: the derived COMPLETED count is exact (see the header).
-        using var cmd = _db.CreateCommand();
-        cmd.CommandText =
-            "SELECT (SELECT count(*) FROM jobs INDEXED BY jobs_queue WHERE state = 'QUEUED'), " +
-            "       (SELECT count(*) FROM jobs INDEXED BY jobs_running WHERE state = 'RUNNING'), " +
-            $"       (SELECT count(*) FROM jobs INDEXED BY jobs_attention WHERE {Attention} AND state = 'FAILED'), " +
-            $"       (SELECT count(*) FROM jobs INDEXED BY jobs_attention WHERE {Attention} AND state = 'CANCELLED'), " +
-            "       (SELECT coalesce(max(id), 0) FROM jobs)";
-        using var r = cmd.ExecuteReader();
-        r.Read();
-        long queued = r.GetInt64(0), running = r.GetInt64(1), failed = r.GetInt64(2), cancelled = r.GetInt64(3), total = r.GetInt64(4);
-        return new Dictionary<JobState, long>
+        try
         {
-            [JobState.Queued] = queued,
-            [JobState.Running] = running,
-            [JobState.Completed] = total - queued - running - failed - cancelled,
-            [JobState.Failed] = failed,
-            [JobState.Cancelled] = cancelled,
-        };
+            // One statement, so one snapshot: the derived COMPLETED count is exact (see the header).
+            using var cmd = _db.CreateCommand();
+            cmd.CommandText =
+                "SELECT (SELECT count(*) FROM jobs INDEXED BY jobs_queue WHERE state = 'QUEUED'), " +
+                "       (SELECT count(*) FROM jobs INDEXED BY jobs_running WHERE state = 'RUNNING'), " +
+                $"       (SELECT count(*) FROM jobs INDEXED BY jobs_attention WHERE {Attention} AND state = 'FAILED'), " +
+                $"       (SELECT count(*) FROM jobs INDEXED BY jobs_attention WHERE {Attention} AND state = 'CANCELLED'), " +
+                "       (SELECT coalesce(max(id), 0) FROM jobs)";
+            using var r = cmd.ExecuteReader();
+            r.Read();
+            long queued = r.GetInt64(0), running = r.GetInt64(1), failed = r.GetInt64(2), cancelled = r.GetInt64(3), total = r.GetInt64(4);
+            return new Dictionary<JobState, long>
+            {
+                [JobState.Queued] = queued,
+                [JobState.Running] = running,
+                [JobState.Completed] = total - queued - running - failed - cancelled,
+                [JobState.Failed] = failed,
+                [JobState.Cancelled] = cancelled,
+            };
+        }
+        catch (SqliteException e)
+        {
+            throw Translate(e);
+        }
     }
 
     public bool HasJob(string parserName, string parserVersion, string contentHash) =>
@@ -473,13 +587,20 @@ internal sealed class SqliteJobStore : IJobStore
     /// <summary>Whether a job of this parser version for this content exists (index jobs_file), with an optional extra condition.</summary>
     private bool JobExists(ref SqliteCommand? slot, string condition, string parserName, string parserVersion, string contentHash)
     {
-        var cmd = Prepare(ref slot,
-            $"SELECT 1 FROM jobs WHERE content_hash = $hash AND parser_name = $parser AND parser_version = $version{condition} LIMIT 1",
-            "$hash", "$parser", "$version");
-        cmd.Parameters[0].Value = contentHash;
-        cmd.Parameters[1].Value = parserName;
-        cmd.Parameters[2].Value = parserVersion;
-        return cmd.ExecuteScalar() is not null;
+        try
+        {
+            var cmd = Prepare(ref slot,
+                $"SELECT 1 FROM jobs WHERE content_hash = $hash AND parser_name = $parser AND parser_version = $version{condition} LIMIT 1",
+                "$hash", "$parser", "$version");
+            cmd.Parameters[0].Value = contentHash;
+            cmd.Parameters[1].Value = parserName;
+            cmd.Parameters[2].Value = parserVersion;
+            return cmd.ExecuteScalar() is not null;
+        }
+        catch (SqliteException e)
+        {
+            throw Translate(e);
+        }
     }
 
     // ---- parsers ---------------------------------------------------------------------------
@@ -513,45 +634,59 @@ internal sealed class SqliteJobStore : IJobStore
 
     public ParserRecord? GetParser(string name, string? version = null)
     {
-        SqliteCommand cmd;
-        if (version is null)
+        try
         {
-            cmd = Prepare(ref _getLatestParser, $"SELECT {ParserColumns} FROM parsers WHERE name = $name ORDER BY id DESC LIMIT 1", "$name");
+            SqliteCommand cmd;
+            if (version is null)
+            {
+                cmd = Prepare(ref _getLatestParser, $"SELECT {ParserColumns} FROM parsers WHERE name = $name ORDER BY id DESC LIMIT 1", "$name");
+            }
+            else
+            {
+                cmd = Prepare(ref _getParser, $"SELECT {ParserColumns} FROM parsers WHERE name = $name AND version = $version", "$name", "$version");
+                cmd.Parameters[1].Value = version;
+            }
+            cmd.Parameters[0].Value = name;
+            using var r = cmd.ExecuteReader();
+            if (!r.Read()) return null;
+            return new ParserRecord
+            {
+                Id = r.GetInt64(0),
+                Name = r.GetString(1),
+                Version = r.GetString(2),
+                Source = r.GetString(3),
+                Lockfile = r.IsDBNull(4) ? null : r.GetString(4),
+                EnvHash = r.GetString(5),
+                SourceHash = r.GetString(6),
+                LockfileHash = r.IsDBNull(7) ? null : r.GetString(7),
+                ArtifactHash = r.GetString(8),
+                Archive = r.IsDBNull(9) ? null : (byte[])r.GetValue(9),
+                EntryModule = r.IsDBNull(10) ? null : r.GetString(10),
+                CreatedAt = FromMs(r.GetInt64(11)),
+            };
         }
-        else
+        catch (SqliteException e)
         {
-            cmd = Prepare(ref _getParser, $"SELECT {ParserColumns} FROM parsers WHERE name = $name AND version = $version", "$name", "$version");
-            cmd.Parameters[1].Value = version;
+            throw Translate(e);
         }
-        cmd.Parameters[0].Value = name;
-        using var r = cmd.ExecuteReader();
-        if (!r.Read()) return null;
-        return new ParserRecord
-        {
-            Id = r.GetInt64(0),
-            Name = r.GetString(1),
-            Version = r.GetString(2),
-            Source = r.GetString(3),
-            Lockfile = r.IsDBNull(4) ? null : r.GetString(4),
-            EnvHash = r.GetString(5),
-            SourceHash = r.GetString(6),
-            LockfileHash = r.IsDBNull(7) ? null : r.GetString(7),
-            ArtifactHash = r.GetString(8),
-            Archive = r.IsDBNull(9) ? null : (byte[])r.GetValue(9),
-            EntryModule = r.IsDBNull(10) ? null : r.GetString(10),
-            CreatedAt = FromMs(r.GetInt64(11)),
-        };
     }
 
     public List<ParserSummary> ListParsers()
     {
-        using var cmd = _db.CreateCommand();
-        cmd.CommandText = "SELECT id, name, version, env_hash, source_hash, artifact_hash, coalesce(length(archive), 0), created_at FROM parsers ORDER BY name, id";
-        var list = new List<ParserSummary>();
-        using var r = cmd.ExecuteReader();
-        while (r.Read())
-            list.Add(new ParserSummary(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetString(3), r.GetString(4), r.GetString(5), r.GetInt64(6), FromMs(r.GetInt64(7))));
-        return list;
+        try
+        {
+            using var cmd = _db.CreateCommand();
+            cmd.CommandText = "SELECT id, name, version, env_hash, source_hash, artifact_hash, coalesce(length(archive), 0), created_at FROM parsers ORDER BY name, id";
+            var list = new List<ParserSummary>();
+            using var r = cmd.ExecuteReader();
+            while (r.Read())
+                list.Add(new ParserSummary(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetString(3), r.GetString(4), r.GetString(5), r.GetInt64(6), FromMs(r.GetInt64(7))));
+            return list;
+        }
+        catch (SqliteException e)
+        {
+            throw Translate(e);
+        }
     }
 
     // ---- helpers ---------------------------------------------------------------------------
@@ -629,4 +764,26 @@ internal sealed class SqliteJobStore : IJobStore
         Error: r.IsDBNull(14) ? null : r.GetString(14),
         MetricsJson: r.IsDBNull(15) ? null : r.GetString(15),
         ArtifactsJson: r.IsDBNull(16) ? null : r.GetString(16));
+}
+
+/// <summary>Points Microsoft.Data.Sqlite at SQLite once per process.</summary>
+internal static class SqliteRuntime
+{
+    private static readonly Lock Gate = new();
+    private static bool _ready;
+
+    public static void EnsureInitialized()
+    {
+        lock (Gate)
+        {
+            if (_ready) return;
+            // The native binary links e_sqlite3 statically (DirectPInvoke). Under the JIT (tests,
+            // bench) the same entry points come from the system library.
+            if (RuntimeFeature.IsDynamicCodeSupported)
+                NativeLibrary.SetDllImportResolver(typeof(SQLitePCL.SQLite3Provider_e_sqlite3).Assembly,
+                    static (name, _, _) => name == "e_sqlite3" ? NativeLibrary.Load("libsqlite3.so.0") : IntPtr.Zero);
+            SQLitePCL.raw.SetProvider(new SQLitePCL.SQLite3Provider_e_sqlite3());
+            _ready = true;
+        }
+    }
 }

@@ -1,12 +1,9 @@
-// The durable job store (SPEC §6): jobs and registered parsers in one embedded SQLite file (WAL).
-// The sentinel, `start` and the job/parser commands share the file; SQLite's locking makes their
-// writes safe, and every state change is one statement guarded by the state it expects, so a stale
-// writer (a late CONCLUDE, a second claimer) changes nothing and learns so from the row count.
-using System.Diagnostics.CodeAnalysis;
-using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
+// The durable job store (SPEC §6): its records, the IJobStore interface every caller depends on, its
+// options, its exceptions and the factory that picks the implementation (Store.Sqlite.cs: an embedded
+// SQLite file in WAL mode). The sentinel, `start` and the job/parser commands share one store; every
+// state change is one statement guarded by the state it expects, so a stale writer (a late CONCLUDE,
+// a second claimer) changes nothing and learns so from the row count.
 using System.Text.Json.Serialization;
-using Microsoft.Data.Sqlite;
 
 namespace Casparian;
 
@@ -36,7 +33,7 @@ internal static class JobStates
     }
 
     public static JobState Parse(string text) =>
-        TryParse(text, out var s) ? s : throw new InvalidDataException($"unknown job state '{text}' in the store");
+        TryParse(text, out var s) ? s : throw StoreThrow.Corrupt_UnknownState(text);
 }
 
 /// <summary>A job to queue. <see cref="ContentHash"/> is the hex SHA-256 of the input file.</summary>
@@ -69,8 +66,6 @@ internal sealed record ParserRecord
     public byte[]? Archive { get; init; }
     public string? EntryModule { get; init; }
     public DateTimeOffset CreatedAt { get; init; }
-
-    public const string SystemEnv = "system";
 }
 
 /// <summary>A parser as <c>parser ls</c> shows it: no source or archive bytes.</summary>
@@ -91,11 +86,16 @@ internal readonly record struct RequeueResult(int Requeued, int Failed)
 /// <summary>
 /// The job store's operations (SPEC §6), shaped so a second backend (PostgreSQL) can implement them.
 /// One instance is one connection: not thread-safe; each thread or process opens its own.
+/// Failures of the store itself come as <see cref="StoreException"/> (<see cref="StoreUnavailableException"/>
+/// when retrying may help); a request the state refuses (no such job, not cancellable) as <see cref="InputException"/>.
 /// Operations taking a <c>worker</c> only touch a job that is RUNNING on that worker, and report
 /// whether they did; a null worker matches whichever worker holds it.
 /// </summary>
 internal interface IJobStore : IDisposable
 {
+    /// <summary>Where the store is, as messages name it (a file path, a server without credentials).</summary>
+    string Location { get; }
+
     /// <summary>Runs <paramref name="work"/> in one transaction (group commit); operations inside join it.</summary>
     T InTransaction<T>(Func<T> work);
 
@@ -143,65 +143,63 @@ internal interface IJobStore : IDisposable
 
 internal sealed record StoreOptions
 {
-    public required string Path { get; init; }
+    /// <summary>Where the store is: a file path (SQLite). See <see cref="JobStores.Open"/>.</summary>
+    public required string Db { get; init; }
     /// <summary>Retries of a transient failure or a lost worker before the job is FAILED.</summary>
-    public int RetryLimit { get; init; } = 3;
-    /// <summary>Delay before the first retry; doubles with each retry up to <see cref="BackoffMax"/>.</summary>
-    public TimeSpan BackoffBase { get; init; } = TimeSpan.FromSeconds(2);
-    public TimeSpan BackoffMax { get; init; } = TimeSpan.FromMinutes(5);
-    /// <summary>How long a writer waits for another's lock before the operation fails as unavailable.</summary>
-    public TimeSpan BusyTimeout { get; init; } = TimeSpan.FromSeconds(10);
-    public TimeProvider Clock { get; init; } = TimeProvider.System;
-    /// <summary>False: a missing file is an error instead of a new store.</summary>
-    public bool Create { get; init; } = true;
+    public required int RetryLimit { get; init; }
+    /// <summary>Delay before the first retry; doubles with each retry up to <see cref="RetryBackoffMax"/>.</summary>
+    public required TimeSpan RetryBackoff { get; init; }
+    public required TimeSpan RetryBackoffMax { get; init; }
+    /// <summary>How long an operation waits for another process's lock before it fails with <see cref="StoreUnavailableException"/>.</summary>
+    public required TimeSpan LockTimeout { get; init; }
+    public required TimeProvider Clock { get; init; }
+    /// <summary>False: a missing store is an error instead of a new one.</summary>
+    public required bool Create { get; init; }
+}
+
+/// <summary>
+/// The store failed in a way that does not pass by itself (corrupt, not a store, a newer schema,
+/// read-only, disk full): the role stops with this error.
+/// </summary>
+internal class StoreException(ExitCode code, string message, Exception? inner = null) : CasparianException(code, message, inner);
+
+/// <summary>Another process holds the store's lock (SQLite BUSY/LOCKED): the same operation may succeed when retried.</summary>
+internal sealed class StoreUnavailableException(string message, Exception? inner = null) : StoreException(ExitCode.Unavailable, message, inner);
+
+/// <summary>
+/// Opens the store the <c>db</c> setting names. A plain path is an SQLite file; a URL picks a server
+/// backend by its scheme (postgresql:// plugs in here), each implementing <see cref="IJobStore"/>.
+/// </summary>
+internal static class JobStores
+{
+    public static IJobStore Open(StoreOptions options) => Scheme(options.Db) switch
+    {
+        null => new SqliteJobStore(options),
+        var scheme => throw StoreThrow.Input_UnsupportedScheme(options.Db, scheme),
+    };
+
+    /// <summary>Whether the store exists already (commands that only read say "nothing yet" rather than create it).</summary>
+    public static bool Exists(StoreOptions options) => Scheme(options.Db) is not null || File.Exists(options.Db);
+
+    private static string? Scheme(string db) => db.IndexOf("://", StringComparison.Ordinal) is > 0 and var at ? db[..at] : null;
 }
 
 internal static class StoreThrow
 {
-    [DoesNotReturn] public static void Input_NotAStore(string path, string cause, Exception? inner = null) =>
-        throw new InputException($"cannot open job store {path}: {cause}", inner);
-    [DoesNotReturn] public static void Input_NewerSchema(string path, long found, int supported) =>
-        throw new InputException($"job store {path} has schema version {found}, newer than this casparian understands ({supported}); upgrade casparian (the store was left unchanged)");
-    [DoesNotReturn] public static void Input_Missing(string path) =>
-        throw new InputException($"no job store at {path}; register a parser first ('casparian parser register PATH') or pass --db");
-    [DoesNotReturn] public static T Input_NoJob<T>(long id, string path) =>
-        throw new InputException($"no job {id} in {path} (see 'casparian jobs')");
-    [DoesNotReturn] public static T Input_WrongState<T>(long id, JobState state, string action, string hint) =>
-        throw new InputException($"job {id} is {state.Name()}; cannot {action} it{hint}");
-
-    /// <summary>The SQLite failures a user can act on, as CasparianExceptions; anything else (a bug) passes through.</summary>
-    public static Exception Translate(string path, SqliteException e) => e.SqliteErrorCode switch
-    {
-        5 or 6 => new UnavailableException($"job store {path} is locked by another process; try again (SQLite: {e.Message})", e), // BUSY, LOCKED
-        26 => new InputException($"cannot open job store {path}: the file is not an SQLite database", e),                        // NOTADB
-        11 => new InputException($"cannot open job store {path}: the database file is corrupt", e),                              // CORRUPT
-        14 => new InputException($"cannot open job store {path}: {e.Message}", e),                                               // CANTOPEN
-        8 or 23 => new InputException($"cannot write job store {path}: permission denied or read-only file", e),                  // READONLY, AUTH
-        13 => new UnavailableException($"cannot write job store {path}: the disk is full", e),                                   // FULL
-        _ => e,
-    };
-}
-
-/// <summary>Points Microsoft.Data.Sqlite at SQLite once per process.</summary>
-internal static class SqliteRuntime
-{
-    private static readonly Lock Gate = new();
-    private static bool _ready;
-
-    public static void EnsureInitialized()
-    {
-        lock (Gate)
-        {
-            if (_ready) return;
-            // The native binary links e_sqlite3 statically (DirectPInvoke). Under the JIT (tests,
-            // bench) the same entry points come from the system library.
-            if (RuntimeFeature.IsDynamicCodeSupported)
-                NativeLibrary.SetDllImportResolver(typeof(SQLitePCL.SQLite3Provider_e_sqlite3).Assembly,
-                    static (name, _, _) => name == "e_sqlite3" ? NativeLibrary.Load("libsqlite3.so.0") : IntPtr.Zero);
-            SQLitePCL.raw.SetProvider(new SQLitePCL.SQLite3Provider_e_sqlite3());
-            _ready = true;
-        }
-    }
+    public static StoreException Corrupt_UnknownState(string state) =>
+        new(ExitCode.BadInput, $"the job store holds a job in state '{state}', which this casparian does not know; was it written by a newer one?");
+    public static InputException Input_UnsupportedScheme(string db, string scheme) =>
+        new($"job store '{db}': {scheme}:// stores are not supported yet; give a file path for an SQLite store");
+    public static StoreException Input_NotAStore(string location, string cause, Exception? inner = null) =>
+        new(ExitCode.BadInput, $"cannot open job store {location}: {cause}", inner);
+    public static StoreException Input_NewerSchema(string location, long found, int supported) =>
+        new(ExitCode.BadInput, $"job store {location} has schema version {found}, newer than this casparian understands ({supported}); upgrade casparian (the store was left unchanged)");
+    public static InputException Input_Missing(string location) =>
+        new($"no job store at {location}; register a parser first ('casparian parser register PATH') or pass --db");
+    public static InputException Input_NoJob(long id, string location) =>
+        new($"no job {id} in {location} (see 'casparian jobs')");
+    public static InputException Input_WrongState(long id, JobState state, string action, string hint) =>
+        new($"job {id} is {state.Name()}; cannot {action} it{hint}");
 }
 
 [JsonSerializable(typeof(Dictionary<string, long>))]

@@ -66,7 +66,7 @@ internal sealed partial class EnvManager
         while (true)
         {
             if (TryLock("metadata", exclusive: true) is { } held) return held;
-            if (DateTime.UtcNow > deadline) VenvThrow.Metadata_LockTimeout(Path.Combine(LocksDir, "metadata.lock"));
+            if (DateTime.UtcNow > deadline) throw VenvThrow.Metadata_LockTimeout(Path.Combine(LocksDir, "metadata.lock"));
             Thread.Sleep(Random.Shared.Next(5, 25));
         }
     }

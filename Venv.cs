@@ -28,7 +28,6 @@
 // environment that is leased anywhere and the one just built.
 using System.Collections.Concurrent;
 using System.Diagnostics;
-using System.Diagnostics.CodeAnalysis;
 using System.Text;
 
 namespace Casparian;
@@ -42,7 +41,7 @@ internal static class Python
     /// as pyenv's cost about a second per start, so guests are always spawned with the interpreter's
     /// own path, asked once from Python itself (<c>sys.executable</c>) and cached for the process.
     /// </summary>
-    public static string ResolveReal(string command = "python3") => Resolved.GetOrAdd(command, static c => Ask(c));
+    public static string ResolveReal(string command) => Resolved.GetOrAdd(command, static c => Ask(c));
 
     private static string Ask(string command)
     {
@@ -61,7 +60,7 @@ internal static class Python
         }
         catch (System.ComponentModel.Win32Exception e)
         {
-            throw new UnavailableException($"cannot start {command}: {e.Message}; install Python 3.9+ or put it on PATH", e);
+            throw VenvThrow.Python_CannotStart(command, e);
         }
         using (p)
         {
@@ -70,10 +69,10 @@ internal static class Python
             if (!p.WaitForExit(30_000))
             {
                 p.Kill(entireProcessTree: true);
-                throw new UnavailableException($"{command} did not answer within 30 s when asked for its interpreter path");
+                throw VenvThrow.Python_NoAnswer(command);
             }
             if (p.ExitCode != 0 || path.Length == 0 || !File.Exists(path))
-                throw new UnavailableException($"{command} could not report its interpreter (exit {p.ExitCode}): {stderrTask.Result.Trim()}");
+                throw VenvThrow.Python_NoInterpreter(command, p.ExitCode, stderrTask.Result.Trim());
             return path;
         }
     }
@@ -90,30 +89,34 @@ internal static class Python
     }
 }
 
-/// <summary>Settings of the environment manager (the CLI wiring fills them from flags and Paths.Venvs).</summary>
+/// <summary>Settings of the environment manager (the shell fills them from the settings).</summary>
 internal sealed record VenvOptions
 {
     /// <summary>The venvs directory: {Root}/{env_hash}/.</summary>
     public required string Root { get; init; }
 
     /// <summary>Interpreter environments are made from, and the one env_hash "system" means (resolved with <see cref="Python.ResolveReal"/>).</summary>
-    public string BasePython { get; init; } = "python3";
+    public required string BasePython { get; init; }
 
     /// <summary>Directory of wheels for offline installs (pip --no-index --find-links); null: the installer's default index.</summary>
-    public string? Wheelhouse { get; init; }
+    public required string? Wheelhouse { get; init; }
 
     /// <summary>Path of the uv executable to build with; null: python -m venv and pip.</summary>
-    public string? Uv { get; init; }
+    public required string? Uv { get; init; }
 
     /// <summary>Size budget of all environments together; least-recently-used ones above it are evicted.</summary>
-    public long MaxBytes { get; init; } = 10L << 30;
+    public required long MaxBytes { get; init; }
 
     /// <summary>One build (venv creation plus install) is killed after this long.</summary>
-    public TimeSpan BuildTimeout { get; init; } = TimeSpan.FromMinutes(15);
+    public required TimeSpan BuildTimeout { get; init; }
 }
 
-/// <summary>Building or finding an environment failed; the message says which environment and why.</summary>
-internal sealed class EnvException(string message, Exception? inner = null) : CasparianException(ExitCode.Failed, message, inner);
+/// <summary>
+/// Building or finding an environment failed; the message says which environment and why. The
+/// user's doing (a bad hash or lockfile, a build that fails on what the lockfile pins) is
+/// <see cref="ExitCode.BadInput"/>; a stuck build or lock, or a tool that will not start, <see cref="ExitCode.Unavailable"/>.
+/// </summary>
+internal sealed class EnvException(ExitCode code, string message, Exception? inner = null) : CasparianException(code, message, inner);
 
 /// <summary>
 /// An environment in use. While any lease on it is alive (in any process) it is not evicted; dispose
@@ -139,7 +142,6 @@ internal sealed class EnvLease(string envHash, string interpreterPath, bool cach
 /// </summary>
 internal sealed partial class EnvManager(VenvOptions options) : IDisposable
 {
-    public const string SystemEnv = "system";
     public const string LockfileName = "casparian.lock";
 
     private readonly string _root = Path.GetFullPath(options.Root);
@@ -160,9 +162,9 @@ internal sealed partial class EnvManager(VenvOptions options) : IDisposable
     /// </summary>
     public async Task<EnvLease> AcquireAsync(string envHash, string? lockfileContent, CancellationToken cancellationToken)
     {
-        if (envHash == SystemEnv) return new EnvLease(SystemEnv, Python.ResolveReal(options.BasePython), cached: true, sharedLock: null);
-        if (!IsHash(envHash)) VenvThrow.Env_BadHash(envHash);
-        if (lockfileContent is not null && Hashes.Sha256Hex(lockfileContent) != envHash) VenvThrow.Env_HashMismatch(envHash, Hashes.Sha256Hex(lockfileContent));
+        if (envHash == Hashes.SystemEnv) return new EnvLease(Hashes.SystemEnv, Python.ResolveReal(options.BasePython), cached: true, sharedLock: null);
+        if (!IsHash(envHash)) throw VenvThrow.Env_BadHash(envHash);
+        if (lockfileContent is not null && Hashes.Sha256Hex(lockfileContent) != envHash) throw VenvThrow.Env_HashMismatch(envHash, Hashes.Sha256Hex(lockfileContent));
         Directory.CreateDirectory(LocksDir);
 
         bool built = false;
@@ -185,7 +187,7 @@ internal sealed partial class EnvManager(VenvOptions options) : IDisposable
                     return new EnvLease(envHash, Interpreter(envHash), cached: !built, shared);
                 }
                 shared.Dispose();
-                if (lockfileContent is null) VenvThrow.Env_MissingNoLockfile(envHash, _root);
+                if (lockfileContent is null) throw VenvThrow.Env_MissingNoLockfile(envHash, _root);
                 await BuildOnce(envHash, lockfileContent).WaitAsync(cancellationToken).ConfigureAwait(false);
                 built = true;
                 continue;
@@ -338,7 +340,7 @@ internal sealed partial class EnvManager(VenvOptions options) : IDisposable
         }
         catch (System.ComponentModel.Win32Exception e)
         {
-            throw new EnvException($"environment {Short(hash)}: cannot start {step} ({file}): {e.Message}", e);
+            throw VenvThrow.Env_CannotStart(hash, step, file, e);
         }
         using (p)
         {
@@ -356,10 +358,10 @@ internal sealed partial class EnvManager(VenvOptions options) : IDisposable
                 p.Kill(entireProcessTree: true);
                 await p.WaitForExitAsync(CancellationToken.None).ConfigureAwait(false);
                 if (_stopping.IsCancellationRequested) throw;
-                VenvThrow.Env_BuildTimeout(hash, step, options.BuildTimeout);
+                throw VenvThrow.Env_BuildTimeout(hash, step, options.BuildTimeout);
             }
             p.WaitForExit();
-            if (p.ExitCode != 0) VenvThrow.Env_BuildFailed(hash, step, p.ExitCode, output.Text(), options.Wheelhouse);
+            if (p.ExitCode != 0) throw VenvThrow.Env_BuildFailed(hash, step, p.ExitCode, output.Text(), options.Wheelhouse);
         }
     }
 
@@ -400,8 +402,6 @@ internal sealed partial class EnvManager(VenvOptions options) : IDisposable
             return null;
         }
     }
-
-    private static string Short(string hash) => hash.Length > 12 ? hash[..12] : hash;
 
     private static long DirSize(string dir) =>
         new DirectoryInfo(dir).EnumerateFiles("*", new EnumerationOptions
@@ -455,17 +455,25 @@ internal sealed partial class EnvManager(VenvOptions options) : IDisposable
 
 internal static class VenvThrow
 {
-    [DoesNotReturn] public static void Env_BadHash(string hash) =>
-        throw new EnvException($"environment hash '{hash}' is invalid; expected \"system\" or 64 lowercase hex digits (sha256 of the lockfile)");
-    [DoesNotReturn] public static void Env_HashMismatch(string hash, string actual) =>
-        throw new EnvException($"environment {hash}: the lockfile sent with it hashes to {actual}; env_hash must be the sha256 of the lockfile content");
-    [DoesNotReturn] public static void Env_MissingNoLockfile(string hash, string root) =>
-        throw new EnvException($"environment {hash} is not in {root} and no lockfile came with the job to build it; register the parser with its lockfile or send PREPARE_ENV first");
-    [DoesNotReturn] public static void Env_BuildFailed(string hash, string step, int exitCode, string output, string? wheelhouse) =>
-        throw new EnvException($"building environment {hash[..12]} failed: {step} exited {exitCode}: {output}" +
+    public static EnvException Env_BadHash(string hash) =>
+        new(ExitCode.BadInput, $"environment hash '{hash}' is invalid; expected \"system\" or 64 lowercase hex digits (sha256 of the lockfile)");
+    public static EnvException Env_HashMismatch(string hash, string actual) =>
+        new(ExitCode.BadInput, $"environment {hash}: the lockfile sent with it hashes to {actual}; env_hash must be the sha256 of the lockfile content");
+    public static EnvException Env_MissingNoLockfile(string hash, string root) =>
+        new(ExitCode.BadInput, $"environment {hash} is not in {root} and no lockfile came with the job to build it; register the parser with its lockfile or send PREPARE_ENV first");
+    public static EnvException Env_BuildFailed(string hash, string step, int exitCode, string output, string? wheelhouse) =>
+        new(ExitCode.BadInput, $"building environment {Hashes.Short(hash)} failed: {step} exited {exitCode}: {output}" +
             (wheelhouse is null ? "" : $" (installs are offline from {wheelhouse}: it must hold a wheel for every package the lockfile pins)"));
-    [DoesNotReturn] public static void Env_BuildTimeout(string hash, string step, TimeSpan timeout) =>
-        throw new EnvException($"building environment {hash[..12]} timed out: {step} ran longer than {timeout.TotalSeconds:0} s and was killed");
-    [DoesNotReturn] public static void Metadata_LockTimeout(string path) =>
-        throw new EnvException($"could not lock {path} within 60 s; another casparian process may be stuck holding it");
+    public static EnvException Env_BuildTimeout(string hash, string step, TimeSpan timeout) =>
+        new(ExitCode.Unavailable, $"building environment {Hashes.Short(hash)} timed out: {step} ran longer than {timeout.TotalSeconds:0} s and was killed");
+    public static EnvException Env_CannotStart(string hash, string step, string file, Exception e) =>
+        new(ExitCode.Unavailable, $"environment {Hashes.Short(hash)}: cannot start {step} ({file}): {e.Message}", e);
+    public static UnavailableException Python_CannotStart(string command, Exception e) =>
+        new($"cannot start {command}: {e.Message}; install Python 3.9+ or put it on PATH", e);
+    public static UnavailableException Python_NoAnswer(string command) =>
+        new($"{command} did not answer within 30 s when asked for its interpreter path");
+    public static UnavailableException Python_NoInterpreter(string command, int exitCode, string stderr) =>
+        new($"{command} could not report its interpreter (exit {exitCode}): {stderr}");
+    public static EnvException Metadata_LockTimeout(string path) =>
+        new(ExitCode.Unavailable, $"could not lock {path} within 60 s; another casparian process may be stuck holding it");
 }

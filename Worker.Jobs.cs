@@ -12,16 +12,16 @@ namespace Casparian;
 internal sealed record JobExecutorOptions
 {
     public required OutputOptions Output { get; init; }
-    public BridgeOptions Bridge { get; init; } = BridgeOptions.Default;
+    public required BridgeOptions Bridge { get; init; }
     /// <summary>bridge_shim.py, from Shim.Ensure.</summary>
     public required string ShimPath { get; init; }
     /// <summary>Where bundles are extracted, one directory per source hash, reused across jobs.</summary>
     public required string ParsersDir { get; init; }
     /// <summary>Per-job guest logs: {LogsDir}/job-{id}.log.</summary>
     public required string LogsDir { get; init; }
-    public long LogLimit { get; init; } = 10L << 20;
+    public required long LogLimit { get; init; }
     /// <summary>Total time a job may run when DISPATCH does not say (timeout_seconds).</summary>
-    public TimeSpan DefaultTimeout { get; init; } = TimeSpan.FromHours(1);
+    public required TimeSpan DefaultTimeout { get; init; }
     /// <summary>Told of every receipt before it is sent (`start` keeps its session summary with it).</summary>
     public Action<ulong, Dispatch, JobReceipt>? Finished { get; init; }
 }
@@ -29,6 +29,8 @@ internal sealed record JobExecutorOptions
 internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs)
 {
     public const string TransientMetric = "transient";
+    /// <summary>The job's whole time on the worker, bundle to receipt.</summary>
+    public const string DurationMetric = "duration_ms";
 
     public async Task<JobReceipt> RunAsync(ulong jobId, Dispatch dispatch, CancellationToken abort)
     {
@@ -73,7 +75,7 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs)
                 case GuestOutcome.Success:
                     OutputResult written = output.Commit();
                     foreach (var (k, value) in written.Metrics()) metrics[k] = value;
-                    metrics["duration_ms"] = clock.ElapsedMilliseconds;
+                    metrics[DurationMetric] = clock.ElapsedMilliseconds;
                     return new JobReceipt { Status = ReceiptStatus.Success, Metrics = metrics, Artifacts = written.ReceiptArtifacts() };
                 case GuestOutcome.Aborted:
                     return new JobReceipt { Status = ReceiptStatus.Aborted, Metrics = metrics, ErrorMessage = result.ErrorMessage ?? "aborted" };
@@ -91,7 +93,7 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs)
         catch (CasparianException e)
         {
             // A bad sink, schema mismatch, unusable bundle or failed environment build: retrying will not fix it.
-            return new JobReceipt { Status = ReceiptStatus.Failed, ErrorMessage = e.Message, Metrics = new() { ["duration_ms"] = clock.ElapsedMilliseconds } };
+            return new JobReceipt { Status = ReceiptStatus.Failed, ErrorMessage = e.Message, Metrics = new() { [DurationMetric] = clock.ElapsedMilliseconds } };
         }
         catch (IOException e)
         {
@@ -100,7 +102,7 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs)
             {
                 Status = ReceiptStatus.Failed,
                 ErrorMessage = $"I/O error on the worker: {e.Message}",
-                Metrics = new() { [TransientMetric] = 1, ["duration_ms"] = clock.ElapsedMilliseconds },
+                Metrics = new() { [TransientMetric] = 1, [DurationMetric] = clock.ElapsedMilliseconds },
             };
         }
     }
@@ -122,7 +124,7 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs)
         }
         catch (FormatException)
         {
-            throw new InputException($"DISPATCH for parser {dispatch.PluginName} carries a parser_archive that is not base64");
+            throw WorkerThrow.Dispatch_BadArchive(dispatch.PluginName);
         }
         // Extracted once per source hash and reused by every later job of the same bundle.
         ExtractedBundle bundle = ParserBundle.Extract(archive, options.ParsersDir);
@@ -190,42 +192,18 @@ internal sealed class JobLog : IDisposable
 }
 
 /// <summary>
-/// What a worker needs besides its socket, built from the effective configuration: environments,
-/// the extracted shim and the job executor. `worker` owns one; `start` shares one among its workers.
+/// What a worker needs besides its socket: environments and the job executor. `worker` owns one;
+/// `start` shares one among its workers.
 /// </summary>
 internal sealed class WorkerHost : IDisposable
 {
     public required EnvManager Envs { get; init; }
     public required JobExecutor Executor { get; init; }
 
-    public static WorkerHost Create(Config config, Action<ulong, Dispatch, JobReceipt>? finished = null)
+    public static WorkerHost Create(VenvOptions venvs, JobExecutorOptions executor)
     {
-        string home = config.HomeDir;
-        var envs = new EnvManager(new VenvOptions
-        {
-            Root = config.Get(Config.Venvs),
-            BasePython = config.Get(Config.Python),
-            Wheelhouse = config.Get(Config.Wheelhouse) is { Length: > 0 } w ? w : null,
-            Uv = Python.FindOnPath("uv", Environment.GetEnvironmentVariable("PATH")),
-            MaxBytes = config.Get(Config.VenvBudget),
-        });
-        var executor = new JobExecutor(new JobExecutorOptions
-        {
-            Output = new OutputOptions
-            {
-                Root = config.Get(Config.Output),
-                AllowedRoots = config.Get(Config.AllowedRoots),
-                Lineage = config.Get(Config.Lineage),
-            },
-            Bridge = new BridgeOptions { ConnectTimeout = config.Get(Config.ConnectTimeout), IdleTimeout = config.Get(Config.IdleTimeout) },
-            ShimPath = Shim.Ensure(Path.Combine(home, "shim")),
-            ParsersDir = Path.Combine(home, "parsers"),
-            LogsDir = Path.Combine(home, "logs"),
-            LogLimit = config.Get(Config.LogLimit),
-            DefaultTimeout = config.Get(Config.JobTimeout),
-            Finished = finished,
-        }, envs);
-        return new WorkerHost { Envs = envs, Executor = executor };
+        var envs = new EnvManager(venvs);
+        return new WorkerHost { Envs = envs, Executor = new JobExecutor(executor, envs) };
     }
 
     /// <summary>PREPARE_ENV: build (or find) the environment and say where its interpreter is.</summary>

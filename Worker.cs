@@ -14,11 +14,12 @@ internal sealed record WorkerOptions
 {
     public required string Connect { get; init; }
     public required string WorkerId { get; init; }
-    public int Slots { get; init; } = Environment.ProcessorCount;
-    public TimeSpan HeartbeatInterval { get; init; } = TimeSpan.FromSeconds(5);
-    public TimeSpan ShutdownGrace { get; init; } = TimeSpan.FromSeconds(30);
+    public required int Slots { get; init; }
+    public required TimeSpan HeartbeatInterval { get; init; }
+    public required TimeSpan ShutdownGrace { get; init; }
     /// <summary>Parser names this worker runs; "*" is any.</summary>
-    public IReadOnlyList<string> Capabilities { get; init; } = ["*"];
+    public required IReadOnlyList<string> Capabilities { get; init; }
+    public required RoleLog Log { get; init; }
 }
 
 /// <summary>Runs one DISPATCH to its receipt; must return (not throw) once <paramref name="abort"/> fires.</summary>
@@ -27,39 +28,14 @@ internal delegate Task<JobReceipt> JobRunner(ulong jobId, Dispatch dispatch, Can
 /// <summary>Builds (or finds) an environment for PREPARE_ENV.</summary>
 internal delegate Task<EnvReady> EnvPreparer(PrepareEnv request, CancellationToken cancel);
 
-internal sealed partial class Worker : IDisposable
+internal sealed class Worker : IDisposable
 {
-    internal static readonly Command Command = new("worker", "data plane: run parsers, write Parquet, report receipts",
-        "worker --connect ADDR --output DIR [--worker-id ID] [--slots N] [--venvs DIR]",
-        Config.Flags(Config.Connect, Config.Output, Config.WorkerId, Config.Slots, Config.Venvs, Config.VenvBudget, Config.Wheelhouse,
-            Config.Python, Config.AllowedRoots, Config.Lineage, Config.HeartbeatInterval, Config.ShutdownGrace, Config.JobTimeout,
-            Config.ConnectTimeout, Config.IdleTimeout, Config.LogLimit),
-        RunCommand);
-
-    private static int RunCommand(Args args)
-    {
-        args.RequirePositionals(0, 0);
-        var config = Config.Load(args);
-        var options = new WorkerOptions
-        {
-            Connect = config.Get(Config.Connect),
-            WorkerId = config.Get(Config.WorkerId) is { Length: > 0 } id ? id : WorkerIdentity.LoadOrCreate(Path.Combine(config.HomeDir, "worker")),
-            Slots = config.Get(Config.Slots),
-            HeartbeatInterval = config.Get(Config.HeartbeatInterval),
-            ShutdownGrace = config.Get(Config.ShutdownGrace),
-        };
-        using var host = WorkerHost.Create(config);
-        using var worker = new Worker(options, host.Executor.RunAsync, host.PrepareEnv);
-        using var signal = new ShutdownSignal(line => Console.Error.WriteLine($"worker {options.WorkerId}: {line}"));
-        Console.Error.WriteLine($"worker {options.WorkerId}: output under {config.Get(Config.Output)}");
-        worker.Run(signal.Token);
-        return 0;
-    }
+    private static readonly TimeSpan Linger = TimeSpan.FromSeconds(5);
 
     private readonly WorkerOptions _options;
     private readonly JobRunner _runJob;
     private readonly EnvPreparer _prepareEnv;
-    private readonly Action<string> _log;
+    private readonly RoleLog _log;
 
     private readonly DealerSocket _socket;
     private readonly NetMQQueue<Action> _inbox = new();
@@ -82,16 +58,16 @@ internal sealed partial class Worker : IDisposable
         public bool AbortRequested { get; set; }
     }
 
-    public Worker(WorkerOptions options, JobRunner runJob, EnvPreparer prepareEnv, Action<string>? log = null)
+    public Worker(WorkerOptions options, JobRunner runJob, EnvPreparer prepareEnv)
     {
         _options = options;
         _runJob = runJob;
         _prepareEnv = prepareEnv;
-        _log = log ?? (line => Console.Error.WriteLine($"{DateTime.Now:HH:mm:ss.fff} worker {options.WorkerId}: {line}"));
+        _log = options.Log;
 
         _socket = new DealerSocket();
         // CONCLUDEs queued just before shutdown must still reach the sentinel.
-        _socket.Options.Linger = TimeSpan.FromSeconds(5);
+        _socket.Options.Linger = Linger;
         _socket.ReceiveReady += (_, _) => DrainSocket();
         _inbox.ReceiveReady += (_, e) =>
         {
@@ -116,11 +92,11 @@ internal sealed partial class Worker : IDisposable
     public void Run(CancellationToken stop)
     {
         _socket.Connect(_options.Connect);
-        _log($"connected to {_options.Connect}; {_options.Slots} slot(s)");
+        _log.Info($"connected to {_options.Connect}; {_options.Slots} slot(s)");
         SendIdentify();
         using var registration = stop.Register(() => _inbox.Enqueue(BeginDrain));
         _poller.Run();
-        _log("stopped");
+        _log.Info("stopped");
     }
 
     /// <summary>Jobs running now (for tests and status lines); safe from any thread only as a snapshot.</summary>
@@ -133,7 +109,7 @@ internal sealed partial class Worker : IDisposable
     {
         if (!_disconnected) return;
         _disconnected = false;
-        _log("reconnected; identifying again");
+        _log.Info("reconnected; identifying again");
         SendIdentify();
         SendHeartbeat();
     }
@@ -188,8 +164,7 @@ internal sealed partial class Worker : IDisposable
     private void Malformed(string why)
     {
         long n = Interlocked.Increment(ref _malformed);
-        // Logged in full at first, then sparsely: a misbehaving peer must not flood the log.
-        if (n <= 10 || (n & (n - 1)) == 0) _log($"dropped malformed message #{n}: {why}");
+        _log.Limited("malformed", $"dropped malformed message #{n}: {why}");
     }
 
     private void Handle(WireMessage m)
@@ -211,10 +186,10 @@ internal sealed partial class Worker : IDisposable
                 break;
             case OpCode.Err:
                 var err = m.Payload.Length == 0 ? null : m.Decode(ProtocolJson.Default.ErrorPayload);
-                _log($"sentinel reported an error{(m.JobId != 0 ? $" for job {m.JobId}" : "")}: {err?.Message ?? "(no message)"}");
+                _log.Info($"sentinel reported an error{(m.JobId != 0 ? $" for job {m.JobId}" : "")}: {err?.Message ?? "(no message)"}");
                 break;
             case OpCode.Reload:
-                _log("RELOAD received; settings are read at start, so nothing changes until restart");
+                _log.Info("RELOAD received; settings are read at start, so nothing changes until restart");
                 break;
             default:
                 Malformed($"unexpected {m.Op.ToWireName()} from the sentinel");
@@ -227,7 +202,7 @@ internal sealed partial class Worker : IDisposable
         if (_jobs.ContainsKey(jobId))
         {
             // Already running here (a re-sent DISPATCH after a sentinel restart): it will conclude once.
-            _log($"job {jobId} is already running here; duplicate DISPATCH ignored");
+            _log.Info($"job {jobId} is already running here; duplicate DISPATCH ignored");
             return;
         }
         if (_draining || _jobs.Count >= _options.Slots)
@@ -240,7 +215,7 @@ internal sealed partial class Worker : IDisposable
         var job = new RunningJob(jobId, CancellationTokenSource.CreateLinkedTokenSource(_lifetime.Token));
         _jobs.Add(jobId, job);
         Interlocked.Increment(ref _activeCount);
-        _log($"job {jobId}: {dispatch.PluginName} on {dispatch.FilePath}");
+        _log.Info($"job {jobId}: {dispatch.PluginName} on {dispatch.FilePath}");
         _ = Task.Run(async () =>
         {
             JobReceipt receipt;
@@ -264,16 +239,11 @@ internal sealed partial class Worker : IDisposable
         _jobs.Remove(job.Id);
         Interlocked.Decrement(ref _activeCount);
         job.Abort.Dispose();
+        // Logged before it is sent, so the log never lags behind what the store already shows.
+        string detail = receipt.ErrorMessage is { } e ? ": " + Text.Headline(e) : "";
+        _log.Info($"job {job.Id}: {receipt.Status.ToString().ToUpperInvariant()}{detail}");
         SendConclude(job.Id, receipt);
-        string detail = receipt.ErrorMessage is { } e ? ": " + FirstLine(e) : "";
-        _log($"job {job.Id}: {receipt.Status.ToString().ToUpperInvariant()}{detail}");
         if (_draining && _jobs.Count == 0) _poller.Stop();
-    }
-
-    private static string FirstLine(string text)
-    {
-        int nl = text.IndexOf('\n');
-        return nl < 0 ? text : text[..nl] + " …";
     }
 
     private void SendConclude(ulong jobId, JobReceipt receipt) =>
@@ -283,7 +253,7 @@ internal sealed partial class Worker : IDisposable
     {
         if (!_jobs.TryGetValue(jobId, out var job))
         {
-            _log($"ABORT for job {jobId}, which is not running here; ignored");
+            _log.Info($"ABORT for job {jobId}, which is not running here; ignored");
             return;
         }
         job.AbortRequested = true;
@@ -317,14 +287,14 @@ internal sealed partial class Worker : IDisposable
             _poller.Stop();
             return;
         }
-        _log($"stopping: {_jobs.Count} job(s) get {_options.ShutdownGrace.TotalSeconds:0.#} s to finish");
+        _log.Info($"stopping: {_jobs.Count} job(s) get {_options.ShutdownGrace.TotalSeconds:0.#} s to finish");
         _graceTimer.Enable = true;
     }
 
     private void AbortAllAfterGrace()
     {
         _graceTimer.Enable = false;
-        _log($"grace period over; aborting {_jobs.Count} job(s)");
+        _log.Info($"grace period over; aborting {_jobs.Count} job(s)");
         foreach (var job in _jobs.Values)
         {
             job.AbortRequested = true;
@@ -367,7 +337,7 @@ internal static class WorkerIdentity
         {
             File.Delete(temp);
         }
-        return TryRead(path) ?? throw new UnavailableException($"worker id file {path} is empty or unreadable; delete it to get a new id");
+        return TryRead(path) ?? throw WorkerThrow.Id_Unreadable(path);
     }
 
     private static string? TryRead(string path)
@@ -380,4 +350,12 @@ internal static class WorkerIdentity
         catch (FileNotFoundException) { return null; }
         catch (DirectoryNotFoundException) { return null; }
     }
+}
+
+internal static class WorkerThrow
+{
+    public static InputException Dispatch_BadArchive(string parser) =>
+        new($"DISPATCH for parser {parser} carries a parser_archive that is not base64");
+    public static UnavailableException Id_Unreadable(string path) =>
+        new($"worker id file {path} is empty or unreadable; delete it to get a new id");
 }

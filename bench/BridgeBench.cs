@@ -86,10 +86,11 @@ public class BridgeBench
         var sink = new CountingSink();
         var request = new GuestRequest
         {
-            Interpreter = Python.ResolveReal(),
+            Interpreter = Defaults.Python,
             ShimPath = _guest,
             Parser = GuestParser.Path(_guest),
             FilePath = _guest,
+            Options = Defaults.Bridge,
             Environment = new Dictionary<string, string?>
             {
                 ["BENCH_STREAM"] = Path.Combine(_dir, table + ".arrows"),

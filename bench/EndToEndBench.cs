@@ -93,7 +93,7 @@ public partial class EndToEndBench
     {
         _binary = Environment.GetEnvironmentVariable("CASPARIAN_BIN") is { Length: > 0 } env ? env : Path.Combine(ShimBench.RepoRoot, "casparian");
         if (!File.Exists(_binary)) throw new FileNotFoundException($"native binary not found at {_binary}; run ./build.sh first (or set CASPARIAN_BIN)");
-        _python = Python.ResolveReal();
+        _python = Defaults.Python;
         _bigRows = Program.Checking ? CheckBigRows : BigRows;
         _smallFiles = Program.Checking ? CheckSmallFiles : SmallFiles;
         _dir = Directory.CreateTempSubdirectory("casparian-bench-e2e-").FullName;
@@ -140,7 +140,7 @@ public partial class EndToEndBench
         string db = Path.Combine(_home, "casparian.db");
         if (File.Exists(db))
         {
-            using var store = new SqliteJobStore(new StoreOptions { Path = db });
+            using var store = JobStores.Open(Defaults.Store(db));
             var jobs = store.List(null, int.MaxValue);
             if (jobs.Count == 0 || jobs.Any(j => j.State != JobState.Completed))
                 throw new InvalidOperationException($"{jobs.Count(j => j.State != JobState.Completed)} of {jobs.Count} job(s) in {db} are not COMPLETED");
@@ -246,6 +246,7 @@ public partial class EndToEndBench
             Interpreter = _python,
             ShimPath = _shim,
             Parser = GuestParser.Path(_emptyParser),
+            Options = Defaults.Bridge,
             FilePath = Path.Combine(_dir, "empty.csv"),
             ParserName = "empty",
         };

@@ -126,7 +126,7 @@ public static class Parity
     /// <param name="globals">Run once before any timing; its names are the globals of every setup and statement.</param>
     public static double[] TimePython(string interpreter, string globals, string setup, PythonCase[] cases)
     {
-        string exe = interpreter == "python3" ? Python.ResolveReal() : interpreter;
+        string exe = interpreter == "python3" ? Defaults.Python : interpreter;
         const string Driver = """
             import json, sys, timeit
             job = json.load(sys.stdin)

@@ -165,3 +165,21 @@ public static class Program
             .WithOptions(ConfigOptions.JoinSummary | ConfigOptions.DisableLogFile);
     }
 }
+
+/// <summary>Option records as the shell builds them from every setting's default (Config.Defaults), for a suite to change with `with`.</summary>
+internal static class Defaults
+{
+    private static Config Settings => Config.Defaults(Path.GetTempPath());
+
+    public static StoreOptions Store(string db) => Commands.StoreOptions(Settings, create: true) with { Db = db };
+
+    public static BridgeOptions Bridge { get; } = Commands.BridgeOptions(Settings);
+
+    /// <summary>The real interpreter behind the python setting's default.</summary>
+    public static string Python { get; } = Casparian.Python.ResolveReal(Settings.Get(Config.Python));
+
+    public static OutputOptions Output(string root) => Commands.OutputOptions(Settings) with { Root = root };
+
+    public static SentinelOptions Sentinel(string bind, string db, RoleLog log) =>
+        Commands.SentinelOptions(Settings, log) with { Bind = bind, Store = Store(db) };
+}

@@ -164,11 +164,11 @@ public static class Report
     {
         try
         {
-            var psi = new ProcessStartInfo(Python.ResolveReal(), "--version") { RedirectStandardOutput = true, UseShellExecute = false };
+            var psi = new ProcessStartInfo(Defaults.Python, "--version") { RedirectStandardOutput = true, UseShellExecute = false };
             using var p = Process.Start(psi)!;
             string v = p.StandardOutput.ReadToEnd().Trim();
             p.WaitForExit();
-            return $"{v} ({Python.ResolveReal()})";
+            return $"{v} ({Defaults.Python})";
         }
         catch (Exception e) when (e is System.ComponentModel.Win32Exception or CasparianException)
         {

@@ -21,7 +21,7 @@ public class SentinelBench
     public string Fleet { get; set; } = "1x4";
 
     private string _dir = "";
-    private SqliteJobStore _store = null!;
+    private IJobStore _store = null!;
     private Sentinel _sentinel = null!;
     private Thread _sentinelThread = null!;
     private readonly CancellationTokenSource _stop = new();
@@ -36,24 +36,22 @@ public class SentinelBench
         int slots = int.Parse(fleet[1], System.Globalization.CultureInfo.InvariantCulture);
         _dir = Directory.CreateTempSubdirectory("casparian-bench-sentinel-").FullName;
         string db = Path.Combine(_dir, "casparian.db");
-        _store = new SqliteJobStore(new StoreOptions { Path = db });
+        _store = JobStores.Open(Defaults.Store(db));
         const string source = "def parse(path):\n    return [{'x': 1}]\n";
         _store.RegisterParser(new ParserRecord
         {
             Name = "bench",
             Version = "1.0",
             Source = source,
-            EnvHash = ParserRecord.SystemEnv,
+            EnvHash = Hashes.SystemEnv,
             SourceHash = Hashes.Sha256Hex(source),
             ArtifactHash = Hashes.ArtifactHash(source, ""),
         });
         _jobs = [.. Enumerable.Range(0, Jobs).Select(i => new NewJob("bench", "1.0", $"/data/in/{i:D7}.csv", "h"))];
 
-        _sentinel = new Sentinel(new SentinelOptions
+        _sentinel = new Sentinel(Defaults.Sentinel("tcp://127.0.0.1:*", db, new RoleLog(Console.Error, "sentinel", quiet: true, TimeProvider.System)) with
         {
-            Bind = "tcp://127.0.0.1:*",
-            DbPath = db,
-            Quiet = true,
+            JobTimeout = null,
             // Under load, claims follow every freed slot; the poll only matters when work is added to an idle sentinel.
             PollInterval = TimeSpan.FromMilliseconds(5),
         });

@@ -98,7 +98,7 @@ public class ShimBench
     /// <summary>Runs the real python3 with <paramref name="args"/> (a script path, or "-c" and code); its stdout, or an exception with its stderr when it fails.</summary>
     internal static string RunPython(params string[] args)
     {
-        var psi = new System.Diagnostics.ProcessStartInfo(Python.ResolveReal())
+        var psi = new System.Diagnostics.ProcessStartInfo(Defaults.Python)
         {
             RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
         };

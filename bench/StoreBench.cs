@@ -64,7 +64,7 @@ public class StoreBench
     public void Setup()
     {
         _dir = Directory.CreateTempSubdirectory("casparian-bench-store-").FullName;
-        _store = new SqliteJobStore(new StoreOptions { Path = Path.Combine(_dir, "jobs.db") });
+        _store = new SqliteJobStore(Defaults.Store(Path.Combine(_dir, "jobs.db")));
         // Distinct content hashes, as real files have: the completed-content index then takes random inserts.
         _jobs = [.. Enumerable.Range(0, Batch).Select(i => $"/data/in/{i:D7}.csv").Select(p => new NewJob("bench", "1.0", p, Hashes.Sha256Hex(p)))];
 
@@ -87,7 +87,7 @@ public class StoreBench
     {
         _store.Dispose();
         foreach (var f in Directory.GetFiles(_dir)) File.Delete(f);
-        _store = new SqliteJobStore(new StoreOptions { Path = Path.Combine(_dir, "jobs.db") });
+        _store = new SqliteJobStore(Defaults.Store(Path.Combine(_dir, "jobs.db")));
         _store.EnqueueMany(_jobs);
     }
 

@@ -8,7 +8,7 @@ namespace Casparian.Tests;
 
 public sealed class BridgeTests
 {
-    private static readonly BridgeOptions Quick = new() { ConnectTimeout = TimeSpan.FromSeconds(30), IdleTimeout = TimeSpan.FromSeconds(30) };
+    private static readonly BridgeOptions Quick = Defaults.Bridge with { ConnectTimeout = TimeSpan.FromSeconds(30), IdleTimeout = TimeSpan.FromSeconds(30) };
 
     private static GuestRequest Request(TempDir dir, string parserSource, string? shim = null, BridgeOptions? options = null, TimeSpan? timeout = null, bool interactive = false)
     {
@@ -51,15 +51,11 @@ public sealed class BridgeTests
 
     private static string PyString(string s) => "'" + s.Replace("\\", "\\\\").Replace("'", "\\'") + "'";
 
-    private static async Task<int[]> WaitForPids(string file, Task running)
+    private static Task<int[]> WaitForPids(string file, Task running)
     {
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
-        while (DateTime.UtcNow < deadline && !running.IsCompleted)
-        {
-            if (File.Exists(file) && File.ReadAllText(file).Contains(' ')) return Guest.ReadPids(file);
-            await Task.Delay(20);
-        }
-        throw new TimeoutException($"no pids in {file}; guest finished: {running.IsCompleted}");
+        bool Written() => File.Exists(file) && File.ReadAllText(file).Contains(' ');
+        Eventually.True(() => running.IsCompleted || Written(), TimeSpan.FromSeconds(30), $"pids in {file}");
+        return Written() ? Task.FromResult(Guest.ReadPids(file)) : throw new TimeoutException($"no pids in {file}; the guest finished first");
     }
 
     [Fact]

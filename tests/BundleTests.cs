@@ -132,7 +132,7 @@ public sealed class BundleTests
                 for i in z.infolist():
                     print(i.filename, i.date_time, i.compress_type, i.flag_bits & 8, len(i.extra), z.read(i) == open(sys.argv[2] + '/' + i.filename, 'rb').read())
             """;
-        var r = Proc.Run(Python.ResolveReal(), ["-c", Script, zipPath, dir.Path]);
+        var r = Proc.Run(Guest.Python, ["-c", Script, zipPath, dir.Path]);
         Assert.True(r.ExitCode == 0, r.ToString());
         // compress_type 8 = Deflate; no data descriptor (flag bit 3); no extra field.
         Assert.Equal("helper.py (1980, 1, 1, 0, 0, 0) 8 0 0 True\nparser.py (1980, 1, 1, 0, 0, 0) 8 0 0 True\n", r.Stdout);
@@ -285,7 +285,7 @@ public sealed class BundleTests
         Tree(dir.Path, ("pkg/util.py", "X = 1\n"), ("parser.py", "print(1)\n"));
         var bundle = ParserBundle.Load(dir.Path);
         Assert.Equal("a31d58fddeb7bbab76c0580229a9e1c014544f0dead27be0f88fd54eade99560", bundle.SourceHash);
-        Assert.Equal(bundle.SourceHash, ParserBundle.SourceHashOf(bundle.Archive));
+        Assert.Equal(bundle.SourceHash, ParserBundle.Extract(bundle.Archive, dir.File("extracted")).SourceHash);
     }
 
     [Fact]
@@ -451,7 +451,7 @@ public sealed class BundleTests
         foreach (var f in bundle.Files)
             Assert.Equal(File.ReadAllBytes(Path.Combine(src.Path, f.Path)), File.ReadAllBytes(Path.Combine(extracted.Directory, f.Path)));
 
-        var r = Proc.Run(Python.ResolveReal(), ["-c", "import sys; sys.path.insert(0, sys.argv[1]); import parser; print(parser.parse('x'), parser.name)", extracted.Directory]);
+        var r = Proc.Run(Guest.Python, ["-c", "import sys; sys.path.insert(0, sys.argv[1]); import parser; print(parser.parse('x'), parser.name)", extracted.Directory]);
         Assert.True(r.ExitCode == 0, r.ToString());
         Assert.Equal("42 doubler\n", r.Stdout);
     }
@@ -527,7 +527,6 @@ public sealed class BundleTests
         Assert.Contains(reason, e.Message);
         Assert.Empty(Directory.EnumerateFileSystemEntries(dir.Path, "*", SearchOption.AllDirectories));
         Assert.False(File.Exists("/abs.py"));
-        Assert.Contains(entryName, Assert.Throws<InputException>(() => ParserBundle.SourceHashOf(zip)).Message);
     }
 
     [Theory]

@@ -124,8 +124,18 @@ public sealed class ConfigTests : IDisposable
         { "slots = 1\nslots = 2\n", "line 2: key 'slots' is set twice" },
         // A duration that is not one.
         { "job_timeout = \"soon\"\n", "expected a positive duration" },
-        // An unterminated string.
-        { "python = \"python3\n", "unterminated \"string\"" },
+        // An unterminated string (Tomlyn's message, on the key's line).
+        { "python = \"python3\n", "line 1: bad value for 'python': Invalid newline in a string" },
+        // A table as a setting's value.
+        { "\nslots = {n = 1}\n", "bad value {n = 1} for key 'slots' in {file} line 2: expected an integer" },
+        // A date, which no setting takes.
+        { "job_timeout = 1979-05-27\n", "line 1: bad value for 'job_timeout': dates and times are not setting values" },
+        // An array of arrays.
+        { "allowed_roots = [[\"/a\"]]\n", "line 1: bad value for 'allowed_roots': an array may hold strings, numbers and booleans only" },
+        // A dotted key at the top level is not a setting.
+        { "worker.slots = 2\n", "line 1: unknown key 'worker.slots'" },
+        // An array of tables nobody registered.
+        { "[[sources]]\npath = \"/x\"\n", "line 1: tables such as [[sources]] are not used" },
     };
 
     [Theory]
@@ -137,6 +147,78 @@ public sealed class ConfigTests : IDisposable
         Assert.Contains(expected.Replace("{file}", file), e.Message);
         Assert.Contains(file, e.Message);
         Assert.Equal(ExitCode.BadInput, e.Code);
+    }
+
+    [Fact]
+    public void Config_File_MultiLineArraysEscapesAndFullTomlSyntax()
+    {
+        // TOML 1.1 that the old hand-written subset refused: a multi-line array with a trailing comma
+        // and comments, \U and \u escapes, a multi-line string, hex and underscored integers.
+        WriteToml(""""
+            allowed_roots = [
+                "/data/a",   # the first
+                '/data/b',
+            ]
+            python = "/opt/py\U0001F600/bin/py\u00e9"
+            worker_id = """
+            w1"""
+            slots = 0x10
+            log_limit = 2_097_152
+            """");
+        var c = Config.Load(Flags(), Env(), _dir.Path);
+        Assert.Equal(["/data/a", "/data/b"], c.Get(Config.AllowedRoots));
+        Assert.Equal("/opt/py\U0001F600/bin/py\u00e9", c.Get(Config.Python));
+        Assert.Equal("w1", c.Get(Config.WorkerId));
+        Assert.Equal(16, c.Get(Config.Slots));
+        Assert.Equal(2L << 20, c.Get(Config.LogLimit));
+        Assert.Equal($"{_dir.File("casparian.toml")}:5", c.Describe(Config.Python).Where);
+    }
+
+    [Fact]
+    public void ConfigFile_RegisteredTables_AreHandedToTheirOwnerInFileOrder()
+    {
+        string file = WriteToml("""
+            slots = 2
+            [topics.sales]
+            sink = "parquet://sales"
+            schema = {id = "int64", amount = "float64?"}
+            [[sources]]
+            path = "/in/a"
+            [[sources]]
+            path = "/in/b"
+            tags.kind = "csv"
+            """);
+        var read = ConfigFile.Read(file, ["topics", "sources"]);
+        Assert.Equal(("2", 1), (read.Values["slots"].Value.Text, read.Values["slots"].Line));
+        Assert.Equal([("topics.sales", 2, false), ("sources", 5, true), ("sources", 7, true)],
+            read.Tables.Select(t => (t.Name, t.Line, t.ArrayItem)));
+        var sales = read.Tables[0];
+        Assert.Equal("topics", sales.Root);
+        Assert.Equal(("sink", "parquet://sales", 3), (sales.Entries[0].Key, sales.Entries[0].Value.Text, sales.Entries[0].Line));
+        Assert.Equal([("id", "int64"), ("amount", "float64?")], sales.Entries[1].Value.Table!.Select(e => (e.Key, e.Value.Text)));
+        Assert.Equal([("path", "/in/b"), ("tags.kind", "csv")], read.Tables[2].Entries.Select(e => (e.Key, e.Value.Text)));
+
+        // The same file where only "topics" is registered: [[sources]] is an error naming it.
+        var e = Assert.Throws<InputException>(() => ConfigFile.Read(file, ["topics"]));
+        Assert.Equal($"config file {file} line 5: tables such as [[sources]] are not used; write settings as top-level keys (see 'casparian config'); known tables: topics", e.Message);
+    }
+
+    [Fact]
+    public void Config_Options_CarryTheSettingsIntoEveryRole()
+    {
+        // The shell's mapping (Commands.Options.cs) is the only place option records are filled.
+        WriteToml("retry_backoff_max = \"90s\"\nmessage_limit = \"8MB\"\nrow_group_rows = 1000\ncapabilities = [\"csv\", \"json\"]\n");
+        var c = Config.Load(Flags("--lock-timeout", "3s", "--poll-interval", "50ms", "--db", "postgresql://h/db"),
+            Env(("CASPARIAN_BUILD_TIMEOUT", "2m"), ("CASPARIAN_HOME", _dir.File("home"))), _dir.Path);
+        var sentinel = Commands.SentinelOptions(c, RoleLog.None);
+        Assert.Equal((TimeSpan.FromSeconds(90), TimeSpan.FromSeconds(3), "postgresql://h/db"),
+            (sentinel.Store.RetryBackoffMax, sentinel.Store.LockTimeout, sentinel.Store.Db));
+        Assert.Equal(TimeSpan.FromMilliseconds(50), sentinel.PollInterval);
+        Assert.Equal(8 << 20, Commands.BridgeOptions(c).MaxMessageBytes);
+        Assert.Equal(1000, Commands.OutputOptions(c).RowGroupRows);
+        Assert.Equal(["csv", "json"], Commands.WorkerOptions(c, "w", RoleLog.None).Capabilities);
+        Assert.Equal(TimeSpan.FromMinutes(2), Commands.VenvOptions(c).BuildTimeout);
+        Assert.Equal(Path.Combine(_dir.File("home"), "venvs"), Commands.VenvOptions(c).Root);
     }
 
     [Fact]

@@ -248,16 +248,8 @@ internal sealed class Cluster : IDisposable
     }
 
     /// <summary>Polls until <paramref name="done"/> holds; on timeout fails with `casparian jobs` and every process's output.</summary>
-    public void WaitUntil(string what, TimeSpan limit, Func<bool> done)
-    {
-        var deadline = DateTime.UtcNow + limit;
-        while (true)
-        {
-            if (done()) return;
-            if (DateTime.UtcNow > deadline) throw new XunitException($"timed out after {limit.TotalSeconds} s waiting for {what}\n{Diagnostics()}");
-            Thread.Sleep(100);
-        }
-    }
+    public void WaitUntil(string what, TimeSpan limit, Func<bool> done) =>
+        Eventually.True(done, limit, what, Diagnostics, every: TimeSpan.FromMilliseconds(100));
 
     public void WaitForJobs(int count, TimeSpan limit) =>
         WaitUntil($"{count} COMPLETED jobs", limit, () => Jobs() is var j && j.Count == count && j.All(x => x.State != "QUEUED" && x.State != "RUNNING"));

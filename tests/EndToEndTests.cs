@@ -26,12 +26,8 @@ public sealed class EndToEndTests : IDisposable
 
     private static void WaitJoined(Daemon sentinel, params string[] workers)
     {
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
-        while (!workers.All(w => sentinel.Stderr.Contains($"worker {w} joined", StringComparison.Ordinal)))
-        {
-            if (DateTime.UtcNow > deadline) throw new Xunit.Sdk.XunitException($"workers {string.Join(", ", workers)} did not join\n{sentinel}");
-            Thread.Sleep(50);
-        }
+        Eventually.True(() => workers.All(w => sentinel.Stderr.Contains($"worker {w} joined", StringComparison.Ordinal)),
+            TimeSpan.FromSeconds(30), $"workers {string.Join(", ", workers)} to join", sentinel.ToString);
     }
 
     /// <summary>How often each job id concluded SUCCESS, from the workers' own log lines.</summary>

@@ -93,7 +93,7 @@ internal static class Guest
     /// <summary>One shim directory for the whole test run; Ensure is idempotent and verifies content.</summary>
     public static string ShimPath { get; } = Shim.Ensure(Path.Combine(Path.GetTempPath(), "casparian-test-shim"));
 
-    public static string Python { get; } = Casparian.Python.ResolveReal();
+    public static string Python { get; } = Casparian.Python.ResolveReal(Defaults.PythonCommand);
 
     /// <summary>Debian's python3 with pandas and numpy.</summary>
     public const string DebianPython = "/usr/bin/python3";
@@ -121,7 +121,7 @@ internal static class Guest
             JobId = 42,
             FileVersionId = 7,
             Timeout = timeout,
-            Options = options ?? new BridgeOptions { ConnectTimeout = TimeSpan.FromSeconds(30), IdleTimeout = TimeSpan.FromSeconds(60) },
+            Options = options ?? Defaults.Bridge,
         };
         var result = await Bridge.RunAsync(request, sink, abort);
         return (result, sink);

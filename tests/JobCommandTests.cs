@@ -61,7 +61,7 @@ public sealed class JobCommandTests : IDisposable
         return dir;
     }
 
-    private SqliteJobStore Store() => new(new StoreOptions { Path = Db, Create = false });
+    private IJobStore Store() => JobStores.Open(Defaults.Store(Db) with { Create = false });
 
     [Fact]
     public void JobCommands_AddListShowCancelRetry_ThroughTheBinary()
@@ -239,9 +239,9 @@ public sealed class JobCommandTests : IDisposable
             worker.Conclude(2, ReceiptStatus.Aborted);
             worker.Conclude(3, ReceiptStatus.Failed, error: "ValueError: nope");
 
-            var deadline = DateTime.UtcNow + ScriptedWorker.Patience;
             string table = "";
-            while (DateTime.UtcNow < deadline && !(table = Ok("jobs").Stdout).Contains("1 completed, 1 failed, 1 cancelled")) Thread.Sleep(50);
+            Eventually.True(() => (table = Ok("jobs").Stdout).Contains("1 completed, 1 failed, 1 cancelled"), ScriptedWorker.Patience,
+                "the three conclusions in the store", () => table);
             Assert.Contains("0 queued, 0 running, 1 completed, 1 failed, 1 cancelled (3 total)", table);
             Assert.Contains("metrics:    rows=1", Ok("job", "show", "1").Stdout);
             Assert.Contains("error:      ValueError: nope", Ok("job", "show", "3").Stdout);

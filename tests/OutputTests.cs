@@ -14,7 +14,7 @@ public sealed class OutputTests : IDisposable
 
     private string Root => _dir.File("out");
 
-    private OutputOptions Options(bool lineage = false) => new() { Root = Root, Lineage = lineage };
+    private OutputOptions Options(bool lineage = false) => Defaults.Output(Root) with { Lineage = lineage };
 
     private JobOutput Job(ulong id = 7, IReadOnlyList<SinkConfig>? sinks = null, OutputOptions? options = null) =>
         new(options ?? Options(), id, fileVersionId: 1000 + (long)id, sinks ?? []);
@@ -156,7 +156,7 @@ public sealed class OutputTests : IDisposable
         Assert.StartsWith("file:///", artifact.Uri);
         Assert.Equal(Ints.Length, artifact.Rows);
         Assert.Equal(new FileInfo(Path.Combine(Root, "output", "job-7.parquet")).Length, artifact.Bytes);
-        Assert.Equal(new Dictionary<string, long> { ["rows"] = Ints.Length, ["bytes"] = artifact.Bytes, ["batches"] = 1, ["duration_ms"] = result.DurationMs }, result.Metrics());
+        Assert.Equal(new Dictionary<string, long> { ["rows"] = Ints.Length, ["bytes"] = artifact.Bytes, ["batches"] = 1, ["write_ms"] = result.DurationMs }, result.Metrics());
         Assert.Equal(new Dictionary<string, string> { ["topic"] = "output", ["uri"] = artifact.Uri, ["rows"] = "6", ["bytes"] = artifact.Bytes.ToString(System.Globalization.CultureInfo.InvariantCulture) },
             Assert.Single(result.ReceiptArtifacts()));
     }
@@ -319,6 +319,7 @@ public sealed class OutputTests : IDisposable
         Assert.Contains("column 'gone' (int64) is missing", e.Message);
         Assert.Contains("column 'extra' (int64) is new", e.Message);
         Assert.DoesNotContain("'name'", e.Message);
+        Assert.Equal(ExitCode.BadInput, e.Code);
     }
 
     [Fact]
@@ -698,6 +699,7 @@ public sealed class OutputTests : IDisposable
         var e = Assert.Throws<OutputException>(() => Job(2, [sink]));
         Assert.Contains("mode error", e.Message);
         Assert.Contains("job-1.parquet", e.Message);
+        Assert.Equal(ExitCode.BadInput, e.Code);
     }
 
     [Fact]

@@ -332,7 +332,7 @@ public sealed class ProtocolTests
     public void Wire_DealerFrames_RoundTrip()
     {
         byte[] payload = Payload.Encode(new Heartbeat { Status = WorkerStatus.Idle }, ProtocolJson.Default.Heartbeat);
-        var m = Wire.ToDealerFrames(OpCode.Heartbeat, 5, payload);
+        var m = Frames(new Header(OpCode.Heartbeat, 5, (uint)payload.Length).ToArray(), payload);
         Assert.Equal(2, m.FrameCount);
         var back = Wire.FromDealerFrames(m);
         Assert.Equal(new Header(OpCode.Heartbeat, 5, (uint)payload.Length), back.Header);
@@ -344,7 +344,7 @@ public sealed class ProtocolTests
     [Fact]
     public void Wire_RouterFrames_RoundTrip_WithEmptyPayload()
     {
-        var m = Wire.ToRouterFrames([0, 1, 2], OpCode.Abort, 77, []);
+        var m = Frames([0, 1, 2], new Header(OpCode.Abort, 77, 0).ToArray(), []);
         Assert.Equal(3, m.FrameCount);
         var back = Wire.FromRouterFrames(m);
         Assert.Equal(new Header(OpCode.Abort, 77, 0), back.Header);

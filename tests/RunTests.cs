@@ -114,6 +114,20 @@ public sealed class RunTests : IDisposable
     }
 
     [Fact]
+    public void Run_SchemaMismatch_IsTheUsersToFixAndExits3()
+    {
+        // Two tables for one topic whose column 'a' is int64, then utf8: the output refuses the second.
+        Write("p.py", "def parse(path):\n    yield {'a': [1, 2]}\n    yield {'a': ['x']}\n");
+        Write("x.csv", "\n");
+        var r = Run("p.py", "x.csv");
+        Assert.True(r.ExitCode == 3, r.ToString());
+        string line = Assert.Single(r.Stderr.Split('\n'), l => l.StartsWith("error: "));
+        Assert.StartsWith($"error: parser p on {_dir.File("x.csv")}: job 1: topic 'output' got a table whose schema differs", line);
+        Assert.Contains("column 'a' is int64 in the topic but utf8 in this table", line);
+        Assert.False(File.Exists(_dir.File("output/output/x.parquet")));
+    }
+
+    [Fact]
     public void Run_TopicFlag_WritesOnlyThatTopic()
     {
         Write("p.py", "from casparian import Output\ndef parse(path):\n    yield Output('keep', {'a': [1, 2]})\n    yield Output('skip', {'b': [3]})\n");
@@ -143,7 +157,7 @@ public sealed class RunTests : IDisposable
         // Two bare environments, each with a module saying which it is.
         string MakeVenv(string dir, string marker)
         {
-            var r = Proc.Run(Python.ResolveReal(), ["-m", "venv", "--without-pip", dir], TimeSpan.FromMinutes(2));
+            var r = Proc.Run(Guest.Python, ["-m", "venv", "--without-pip", dir], TimeSpan.FromMinutes(2));
             Assert.True(r.ExitCode == 0, r.ToString());
             string site = Directory.GetDirectories(Path.Combine(dir, "lib")).Single();
             File.WriteAllText(Path.Combine(site, "site-packages", "which_env.py"), $"NAME = '{marker}'\n");

@@ -21,16 +21,14 @@ internal sealed class SentinelHost : IDisposable
 
     public SentinelHost(string db, string bind = "tcp://127.0.0.1:*", TimeSpan? heartbeatTimeout = null, int retryLimit = 3, TimeSpan? jobTimeout = null)
     {
-        Sentinel = new Sentinel(new SentinelOptions
+        var log = new RoleLog(TextWriter.Synchronized(_log), "sentinel", quiet: false, TimeProvider.System);
+        var options = Defaults.Sentinel(bind, db, log);
+        Sentinel = new Sentinel(options with
         {
-            Bind = bind,
-            DbPath = db,
+            Store = options.Store with { RetryLimit = retryLimit, RetryBackoff = TimeSpan.FromMilliseconds(50) },
             HeartbeatTimeout = heartbeatTimeout ?? TimeSpan.FromSeconds(60),
-            RetryLimit = retryLimit,
-            RetryBackoff = TimeSpan.FromMilliseconds(50),
             JobTimeout = jobTimeout,
             PollInterval = TimeSpan.FromMilliseconds(50),
-            Log = TextWriter.Synchronized(_log),
         });
         Sentinel.Start();
         _thread = new Thread(() =>
@@ -123,7 +121,7 @@ public sealed class SentinelTests : IDisposable
 
     public void Dispose() => _dir.Dispose();
 
-    private SqliteJobStore Store() => new(new StoreOptions { Path = Db });
+    private IJobStore Store() => JobStores.Open(Defaults.Store(Db));
 
     private static readonly byte[] Archive = [0x50, 0x4B, 0x05, 0x06, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     private const string Source = "def parse(path):\n    return [{'x': 1}]\n";
@@ -135,7 +133,7 @@ public sealed class SentinelTests : IDisposable
         Version = version,
         Source = Source,
         Lockfile = bundled ? Lockfile : null,
-        EnvHash = bundled ? Hashes.Sha256Hex(Lockfile) : ParserRecord.SystemEnv,
+        EnvHash = bundled ? Hashes.Sha256Hex(Lockfile) : Hashes.SystemEnv,
         SourceHash = Hashes.Sha256Hex(Source),
         LockfileHash = bundled ? Hashes.Sha256Hex(Lockfile) : null,
         ArtifactHash = Hashes.ArtifactHash(Source, bundled ? Lockfile : ""),
@@ -152,15 +150,13 @@ public sealed class SentinelTests : IDisposable
 
     private JobRecord WaitForState(long id, JobState state)
     {
-        var deadline = DateTime.UtcNow + ScriptedWorker.Patience;
-        JobRecord? job = null;
-        while (DateTime.UtcNow < deadline)
+        JobRecord? seen = null;
+        return Eventually.Value(() =>
         {
-            using (var store = Store()) job = store.Get(id);
-            if (job?.State == state) return job;
-            Thread.Sleep(20);
-        }
-        throw new TimeoutException($"job {id} did not reach {state.Name()}; last seen {job}");
+            using var store = Store();
+            seen = store.Get(id);
+            return seen?.State == state ? seen : null;
+        }, ScriptedWorker.Patience, $"job {id} to reach {state.Name()}", () => $"last seen {seen}");
     }
 
     [Fact]
@@ -277,12 +273,8 @@ public sealed class SentinelTests : IDisposable
         Assert.Equal(1, done.RetryCount);
     }
 
-    private static void WaitForLog(SentinelHost host, string text)
-    {
-        var deadline = DateTime.UtcNow + ScriptedWorker.Patience;
-        while (!host.Log.Contains(text) && DateTime.UtcNow < deadline) Thread.Sleep(20);
-        Assert.True(host.Log.Contains(text), $"log lacks '{text}':\n{host.Log}");
-    }
+    private static void WaitForLog(SentinelHost host, string text) =>
+        Eventually.True(() => host.Log.Contains(text), ScriptedWorker.Patience, $"'{text}' in the log", () => host.Log);
 
     [Fact]
     public void Sentinel_QuietWorker_IsProbedWithAHeartbeat()
@@ -418,8 +410,7 @@ public sealed class SentinelTests : IDisposable
         using (var vandal = new ScriptedWorker(host.Endpoint, identify: false))
         {
             for (int i = 0; i < 3; i++) vandal.SendFrames(frames);
-            var deadline = DateTime.UtcNow + ScriptedWorker.Patience;
-            while (host.Sentinel.MalformedMessages < 3 && DateTime.UtcNow < deadline) Thread.Sleep(10);
+            Eventually.True(() => host.Sentinel.MalformedMessages >= 3, ScriptedWorker.Patience, $"{name}: three malformed messages counted", () => host.Log);
         }
         Assert.True(host.Sentinel.MalformedMessages == 3, $"{name}: {host.Sentinel.MalformedMessages} malformed counted\n{host.Log}");
         Assert.Contains("dropped malformed message", host.Log);

@@ -258,7 +258,7 @@ public sealed class ShimTests
         var (r, s) = await Ok(dir, """
             def parse(path):
                 return {"s": ["%06d" % i + "y" * 100 for i in range(50_000)]}
-            """, options: new BridgeOptions { MaxMessageBytes = 1 << 20 });
+            """, options: Defaults.Bridge with { MaxMessageBytes = 1 << 20 });
         using (s)
         {
             Assert.True(r.Tables > 4, $"{r.Tables} messages");

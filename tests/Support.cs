@@ -92,3 +92,74 @@ internal sealed class TempDir : IDisposable
         catch (UnauthorizedAccessException) { }
     }
 }
+
+/// <summary>
+/// Option records as the shell builds them from every setting's default (Config.Defaults, no flags,
+/// environment or file); a test changes what it tests with <c>with { … }</c>.
+/// </summary>
+internal static class Defaults
+{
+    private static Config Settings(string home) => Config.Defaults(home);
+
+    private static readonly string Scratch = System.IO.Path.GetTempPath();
+
+    /// <summary>The python setting's default (a name on PATH); <see cref="Guest.Python"/> is its real interpreter.</summary>
+    public static string PythonCommand { get; } = Settings(Scratch).Get(Config.Python);
+
+    public static StoreOptions Store(string db, TimeProvider? clock = null) =>
+        Commands.StoreOptions(Settings(Scratch), create: true) with { Db = db, Clock = clock ?? TimeProvider.System };
+
+    public static BridgeOptions Bridge { get; } = Commands.BridgeOptions(Settings(Scratch));
+
+    public static OutputOptions Output(string root) => Commands.OutputOptions(Settings(Scratch)) with { Root = root };
+
+    /// <summary>Environments under <paramref name="root"/>, built with python -m venv and pip (never uv, whatever PATH holds).</summary>
+    public static VenvOptions Venv(string root) => Commands.VenvOptions(Settings(Scratch)) with { Root = root, Uv = null };
+
+    /// <summary>A job executor's options with its state (output, parsers, logs) under <paramref name="home"/> and the tests' shared shim.</summary>
+    public static JobExecutorOptions Executor(string home) =>
+        Commands.ExecutorOptions(Settings(home)) with { ShimPath = Guest.ShimPath };
+
+    public static WorkerOptions Worker(string connect, string id, RoleLog? log = null) =>
+        Commands.WorkerOptions(Settings(Scratch), id, log ?? RoleLog.None) with { Connect = connect };
+
+    public static SentinelOptions Sentinel(string bind, string db, RoleLog log) =>
+        Commands.SentinelOptions(Settings(Scratch), log) with { Bind = bind, Store = Store(db) };
+}
+
+/// <summary>A clock that moves only when told, so backoff is testable without sleeping.</summary>
+internal sealed class ManualClock(DateTimeOffset start) : TimeProvider
+{
+    private DateTimeOffset _now = start;
+
+    public ManualClock() : this(new DateTimeOffset(2026, 1, 1, 0, 0, 0, TimeSpan.Zero)) { }
+
+    public override DateTimeOffset GetUtcNow() => _now;
+
+    public void Advance(TimeSpan by) => _now += by;
+}
+
+internal static class Eventually
+{
+    /// <summary>
+    /// Polls <paramref name="condition"/> every <paramref name="every"/> (20 ms) until it holds; after
+    /// <paramref name="limit"/> throws a TimeoutException saying what was awaited (and, if given, what was seen).
+    /// </summary>
+    public static void True(Func<bool> condition, TimeSpan limit, string what, Func<string>? seen = null, TimeSpan? every = null)
+    {
+        var deadline = DateTime.UtcNow + limit;
+        while (!condition())
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"timed out after {limit.TotalSeconds:0.#} s waiting for {what}{(seen is null ? "" : "\n" + seen())}");
+            Thread.Sleep(every ?? TimeSpan.FromMilliseconds(20));
+        }
+    }
+
+    /// <summary>The first non-null value <paramref name="probe"/> returns, polling as <see cref="True"/> does.</summary>
+    public static T Value<T>(Func<T?> probe, TimeSpan limit, string what, Func<string>? seen = null) where T : class
+    {
+        T? value = null;
+        True(() => (value = probe()) is not null, limit, what, seen);
+        return value!;
+    }
+}

@@ -23,7 +23,7 @@ public sealed class VenvTests : IDisposable
     private string Venvs => _dir.File("venvs");
 
     private EnvManager Manager(long maxBytes = long.MaxValue) =>
-        new(new VenvOptions { Root = Venvs, Wheelhouse = _wheelhouse, MaxBytes = maxBytes, BasePython = Python.ResolveReal() });
+        new(Defaults.Venv(Venvs) with { Wheelhouse = _wheelhouse, MaxBytes = maxBytes, BasePython = Guest.Python });
 
     private static string Hash(string lockfile) => Hashes.Sha256Hex(lockfile);
 
@@ -118,6 +118,8 @@ public sealed class VenvTests : IDisposable
         Assert.Contains("pip install exited 1", e.Message);
         Assert.Contains("no-such-pkg", e.Message);
         Assert.Contains(_wheelhouse, e.Message);
+        // A lockfile pinning what the wheelhouse lacks is the user's to fix.
+        Assert.Equal(ExitCode.BadInput, e.Code);
         Assert.Empty(EnvDirs());
         Assert.Equal(0, m.Builds);
         // The failure is not remembered: fixing the wheelhouse and asking again builds it.
@@ -152,7 +154,7 @@ public sealed class VenvTests : IDisposable
     {
         using var m = Manager();
         using var lease = await m.AcquireAsync("system", null, CancellationToken.None);
-        Assert.Equal(Python.ResolveReal(), lease.InterpreterPath);
+        Assert.Equal(Guest.Python, lease.InterpreterPath);
         Assert.True(lease.Cached);
         Assert.False(Directory.Exists(Venvs));
     }

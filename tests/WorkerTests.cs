@@ -107,24 +107,16 @@ internal sealed class WorkerRun : IDisposable
     public WorkerRun(string connect, int slots = 2, TimeSpan? heartbeat = null, TimeSpan? grace = null, long logLimit = 1 << 20)
     {
         Directory.CreateDirectory(Wheelhouse);
-        _envs = new EnvManager(new VenvOptions { Root = Dir.File("venvs"), Wheelhouse = Wheelhouse });
-        var executor = new JobExecutor(new JobExecutorOptions
-        {
-            Output = new OutputOptions { Root = Output },
-            ShimPath = Guest.ShimPath,
-            ParsersDir = Dir.File("parsers"),
-            LogsDir = Logs,
-            LogLimit = logLimit,
-        }, _envs);
+        _envs = new EnvManager(Defaults.Venv(Dir.File("venvs")) with { Wheelhouse = Wheelhouse });
+        // Output, parsers and logs under Dir: Output, Dir/parsers, Logs.
+        var executor = new JobExecutor(Defaults.Executor(Dir.Path) with { LogLimit = logLimit }, _envs);
         var host = new WorkerHost { Envs = _envs, Executor = executor };
-        Worker = new Worker(new WorkerOptions
+        Worker = new Worker(Defaults.Worker(connect, "test-worker") with
         {
-            Connect = connect,
-            WorkerId = "test-worker",
             Slots = slots,
             HeartbeatInterval = heartbeat ?? TimeSpan.FromHours(1),
             ShutdownGrace = grace ?? TimeSpan.FromSeconds(30),
-        }, executor.RunAsync, host.PrepareEnv, log: _ => { });
+        }, executor.RunAsync, host.PrepareEnv);
         _thread = new Thread(() => Worker.Run(_stop.Token)) { IsBackground = true, Name = "worker-under-test" };
         _thread.Start();
     }
@@ -177,15 +169,8 @@ public sealed class WorkerTests
 
     private static string Py(string s) => "'" + s.Replace("\\", "\\\\").Replace("'", "\\'") + "'";
 
-    private static void WaitFor(Func<bool> condition, string what, int seconds = 60)
-    {
-        var deadline = DateTime.UtcNow.AddSeconds(seconds);
-        while (!condition())
-        {
-            if (DateTime.UtcNow > deadline) throw new TimeoutException($"timed out waiting for {what}");
-            Thread.Sleep(20);
-        }
-    }
+    private static void WaitFor(Func<bool> condition, string what, int seconds = 60) =>
+        Eventually.True(condition, TimeSpan.FromSeconds(seconds), what);
 
     [Fact]
     public void Worker_Connect_IdentifiesWithIdSlotsAndCapabilities()

@@ -1,0 +1,81 @@
+// Settings → option records. Config holds every default; the option records have none of their own,
+// so this file is the one place they are filled. Tests build options the same way: apply these to
+// Config.Defaults(home) and change what they test with `with { … }`.
+namespace Casparian;
+
+internal static partial class Commands
+{
+    public static StoreOptions StoreOptions(Config c, bool create) => new()
+    {
+        Db = c.Get(Config.Db),
+        RetryLimit = c.Get(Config.RetryLimit),
+        RetryBackoff = c.Get(Config.RetryBackoff),
+        RetryBackoffMax = c.Get(Config.RetryBackoffMax),
+        LockTimeout = c.Get(Config.LockTimeout),
+        Clock = TimeProvider.System,
+        Create = create,
+    };
+
+    public static SentinelOptions SentinelOptions(Config c, RoleLog log) => new()
+    {
+        Bind = c.Get(Config.Bind),
+        Store = StoreOptions(c, create: true),
+        HeartbeatTimeout = c.Get(Config.HeartbeatTimeout),
+        JobTimeout = c.Get(Config.JobTimeout),
+        PollInterval = c.Get(Config.PollInterval),
+        Log = log,
+    };
+
+    public static WorkerOptions WorkerOptions(Config c, string workerId, RoleLog log) => new()
+    {
+        Connect = c.Get(Config.Connect),
+        WorkerId = workerId,
+        Slots = c.Get(Config.Slots),
+        HeartbeatInterval = c.Get(Config.HeartbeatInterval),
+        ShutdownGrace = c.Get(Config.ShutdownGrace),
+        Capabilities = c.Get(Config.Capabilities),
+        Log = log,
+    };
+
+    /// <summary>The configured worker id, else the one kept under HOME/worker (created on first use).</summary>
+    public static string WorkerId(Config c) =>
+        c.Get(Config.WorkerId) is { Length: > 0 } id ? id : WorkerIdentity.LoadOrCreate(c.WorkerDir);
+
+    public static OutputOptions OutputOptions(Config c) => new()
+    {
+        Root = c.Get(Config.Output),
+        AllowedRoots = c.Get(Config.AllowedRoots),
+        Lineage = c.Get(Config.Lineage),
+        RowGroupRows = c.Get(Config.RowGroupRows),
+        RowGroupBytes = c.Get(Config.RowGroupSize),
+    };
+
+    public static BridgeOptions BridgeOptions(Config c) => new()
+    {
+        ConnectTimeout = c.Get(Config.ConnectTimeout),
+        IdleTimeout = c.Get(Config.IdleTimeout),
+        MaxMessageBytes = checked((int)c.Get(Config.MessageLimit)),
+    };
+
+    public static VenvOptions VenvOptions(Config c) => new()
+    {
+        Root = c.Get(Config.Venvs),
+        BasePython = c.Get(Config.Python),
+        Wheelhouse = c.Get(Config.Wheelhouse) is { Length: > 0 } w ? w : null,
+        Uv = Python.FindOnPath("uv", Environment.GetEnvironmentVariable("PATH")),
+        MaxBytes = c.Get(Config.VenvBudget),
+        BuildTimeout = c.Get(Config.BuildTimeout),
+    };
+
+    /// <summary>What a worker's jobs need; extracts the shim under HOME on first use.</summary>
+    public static JobExecutorOptions ExecutorOptions(Config c) => new()
+    {
+        Output = OutputOptions(c),
+        Bridge = BridgeOptions(c),
+        ShimPath = Shim.Ensure(c.ShimDir),
+        ParsersDir = c.ParsersDir,
+        LogsDir = c.LogsDir,
+        LogLimit = c.Get(Config.LogLimit),
+        DefaultTimeout = c.Get(Config.JobTimeout),
+    };
+}

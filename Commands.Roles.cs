@@ -1,0 +1,149 @@
+// The long-running commands: `sentinel` and `worker` (one role each), `start` (both in one process,
+// Start.cs) and `run` (dev mode, Run.cs). Each reads its flags and settings, builds the option
+// records (Commands.Options.cs) and the log sinks, and hands over.
+using System.Text;
+
+namespace Casparian;
+
+internal static partial class Commands
+{
+    // ---- sentinel ------------------------------------------------------------------------------
+
+    private static readonly Flag QuietFlag = new("--quiet", null, "log warnings only");
+
+    private static readonly Command SentinelCommand = new("sentinel", "control plane: job store, worker tracking, dispatch",
+        "sentinel [--bind ADDR] [--db PATH] [--heartbeat-timeout S] [--retry-limit N] [--retry-backoff S] [--job-timeout S] [--quiet]",
+        [.. Config.Flags(Config.Bind, Config.Db, Config.HeartbeatTimeout, Config.RetryLimit, Config.RetryBackoff, Config.RetryBackoffMax,
+            Config.JobTimeout, Config.PollInterval, Config.LockTimeout), QuietFlag],
+        args =>
+        {
+            args.RequirePositionals(0, 0);
+            var config = Config.Load(args);
+            var log = new RoleLog(Console.Error, "sentinel", args.Has(QuietFlag.Name), TimeProvider.System);
+            using var signal = new ShutdownSignal(log.Info);
+            using var sentinel = new Sentinel(SentinelOptions(config, log));
+            sentinel.Start();
+            sentinel.Run(signal.Token);
+            return 0;
+        });
+
+    // ---- worker --------------------------------------------------------------------------------
+
+    private static readonly Setting[] WorkerSettings =
+    [
+        Config.Output, Config.WorkerId, Config.Slots, Config.Capabilities, Config.Venvs, Config.VenvBudget, Config.Wheelhouse, Config.Python,
+        Config.AllowedRoots, Config.Lineage, Config.HeartbeatInterval, Config.ShutdownGrace, Config.JobTimeout, Config.ConnectTimeout,
+        Config.IdleTimeout, Config.LogLimit, Config.MessageLimit, Config.BuildTimeout, Config.RowGroupRows, Config.RowGroupSize,
+    ];
+
+    private static readonly Command WorkerCommand = new("worker", "data plane: run parsers, write Parquet, report receipts",
+        "worker --connect ADDR --output DIR [--worker-id ID] [--slots N] [--venvs DIR]",
+        Config.Flags([Config.Connect, .. WorkerSettings]),
+        args =>
+        {
+            args.RequirePositionals(0, 0);
+            var config = Config.Load(args);
+            string id = WorkerId(config);
+            var log = new RoleLog(Console.Error, $"worker {id}", quiet: false, TimeProvider.System);
+            using var host = WorkerHost.Create(VenvOptions(config), ExecutorOptions(config));
+            using var worker = new Worker(WorkerOptions(config, id, log), host.Executor.RunAsync, host.PrepareEnv);
+            using var signal = new ShutdownSignal(log.Info);
+            log.Info($"output under {config.Get(Config.Output)}");
+            worker.Run(signal.Token);
+            return 0;
+        });
+
+    // ---- start ---------------------------------------------------------------------------------
+
+    private static readonly Flag WatchFlag = new("--watch", "DIR", "queue files as they appear in DIR, recursively (repeatable; needs --parser)");
+    private static readonly Flag WatchParserFlag = new("--parser", "NAME[@VERSION]", "parser for the watched folders");
+    private static readonly Flag DrainFlag = new("--drain", null, "exit once nothing is queued or running (and watched files are queued)");
+
+    private static readonly Command StartCommand = new("start", "sentinel and worker in one process: the local default",
+        "start [--watch DIR --parser NAME] [--drain] [--slots N]",
+        [WatchFlag, WatchParserFlag, DrainFlag, .. Config.Flags([Config.Db, Config.Bind, .. WorkerSettings, Config.HeartbeatTimeout,
+            Config.RetryLimit, Config.RetryBackoff, Config.RetryBackoffMax, Config.PollInterval, Config.LockTimeout])],
+        args =>
+        {
+            args.RequirePositionals(0, 0);
+            var config = Config.Load(args);
+            var watched = args.GetAll(WatchFlag.Name).Select(d => Path.GetFullPath(d)).ToList();
+            string? parserSpec = args.Get(WatchParserFlag.Name);
+            if (watched.Count > 0 && parserSpec is null) throw CliThrow.Usage_WatchNeedsParser();
+            if (watched.Count == 0 && parserSpec is not null) throw CliThrow.Usage_ParserNeedsWatch();
+            foreach (var dir in watched)
+                if (!Directory.Exists(dir)) throw CliThrow.Input_NoWatchedFolder(dir);
+            string home = config.HomeDir;
+            Directory.CreateDirectory(home);
+
+            using var instance = Start.HomeLock.Acquire(home);
+            using var store = JobStores.Open(StoreOptions(config, create: true));
+            FolderWatch? watch = null;
+            if (parserSpec is not null)
+            {
+                var (name, version) = ParserSpec("start", WatchParserFlag, parserSpec);
+                watch = new FolderWatch(store, FindParser(store, name, version), watched);
+            }
+
+            // Both roles log to one file; the terminal is the progress line's.
+            string logPath = Path.Combine(config.LogsDir, "casparian.log");
+            Directory.CreateDirectory(config.LogsDir);
+            using var logFile = new StreamWriter(logPath, append: true, new UTF8Encoding(false)) { AutoFlush = true };
+            var log = TextWriter.Synchronized(logFile);
+            string workerId = WorkerId(config);
+            var sentinel = SentinelOptions(config, new RoleLog(log, "sentinel", quiet: false, TimeProvider.System));
+            var options = new StartOptions
+            {
+                // A private ipc:// endpoint unless a bind address is configured.
+                Sentinel = config.Describe(Config.Bind).Source == SettingSource.Default ? sentinel with { Bind = Start.LocalEndpoint(home) } : sentinel,
+                Worker = WorkerOptions(config, workerId, new RoleLog(log, $"worker {workerId}", quiet: false, TimeProvider.System)),
+                Venvs = VenvOptions(config),
+                Executor = ExecutorOptions(config),
+                Drain = args.Has(DrainFlag.Name),
+                LogPath = logPath,
+            };
+            using var signal = new ShutdownSignal();
+            return Start.Run(options, store, watch, signal.Token, Console.Error);
+        });
+
+    // ---- run -----------------------------------------------------------------------------------
+
+    private static readonly Flag TopicFlag = new("--topic", "T", "write only this topic (repeatable); other tables are counted but not written");
+
+    private static readonly Command RunCommand = new("run", "dev mode: one parser over a file or folder, no store",
+        "run PARSER INPUT [--output DIR] [--topic T] [--slots N]",
+        [TopicFlag, .. Config.Flags(Config.Output, Config.Slots, Config.Python, Config.Lineage, Config.JobTimeout, Config.ConnectTimeout,
+            Config.IdleTimeout, Config.MessageLimit, Config.RowGroupRows, Config.RowGroupSize)],
+        args =>
+        {
+            var positionals = args.RequirePositionals(2, 2);
+            var config = Config.Load(args);
+            string parserPath = Path.GetFullPath(positionals[0]);
+            string inputPath = Path.GetFullPath(positionals[1]);
+
+            // Load validates the parser the way registration would (entry module, name, version) and
+            // fails with one clear line; the guest then runs the files in place, so edits take effect at once.
+            ParserBundle bundle = ParserBundle.Load(parserPath);
+            var inputs = DevRun.Inputs(inputPath);
+            string interpreter = DevRun.Interpreter(parserPath, config.Get(Config.Python));
+            // Dev mode writes next to the user, not under HOME, unless told otherwise.
+            var output = OutputOptions(config);
+            if (config.Describe(Config.Output).Source == SettingSource.Default) output = output with { Root = Path.Combine(Directory.GetCurrentDirectory(), "output") };
+            var options = new DevRunOptions
+            {
+                ParserPath = parserPath,
+                ParserName = bundle.Version == ParserBundle.DefaultVersion ? bundle.Name : $"{bundle.Name}@{bundle.Version}",
+                Inputs = inputs,
+                InputRoot = Directory.Exists(inputPath) ? inputPath : Path.GetDirectoryName(inputPath)!,
+                Interpreter = interpreter,
+                ShimPath = Shim.Ensure(config.ShimDir),
+                Output = output,
+                Bridge = BridgeOptions(config),
+                Timeout = config.Get(Config.JobTimeout),
+                Topics = args.GetAll(TopicFlag.Name) is { Count: > 0 } t ? t.ToHashSet(StringComparer.Ordinal) : null,
+                Slots = config.Get(Config.Slots),
+            };
+            using var signal = new ShutdownSignal();
+            return DevRun.Run(options, signal.Token);
+        });
+}

@@ -1,0 +1,415 @@
+// The job store's contract (SPEC §6), tested through IJobStore alone so every backend runs the same
+// suite: a subclass names where its fresh store lives and how to open it. SqliteJobStoreContractTests
+// runs it against real SQLite files; a PostgreSQL store adds its own subclass.
+using System.Collections.Concurrent;
+using Xunit;
+
+namespace Casparian.Tests;
+
+public abstract class JobStoreContract : IDisposable
+{
+    private protected ManualClock Clock { get; } = new();
+
+    /// <summary>Options of this test's store: empty at first, the same store every time it is opened (xunit makes an instance per test).</summary>
+    private protected abstract StoreOptions Fresh { get; }
+
+    private protected abstract IJobStore Open(StoreOptions options);
+
+    public virtual void Dispose() { }
+
+    private IJobStore Open(int retryLimit = 3, TimeSpan? backoff = null) => Open(Fresh with
+    {
+        RetryLimit = retryLimit,
+        RetryBackoff = backoff ?? TimeSpan.FromSeconds(2),
+        RetryBackoffMax = TimeSpan.FromSeconds(60),
+        Clock = Clock,
+    });
+
+    private static NewJob Job(string path, int priority = 0, string parser = "p") => new(parser, "1.0", path, "hash-" + path, priority);
+
+    private static readonly string[] Any = ["*"];
+
+    [Fact]
+    public void Store_HasJob_FindsAJobInAnyStateByParserVersionAndContent()
+    {
+        using var store = Open();
+        long id = store.Enqueue(Job("/in/a"));
+        Assert.True(store.HasJob("p", "1.0", "hash-/in/a"));
+        Assert.False(store.HasJob("p", "2.0", "hash-/in/a"));
+        Assert.False(store.HasJob("q", "1.0", "hash-/in/a"));
+        store.Cancel(id);
+        Assert.True(store.HasJob("p", "1.0", "hash-/in/a"));
+    }
+
+    [Fact]
+    public void Store_Claim_EveryJobExactlyOnce_WithConcurrentClaimers()
+    {
+        using (var store = Open())
+            store.EnqueueMany([.. Enumerable.Range(0, 2000).Select(i => Job($"/in/{i}"))]);
+
+        var claimed = new ConcurrentBag<(long Id, string Worker)>();
+        var threads = Enumerable.Range(0, 4).Select(t => new Thread(() =>
+        {
+            // Each thread is its own connection, as separate processes would be.
+            using var store = Open(Fresh with { LockTimeout = TimeSpan.FromSeconds(30) });
+            string worker = $"w{t}";
+            while (true)
+            {
+                var got = store.Claim(worker, Any, max: 1 + t % 2);
+                if (got.Count == 0) break;
+                foreach (var j in got)
+                {
+                    claimed.Add((j.Id, worker));
+                    Assert.True(store.Complete(j.Id, worker, new Dictionary<string, long>(), []));
+                }
+            }
+        })).ToList();
+        threads.ForEach(t => t.Start());
+        threads.ForEach(t => t.Join());
+
+        var ids = claimed.Select(c => c.Id).ToList();
+        Assert.Equal(2000, ids.Count);
+        Assert.Equal(2000, ids.Distinct().Count());
+        Assert.True(claimed.Select(c => c.Worker).Distinct().Count() >= 2, "at least two claimers got work");
+        using var check = Open();
+        Assert.Equal(2000, check.Counts()[JobState.Completed]);
+    }
+
+    [Fact]
+    public void Store_Claim_HighestPriorityFirstThenOldest()
+    {
+        using var store = Open();
+        long low = store.Enqueue(Job("/low", priority: 0));
+        long highOld = store.Enqueue(Job("/high-old", priority: 5));
+        long mid = store.Enqueue(Job("/mid", priority: 1));
+        long highNew = store.Enqueue(Job("/high-new", priority: 5));
+        long negative = store.Enqueue(Job("/neg", priority: -3));
+
+        Assert.Equal([highOld, highNew], store.Claim("w", Any, 2).Select(j => j.Id));
+        Assert.Equal([mid, low, negative], store.Claim("w", Any, 10).Select(j => j.Id));
+        Assert.Empty(store.Claim("w", Any, 10));
+    }
+
+    [Fact]
+    public void Store_Claim_SkipsJobsNoCapabilityMatches()
+    {
+        using var store = Open();
+        long blocked = store.Enqueue(Job("/a", priority: 9, parser: "nobody_runs_this"));
+        long ok = store.Enqueue(Job("/b", parser: "csv"));
+
+        var got = store.Claim("w", ["csv", "json"], 5);
+        Assert.Equal([ok], got.Select(j => j.Id));
+        Assert.Equal(JobState.Queued, store.Get(blocked)!.State);
+        Assert.Equal([blocked], store.Claim("w2", Any, 5).Select(j => j.Id));
+    }
+
+    [Fact]
+    public void Store_Claim_RecordsWorkerAndTimes()
+    {
+        using var store = Open();
+        long id = store.Enqueue(Job("/x"));
+        Clock.Advance(TimeSpan.FromSeconds(3));
+        var job = Assert.Single(store.Claim("w7", Any, 1));
+        Assert.Equal(new ClaimedJob(id, "p", "1.0", "/x", 0, 0), job);
+        var row = store.Get(id)!;
+        Assert.Equal(JobState.Running, row.State);
+        Assert.Equal("w7", row.Worker);
+        Assert.Equal(Clock.GetUtcNow(), row.ClaimedAt);
+        Assert.Equal(Clock.GetUtcNow(), row.HeartbeatAt);
+        Assert.Equal(Clock.GetUtcNow() - TimeSpan.FromSeconds(3), row.CreatedAt);
+    }
+
+    [Fact]
+    public void Store_Complete_StoresMetricsAndArtifacts()
+    {
+        using var store = Open();
+        long id = store.Enqueue(Job("/x"));
+        store.Claim("w", Any, 1);
+        Assert.True(store.Complete(id, "w", new Dictionary<string, long> { ["rows"] = 42 }, [new() { ["topic"] = "out", ["uri"] = "file:///o/x.parquet" }]));
+        var row = store.Get(id)!;
+        Assert.Equal(JobState.Completed, row.State);
+        Assert.Equal("""{"rows":42}""", row.MetricsJson);
+        Assert.Equal("""[{"topic":"out","uri":"file:///o/x.parquet"}]""", row.ArtifactsJson);
+        Assert.NotNull(row.FinishedAt);
+        Assert.True(store.IsCompleted("p", "1.0", "hash-/x"));
+        Assert.False(store.IsCompleted("p", "2.0", "hash-/x"));
+    }
+
+    [Fact]
+    public void Store_Complete_LateOrForeignCompletionIsRefused()
+    {
+        using var store = Open();
+        long id = store.Enqueue(Job("/x"));
+        store.Claim("w1", Any, 1);
+        Assert.False(store.Complete(id, "w2", new Dictionary<string, long>(), []));     // not its job
+        store.RequeueWorker("w1", "lost");
+        store.Claim("w2", Any, 1);
+        Assert.False(store.Complete(id, "w1", new Dictionary<string, long>(), []));     // moved on to w2
+        Assert.Null(store.Fail(id, "w1", "late", transient: false));
+        Assert.False(store.Reject(id, "w1"));
+        Assert.Equal(JobState.Running, store.Get(id)!.State);
+        Assert.True(store.Complete(id, "w2", new Dictionary<string, long>(), []));
+        Assert.False(store.Complete(id, "w2", new Dictionary<string, long>(), []));     // twice
+        Assert.False(store.Complete(9999, null, new Dictionary<string, long>(), []));   // no such job
+    }
+
+    [Fact]
+    public void Store_Fail_TransientBacksOffExponentially()
+    {
+        using var store = Open(retryLimit: 5, backoff: TimeSpan.FromSeconds(2));
+        long id = store.Enqueue(Job("/x"));
+        var expectedDelays = new[] { 2, 4, 8, 16 };
+        foreach (int delay in expectedDelays)
+        {
+            Assert.Single(store.Claim("w", Any, 1));
+            var r = store.Fail(id, "w", "resource busy", transient: true)!.Value;
+            Assert.Equal(JobState.Queued, r.State);
+            Assert.Equal(Clock.GetUtcNow() + TimeSpan.FromSeconds(delay), r.NextAttemptAt);
+
+            Clock.Advance(TimeSpan.FromSeconds(delay) - TimeSpan.FromMilliseconds(1));
+            Assert.Empty(store.Claim("w", Any, 1));
+            Clock.Advance(TimeSpan.FromMilliseconds(1));
+        }
+        var row = store.Get(id)!;
+        Assert.Equal(4, row.RetryCount);
+        Assert.Equal("resource busy", row.Error);
+    }
+
+    [Fact]
+    public void Store_Fail_BackoffIsCapped()
+    {
+        using var store = Open(retryLimit: 20, backoff: TimeSpan.FromSeconds(10));
+        long id = store.Enqueue(Job("/x"));
+        for (int i = 0; i < 8; i++)
+        {
+            Assert.Single(store.Claim("w", Any, 1));
+            var r = store.Fail(id, "w", "busy", transient: true)!.Value;
+            Assert.True(r.NextAttemptAt <= Clock.GetUtcNow() + TimeSpan.FromSeconds(60));
+            Clock.Advance(TimeSpan.FromSeconds(60));
+        }
+    }
+
+    [Fact]
+    public void Store_Fail_TransientBecomesFailedAfterRetryLimit()
+    {
+        using var store = Open(retryLimit: 2);
+        long id = store.Enqueue(Job("/x"));
+        for (int attempt = 0; attempt < 2; attempt++)
+        {
+            Assert.Single(store.Claim("w", Any, 1));
+            Assert.Equal(JobState.Queued, store.Fail(id, "w", "busy", transient: true)!.Value.State);
+            Clock.Advance(TimeSpan.FromMinutes(5));
+        }
+        Assert.Single(store.Claim("w", Any, 1));
+        var last = store.Fail(id, "w", "still busy", transient: true)!.Value;
+        Assert.Equal(new FailResult(JobState.Failed, 2, null), last);
+        var row = store.Get(id)!;
+        Assert.Equal(JobState.Failed, row.State);
+        Assert.Equal("still busy", row.Error);
+        Assert.NotNull(row.FinishedAt);
+        Assert.Empty(store.Claim("w", Any, 1));
+    }
+
+    [Fact]
+    public void Store_Fail_PermanentFailsAtOnce()
+    {
+        using var store = Open(retryLimit: 3);
+        long id = store.Enqueue(Job("/x"));
+        store.Claim("w", Any, 1);
+        var r = store.Fail(id, "w", "ValueError: bad row", transient: false, new Dictionary<string, long> { ["rows"] = 3 })!.Value;
+        Assert.Equal(new FailResult(JobState.Failed, 0, null), r);
+        Assert.Equal("""{"rows":3}""", store.Get(id)!.MetricsJson);
+    }
+
+    [Fact]
+    public void Store_Reject_RequeuesWithoutCountingARetry()
+    {
+        using var store = Open();
+        long id = store.Enqueue(Job("/x"));
+        store.Claim("w", Any, 1);
+        Assert.True(store.Reject(id, "w"));
+        var row = store.Get(id)!;
+        Assert.Equal((JobState.Queued, 0), (row.State, row.RetryCount));
+        Assert.Single(store.Claim("w", Any, 1));
+    }
+
+    [Fact]
+    public void Store_RequeueWorker_ReturnsOnlyThatWorkersJobs()
+    {
+        using var store = Open(retryLimit: 1);
+        var ids = Enumerable.Range(0, 6).Select(i => store.Enqueue(Job($"/{i}"))).ToArray();
+        store.Claim("lost", Any, 3);
+        store.Claim("alive", Any, 3);
+
+        Assert.Equal(new RequeueResult(3, 0), store.RequeueWorker("lost", "worker lost"));
+        Assert.Equal(3, store.Counts()[JobState.Queued]);
+        Assert.Equal(3, store.Counts()[JobState.Running]);
+        Assert.Equal("worker lost", store.Get(ids[0])!.Error);
+        Assert.Equal(1, store.Get(ids[0])!.RetryCount);
+
+        // The retry limit covers lost workers too: a file that kills its worker cannot loop forever.
+        store.Claim("lost", Any, 3);
+        Assert.Equal(new RequeueResult(0, 3), store.RequeueWorker("lost", "worker lost again"));
+        Assert.Equal(3, store.Counts()[JobState.Failed]);
+    }
+
+    [Fact]
+    public void Store_RequeueStale_SkipsFreshAndLiveWorkers()
+    {
+        using var store = Open();
+        long stale = store.Enqueue(Job("/stale"));
+        long live = store.Enqueue(Job("/live"));
+        long fresh = store.Enqueue(Job("/fresh"));
+        store.Claim("gone", Any, 1);
+        store.Claim("here", Any, 1);
+        Clock.Advance(TimeSpan.FromSeconds(90));
+        store.Claim("gone2", Any, 1);
+        Assert.Equal(1, store.Heartbeat("gone2"));
+
+        var result = store.RequeueStale(Clock.GetUtcNow() - TimeSpan.FromSeconds(60), ["here"]);
+        Assert.Equal(new RequeueResult(1, 0), result);
+        Assert.Equal(JobState.Queued, store.Get(stale)!.State);
+        Assert.Equal(JobState.Running, store.Get(live)!.State);
+        Assert.Equal(JobState.Running, store.Get(fresh)!.State);
+    }
+
+    [Fact]
+    public void Store_Heartbeat_RefreshesRunningJobsOfThatWorker()
+    {
+        using var store = Open();
+        long id = store.Enqueue(Job("/x"));
+        store.Claim("w", Any, 1);
+        Clock.Advance(TimeSpan.FromSeconds(30));
+        Assert.Equal(1, store.Heartbeat("w"));
+        Assert.Equal(0, store.Heartbeat("other"));
+        Assert.Equal(Clock.GetUtcNow(), store.Get(id)!.HeartbeatAt);
+    }
+
+    [Fact]
+    public void Store_CancelAndRetry_FollowTheLifeCycle()
+    {
+        using var store = Open();
+        long queued = store.Enqueue(Job("/q"));
+        long running = store.Enqueue(Job("/r"));
+        long done = store.Enqueue(Job("/d"));
+        store.Claim("w", Any, 3);
+        store.Complete(done, "w", new Dictionary<string, long>(), []);
+        store.Reject(queued, "w");
+
+        Assert.Equal(JobState.Cancelled, store.Cancel(queued).State);
+        Assert.Equal(JobState.Cancelled, store.Cancel(running).State);
+        Assert.Equal([running], store.CancelledAmong([running, done, 12345]));
+        // The worker's answer for a cancelled job changes nothing.
+        Assert.False(store.Complete(running, "w", new Dictionary<string, long>(), []));
+        Assert.Null(store.Fail(running, "w", "aborted", transient: true));
+
+        var e = Assert.Throws<InputException>(() => store.Cancel(done));
+        Assert.Contains($"job {done} is COMPLETED", e.Message);
+        Assert.Contains("no job 777", Assert.Throws<InputException>(() => store.Cancel(777)).Message);
+
+        var retried = store.Retry(running);
+        Assert.Equal((JobState.Queued, 0, null), (retried.State, retried.RetryCount, retried.FinishedAt));
+        Assert.Contains("--force", Assert.Throws<InputException>(() => store.Retry(done)).Message);
+        Assert.Contains("already queued", Assert.Throws<InputException>(() => store.Retry(running)).Message);
+    }
+
+    [Fact]
+    public void Store_Counts_MatchACountOfEveryRow()
+    {
+        using var store = Open(retryLimit: 0);
+        store.EnqueueMany([.. Enumerable.Range(0, 40).Select(i => Job($"/{i}"))]);
+        foreach (var j in store.Claim("w", Any, 25))
+        {
+            switch (j.Id % 5)
+            {
+                case 0: store.Complete(j.Id, "w", new Dictionary<string, long>(), []); break;
+                case 1: store.Fail(j.Id, "w", "bad", transient: false); break;
+                case 2: store.Cancel(j.Id); break;
+                case 3: store.Fail(j.Id, "w", "busy", transient: true); break;
+            }
+        }
+        store.Cancel(40);
+        Assert.Throws<InvalidOperationException>(() => store.InTransaction<long>(() =>
+        {
+            store.Enqueue(Job("/rolled-back"));
+            throw new InvalidOperationException("rollback");
+        }));
+
+        store.Enqueue(Job("/after-rollback"));
+
+        var expected = JobStates.All.ToDictionary(s => s, _ => 0L);
+        foreach (var j in store.List(null, 1000)) expected[j.State]++;
+        Assert.Equal(41, expected.Values.Sum());
+        Assert.All(expected.Values, n => Assert.True(n > 0));
+        Assert.Equal(expected, store.Counts());
+    }
+
+    [Fact]
+    public void Store_InTransaction_RollsBackOnFailure()
+    {
+        using var store = Open();
+        Assert.Throws<InvalidOperationException>(() => store.InTransaction<int>(() =>
+        {
+            store.Enqueue(Job("/a"));
+            throw new InvalidOperationException("boom");
+        }));
+        Assert.Equal(0, store.Counts().Values.Sum());
+        long id = store.InTransaction(() => store.Enqueue(Job("/b")));
+        Assert.Equal("/b", store.Get(id)!.InputPath);
+    }
+
+    [Fact]
+    public void Store_Reopen_KeepsEverything()
+    {
+        long id;
+        using (var store = Open())
+        {
+            id = store.Enqueue(Job("/persist", priority: 3));
+            store.RegisterParser(Parser("p", "1.0", "def parse(p): pass\n"));
+        }
+        using var again = Open();
+        Assert.Equal("/persist", again.Get(id)!.InputPath);
+        Assert.Equal(3, again.Get(id)!.Priority);
+        Assert.Equal("def parse(p): pass\n", again.GetParser("p")!.Source);
+    }
+
+    [Fact]
+    public void Store_RegisterParser_SameVersionNewSourceIsAConflict()
+    {
+        using var store = Open();
+        var first = store.RegisterParser(Parser("csv", "1.0", "a", archive: [1, 2, 3]));
+        Assert.Equal(RegisterOutcome.Created, first.Outcome);
+        var again = store.RegisterParser(Parser("csv", "1.0", "a"));
+        Assert.Equal((RegisterOutcome.Unchanged, first.Id), (again.Outcome, again.Id));
+        Assert.Equal(RegisterOutcome.Conflict, store.RegisterParser(Parser("csv", "1.0", "b")).Outcome);
+        Assert.Equal(RegisterOutcome.Created, store.RegisterParser(Parser("csv", "1.1", "b")).Outcome);
+
+        Assert.Equal("1.1", store.GetParser("csv")!.Version);
+        Assert.Equal([1, 2, 3], store.GetParser("csv", "1.0")!.Archive);
+        Assert.Null(store.GetParser("csv", "9.9"));
+        Assert.Null(store.GetParser("nope"));
+        Assert.Equal([("csv", "1.0", 3L), ("csv", "1.1", 0L)], store.ListParsers().Select(p => (p.Name, p.Version, p.ArchiveBytes)));
+    }
+
+    private static ParserRecord Parser(string name, string version, string source, byte[]? archive = null) => new()
+    {
+        Name = name,
+        Version = version,
+        Source = source,
+        EnvHash = Hashes.SystemEnv,
+        SourceHash = Hashes.Sha256Hex(source),
+        ArtifactHash = Hashes.ArtifactHash(source, ""),
+        Archive = archive,
+    };
+}
+
+public sealed class SqliteJobStoreContractTests : JobStoreContract
+{
+    private readonly TempDir _dir = new();
+
+    private protected override StoreOptions Fresh => Defaults.Store(_dir.File("jobs.db"));
+
+    private protected override IJobStore Open(StoreOptions options) => JobStores.Open(options);
+
+    public override void Dispose() => _dir.Dispose();
+}
