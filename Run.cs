@@ -38,6 +38,7 @@ internal static class DevRun
         HashSet<string>? topics = args.GetAll(TopicFlag.Name) is { Count: > 0 } t ? [.. t] : null;
         int slots = Math.Min(config.Get(Config.Slots), inputs.Count);
         string shim = Shim.Ensure(Path.Combine(config.HomeDir, "shim"));
+        NativeParquet.Ensure(Path.Combine(config.HomeDir, "lib"));
 
         var outputOptions = new OutputOptions { Root = outputRoot, Lineage = config.Get(Config.Lineage) };
         var bridgeOptions = new BridgeOptions { ConnectTimeout = config.Get(Config.ConnectTimeout), IdleTimeout = config.Get(Config.IdleTimeout) };

@@ -209,6 +209,7 @@ internal sealed class WorkerHost : IDisposable
             Uv = Python.FindOnPath("uv", Environment.GetEnvironmentVariable("PATH")),
             MaxBytes = config.Get(Config.VenvBudget),
         });
+        NativeParquet.Ensure(Path.Combine(home, "lib"));
         var executor = new JobExecutor(new JobExecutorOptions
         {
             Output = new OutputOptions
