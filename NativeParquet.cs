@@ -89,14 +89,13 @@ internal static class NativeParquet
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            NativeThrow.Unavailable_Unreadable(path, e);
-            return IntPtr.Zero;
+            throw NativeThrow.Unavailable_Unreadable(path, e);
         }
         using (file)
         {
             if (Convert.ToHexStringLower(SHA256.HashData(file)) != sha256)
             {
-                if (final) NativeThrow.Unavailable_ChangedUnderUs(path);
+                if (final) throw NativeThrow.Unavailable_ChangedUnderUs(path);
                 return IntPtr.Zero;
             }
             // The descriptor just hashed, not the path: a file renamed over it since is not what gets loaded.
@@ -107,8 +106,7 @@ internal static class NativeParquet
             }
             catch (Exception e) when (e is DllNotFoundException or BadImageFormatException)
             {
-                NativeThrow.Unavailable_Load(path, e);
-                return IntPtr.Zero;
+                throw NativeThrow.Unavailable_Load(path, e);
             }
         }
     }
@@ -134,7 +132,7 @@ internal static class NativeParquet
                     output.Write(buffer, 0, n);
                 }
                 string actual = Convert.ToHexStringLower(hash.GetHashAndReset());
-                if (actual != sha256) NativeThrow.Internal_CorruptResource(resource, actual);
+                if (actual != sha256) throw NativeThrow.Internal_CorruptResource(resource, actual);
                 output.Flush(flushToDisk: true);
             }
             File.Move(temp, path, overwrite: true);
@@ -142,7 +140,7 @@ internal static class NativeParquet
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            NativeThrow.Unavailable_NotWritable(dir, e);
+            throw NativeThrow.Unavailable_NotWritable(dir, e);
         }
         finally
         {
@@ -167,14 +165,14 @@ internal static class NativeParquet
 
 internal static class NativeThrow
 {
-    [System.Diagnostics.CodeAnalysis.DoesNotReturn] public static void Unavailable_NotWritable(string dir, Exception e) =>
-        throw new UnavailableException($"cannot install ParquetSharp's native library in {dir}: {e.Message.TrimEnd('.')}; make CASPARIAN_HOME writable or point it (--home) at a directory that is", e);
-    [System.Diagnostics.CodeAnalysis.DoesNotReturn] public static void Unavailable_Unreadable(string path, Exception e) =>
-        throw new UnavailableException($"cannot read ParquetSharp's native library {path}, just extracted: {e.Message}; fix the permissions under CASPARIAN_HOME or point it (--home) elsewhere", e);
-    [System.Diagnostics.CodeAnalysis.DoesNotReturn] public static void Unavailable_Load(string path, Exception e) =>
-        throw new UnavailableException($"cannot load ParquetSharp's native library {path}: {e.Message}; a home on a noexec mount cannot hold libraries: point CASPARIAN_HOME (--home) elsewhere", e);
-    [System.Diagnostics.CodeAnalysis.DoesNotReturn] public static void Unavailable_ChangedUnderUs(string path) =>
-        throw new UnavailableException($"ParquetSharp's native library {path} was changed right after it was extracted; is another program writing under CASPARIAN_HOME?");
-    [System.Diagnostics.CodeAnalysis.DoesNotReturn] public static void Internal_CorruptResource(string resource, string actual) =>
-        throw new InvalidOperationException($"the binary's resource {resource} decompresses to content with sha256 {actual}; the binary is damaged: rebuild or download it again");
+    public static UnavailableException Unavailable_NotWritable(string dir, Exception e) =>
+        new($"cannot install ParquetSharp's native library in {dir}: {e.Message.TrimEnd('.')}; make CASPARIAN_HOME writable or point it (--home) at a directory that is", e);
+    public static UnavailableException Unavailable_Unreadable(string path, Exception e) =>
+        new($"cannot read ParquetSharp's native library {path}, just extracted: {e.Message}; fix the permissions under CASPARIAN_HOME or point it (--home) elsewhere", e);
+    public static UnavailableException Unavailable_Load(string path, Exception e) =>
+        new($"cannot load ParquetSharp's native library {path}: {e.Message}; a home on a noexec mount cannot hold libraries: point CASPARIAN_HOME (--home) elsewhere", e);
+    public static UnavailableException Unavailable_ChangedUnderUs(string path) =>
+        new($"ParquetSharp's native library {path} was changed right after it was extracted; is another program writing under CASPARIAN_HOME?");
+    public static InvalidOperationException Internal_CorruptResource(string resource, string actual) =>
+        new($"the binary's resource {resource} decompresses to content with sha256 {actual}; the binary is damaged: rebuild or download it again");
 }
