@@ -3,7 +3,8 @@
 // With uv on PATH and no wheelhouse: `uv venv`, then `uv sync --frozen --no-dev --no-install-project`
 // into the build directory (UV_PROJECT_ENVIRONMENT), from a throwaway project directory holding the
 // uv.lock and the pyproject.toml made from it (UvLock.PyProject says why the lock alone is enough).
-// Not exercised on the development machine, which has no uv; the flags follow uv's documentation.
+// Not exercised on the development machine, which has no uv; the flags and variables follow uv's
+// documentation (projects/sync, the CLI reference, UV_PROJECT_ENVIRONMENT, UV_PYTHON_DOWNLOADS).
 //
 // Otherwise, and whenever a wheelhouse is set (a frozen uv sync installs from the URLs the lock
 // records and ignores --find-links, so it cannot install offline from a wheelhouse): the pins the
@@ -21,7 +22,7 @@ internal sealed partial class EnvManager
     /// <summary>The requirements pip installs, written next to the lockfile in the environment for the record.</summary>
     public const string PinsFileName = "casparian-pins.txt";
 
-    private const string UvProjectDir = ".casparian-uv-project";
+    private const string UvProjectSuffix = "-uv-project";
 
     private async Task BuildFromUvLock(string hash, string dir, string lockfile, CancellationToken timeout)
     {
@@ -33,22 +34,25 @@ internal sealed partial class EnvManager
         if (options.Uv is { } uv && options.Wheelhouse is null)
         {
             UvLock.CheckForUv(pins);
-            await Run(hash, "uv venv", uv, ["venv", "--python", basePython, dir], timeout).ConfigureAwait(false);
-            await File.WriteAllTextAsync(lockCopy, lockfile, timeout).ConfigureAwait(false);
-            string project = Path.Combine(dir, UvProjectDir);
+            // Beside the build directory, not in it: uv sync may recreate the environment it is pointed at.
+            // A crash leaves it to Evict, which clears .build-{hash}-* once no builder holds the hash.
+            string project = dir + UvProjectSuffix;
             Directory.CreateDirectory(project);
             try
             {
                 await File.WriteAllTextAsync(Path.Combine(project, UvLock.FileName), lockfile, timeout).ConfigureAwait(false);
                 await File.WriteAllTextAsync(Path.Combine(project, "pyproject.toml"), lockData.PyProject(), timeout).ConfigureAwait(false);
-                await Run(hash, "uv sync", uv,
-                    ["sync", "--frozen", "--no-dev", "--no-install-project", "--project", project, "--python", basePython], timeout,
-                    environment: new() { ["UV_PROJECT_ENVIRONMENT"] = dir, ["VIRTUAL_ENV"] = null }).ConfigureAwait(false);
+                await Run(hash, "uv venv", uv, ["venv", "--python", basePython, dir], timeout).ConfigureAwait(false);
+                // The sync uses that environment's interpreter; one the lock's requires-python rules out is an
+                // error, never a reason to download another Python.
+                await Run(hash, "uv sync", uv, ["sync", "--frozen", "--no-dev", "--no-install-project", "--project", project], timeout,
+                    environment: new() { ["UV_PROJECT_ENVIRONMENT"] = dir, ["UV_PYTHON_DOWNLOADS"] = "never", ["VIRTUAL_ENV"] = null }).ConfigureAwait(false);
             }
             finally
             {
                 DeleteDir(project);
             }
+            await File.WriteAllTextAsync(lockCopy, lockfile, timeout).ConfigureAwait(false);
             return;
         }
 
