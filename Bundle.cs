@@ -3,7 +3,9 @@
 //
 // What goes in:
 //   - files with the extensions .py .json .yaml .yml .toml .txt .csv (case-insensitive), plus the
-//     lockfile: the first of uv.lock, requirements.lock, requirements.txt found at the top level;
+//     lockfile: the first of uv.lock, requirements.lock, requirements.txt found at the top level (a
+//     uv.lock must parse: UvLock.cs; the pyproject.toml beside it rides along as any .toml does, but
+//     environments are built from the lockfile alone: UvLock.PyProject says why);
 //   - never, at any depth: hidden entries (name starting with '.': .git, .venv, .env secrets, editor
 //     state), directories named __pycache__, node_modules, dist, build, and any directory holding a
 //     pyvenv.cfg (a virtual environment, whatever its name); *.so and *.pyc fall out by extension;
@@ -149,6 +151,7 @@ internal sealed partial record ParserBundle(
         string entrySource = Decode(files.First(f => f.Path == entry).Content, Path.Combine(origin, entry));
         string lockfileContent = lockfile is null ? "" : Decode(files.First(f => f.Path == lockfile).Content, Path.Combine(origin, lockfile));
         string? lockfileHash = lockfile is null ? null : Hashes.Sha256Hex(lockfileContent);
+        if (lockfile == UvLock.FileName) CheckUvLock(lockfileContent, origin);
 
         var (name, version) = ReadNameAndVersion(entrySource);
         if (name is not null && !ValidName().IsMatch(name)) throw BundleThrow.Input_BadName(origin, entry, name);
@@ -166,6 +169,24 @@ internal sealed partial record ParserBundle(
             EnvHash: lockfileHash ?? Hashes.SystemEnv,
             ArtifactHash: Hashes.ArtifactHash(entrySource, lockfileContent),
             Files: [.. files.Select(f => new BundleFile(f.Path, f.Content.Length))]);
+    }
+
+    /// <summary>
+    /// A uv.lock that no worker could build from is refused now, at registration, rather than once per
+    /// job: it must parse and its edges must lead somewhere. Whether its wheels are in a worker's
+    /// wheelhouse is the worker's to say.
+    /// </summary>
+    private static void CheckUvLock(string content, string origin)
+    {
+        try
+        {
+            if (!UvLock.Recognise(content)) throw UvLockThrow.Input_NoVersionLine();
+            UvLock.Parse(content).Pins();
+        }
+        catch (InputException e)
+        {
+            throw BundleThrow.Input_BadUvLock(origin, e);
+        }
     }
 
     private static string Decode(byte[] content, string file)
@@ -458,6 +479,8 @@ internal static class BundleThrow
         new($"parser {origin}: name \"{name}\" in {entry} is not a valid parser name; use letters, digits, '_', '.', '-', starting with a letter or '_' (at most 128)");
     public static InputException Input_BadVersion(string origin, string entry, string version) =>
         new($"parser {origin}: version \"{version}\" in {entry} is not valid; use letters, digits, '.', '_', '+', '-', starting with a letter or digit (at most 64)");
+    public static InputException Input_BadUvLock(string origin, InputException e) =>
+        new($"parser {origin}: {e.Message}", e);
     public static InputException Input_BadArchive(string reason, Exception? e = null) =>
         new($"parser archive is not a valid bundle: {reason}", e);
     public static InputException Input_BadEntry(string entry, string reason) =>

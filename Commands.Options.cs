@@ -67,15 +67,22 @@ internal static partial class Commands
         BuildTimeout = c.Get(Config.BuildTimeout),
     };
 
-    /// <summary>What a worker's jobs need; extracts the shim under HOME on first use.</summary>
-    public static JobExecutorOptions ExecutorOptions(Config c) => new()
+    /// <summary>
+    /// What a worker's jobs need; extracts the shim under HOME on first use, and installs and loads
+    /// ParquetSharp's native library (the jobs write Parquet) before any job can reach ParquetSharp.
+    /// </summary>
+    public static JobExecutorOptions ExecutorOptions(Config c)
     {
-        Output = OutputOptions(c),
-        Bridge = BridgeOptions(c),
-        ShimPath = Shim.Ensure(c.ShimDir),
-        ParsersDir = c.ParsersDir,
-        LogsDir = c.LogsDir,
-        LogLimit = c.Get(Config.LogLimit),
-        DefaultTimeout = c.Get(Config.JobTimeout),
-    };
+        NativeParquet.Ensure(c.LibDir);
+        return new()
+        {
+            Output = OutputOptions(c),
+            Bridge = BridgeOptions(c),
+            ShimPath = Shim.Ensure(c.ShimDir),
+            ParsersDir = c.ParsersDir,
+            LogsDir = c.LogsDir,
+            LogLimit = c.Get(Config.LogLimit),
+            DefaultTimeout = c.Get(Config.JobTimeout),
+        };
+    }
 }

@@ -126,6 +126,7 @@ internal static partial class Commands
             ParserBundle bundle = ParserBundle.Load(parserPath);
             var inputs = DevRun.Inputs(inputPath);
             string interpreter = DevRun.Interpreter(parserPath, config.Get(Config.Python));
+            NativeParquet.Ensure(config.LibDir);
             // Dev mode writes next to the user, not under HOME, unless told otherwise.
             var output = OutputOptions(config);
             if (config.Describe(Config.Output).Source == SettingSource.Default) output = output with { Root = Path.Combine(Directory.GetCurrentDirectory(), "output") };

@@ -6,9 +6,9 @@
 //      (--config FILE, else ./casparian.toml, else $CASPARIAN_HOME/casparian.toml)
 //   4. the built-in default
 // `casparian config` prints the effective value of each setting and where it came from. State under
-// HOME that is not a setting of its own (shim, parser bundles, logs, the worker id) is named here
-// too. The config file itself is read by Config.File.cs; the option records are filled from these
-// settings in Commands.Options.cs.
+// HOME that is not a setting of its own (shim, native library, parser bundles, logs, the worker id)
+// is named here too. The config file itself is read by Config.File.cs; the option records are filled
+// from these settings in Commands.Options.cs.
 using System.Globalization;
 using System.Text;
 
@@ -153,6 +153,8 @@ internal sealed class Config
     // State under HOME that is not a setting of its own.
     /// <summary>The guest shim, written out of the binary on first use: {ShimDir}/{version}-{hash}/.</summary>
     public string ShimDir => Path.Combine(HomeDir, "shim");
+    /// <summary>ParquetSharp's native library, written out of the AOT binary on first use: {LibDir}/{sha256[..16]}/ParquetSharpNative.so.</summary>
+    public string LibDir => Path.Combine(HomeDir, "lib");
     /// <summary>Extracted parser bundles by source hash: {ParsersDir}/{source_hash}/.</summary>
     public string ParsersDir => Path.Combine(HomeDir, "parsers");
     /// <summary>Per-job guest logs, and `start`'s log.</summary>

@@ -2,8 +2,9 @@
 // parsers run in.
 //
 // Layout under the venvs directory:
-//   {hash}/                  a ready environment; {hash}/bin/python is its interpreter and
-//                            {hash}/casparian.lock the lockfile it was built from
+//   {hash}/                  a ready environment; {hash}/bin/python is its interpreter,
+//                            {hash}/casparian.lock the lockfile it was built from and, for a uv.lock
+//                            installed by pip, {hash}/casparian-pins.txt the requirements pip was given
 //   .metadata.json           {"entries":[{"env_hash","created_at","last_used","size_bytes"}]}, replaced
 //                            atomically (temp file + rename) under .locks/metadata.lock
 //   .locks/{hash}.lock       the environment's lock (below); never deleted, so every process locks the same inode
@@ -16,12 +17,13 @@
 // a reader never sees a half-made or half-deleted environment: {hash}/ appears and disappears by
 // rename. Within a process, concurrent acquires of one missing environment also share one build task.
 //
-// Builds: with uv when VenvOptions.Uv is set (`uv venv`, `uv pip install -r`; not exercised on the
-// development machine, which has no uv), otherwise `python -m venv` + `pip install --no-index
-// --find-links WHEELHOUSE -r casparian.lock` (air-gapped; pip's default index when no wheelhouse is
-// set). The lockfile is requirements text (pinned `pkg==ver` lines); one with no requirement lines
-// gives a bare environment without pip. A venv is not relocatable, so after building in the temp
-// directory the scripts in bin/ and pyvenv.cfg get the final path before the rename.
+// Builds: a uv.lock (recognised by its `version = N` first line) is built by Venv.UvLock.cs and never
+// reaches pip as requirements. Any other lockfile is requirements text (pinned `pkg==ver` lines): with
+// uv when VenvOptions.Uv is set (`uv venv`, `uv pip install -r`; not exercised on the development
+// machine, which has no uv), otherwise `python -m venv` + `pip install --no-index --find-links
+// WHEELHOUSE -r casparian.lock` (air-gapped; pip's default index when no wheelhouse is set); one with
+// no requirement lines gives a bare environment without pip. A venv is not relocatable, so after
+// building in the temp directory the scripts in bin/ and pyvenv.cfg get the final path before the rename.
 //
 // Eviction: after every build, and on Evict(), least-recently-used environments (by last_used, which
 // every acquire updates) are deleted until the total size_bytes is within MaxBytes, skipping every
@@ -294,6 +296,11 @@ internal sealed partial class EnvManager(VenvOptions options) : IDisposable
         string requirements = Path.Combine(dir, LockfileName);
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(token);
         timeout.CancelAfter(options.BuildTimeout);
+        if (UvLock.Recognise(lockfile))
+        {
+            await BuildFromUvLock(hash, dir, lockfile, timeout.Token).ConfigureAwait(false);
+            return;
+        }
 
         if (options.Uv is { } uv)
         {
@@ -321,8 +328,13 @@ internal sealed partial class EnvManager(VenvOptions options) : IDisposable
         await Run(hash, "pip install", python, pipArgs, timeout.Token).ConfigureAwait(false);
     }
 
-    /// <summary>Runs one build step; a non-zero exit becomes an EnvException carrying the tail of its output.</summary>
-    private async Task Run(string hash, string step, string file, IEnumerable<string> args, CancellationToken token)
+    /// <summary>
+    /// Runs one build step; a non-zero exit becomes an EnvException carrying the tail of its output, or
+    /// the one line <paramref name="explain"/> makes of it. <paramref name="environment"/>: variables to
+    /// set (null: to remove).
+    /// </summary>
+    private async Task Run(string hash, string step, string file, IEnumerable<string> args, CancellationToken token,
+        Dictionary<string, string?>? environment = null, Func<string, string>? explain = null)
     {
         var psi = new ProcessStartInfo(file)
         {
@@ -333,6 +345,8 @@ internal sealed partial class EnvManager(VenvOptions options) : IDisposable
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.Environment["PIP_DISABLE_PIP_VERSION_CHECK"] = "1";
         psi.Environment["PYTHONDONTWRITEBYTECODE"] = "1";
+        foreach (var (name, value) in environment ?? [])
+            if (value is null) psi.Environment.Remove(name); else psi.Environment[name] = value;
         Process p;
         try
         {
@@ -361,6 +375,7 @@ internal sealed partial class EnvManager(VenvOptions options) : IDisposable
                 throw VenvThrow.Env_BuildTimeout(hash, step, options.BuildTimeout);
             }
             p.WaitForExit();
+            if (p.ExitCode != 0 && explain is not null) throw VenvThrow.Env_StepRefused(hash, step, p.ExitCode, explain(output.Text()));
             if (p.ExitCode != 0) throw VenvThrow.Env_BuildFailed(hash, step, p.ExitCode, output.Text(), options.Wheelhouse);
         }
     }
@@ -464,6 +479,14 @@ internal static class VenvThrow
     public static EnvException Env_BuildFailed(string hash, string step, int exitCode, string output, string? wheelhouse) =>
         new(ExitCode.BadInput, $"building environment {Hashes.Short(hash)} failed: {step} exited {exitCode}: {output}" +
             (wheelhouse is null ? "" : $" (installs are offline from {wheelhouse}: it must hold a wheel for every package the lockfile pins)"));
+    public static EnvException Env_StepRefused(string hash, string step, int exitCode, string reason) =>
+        new(ExitCode.BadInput, $"building environment {Hashes.Short(hash)} failed: {step} exited {exitCode}: {reason}");
+    public static EnvException Env_UvLockNeedsWheelhouse(string hash) =>
+        new(ExitCode.Unavailable, $"cannot build environment {Hashes.Short(hash)} from its uv.lock: without uv it installs offline from a wheelhouse, and none is set; " +
+            "set wheelhouse (--wheelhouse, CASPARIAN_WHEELHOUSE or casparian.toml) to a directory holding the locked wheels, or put uv on the worker's PATH");
+    public static EnvException Env_NotInWheelhouse(string hash, UvPackage package, string wheelhouse) =>
+        new(ExitCode.BadInput, $"cannot build environment {Hashes.Short(hash)}: uv.lock pins {package.Display}, but the wheelhouse {wheelhouse} holds none of its " +
+            $"{package.Wheels.Count} locked wheel(s) ({string.Join(", ", package.Wheels.Take(3).Select(w => w.FileName))}{(package.Wheels.Count > 3 ? ", …" : "")}); add one");
     public static EnvException Env_BuildTimeout(string hash, string step, TimeSpan timeout) =>
         new(ExitCode.Unavailable, $"building environment {Hashes.Short(hash)} timed out: {step} ran longer than {timeout.TotalSeconds:0} s and was killed");
     public static EnvException Env_CannotStart(string hash, string step, string file, Exception e) =>

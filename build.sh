@@ -9,8 +9,8 @@
 #   ./build.sh bench     build, then run every benchmark and rewrite BENCHMARKS.md
 #   ./build.sh bench ARGS…  build, then run the benchmarks with ARGS (--filter, --check, --report FILE)
 #
-# The binary is NativeAOT with SQLite linked in statically; ParquetSharp's native library
-# (ParquetSharpNative.so) rides beside it. Nothing else is needed at run time.
+# The binary is NativeAOT with SQLite linked in statically and ParquetSharp's native library embedded
+# (extracted under CASPARIAN_HOME on first use): ./casparian is the only file a host needs.
 set -euo pipefail
 cd "$(dirname "$0")"
 root=$PWD
@@ -33,11 +33,14 @@ apt_need() {
 }
 
 build() {
-  # libsqlite3-dev ships libsqlite3.a (linked into the binary); the AOT linker needs a C toolchain and zlib.
-  apt_need libsqlite3-dev zlib1g-dev gcc libc6-dev
+  # libsqlite3-dev ships libsqlite3.a (linked into the binary); the AOT linker needs a C toolchain and
+  # zlib; gzip compresses the embedded ParquetSharp library (casparian.csproj).
+  apt_need libsqlite3-dev zlib1g-dev gcc libc6-dev gzip
   step "publishing the native binary"
   run dotnet publish casparian.csproj -c Release -r linux-x64 -o out/publish -nologo -v quiet
-  run cp -f out/publish/casparian out/publish/ParquetSharpNative.so "$root/"
+  run cp -f out/publish/casparian "$root/"
+  # Older builds left the library beside the binary; the binary now carries it (NativeParquet.cs).
+  rm -f "$root/ParquetSharpNative.so"
   step "built $root/casparian ($(du -h casparian | cut -f1)); $(./casparian version)"
 }
 

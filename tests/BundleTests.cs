@@ -58,7 +58,7 @@ public sealed class BundleTests
     {
         using var dir = new TempDir();
         Tree(dir.Path, TwoModules);
-        Tree(dir.Path, ("pkg/schema.json", "{}"), ("uv.lock", "version = 1\n"));
+        Tree(dir.Path, ("pkg/schema.json", "{}"), ("uv.lock", MinimalUvLock));
         var a = ParserBundle.Load(dir.Path);
         var b = ParserBundle.Load(dir.Path);
         Assert.Equal(a.Archive, b.Archive);
@@ -234,6 +234,11 @@ public sealed class BundleTests
 
     // ---- lockfile and hashes ----------------------------------------------------------------------
 
+    /// <summary>The smallest uv.lock registration accepts (it must parse): a project with no dependencies.</summary>
+    private const string MinimalUvLock = "version = 1\nrequires-python = \">=3.9\"\n\n[[package]]\nname = \"p\"\nversion = \"0.1.0\"\nsource = { virtual = \".\" }\n";
+
+    private static string LockfileText(string name) => name == "uv.lock" ? MinimalUvLock : "content of " + name;
+
     [Theory]
     [InlineData("uv.lock,requirements.lock,requirements.txt", "uv.lock")]
     [InlineData("requirements.lock,requirements.txt", "requirements.lock")]
@@ -243,10 +248,10 @@ public sealed class BundleTests
     {
         using var dir = new TempDir();
         Tree(dir.Path, ("parser.py", "def parse(p): pass\n"));
-        foreach (string name in present.Split(',')) Tree(dir.Path, (name, "content of " + name));
+        foreach (string name in present.Split(',')) Tree(dir.Path, (name, LockfileText(name)));
         var bundle = ParserBundle.Load(dir.Path);
-        Assert.Equal("content of " + expected, bundle.LockfileContent);
-        Assert.Equal(Hashes.Sha256Hex("content of " + expected), bundle.LockfileHash);
+        Assert.Equal(LockfileText(expected), bundle.LockfileContent);
+        Assert.Equal(Hashes.Sha256Hex(LockfileText(expected)), bundle.LockfileHash);
         Assert.Equal(bundle.LockfileHash, bundle.EnvHash);
         Assert.Equal(Hashes.ArtifactHash(bundle.EntrySource, bundle.LockfileContent), bundle.ArtifactHash);
         Assert.Contains(expected, bundle.Files.Select(f => f.Path));
@@ -258,7 +263,7 @@ public sealed class BundleTests
     public void Bundle_Load_LockfileHashIsSha256OfTheContent()
     {
         using var dir = new TempDir();
-        Tree(dir.Path, ("parser.py", "pass\n"), ("uv.lock", "hello world"));
+        Tree(dir.Path, ("parser.py", "pass\n"), ("requirements.lock", "hello world"));
         var bundle = ParserBundle.Load(dir.Path);
         Assert.Equal("b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9", bundle.LockfileHash);
         Assert.Equal("b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9", bundle.EnvHash);
