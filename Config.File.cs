@@ -5,7 +5,9 @@
 //   - a table ([NAME], [NAME.SUB], [[NAME]]) must be one a later layer registered in Config.Tables
 //     (e.g. [topics.NAME], [[sources]], [[rules]]); its key/value pairs are handed to that owner as
 //     ConfigTables, in file order. Any other table is an error naming it.
-// Every error names the file and the line.
+// Every error names the file and the line. Tomlyn's syntax tree (SyntaxParser), not its model
+// (TomlTable, as UvLock.cs reads uv.lock): only the tree keeps each key's line, and a settings file
+// the user edits by hand must point at the line to fix.
 using System.Globalization;
 using Tomlyn.Parsing;
 using Tomlyn.Syntax;

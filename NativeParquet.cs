@@ -134,7 +134,7 @@ internal static class NativeParquet
                     output.Write(buffer, 0, n);
                 }
                 string actual = Convert.ToHexStringLower(hash.GetHashAndReset());
-                if (actual != sha256) throw NativeThrow.Internal_CorruptResource(resource, actual);
+                if (actual != sha256) throw NativeThrow.Unavailable_CorruptResource(resource, actual);
                 output.Flush(flushToDisk: true);
             }
             File.Move(temp, path, overwrite: true);
@@ -175,6 +175,6 @@ internal static class NativeThrow
         new($"cannot load ParquetSharp's native library {path}: {e.Message}; a home on a noexec mount cannot hold libraries: point CASPARIAN_HOME (--home) elsewhere", e);
     public static UnavailableException Unavailable_ChangedUnderUs(string path) =>
         new($"ParquetSharp's native library {path} was changed right after it was extracted; is another program writing under CASPARIAN_HOME?");
-    public static InvalidOperationException Internal_CorruptResource(string resource, string actual) =>
+    public static UnavailableException Unavailable_CorruptResource(string resource, string actual) =>
         new($"the binary's resource {resource} decompresses to content with sha256 {actual}; the binary is damaged: rebuild or download it again");
 }

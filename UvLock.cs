@@ -21,6 +21,11 @@
 // over the paths to it of the AND of the markers along each). pip evaluates those markers itself, as
 // it does for lines of `uv export`; markers on extras or dependency groups (uv's conflict markers)
 // cannot be evaluated by pip and are refused.
+//
+// Tomlyn's model (a TomlTable through the source-generated UvLockToml context, which NativeAOT needs
+// in place of reflection), not the syntax tree Config.File.cs walks for casparian.toml: uv writes
+// this file, so past a TOML syntax error (which Tomlyn places) an error names the package and field,
+// not a line, and the typed tables and arrays of tables are what the graph walk below reads.
 using System.Text;
 using System.Text.RegularExpressions;
 using Tomlyn;

@@ -46,7 +46,7 @@ public class NativeParquetBench
         _warmHome = Path.Combine(_dir, "warm-home");
         Run(_warmHome);
         if (Installed(_warmHome) is null)
-            throw new InvalidOperationException($"{_binary} installed no ParquetSharpNative.so under {_warmHome}/lib: is it a JIT build without the embedded library?");
+            throw new InvalidOperationException($"{_binary} installed no ParquetSharpNative.so under {Config.Defaults(_warmHome).LibDir}: is it a JIT build without the embedded library?");
         _shimSource = Path.Combine(_warmHome, "shim");
     }
 
@@ -95,12 +95,12 @@ public class NativeParquetBench
     public long FirstRun()
     {
         Run(_freshHome);
-        return Installed(_freshHome)?.Length ?? throw new InvalidOperationException($"the first run installed no library under {_freshHome}/lib");
+        return Installed(_freshHome)?.Length ?? throw new InvalidOperationException($"the first run installed no library under {Config.Defaults(_freshHome).LibDir}");
     }
 
     private static FileInfo? Installed(string home)
     {
-        string lib = Path.Combine(home, "lib");
+        string lib = Config.Defaults(home).LibDir;
         return Directory.Exists(lib) ? Directory.GetFiles(lib, "ParquetSharpNative.so", SearchOption.AllDirectories).Select(f => new FileInfo(f)).SingleOrDefault() : null;
     }
 

@@ -45,8 +45,11 @@ public sealed class NativeParquetTests : IDisposable
 
     private ProcessResult RunJob(string home, string output) => Casparian(home, "run", "parser.py", "people.csv", "--output", output);
 
-    /// <summary>The installed library: {home}/lib/{sha256[..16]}/ParquetSharpNative.so.</summary>
-    private static string Installed(string home) => Path.Combine(home, "lib", Sha256(NuGetLibrary)[..16], "ParquetSharpNative.so");
+    /// <summary>The home's library directory (Config.LibDir, HOME/lib).</summary>
+    private static string LibDir(string home) => Config.Defaults(home).LibDir;
+
+    /// <summary>The installed library: {LibDir}/{sha256[..16]}/ParquetSharpNative.so.</summary>
+    private static string Installed(string home) => Path.Combine(LibDir(home), Sha256(NuGetLibrary)[..16], "ParquetSharpNative.so");
 
     private void AssertJobWrote(string output)
     {
@@ -60,7 +63,7 @@ public sealed class NativeParquetTests : IDisposable
     {
         Assert.Equal(Sha256(NuGetLibrary), Sha256(File.ReadAllBytes(Installed(home))));
         // Nothing but the library: no temp file of an extraction left behind, no second copy.
-        Assert.Equal([Installed(home)], Directory.GetFiles(Path.Combine(home, "lib"), "*", SearchOption.AllDirectories));
+        Assert.Equal([Installed(home)], Directory.GetFiles(LibDir(home), "*", SearchOption.AllDirectories));
     }
 
     [Fact]
@@ -136,12 +139,13 @@ public sealed class NativeParquetTests : IDisposable
     [InlineData("version")]
     [InlineData("config")]
     [InlineData("--help")]
+    [InlineData("jobs")]        // a job command: reads the store, writes no Parquet
     public void NativeParquet_CommandsThatWriteNoParquet_DoNotInstallIt(string command)
     {
         string home = _dir.File("home");
         var r = Casparian(home, command);
         Assert.True(r.ExitCode == 0, r.ToString());
-        Assert.False(Directory.Exists(Path.Combine(home, "lib")));
+        Assert.False(Directory.Exists(LibDir(home)));
     }
 
     [Fact]
@@ -150,12 +154,12 @@ public sealed class NativeParquetTests : IDisposable
         string home = _dir.File("home");
         Directory.CreateDirectory(home);
         // A file where the lib directory should be: creating it fails for root too (chmod would not).
-        File.WriteAllText(Path.Combine(home, "lib"), "");
+        File.WriteAllText(LibDir(home), "");
         var r = RunJob(home, "out");
         Assert.Equal(4, r.ExitCode);
         string[] lines = r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.Single(lines);
-        Assert.StartsWith($"error: cannot install ParquetSharp's native library in {Path.Combine(home, "lib")}", lines[0]);
+        Assert.StartsWith($"error: cannot install ParquetSharp's native library in {LibDir(home)}", lines[0]);
         Assert.Contains("make CASPARIAN_HOME writable", lines[0]);
         Assert.False(Directory.Exists(_dir.File("out")));
     }

@@ -308,7 +308,8 @@ public sealed class UvLockTests : IDisposable
         using var m = Manager(_wheelhouse);
         var e = await Assert.ThrowsAsync<EnvException>(() => Acquire(m, lockText));
         AssertOneLine(e.Message);
-        Assert.Equal($"building environment {Hashes.Sha256Hex(lockText)[..12]} failed: pip install exited 1: pip refused tinypkg-1.0-py3-none-any.whl " +
+        Assert.Equal(ExitCode.BadInput, e.Code);
+        Assert.Equal($"building environment {Hashes.Short(Hashes.Sha256Hex(lockText))} failed: pip install exited 1: pip refused tinypkg-1.0-py3-none-any.whl " +
             $"from the wheelhouse {_wheelhouse}: its sha256 is {_tinypkgHash}, but uv.lock pins tinypkg==1.0 to {lockedHash}; " +
             "the wheelhouse holds another build than the one locked: put the locked wheel there or lock again against the wheelhouse", e.Message);
         Assert.Empty(EnvDirs());
@@ -321,7 +322,8 @@ public sealed class UvLockTests : IDisposable
         string lockText = ProjectLock(_tinypkgHash);
         using var m = Manager(_wheelhouse);
         var e = await Assert.ThrowsAsync<EnvException>(() => Acquire(m, lockText));
-        Assert.Equal($"cannot build environment {Hashes.Sha256Hex(lockText)[..12]}: uv.lock pins tinypkg==1.0, but the wheelhouse {_wheelhouse} " +
+        Assert.Equal(ExitCode.BadInput, e.Code);
+        Assert.Equal($"cannot build environment {Hashes.Short(Hashes.Sha256Hex(lockText))}: uv.lock pins tinypkg==1.0, but the wheelhouse {_wheelhouse} " +
             "holds none of its 1 locked wheel(s) (tinypkg-1.0-py3-none-any.whl); add one", e.Message);
         Assert.Empty(EnvDirs());
     }
@@ -332,6 +334,8 @@ public sealed class UvLockTests : IDisposable
         using var m = Manager(wheelhouse: null);
         var e = await Assert.ThrowsAsync<EnvException>(() => Acquire(m, ProjectLock(_tinypkgHash)));
         AssertOneLine(e.Message);
+        // The worker's setup, not the parser's lock, is what is missing.
+        Assert.Equal(ExitCode.Unavailable, e.Code);
         Assert.Contains("from its uv.lock: without uv it installs offline from a wheelhouse, and none is set", e.Message);
         Assert.Empty(EnvDirs());
     }
