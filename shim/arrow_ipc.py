@@ -31,10 +31,41 @@ BATCH_ROWS = 65536
 BATCH_BYTES = 32 << 20
 DEFAULT_MAX_MESSAGE = 100 << 20
 
-# Column kinds and their Arrow type union ids (Schema.fbs `union Type`).
+# ---------------------------------------------------------------------------------------------
+# The Arrow format's flatbuffer schema, as far as this writer uses it: each constant is a field id
+# (a vtable slot: the field's position in its table in Message.fbs / Schema.fbs, counting from 0;
+# a union field takes two slots, its `_type` byte first) or an enum value, named
+# TABLE_FIELD so a reader can follow the writer without the .fbs files open.
+
+# Message.fbs `table Message { version; header: MessageHeader; bodyLength; custom_metadata }`.
+MESSAGE_VERSION, MESSAGE_HEADER_TYPE, MESSAGE_HEADER, MESSAGE_BODY_LENGTH = 0, 1, 2, 3
+METADATA_V5 = 4  # Schema.fbs `enum MetadataVersion`
+HEADER_SCHEMA, HEADER_RECORD_BATCH = 1, 3  # Message.fbs `union MessageHeader`
+# Message.fbs `table RecordBatch { length; nodes: [FieldNode]; buffers: [Buffer]; compression }`.
+RECORD_BATCH_LENGTH, RECORD_BATCH_NODES, RECORD_BATCH_BUFFERS = 0, 1, 2
+
+# Schema.fbs `table Schema { endianness; fields; custom_metadata; features }`.
+SCHEMA_ENDIANNESS, SCHEMA_FIELDS, SCHEMA_CUSTOM_METADATA = 0, 1, 2
+ENDIANNESS_LITTLE = 0
+# Schema.fbs `table Field { name; nullable; type: Type; dictionary; children; custom_metadata }`.
+FIELD_NAME, FIELD_NULLABLE, FIELD_TYPE_TYPE, FIELD_TYPE, FIELD_DICTIONARY, FIELD_CHILDREN, FIELD_CUSTOM_METADATA = range(7)
+KEY_VALUE_KEY, KEY_VALUE_VALUE = 0, 1  # Schema.fbs `table KeyValue { key; value }`
+INT_BIT_WIDTH, INT_IS_SIGNED = 0, 1  # Schema.fbs `table Int { bitWidth; is_signed }`
+FLOATING_POINT_PRECISION = 0  # Schema.fbs `table FloatingPoint { precision }`
+PRECISION_DOUBLE = 2  # Schema.fbs `enum Precision { HALF, SINGLE, DOUBLE }`
+TIMESTAMP_UNIT, TIMESTAMP_TIMEZONE = 0, 1  # Schema.fbs `table Timestamp { unit; timezone }`
+TIME_UNIT_MICROSECOND = 2  # Schema.fbs `enum TimeUnit { SECOND, MILLISECOND, MICROSECOND, NANOSECOND }`
+DATE_UNIT = 0  # Schema.fbs `table Date { unit }`
+DATE_UNIT_DAY = 0  # Schema.fbs `enum DateUnit { DAY, MILLISECOND }`
+
+# Schema.fbs `union Type`: the type ids a Field's type_type holds.
+TYPE_NULL, TYPE_INT, TYPE_FLOATING_POINT, TYPE_BINARY, TYPE_UTF8, TYPE_BOOL = 1, 2, 3, 4, 5, 6
+TYPE_DATE, TYPE_TIMESTAMP = 8, 10
+
+# Column kinds and their Arrow type ids.
 NULL, INT64, FLOAT64, BOOL, UTF8, BINARY, TIMESTAMP, DATE32 = range(8)
 KIND_NAMES = ("null", "int64", "float64", "bool", "utf8", "binary", "timestamp[us]", "date32")
-_TYPE_ID = (1, 2, 3, 6, 5, 4, 10, 8)
+_TYPE_ID = (TYPE_NULL, TYPE_INT, TYPE_FLOATING_POINT, TYPE_BOOL, TYPE_UTF8, TYPE_BINARY, TYPE_TIMESTAMP, TYPE_DATE)
 
 _LITTLE = sys.byteorder == "little"
 _EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
@@ -155,8 +186,8 @@ def _write(buf, obj):
 def _message(header_type, header, body_length):
     """One encapsulated IPC message prefix: continuation, length, flatbuffer Message padded to 8."""
     buf = bytearray(4)
-    # Message: version (V5 = 4), header_type, header, bodyLength.
-    root = _T((0, "h", 4), (1, "B", header_type), (2, "o", header), (3, "q", body_length))
+    root = _T((MESSAGE_VERSION, "h", METADATA_V5), (MESSAGE_HEADER_TYPE, "B", header_type), (MESSAGE_HEADER, "o", header),
+              (MESSAGE_BODY_LENGTH, "q", body_length))
     struct.pack_into("<I", buf, 0, _write(buf, root))
     _pad_to(buf, 8)
     return _CONT + struct.pack("<i", len(buf)) + bytes(buf)
@@ -164,25 +195,26 @@ def _message(header_type, header, body_length):
 
 def _arrow_type(kind, tz):
     if kind == INT64:
-        return _T((0, "i", 64), (1, "B", 1))
+        return _T((INT_BIT_WIDTH, "i", 64), (INT_IS_SIGNED, "B", 1))
     if kind == FLOAT64:
-        return _T((0, "h", 2))
+        return _T((FLOATING_POINT_PRECISION, "h", PRECISION_DOUBLE))
     if kind == TIMESTAMP:
-        return _T((0, "h", 2), (1, "o", tz)) if tz else _T((0, "h", 2))
+        unit = (TIMESTAMP_UNIT, "h", TIME_UNIT_MICROSECOND)
+        return _T(unit, (TIMESTAMP_TIMEZONE, "o", tz)) if tz else _T(unit)
     if kind == DATE32:
-        return _T((0, "h", 0))
+        return _T((DATE_UNIT, "h", DATE_UNIT_DAY))
     return _T()
 
 
 def schema_message(columns, topic, extra_metadata=()):
     fields = [
-        _T((0, "o", c.name), (1, "B", 1), (2, "B", _TYPE_ID[c.kind]), (3, "o", _arrow_type(c.kind, c.tz)), (5, "o", _Vec([])))
+        _T((FIELD_NAME, "o", c.name), (FIELD_NULLABLE, "B", 1), (FIELD_TYPE_TYPE, "B", _TYPE_ID[c.kind]),
+           (FIELD_TYPE, "o", _arrow_type(c.kind, c.tz)), (FIELD_CHILDREN, "o", _Vec([])))
         for c in columns
     ]
-    meta = [_T((0, "o", TOPIC_KEY), (1, "o", topic))]
-    meta += [_T((0, "o", k), (1, "o", v)) for k, v in extra_metadata]
-    # Schema: endianness Little, fields, custom_metadata.
-    return _message(1, _T((0, "h", 0), (1, "o", _Vec(fields)), (2, "o", _Vec(meta))), 0)
+    meta = [_T((KEY_VALUE_KEY, "o", k), (KEY_VALUE_VALUE, "o", v)) for k, v in ((TOPIC_KEY, topic), *extra_metadata)]
+    schema = _T((SCHEMA_ENDIANNESS, "h", ENDIANNESS_LITTLE), (SCHEMA_FIELDS, "o", _Vec(fields)), (SCHEMA_CUSTOM_METADATA, "o", _Vec(meta)))
+    return _message(HEADER_SCHEMA, schema, 0)
 
 
 def _batch_message(rows, nodes, lengths):
@@ -194,8 +226,9 @@ def _batch_message(rows, nodes, lengths):
         offset += n + (-n % 8)
     node_bytes = b"".join(struct.pack("<qq", n, nc) for n, nc in nodes)
     buf_bytes = b"".join(struct.pack("<qq", o, n) for o, n in buffers)
-    rb = _T((0, "q", rows), (1, "o", _Structs(node_bytes, len(nodes))), (2, "o", _Structs(buf_bytes, len(buffers))))
-    return _message(3, rb, offset), offset
+    rb = _T((RECORD_BATCH_LENGTH, "q", rows), (RECORD_BATCH_NODES, "o", _Structs(node_bytes, len(nodes))),
+            (RECORD_BATCH_BUFFERS, "o", _Structs(buf_bytes, len(buffers))))
+    return _message(HEADER_RECORD_BATCH, rb, offset), offset
 
 
 def _pack_bits(flags):
