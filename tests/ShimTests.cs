@@ -630,7 +630,7 @@ public sealed class ShimTests
             Assert.Equal(3, r.Tables);
             var first = s.Batches.Where(b => b.Batch.Schema.FieldsList.Count == 10).ToList();
             var schema = first[0].Batch.Schema;
-            Assert.Equal([ArrowTypeId.Int64, ArrowTypeId.Int64, ArrowTypeId.Double, ArrowTypeId.Boolean, ArrowTypeId.String, ArrowTypeId.Timestamp, ArrowTypeId.Timestamp, ArrowTypeId.Int64, ArrowTypeId.String, ArrowTypeId.String],
+            Assert.Equal([ArrowTypeId.Int64, ArrowTypeId.Int64, ArrowTypeId.Double, ArrowTypeId.Boolean, ArrowTypeId.String, ArrowTypeId.Timestamp, ArrowTypeId.Timestamp, ArrowTypeId.Int64, ArrowTypeId.Dictionary, ArrowTypeId.String],
                 schema.FieldsList.Select(f => f.DataType.TypeId));
             Assert.Equal("Europe/Paris", ((TimestampType)schema.GetFieldByName("tz").DataType).Timezone);
             var c = new Dictionary<string, List<object?>>();
