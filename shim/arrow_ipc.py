@@ -462,7 +462,7 @@ class ListColumn:
     float64 within 2^53, int + Decimal -> decimal128), else text. A list column keeps its elements
     as a child ListColumn (`element` set: a nested list or dict there makes the parent JSON)."""
     __slots__ = ("name", "kind", "values", "nulls", "norm", "tz", "precision", "scale", "child", "offsets",
-                 "element", "is_text_fallback", "packed")
+                 "element", "is_text_fallback", "packed", "bases")
 
     def __init__(self, name, values, element=False):
         if not isinstance(values, (list, tuple)):
@@ -591,8 +591,20 @@ class ListColumn:
         if child.kind == JSON or child.is_text_fallback:
             return self._json()  # nested or mixed elements
         self.child = child
-        self.offsets = array("q", accumulate(map(len, filled), initial=0))
+        # Offsets per BATCH_ROWS rows, each from 0 as a batch's offsets buffer is: _plan's batches never
+        # cross such a boundary, so a batch's buffer is one of these or a window of one.
+        try:
+            self.offsets = [array("i", accumulate(map(len, filled[i:i + BATCH_ROWS]), initial=0))
+                            for i in range(0, len(filled), BATCH_ROWS)]
+        except OverflowError:
+            raise TableError("column %r: more than 2^31 list elements in %d rows" % (self.name, BATCH_ROWS)) from None
+        self.bases = list(accumulate((o[-1] for o in self.offsets), initial=0))
         return LIST
+
+    def _offset(self, row):
+        """Where row `row`'s elements start in the child column."""
+        chunk, at = divmod(row, BATCH_ROWS)
+        return self.bases[chunk] + (self.offsets[chunk][at] if at else 0)
 
     def _json(self):
         texts = [None if v is None else json_text(v) for v in self.values]
@@ -627,7 +639,7 @@ class ListColumn:
         nc = self.values[start:stop].count(None) if self.nulls else 0
         validity = (n + 7) // 8 if nc else 0
         if kind == LIST:
-            nodes, lengths = self.child.layout(self.offsets[start], self.offsets[stop])
+            nodes, lengths = self.child.layout(self._offset(start), self._offset(stop))
             return [(n, nc)] + nodes, (validity, 4 * (n + 1)) + lengths
         width = (n + 7) // 8 if kind == BOOL else (4 * n if kind == DATE32 else (16 * n if kind == DECIMAL else 8 * n))
         return [(n, nc)], (validity, width)
@@ -671,10 +683,12 @@ class ListColumn:
         if kind == DURATION:
             return validity, _le(array("q", map(floordiv, map(_NONE_TD, s, s) if nc else s, repeat(_US))))
         if kind == LIST:
-            first = self.offsets[start]
-            window = self.offsets[start:stop + 1]
-            offsets = _le(array("i", map(sub, window, repeat(first)) if first else window))
-            return (validity, offsets) + tuple(self.child.buffers(first, self.offsets[stop]))
+            if stop == start:
+                return validity, _le(array("i", [0])), *self.child.buffers(0, 0)
+            chunk, at = divmod(start, BATCH_ROWS)
+            window = self.offsets[chunk][at:at + stop - start + 1]
+            offsets = _le(array("i", map(sub, window, repeat(window[0]))) if at else window)
+            return (validity, offsets) + tuple(self.child.buffers(self._offset(start), self._offset(stop)))
         raise AssertionError(kind)
 
 
@@ -875,19 +889,32 @@ def _plan(columns, nrows, budget):
     return planned
 
 
-def _batch_chunk(columns, start, stop, prefix, body, lengths):
-    parts = [prefix]
+_OWN_CHUNK = 64 << 10
+
+
+def _batch_chunks(columns, start, stop, prefix, body, lengths):
+    """One record batch as bytes-like chunks: buffers of at least _OWN_CHUNK bytes go to the socket
+    as they are (no copy); smaller ones, the metadata and the padding are joined between them."""
+    chunks = []
+    small = [prefix]
     i = 0
     for c in columns:
         for buf in c.buffers(start, stop):
             n = memoryview(buf).nbytes
             if n != lengths[i]:
                 raise AssertionError("column %r: encoded %d bytes, planned %d" % (c.name, n, lengths[i]))
-            parts.append(buf)
+            if n >= _OWN_CHUNK:
+                chunks.append(b"".join(small))
+                chunks.append(buf)
+                small = []
+            else:
+                small.append(buf)
             if n % 8:
-                parts.append(b"\0" * (8 - n % 8))
+                small.append(b"\0" * (8 - n % 8))
             i += 1
-    return b"".join(parts)
+    if small:
+        chunks.append(b"".join(small))
+    return chunks
 
 
 def column_messages(columns, nrows, topic, max_message=DEFAULT_MAX_MESSAGE):
@@ -918,13 +945,13 @@ def _dictionary_message(column):
     n = len(values.values)
     nodes, lengths = values.layout(0, n)
     prefix, body = _batch_message(n, nodes, lengths, column.dictionary_id)
-    return _batch_chunk([values], 0, n, prefix, body, lengths)
+    return b"".join(_batch_chunks([values], 0, n, prefix, body, lengths))
 
 
 def _chunks(columns, schema, group):
     yield schema
     for start, stop, prefix, body, lengths in group:
-        yield _batch_chunk(columns, start, stop, prefix, body, lengths)
+        yield from _batch_chunks(columns, start, stop, prefix, body, lengths)
     yield _EOS
 
 

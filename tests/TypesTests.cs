@@ -260,6 +260,7 @@ public sealed class TypesTests : IDisposable
             """, pandas: true);
         Assert.Equal("VARCHAR", DuckTypes(parquet)["c"]);
         Assert.Equal(["a", "b", null, "z", "a", null], Text(parquet, "c"));
+        Assert.IsType<DictionaryType>(ArrowType(parquet, "c"));
     }
 
     [Theory]
