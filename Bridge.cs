@@ -245,7 +245,9 @@ internal static partial class Bridge
     {
         NullType => new ArrayData(type, 0, 0, 0, []),
         StringType or BinaryType => new ArrayData(type, 0, 0, 0, [ArrowBuffer.Empty, new ArrowBuffer(new byte[4]), ArrowBuffer.Empty]),
+        LargeStringType or LargeBinaryType => new ArrayData(type, 0, 0, 0, [ArrowBuffer.Empty, new ArrowBuffer(new byte[8]), ArrowBuffer.Empty]),
         ListType list => new ArrayData(type, 0, 0, 0, [ArrowBuffer.Empty, new ArrowBuffer(new byte[4])], [EmptyData(list.ValueDataType)]),
+        StructType @struct => new ArrayData(type, 0, 0, 0, [ArrowBuffer.Empty], @struct.Fields.Select(f => EmptyData(f.DataType)).ToArray()),
         DictionaryType dictionary => new ArrayData(type, 0, 0, 0, [ArrowBuffer.Empty, ArrowBuffer.Empty], null, EmptyData(dictionary.ValueType)),
         FixedWidthType => new ArrayData(type, 0, 0, 0, [ArrowBuffer.Empty, ArrowBuffer.Empty]),
         _ => throw BridgeThrow.Arrow_EmptyUnsupported(type),
