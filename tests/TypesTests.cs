@@ -290,6 +290,27 @@ public sealed class TypesTests : IDisposable
         Assert.Equal((5, 2), (joined.Precision, joined.Scale));
     }
 
+    [Fact]
+    public void Types_EmptyBatch_NestedAndDictionaryTypes()
+    {
+        // What a pyarrow table of no rows may carry: the bridge must make zero-row arrays of each.
+        var schema = new Schema(
+        [
+            new Field("l", Type("list<list<int64>>"), true),
+            new Field("d", new DictionaryType(Int32Type.Default, StringType.Default, false), true),
+            new Field("s", new StructType([new Field("a", Type("decimal(5,2)"), true), new Field("b", LargeStringType.Default, true)]), true),
+            new Field("t", new Time64Type(Apache.Arrow.Types.TimeUnit.Microsecond), true),
+        ], null);
+        using var batch = Bridge.EmptyBatch(schema);
+        Assert.Equal(0, batch.Length);
+        for (int i = 0; i < schema.FieldsList.Count; i++)
+        {
+            Assert.Equal(0, batch.Column(i).Length);
+            Assert.True(ArrowSchemas.SameType(schema.FieldsList[i].DataType, batch.Column(i).Data.DataType));
+        }
+        Assert.Equal(0, ((DictionaryArray)batch.Column(1)).Dictionary.Length);
+    }
+
     private static IArrowType Type(string name) => name switch
     {
         "int64" => Int64Type.Default,
