@@ -18,7 +18,10 @@
 # Value work happens in C wherever a C-level call does it: array('q'/'d'/'i') over lists or
 # maps, bytes.join, str.join, dict.get as a None-replacing map, and validity bitmaps packed through
 # int(bits, 2).to_bytes (a little-endian integer whose bit i is row i is exactly Arrow's LSB-first
-# bitmap).
+# bitmap); decimals as int.to_bytes(16) of their unscaled value masked to 128 bits.
+#
+# What each Python and pandas value becomes (decimal128, list<T>, JSON text, time64, duration,
+# dictionary, the fallbacks to text and the widening lattice) is docs/types.md; ListColumn applies it.
 import struct
 import sys
 from array import array
