@@ -237,20 +237,21 @@ internal static partial class Bridge
     internal static RecordBatch EmptyBatch(Schema schema)
     {
         var arrays = new IArrowArray[schema.FieldsList.Count];
-        for (int i = 0; i < arrays.Length; i++)
-        {
-            IArrowType type = schema.FieldsList[i].DataType;
-            ArrowBuffer[] buffers = type switch
-            {
-                NullType => [],
-                StringType or BinaryType => [ArrowBuffer.Empty, new ArrowBuffer(new byte[4]), ArrowBuffer.Empty],
-                FixedWidthType => [ArrowBuffer.Empty, ArrowBuffer.Empty],
-                _ => throw BridgeThrow.Arrow_EmptyUnsupported(type),
-            };
-            arrays[i] = ArrowArrayFactory.BuildArray(new ArrayData(type, 0, 0, 0, buffers));
-        }
+        for (int i = 0; i < arrays.Length; i++) arrays[i] = ArrowArrayFactory.BuildArray(EmptyData(schema.FieldsList[i].DataType));
         return new RecordBatch(schema, arrays, 0);
     }
+
+    private static ArrayData EmptyData(IArrowType type) => type switch
+    {
+        NullType => new ArrayData(type, 0, 0, 0, []),
+        StringType or BinaryType => new ArrayData(type, 0, 0, 0, [ArrowBuffer.Empty, new ArrowBuffer(new byte[4]), ArrowBuffer.Empty]),
+        LargeStringType or LargeBinaryType => new ArrayData(type, 0, 0, 0, [ArrowBuffer.Empty, new ArrowBuffer(new byte[8]), ArrowBuffer.Empty]),
+        ListType list => new ArrayData(type, 0, 0, 0, [ArrowBuffer.Empty, new ArrowBuffer(new byte[4])], [EmptyData(list.ValueDataType)]),
+        StructType @struct => new ArrayData(type, 0, 0, 0, [ArrowBuffer.Empty], @struct.Fields.Select(f => EmptyData(f.DataType)).ToArray()),
+        DictionaryType dictionary => new ArrayData(type, 0, 0, 0, [ArrowBuffer.Empty, ArrowBuffer.Empty], null, EmptyData(dictionary.ValueType)),
+        FixedWidthType => new ArrayData(type, 0, 0, 0, [ArrowBuffer.Empty, ArrowBuffer.Empty]),
+        _ => throw BridgeThrow.Arrow_EmptyUnsupported(type),
+    };
 
     [DllImport("libc", EntryPoint = "kill", SetLastError = true)]
     private static extern int SysKill(int pid, int signal);

@@ -1,7 +1,8 @@
 // Schema rules of a topic (see Output.cs): structural type equality, the promotions (null ↔ concrete,
-// int64 ↔ float64), the dictionary heuristic, and the arrays JobOutput makes itself (all-null columns,
-// int64 columns cast to float64, lineage columns).
+// int64 ↔ float64, decimal128 ↔ decimal128, list ↔ list by element), the dictionary heuristic, and the
+// arrays JobOutput makes itself (all-null columns, columns cast to the topic's type, lineage columns).
 using System.Buffers;
+using System.Diagnostics;
 using System.Runtime.InteropServices;
 using Apache.Arrow;
 using Apache.Arrow.Types;
@@ -15,9 +16,12 @@ internal enum Promotion
     None,
     /// <summary>The batch's column is Arrow null: written as all-null of the topic's type.</summary>
     FillNulls,
-    /// <summary>int64 in the batch, float64 in the topic: the batch's values are cast (exact up to 2^53 in magnitude).</summary>
-    CastToFloat64,
-    /// <summary>The topic takes the batch's type (null → concrete, int64 → float64): the rows written so far are rewritten.</summary>
+    /// <summary>
+    /// The topic's type holds the batch's values: they are cast (int64 → float64, exact up to 2^53 in
+    /// magnitude; a decimal to a wider scale, exact; a list by its elements).
+    /// </summary>
+    Cast,
+    /// <summary>The topic takes <see cref="ArrowSchemas.Join"/> of both types: the rows written so far are rewritten.</summary>
     WidenTopic,
     /// <summary>No rule joins the two types: the job fails naming the column.</summary>
     Mismatch,
@@ -29,15 +33,45 @@ internal static class ArrowSchemas
     public static Promotion Promote(IArrowType topic, IArrowType batch)
     {
         if (SameType(topic, batch)) return Promotion.None;
-        return (topic.TypeId, batch.TypeId) switch
+        if (batch is NullType) return Promotion.FillNulls;
+        if (Join(topic, batch) is not { } joined) return Promotion.Mismatch;
+        return SameType(joined, topic) ? Promotion.Cast : Promotion.WidenTopic;
+    }
+
+    /// <summary>
+    /// The narrowest type that holds every value of both types without loss, or null when none does:
+    /// null joins anything; int64 and float64 join as float64 (pandas' rule); decimal128(P1, S1) and
+    /// decimal128(P2, S2) as the widest scale with the widest integer part, if that fits 38 digits; two
+    /// lists by their elements.
+    /// </summary>
+    public static IArrowType? Join(IArrowType a, IArrowType b)
+    {
+        if (SameType(a, b)) return a;
+        return (a, b) switch
         {
-            (_, ArrowTypeId.Null) => Promotion.FillNulls,
-            (ArrowTypeId.Null, _) => Promotion.WidenTopic,
-            (ArrowTypeId.Int64, ArrowTypeId.Double) => Promotion.WidenTopic,
-            (ArrowTypeId.Double, ArrowTypeId.Int64) => Promotion.CastToFloat64,
-            _ => Promotion.Mismatch,
+            (NullType, _) => b,
+            (_, NullType) => a,
+            (Int64Type, DoubleType) or (DoubleType, Int64Type) => DoubleType.Default,
+            (Decimal128Type x, Decimal128Type y) => JoinDecimals(x, y),
+            (ListType x, ListType y) when Join(x.ValueDataType, y.ValueDataType) is { } element =>
+                new ListType(new Field(x.ValueField.Name, element, nullable: true)),
+            _ => null,
         };
     }
+
+    private static Decimal128Type? JoinDecimals(Decimal128Type x, Decimal128Type y)
+    {
+        const int MaxPrecision = 38;
+        int scale = Math.Max(x.Scale, y.Scale);
+        int precision = Math.Max(x.Precision - x.Scale, y.Precision - y.Scale) + scale;
+        return precision <= MaxPrecision ? new Decimal128Type(precision, scale) : null;
+    }
+
+    /// <summary>Arrow's canonical extension name on a utf8 field whose values are JSON text (the Parquet writer annotates the column JSON).</summary>
+    public const string JsonExtension = "arrow.json";
+
+    public static bool IsJson(Field field) =>
+        field.DataType is StringType && field.HasMetadata && field.Metadata.TryGetValue("ARROW:extension:name", out var name) && name == JsonExtension;
 
     /// <summary>The same Arrow type, structurally (units, time zones, widths, children), ignoring field nullability and metadata.</summary>
     public static bool SameType(IArrowType a, IArrowType b)
@@ -193,38 +227,97 @@ internal sealed class ScratchArrays : IDisposable
     /// <paramref name="length"/> nulls of <paramref name="type"/>: a zero validity bitmap over zeroed
     /// values (fixed width) or zero offsets (binary, string). Null for types we cannot fill this way.
     /// </summary>
-    public IArrowArray? Nulls(IArrowType type, int length)
+    public IArrowArray? Nulls(IArrowType type, int length) => NullData(type, length) is { } data ? ArrowArrayFactory.BuildArray(data) : null;
+
+    private ArrayData? NullData(IArrowType type, int length)
     {
-        if (type is NullType) return new NullArray(length);
+        if (type is NullType) return new ArrayData(type, length, length, 0, []);
         int bitmap = (length + 7) / 8;
+        switch (type)
+        {
+            case ListType list:
+                return NullData(list.ValueDataType, 0) is { } none
+                    ? new ArrayData(type, length, length, 0, [Zeros(bitmap), Zeros(checked((length + 1) * sizeof(int)))], [none])
+                    : null;
+            case DictionaryType dictionary:
+                return NullData(dictionary.ValueType, 0) is { } empty && dictionary.IndexType is FixedWidthType index
+                    ? new ArrayData(type, length, length, 0, [Zeros(bitmap), Zeros(checked(length * (index.BitWidth / 8)))], null, empty)
+                    : null;
+        }
         ArrowBuffer[]? buffers = type switch
         {
             BooleanType => [Zeros(bitmap), Zeros(bitmap)],
-            DictionaryType => null,
             FixedWidthType f when f.BitWidth % 8 == 0 => [Zeros(bitmap), Zeros(checked(length * (f.BitWidth / 8)))],
             BinaryType or StringType => [Zeros(bitmap), Zeros(checked((length + 1) * sizeof(int))), ArrowBuffer.Empty],
             LargeBinaryType or LargeStringType => [Zeros(bitmap), Zeros(checked((length + 1) * sizeof(long))), ArrowBuffer.Empty],
             _ => null,
         };
-        return buffers is null ? null : ArrowArrayFactory.BuildArray(new ArrayData(type, length, length, 0, buffers));
+        return buffers is null ? null : new ArrayData(type, length, length, 0, buffers);
+    }
+
+    /// <summary>
+    /// <paramref name="column"/>'s values in <paramref name="type"/>, which <see cref="ArrowSchemas.Join"/>
+    /// of the two types gave: the column itself when the types are the same, else a cast (int64 →
+    /// float64, decimal to a wider scale, a list's elements, nulls of any type we can fill). Null for
+    /// nulls of a type we cannot fill this way.
+    /// </summary>
+    public IArrowArray? Convert(IArrowArray column, IArrowType type) =>
+        ConvertData(column.Data, type) is { } data ? (ReferenceEquals(data, column.Data) ? column : ArrowArrayFactory.BuildArray(data)) : null;
+
+    private ArrayData? ConvertData(ArrayData data, IArrowType type)
+    {
+        if (ArrowSchemas.SameType(data.DataType, type)) return data;
+        switch (data.DataType, type)
+        {
+            case (NullType, _):
+                return NullData(type, data.Length);
+            case (Int64Type, DoubleType):
+                return Float64(data);
+            case (Decimal128Type from, Decimal128Type to) when to.Scale >= from.Scale:
+                return Rescale(data, to, to.Scale - from.Scale);
+            case (ListType, ListType to):
+                // Same offsets and validity; only the elements change type.
+                return ConvertData(data.Children[0], to.ValueDataType) is { } values
+                    ? new ArrayData(to, data.Length, data.NullCount, data.Offset, data.Buffers, [values])
+                    : null;
+            default:
+                Debug.Fail($"no conversion from {data.DataType.Name} to {type.Name}: Promote said Mismatch");
+                return null;
+        }
     }
 
     /// <summary>
     /// An int64 column as float64, nulls kept. Each value becomes the nearest double: exact up to 2^53 in
     /// magnitude, rounded beyond (what pandas does when it mixes ints and floats).
     /// </summary>
-    public DoubleArray Float64(IArrowArray int64)
+    private ArrayData Float64(ArrayData data)
     {
-        var data = int64.Data;
         int length = data.Length;
         var values = Rent(checked(length * sizeof(double)));
         var source = MemoryMarshal.Cast<byte, long>(data.Buffers[1].Span).Slice(data.Offset, length);
         var target = MemoryMarshal.Cast<byte, double>(values.Span);
         for (int i = 0; i < length; i++) target[i] = source[i];
-        int nulls = int64.NullCount;
-        var validity = nulls == 0 ? ArrowBuffer.Empty : Bits(data.Buffers[0].Span, data.Offset, length);
-        return new DoubleArray(new ArrowBuffer(values), validity, length, nulls, 0);
+        return new ArrayData(DoubleType.Default, length, data.NullCount, 0, [Validity(data), new ArrowBuffer(values)]);
     }
+
+    /// <summary>
+    /// decimal128 values multiplied by 10^<paramref name="shift"/> into <paramref name="type"/>: exact, since
+    /// Join gave a type with at least as many integer digits, so every product fits 38 digits.
+    /// </summary>
+    private ArrayData Rescale(ArrayData data, Decimal128Type type, int shift)
+    {
+        int length = data.Length;
+        var values = Rent(checked(length * 16));
+        var source = MemoryMarshal.Cast<byte, Int128>(data.Buffers[1].Span).Slice(data.Offset, length);
+        var target = MemoryMarshal.Cast<byte, Int128>(values.Span);
+        Int128 factor = 1;
+        for (int i = 0; i < shift; i++) factor *= 10;
+        for (int i = 0; i < length; i++) target[i] = source[i] * factor;
+        return new ArrayData(type, length, data.NullCount, 0, [Validity(data), new ArrowBuffer(values)]);
+    }
+
+    private ArrowBuffer Validity(ArrayData data) =>
+        data.NullCount == 0 ? ArrowBuffer.Empty : Bits(data.Buffers[0].Span, data.Offset, data.Length);
 
     /// <summary>A copy of <paramref name="length"/> bits of a bitmap starting at bit <paramref name="offset"/>, realigned to bit 0.</summary>
     private ArrowBuffer Bits(ReadOnlySpan<byte> bitmap, int offset, int length)

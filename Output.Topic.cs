@@ -216,10 +216,14 @@ internal sealed partial class JobOutput
                 switch (ArrowSchemas.Promote(want.DataType, have))
                 {
                     case Promotion.WidenTopic:
-                        (widened ??= [.. topic])[i] = new Field(want.Name, have, true, want.HasMetadata ? want.Metadata : null);
+                        (widened ??= [.. topic])[i] = new Field(want.Name, ArrowSchemas.Join(want.DataType, have)!, true, want.HasMetadata ? want.Metadata : null);
                         break;
                     case Promotion.Mismatch:
                         (problems ??= []).Add($"column '{want.Name}' is {ArrowSchemas.Describe(want.DataType)} in the topic but {ArrowSchemas.Describe(have)} in this table");
+                        break;
+                    case Promotion.None when ArrowSchemas.IsJson(want) && !ArrowSchemas.IsJson(fields[j]):
+                        // JSON so far, plain text now (dicts mixed with strings): the column stays text but loses its JSON annotation.
+                        (widened ??= [.. topic])[i] = new Field(want.Name, want.DataType, true);
                         break;
                 }
             }
@@ -234,13 +238,9 @@ internal sealed partial class JobOutput
         private IArrowArray Conform(IArrowArray column, Field want, ScratchArrays scratch)
         {
             var promotion = ArrowSchemas.Promote(want.DataType, column.Data.DataType);
-            Debug.Assert(promotion is Promotion.None or Promotion.FillNulls or Promotion.CastToFloat64, $"column '{want.Name}': {promotion} after Reconcile");
-            return promotion switch
-            {
-                Promotion.FillNulls => scratch.Nulls(want.DataType, column.Length) ?? throw OutputThrow.Schema_CannotFillNulls(JobId, Name, want.Name, ArrowSchemas.Describe(want.DataType)),
-                Promotion.CastToFloat64 => scratch.Float64(column),
-                _ => column,
-            };
+            Debug.Assert(promotion is Promotion.None or Promotion.FillNulls or Promotion.Cast, $"column '{want.Name}': {promotion} after Reconcile");
+            return promotion == Promotion.None ? column
+                : scratch.Convert(column, want.DataType) ?? throw OutputThrow.Schema_CannotFillNulls(JobId, Name, want.Name, ArrowSchemas.Describe(want.DataType));
         }
 
         private static int IndexOf(IReadOnlyList<Field> fields, string name)

@@ -48,9 +48,10 @@
 // up and re-encode, which cost about 40% of the write time for numeric data.
 //
 // Schema (Output.Schema.cs). A topic's schema is set by its first batch, with every column made
-// nullable. Later batches must have the same column names (any order) and types, except for two
-// promotions, each accepted either way round. They exist because the shim infers types per table, so a
-// parser that yields chunks can send one column with different types in different tables:
+// nullable. Later batches must have the same column names (any order) and types, except where
+// ArrowSchemas.Join finds a type holding both, each accepted either way round. They exist because the
+// shim infers types per table (docs/types.md), so a parser that yields chunks can send one column with
+// different types in different tables:
 //   - null ↔ concrete (a column with no values in that batch is Arrow type null): null in the batch and
 //     concrete in the topic → written as all-null of the topic's type; null in the topic and concrete in
 //     the batch → the topic widens to that type.
@@ -58,10 +59,15 @@
 //     the batch → the topic widens to float64; float64 in the topic and int64 in the batch → the batch's
 //     column is cast to float64. Either way an int64 value becomes the nearest double: exact up to 2^53
 //     in magnitude, rounded beyond (as pandas does when it mixes ints and floats).
+//   - decimal128(P1, S1) ↔ decimal128(P2, S2): the widest scale with the widest integer part, if that
+//     fits 38 digits; values are rescaled exactly.
+//   - list<A> ↔ list<B>: a list of the join of A and B (list<null> from a chunk of empty lists joins any).
+//   - JSON-annotated utf8 in the topic, plain utf8 in the batch: the topic drops the JSON annotation.
 // Widening rewrites the rows written so far into a new temp file with the wider schema (a pass over
-// that topic's data so far; memory stays bounded by a row group); each column can set off at most two
-// rewrites (null → int64 → float64). Any other pair of types (int32 vs int64, utf8 vs int64, timestamps
-// of different units or time zones …) fails the job, naming the topic and every differing column.
+// that topic's data so far; memory stays bounded by a row group); a column sets off a rewrite only when
+// its type widens, a bounded number of times (null → int64 → float64; decimals at most 38 steps). Any
+// other pair of types (int32 vs int64, utf8 vs int64, timestamps of different units or time zones …)
+// fails the job, naming the topic and every differing column.
 //
 // Lineage (on by default): every row gets int64 columns _job_id and _file_version_id, after the
 // parser's columns; the footer's key-value metadata carries casparian.job_id and casparian.file_version_id.

@@ -2,7 +2,8 @@
 // from a dict of lists and from a list of row dicts, timed by Python's timeit through [Python]; the C#
 // side of each pair is the worker's decode of the very bytes the shim produced for that table
 // (ArrowStreamReader over a plain stream, as the bridge reads it). bench/shim_bench.py times the same
-// encodings against pickle.dumps and json.dumps of the same rows (Python against Python, timeit).
+// encodings against pickle.dumps and json.dumps of the same rows (Python against Python, timeit), and
+// issue 20's typed columns (decimal, list<int64>, list<utf8>) against pickle.dumps of the same column.
 using Apache.Arrow;
 using Apache.Arrow.Ipc;
 using System.Globalization;
@@ -66,7 +67,7 @@ public class ShimBench
         var times = RunPython(Path.Combine(BenchDir, "shim_bench.py"), rows.ToString(CultureInfo.InvariantCulture), "--tsv")
             .Split('\n', StringSplitOptions.RemoveEmptyEntries)
             .Select(l => l.Split('\t')).ToDictionary(f => f[0], f => double.Parse(f[1], CultureInfo.InvariantCulture));
-        if (times.Count != 6) throw new InvalidOperationException($"shim_bench.py timed {times.Count} case(s), expected 6");
+        if (times.Count != 12) throw new InvalidOperationException($"shim_bench.py timed {times.Count} case(s), expected 12");
 
         string note = $"timeit, median of 5, {rows:N0} rows × (int64, float64, utf8, bool)";
         foreach (var (shape, shim) in new[] { ("dict of lists", "shim encode, dict of lists"), ("rows", "shim encode, list of row dicts") })
@@ -80,6 +81,17 @@ public class ShimBench
                     ? $"the shim's Arrow encoding is {(o / s).ToString("0.0", CultureInfo.InvariantCulture)}x faster"
                     : $"the shim's Arrow encoding is {(s / o).ToString("0.0", CultureInfo.InvariantCulture)}x slower");
             }
+        }
+
+        // Issue 20: one typed column against pickle.dumps of the same column. Target: no slower than pickle.
+        foreach (string column in new[] { "decimal", "list<int64>", "list<utf8>" })
+        {
+            double s = times[$"shim encode, {column} column"], o = times[$"pickle.dumps({column} column)"];
+            string shape = column switch { "decimal" => "Decimal('N.NN')", "list<int64>" => "[i, i+1, i+2]", _ => "['tagN', 'xN']" };
+            Extras.Add(nameof(ShimBench), $"shim encode, {column} column", Rate(rows, s), $"timeit, median of 5, {rows:N0} rows of {shape}; target (issue 20): no slower than pickle.dumps");
+            Extras.Add(nameof(ShimBench), $"pickle.dumps({column} column)", Rate(rows, o), o >= s
+                ? $"the shim's Arrow encoding is {(o / s).ToString("0.0", CultureInfo.InvariantCulture)}x faster: target met"
+                : $"the shim's Arrow encoding is {(s / o).ToString("0.0", CultureInfo.InvariantCulture)}x slower: target missed");
         }
     }
 

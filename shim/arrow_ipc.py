@@ -18,23 +18,70 @@
 # Value work happens in C wherever a C-level call does it: array('q'/'d'/'i') over lists or
 # maps, bytes.join, str.join, dict.get as a None-replacing map, and validity bitmaps packed through
 # int(bits, 2).to_bytes (a little-endian integer whose bit i is row i is exactly Arrow's LSB-first
-# bitmap).
+# bitmap); decimals as int.to_bytes(16) of their unscaled value masked to 128 bits.
+#
+# What each Python and pandas value becomes (decimal128, list<T>, JSON text, time64, duration,
+# dictionary, the fallbacks to text and the widening lattice) is docs/types.md; ListColumn applies it.
 import struct
 import sys
 from array import array
-from datetime import date, datetime, timedelta, timezone
-from itertools import accumulate, repeat
-from operator import floordiv, is_not, sub
+from datetime import date, datetime, time, timedelta, timezone
+from itertools import accumulate, chain, repeat
+from operator import and_, floordiv, is_not, sub
 
 TOPIC_KEY = "casparian.topic"
 BATCH_ROWS = 65536
 BATCH_BYTES = 32 << 20
 DEFAULT_MAX_MESSAGE = 100 << 20
 
-# Column kinds and their Arrow type union ids (Schema.fbs `union Type`).
-NULL, INT64, FLOAT64, BOOL, UTF8, BINARY, TIMESTAMP, DATE32 = range(8)
-KIND_NAMES = ("null", "int64", "float64", "bool", "utf8", "binary", "timestamp[us]", "date32")
-_TYPE_ID = (1, 2, 3, 6, 5, 4, 10, 8)
+# ---------------------------------------------------------------------------------------------
+# The Arrow format's flatbuffer schema, as far as this writer uses it: each constant is a field id
+# (a vtable slot: the field's position in its table in Message.fbs / Schema.fbs, counting from 0;
+# a union field takes two slots, its `_type` byte first) or an enum value, named
+# TABLE_FIELD so a reader can follow the writer without the .fbs files open.
+
+# Message.fbs `table Message { version; header: MessageHeader; bodyLength; custom_metadata }`.
+MESSAGE_VERSION, MESSAGE_HEADER_TYPE, MESSAGE_HEADER, MESSAGE_BODY_LENGTH = 0, 1, 2, 3
+METADATA_V5 = 4  # Schema.fbs `enum MetadataVersion`
+HEADER_SCHEMA, HEADER_DICTIONARY_BATCH, HEADER_RECORD_BATCH = 1, 2, 3  # Message.fbs `union MessageHeader`
+# Message.fbs `table RecordBatch { length; nodes: [FieldNode]; buffers: [Buffer]; compression }`.
+RECORD_BATCH_LENGTH, RECORD_BATCH_NODES, RECORD_BATCH_BUFFERS = 0, 1, 2
+# Message.fbs `table DictionaryBatch { id; data: RecordBatch; isDelta }`.
+DICTIONARY_BATCH_ID, DICTIONARY_BATCH_DATA = 0, 1
+
+# Schema.fbs `table Schema { endianness; fields; custom_metadata; features }`.
+SCHEMA_ENDIANNESS, SCHEMA_FIELDS, SCHEMA_CUSTOM_METADATA = 0, 1, 2
+ENDIANNESS_LITTLE = 0
+# Schema.fbs `table Field { name; nullable; type: Type; dictionary; children; custom_metadata }`.
+FIELD_NAME, FIELD_NULLABLE, FIELD_TYPE_TYPE, FIELD_TYPE, FIELD_DICTIONARY, FIELD_CHILDREN, FIELD_CUSTOM_METADATA = range(7)
+# Schema.fbs `table DictionaryEncoding { id; indexType: Int; isOrdered; dictionaryKind }`.
+DICTIONARY_ENCODING_ID, DICTIONARY_ENCODING_INDEX_TYPE, DICTIONARY_ENCODING_IS_ORDERED = 0, 1, 2
+KEY_VALUE_KEY, KEY_VALUE_VALUE = 0, 1  # Schema.fbs `table KeyValue { key; value }`
+INT_BIT_WIDTH, INT_IS_SIGNED = 0, 1  # Schema.fbs `table Int { bitWidth; is_signed }`
+FLOATING_POINT_PRECISION = 0  # Schema.fbs `table FloatingPoint { precision }`
+PRECISION_DOUBLE = 2  # Schema.fbs `enum Precision { HALF, SINGLE, DOUBLE }`
+TIMESTAMP_UNIT, TIMESTAMP_TIMEZONE = 0, 1  # Schema.fbs `table Timestamp { unit; timezone }`
+TIME_UNIT_MICROSECOND = 2  # Schema.fbs `enum TimeUnit { SECOND, MILLISECOND, MICROSECOND, NANOSECOND }`
+DATE_UNIT = 0  # Schema.fbs `table Date { unit }`
+DATE_UNIT_DAY = 0  # Schema.fbs `enum DateUnit { DAY, MILLISECOND }`
+DECIMAL_PRECISION, DECIMAL_SCALE, DECIMAL_BIT_WIDTH = 0, 1, 2  # Schema.fbs `table Decimal { precision; scale; bitWidth }`
+TIME_UNIT, TIME_BIT_WIDTH = 0, 1  # Schema.fbs `table Time { unit; bitWidth }`
+DURATION_UNIT = 0  # Schema.fbs `table Duration { unit }`
+
+# Schema.fbs `union Type`: the type ids a Field's type_type holds.
+TYPE_NULL, TYPE_INT, TYPE_FLOATING_POINT, TYPE_BINARY, TYPE_UTF8, TYPE_BOOL = 1, 2, 3, 4, 5, 6
+TYPE_DECIMAL, TYPE_DATE, TYPE_TIME, TYPE_TIMESTAMP, TYPE_LIST, TYPE_DURATION = 7, 8, 9, 10, 12, 18
+
+# Column kinds and their Arrow type ids. JSON is utf8 whose field carries the canonical extension
+# name arrow.json (the Parquet writer turns it into the JSON logical type); DICTIONARY is utf8 values
+# behind int32 indices (pandas category).
+NULL, INT64, FLOAT64, BOOL, UTF8, BINARY, TIMESTAMP, DATE32, DECIMAL, TIME64, DURATION, LIST, JSON, DICTIONARY = range(14)
+KIND_NAMES = ("null", "int64", "float64", "bool", "utf8", "binary", "timestamp[us]", "date32", "decimal128",
+              "time64[us]", "duration[us]", "list", "json", "dictionary<int32, utf8>")
+_TYPE_ID = (TYPE_NULL, TYPE_INT, TYPE_FLOATING_POINT, TYPE_BOOL, TYPE_UTF8, TYPE_BINARY, TYPE_TIMESTAMP, TYPE_DATE,
+            TYPE_DECIMAL, TYPE_TIME, TYPE_DURATION, TYPE_LIST, TYPE_UTF8, TYPE_UTF8)
+JSON_METADATA = (("ARROW:extension:name", "arrow.json"), ("ARROW:extension:metadata", ""))
+DECIMAL_MAX_PRECISION = 38
 
 _LITTLE = sys.byteorder == "little"
 _EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
@@ -46,6 +93,9 @@ _EPOCH_UTC = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _US = timedelta(microseconds=1)
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_DECIMAL_MAX = 10 ** DECIMAL_MAX_PRECISION - 1
+_INT128_MASK = (1 << 128) - 1  # x & mask: the two's complement of x in 128 bits, as an unsigned int
+_EPOCH_DATE = date(1970, 1, 1)
 _EXACT_FLOAT_INT = 1 << 53
 
 # dict.get(v, v) maps None to a filler and every other (hashable) value to itself, in C.
@@ -57,6 +107,8 @@ _NONE_EMPTY_B = {None: b""}.get
 _NONE_EPOCH = {None: _EPOCH}.get
 _NONE_EPOCH_UTC = {None: _EPOCH_UTC}.get
 _NONE_DATE = {None: date(1970, 1, 1)}.get
+_NONE_TIME = {None: time()}.get
+_NONE_TD = {None: timedelta(0)}.get
 
 
 class TableError(ValueError):
@@ -155,38 +207,63 @@ def _write(buf, obj):
 def _message(header_type, header, body_length):
     """One encapsulated IPC message prefix: continuation, length, flatbuffer Message padded to 8."""
     buf = bytearray(4)
-    # Message: version (V5 = 4), header_type, header, bodyLength.
-    root = _T((0, "h", 4), (1, "B", header_type), (2, "o", header), (3, "q", body_length))
+    root = _T((MESSAGE_VERSION, "h", METADATA_V5), (MESSAGE_HEADER_TYPE, "B", header_type), (MESSAGE_HEADER, "o", header),
+              (MESSAGE_BODY_LENGTH, "q", body_length))
     struct.pack_into("<I", buf, 0, _write(buf, root))
     _pad_to(buf, 8)
     return _CONT + struct.pack("<i", len(buf)) + bytes(buf)
 
 
-def _arrow_type(kind, tz):
+def _arrow_type(column):
+    kind = column.kind
+    tz = column.tz
     if kind == INT64:
-        return _T((0, "i", 64), (1, "B", 1))
+        return _T((INT_BIT_WIDTH, "i", 64), (INT_IS_SIGNED, "B", 1))
     if kind == FLOAT64:
-        return _T((0, "h", 2))
+        return _T((FLOATING_POINT_PRECISION, "h", PRECISION_DOUBLE))
     if kind == TIMESTAMP:
-        return _T((0, "h", 2), (1, "o", tz)) if tz else _T((0, "h", 2))
+        unit = (TIMESTAMP_UNIT, "h", TIME_UNIT_MICROSECOND)
+        return _T(unit, (TIMESTAMP_TIMEZONE, "o", tz)) if tz else _T(unit)
     if kind == DATE32:
-        return _T((0, "h", 0))
+        return _T((DATE_UNIT, "h", DATE_UNIT_DAY))
+    if kind == DECIMAL:
+        return _T((DECIMAL_PRECISION, "i", column.precision), (DECIMAL_SCALE, "i", column.scale), (DECIMAL_BIT_WIDTH, "i", 128))
+    if kind == TIME64:
+        return _T((TIME_UNIT, "h", TIME_UNIT_MICROSECOND), (TIME_BIT_WIDTH, "i", 64))
+    if kind == DURATION:
+        return _T((DURATION_UNIT, "h", TIME_UNIT_MICROSECOND))
     return _T()
 
 
+def _key_values(pairs):
+    return _Vec([_T((KEY_VALUE_KEY, "o", k), (KEY_VALUE_VALUE, "o", v)) for k, v in pairs])
+
+
+def _field(column):
+    kind = column.kind
+    children = [_field(column.child)] if kind == LIST else []
+    fields = [(FIELD_NAME, "o", column.name), (FIELD_NULLABLE, "B", 1), (FIELD_TYPE_TYPE, "B", _TYPE_ID[kind]),
+              (FIELD_TYPE, "o", _arrow_type(column)), (FIELD_CHILDREN, "o", _Vec(children))]
+    if kind == JSON:
+        fields.append((FIELD_CUSTOM_METADATA, "o", _key_values(JSON_METADATA)))
+    elif kind == DICTIONARY:
+        index = _T((INT_BIT_WIDTH, "i", 32), (INT_IS_SIGNED, "B", 1))
+        fields.append((FIELD_DICTIONARY, "o", _T((DICTIONARY_ENCODING_ID, "q", column.dictionary_id),
+                                                 (DICTIONARY_ENCODING_INDEX_TYPE, "o", index),
+                                                 (DICTIONARY_ENCODING_IS_ORDERED, "B", int(column.ordered)))))
+    return _T(*fields)
+
+
 def schema_message(columns, topic, extra_metadata=()):
-    fields = [
-        _T((0, "o", c.name), (1, "B", 1), (2, "B", _TYPE_ID[c.kind]), (3, "o", _arrow_type(c.kind, c.tz)), (5, "o", _Vec([])))
-        for c in columns
-    ]
-    meta = [_T((0, "o", TOPIC_KEY), (1, "o", topic))]
-    meta += [_T((0, "o", k), (1, "o", v)) for k, v in extra_metadata]
-    # Schema: endianness Little, fields, custom_metadata.
-    return _message(1, _T((0, "h", 0), (1, "o", _Vec(fields)), (2, "o", _Vec(meta))), 0)
+    fields = _Vec([_field(c) for c in columns])
+    meta = _key_values(((TOPIC_KEY, topic), *extra_metadata))
+    schema = _T((SCHEMA_ENDIANNESS, "h", ENDIANNESS_LITTLE), (SCHEMA_FIELDS, "o", fields), (SCHEMA_CUSTOM_METADATA, "o", meta))
+    return _message(HEADER_SCHEMA, schema, 0)
 
 
-def _batch_message(rows, nodes, lengths):
-    """RecordBatch metadata for buffers of the given lengths, laid out 8-aligned in that order."""
+def _batch_message(rows, nodes, lengths, dictionary_id=None):
+    """RecordBatch metadata for buffers of the given lengths, laid out 8-aligned in that order;
+    wrapped in a DictionaryBatch when dictionary_id is given."""
     buffers = []
     offset = 0
     for n in lengths:
@@ -194,8 +271,11 @@ def _batch_message(rows, nodes, lengths):
         offset += n + (-n % 8)
     node_bytes = b"".join(struct.pack("<qq", n, nc) for n, nc in nodes)
     buf_bytes = b"".join(struct.pack("<qq", o, n) for o, n in buffers)
-    rb = _T((0, "q", rows), (1, "o", _Structs(node_bytes, len(nodes))), (2, "o", _Structs(buf_bytes, len(buffers))))
-    return _message(3, rb, offset), offset
+    rb = _T((RECORD_BATCH_LENGTH, "q", rows), (RECORD_BATCH_NODES, "o", _Structs(node_bytes, len(nodes))),
+            (RECORD_BATCH_BUFFERS, "o", _Structs(buf_bytes, len(buffers))))
+    if dictionary_id is not None:
+        return _message(HEADER_DICTIONARY_BATCH, _T((DICTIONARY_BATCH_ID, "q", dictionary_id), (DICTIONARY_BATCH_DATA, "o", rb)), offset), offset
+    return _message(HEADER_RECORD_BATCH, rb, offset), offset
 
 
 def _pack_bits(flags):
@@ -241,6 +321,10 @@ def _le(arr):
 def _safe_str(v):
     if type(v) is str:
         return v
+    if isinstance(v, (dict, list, tuple)):
+        text = json_text(v)
+        if text is not None:
+            return text
     try:
         return str(v)
     except Exception:
@@ -270,12 +354,49 @@ def _to_bytes(values):
     return [None if v is None else bytes(v) for v in values]
 
 
-_EXACT = {int: INT64, float: FLOAT64, bool: BOOL, str: UTF8, bytes: BINARY, datetime: TIMESTAMP, date: DATE32}
-_NORM = {INT64: _to_int, FLOAT64: _to_float, BOOL: _to_bool, UTF8: _to_str, BINARY: _to_bytes, TIMESTAMP: None, DATE32: None}
+_JSON_ENCODER = None
+
+
+def json_text(value):
+    """`value` as JSON text (json.dumps with default=str): keys that are not str, int, float, bool
+    or None become str, NaN and infinities become null. None when it nests too deep to encode."""
+    global _JSON_ENCODER
+    if _JSON_ENCODER is None:
+        import json
+        _JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, default=str)
+    try:
+        try:
+            return _JSON_ENCODER.encode(value)
+        except (ValueError, TypeError):
+            return _JSON_ENCODER.encode(_plain_json(value))
+    except RecursionError:
+        return None
+
+
+def _plain_json(v):
+    if isinstance(v, dict):
+        return {k if isinstance(k, (str, int, float, bool)) or k is None else str(k): _plain_json(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain_json(x) for x in v]
+    if isinstance(v, float) and v - v != 0:  # NaN, inf
+        return None
+    return v
+
+
+def _warn(message, *args):
+    import logging
+    logging.getLogger("casparian").warning(message, *args)
+
+
+_EXACT = {int: INT64, float: FLOAT64, bool: BOOL, str: UTF8, bytes: BINARY, datetime: TIMESTAMP, date: DATE32,
+          time: TIME64, timedelta: DURATION, list: LIST, tuple: LIST, dict: JSON}
+_NORM = {INT64: _to_int, FLOAT64: _to_float, BOOL: _to_bool, UTF8: _to_str, BINARY: _to_bytes, TIMESTAMP: None, DATE32: None,
+         DECIMAL: None, TIME64: None, DURATION: None, LIST: None, JSON: None}
 
 
 def _kind_of(t):
-    """The kind of a type that is not one of _EXACT: subclasses and numeric ABCs (numpy scalars)."""
+    """The kind of a type that is not one of _EXACT: subclasses, numeric ABCs (numpy scalars),
+    Decimal and UUID (recognised by name, so neither module is imported for columns without them)."""
     if issubclass(t, bool) or t.__name__ == "bool_":
         return BOOL
     if issubclass(t, str):
@@ -286,6 +407,19 @@ def _kind_of(t):
         return TIMESTAMP
     if issubclass(t, date):
         return DATE32
+    if issubclass(t, time):
+        return TIME64
+    if issubclass(t, timedelta):
+        return DURATION
+    if issubclass(t, (list, tuple)):
+        return LIST
+    if issubclass(t, dict):
+        return JSON
+    names = {(c.__module__, c.__name__) for c in t.__mro__}
+    if ("decimal", "Decimal") in names:
+        return DECIMAL
+    if ("uuid", "UUID") in names:
+        return UTF8  # str(uuid): the canonical 8-4-4-4-12 form
     import numbers
     if issubclass(t, numbers.Integral):
         return INT64
@@ -314,11 +448,26 @@ def tz_name(tz, sample):
     return "UTC"
 
 
-class ListColumn:
-    """A column of Python values (a list or tuple), encoded slice by slice."""
-    __slots__ = ("name", "kind", "values", "nulls", "norm", "tz")
+def _decimal_context():
+    """Exact arithmetic for scaling decimals of up to 38 digits, whatever the parser did to the
+    thread's context."""
+    import decimal
+    return decimal.Context(prec=2 * DECIMAL_MAX_PRECISION + 2, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
 
-    def __init__(self, name, values):
+
+def _exponent(d):
+    return d.as_tuple().exponent
+
+
+class ListColumn:
+    """A column of Python values (a list or tuple), encoded slice by slice. The kind is decided over
+    all values (docs/types.md has the lattice): one kind, or a lossless widening (int + float ->
+    float64 within 2^53, int + Decimal -> decimal128), else text. A list column keeps its elements
+    as a child ListColumn (`element` set: a nested list or dict there makes the parent JSON)."""
+    __slots__ = ("name", "kind", "values", "nulls", "norm", "tz", "precision", "scale", "child", "offsets",
+                 "element", "is_text_fallback", "packed", "bases")
+
+    def __init__(self, name, values, element=False):
         if not isinstance(values, (list, tuple)):
             values = list(values)
         self.name = name
@@ -326,6 +475,9 @@ class ListColumn:
         self.norm = None
         self.tz = None
         self.nulls = False
+        self.element = element
+        self.is_text_fallback = False
+        self.packed = None
         self.kind = self._infer()
 
     def _infer(self):
@@ -350,23 +502,38 @@ class ListColumn:
             if max(map(abs, ints)) <= _EXACT_FLOAT_INT:
                 self.norm = _to_float
                 return FLOAT64
+        if kinds == {INT64, DECIMAL}:
+            import decimal
+            d = decimal.Decimal
+            self.values = [v if v is None or isinstance(v, d) else d(int(v)) for v in values]
+            return self._decimal()
+        if kinds <= {LIST, JSON}:
+            return self._json()
         return self._fallback()
 
     def _fallback(self):
         self.norm = _to_str
         self.tz = None
+        self.is_text_fallback = True
         return UTF8
 
     def _check(self, kind):
         values = self.values
         if kind == INT64:
+            if not self.nulls and self.norm is None:
+                # Packing checks the range in the same C pass, and encoding then slices the array.
+                try:
+                    self.packed = array("q", values)
+                    return kind
+                except OverflowError:
+                    return self._big_int(min(values), max(values))
             # filter(None, …) drops None and 0; 0 is always in range.
             present = filter(None, values) if self.nulls else values
             lo = min(present, default=0)
             present = filter(None, values) if self.nulls else values
             hi = max(present, default=0)
             if lo < _INT64_MIN or hi > _INT64_MAX:
-                return self._fallback()
+                return self._big_int(lo, hi)
         elif kind == TIMESTAMP:
             present = list(filter(None, values)) if self.nulls else values
             zones = set(map(_tzinfo, present))
@@ -374,31 +541,115 @@ class ListColumn:
                 return self._fallback()  # naive and aware values together
             if zones != {None}:
                 self.tz = tz_name(zones.pop(), present[0]) if len(zones) == 1 else "UTC"
+        elif kind == TIME64:
+            present = [v for v in values if v is not None] if self.nulls else values
+            if set(map(_tzinfo, present)) != {None}:
+                return self._fallback()  # Parquet TIME has no zone of its own
+        elif kind == DECIMAL:
+            return self._decimal()
+        elif kind in (LIST, JSON):
+            if self.element:
+                return JSON  # nested in a list: the parent becomes JSON text, nothing to encode here
+            return self._list() if kind == LIST else self._json()
         return kind
+
+    def _big_int(self, lo, hi):
+        if -_DECIMAL_MAX <= lo and hi <= _DECIMAL_MAX:
+            self.precision, self.scale = DECIMAL_MAX_PRECISION, 0
+            return DECIMAL
+        _warn("column %r: integers beyond 38 digits do not fit decimal128(38, 0); written as text", self.name)
+        return self._fallback()
+
+    def _decimal(self):
+        """decimal128(P, S) over the column: S the widest scale, P enough digits for the largest
+        integer part plus S. Text (with a warning) when that exceeds 38 digits or a value is NaN or
+        infinite."""
+        import decimal
+        values = self.values
+        present = [v for v in values if v is not None] if self.nulls else values
+        if not all(map(decimal.Decimal.is_finite, present)):
+            _warn("column %r: NaN or infinite Decimal values do not fit decimal128; written as text", self.name)
+            return self._fallback()
+        scale = max(0, -min(map(_exponent, present)))
+        digits = max(0, max(map(decimal.Decimal.adjusted, present)) + 1)
+        precision = max(1, digits + scale)
+        if precision > DECIMAL_MAX_PRECISION:
+            _warn("column %r: Decimal values need %d digits (scale %d), more than decimal128's 38; written as text",
+                  self.name, precision, scale)
+            return self._fallback()
+        self.precision, self.scale = precision, scale
+        # Values become unscaled ints once (exact at 2 * 38 digits): an int column is what _buffers encodes.
+        zero = decimal.Decimal(0)
+        scaled = map(_decimal_context().scaleb, [zero if v is None else v for v in values] if self.nulls else values, repeat(scale))
+        ints = list(map(int, scaled))
+        if self.nulls:
+            ints = [None if v is None else i for v, i in zip(values, ints)]
+        self.values = ints
+        return DECIMAL
+
+    def _list(self):
+        values = self.values
+        filled = [() if v is None else v for v in values] if self.nulls else values
+        child = ListColumn("item", list(chain.from_iterable(filled)), element=True)
+        if child.kind == JSON or child.is_text_fallback:
+            return self._json()  # nested or mixed elements
+        self.child = child
+        # Offsets per BATCH_ROWS rows, each from 0 as a batch's offsets buffer is: _plan's batches never
+        # cross such a boundary, so a batch's buffer is one of these or a window of one.
+        try:
+            self.offsets = [array("i", accumulate(map(len, filled[i:i + BATCH_ROWS]), initial=0))
+                            for i in range(0, len(filled), BATCH_ROWS)]
+        except OverflowError:
+            raise TableError("column %r: more than 2^31 list elements in %d rows" % (self.name, BATCH_ROWS)) from None
+        self.bases = list(accumulate((o[-1] for o in self.offsets), initial=0))
+        return LIST
+
+    def _offset(self, row):
+        """Where row `row`'s elements start in the child column."""
+        chunk, at = divmod(row, BATCH_ROWS)
+        return self.bases[chunk] + (self.offsets[chunk][at] if at else 0)
+
+    def _json(self):
+        texts = [None if v is None else json_text(v) for v in self.values]
+        if not self.nulls and None in texts:
+            self.nulls = True
+        if self.nulls and texts.count(None) > self.values.count(None):
+            _warn("column %r: %d value(s) nest too deep to encode as JSON; written as null", self.name,
+                  texts.count(None) - self.values.count(None))
+        self.values = texts
+        self.norm = None
+        return JSON
 
     def _slice(self, start, stop):
         s = self.values[start:stop]
         return self.norm(s) if self.norm is not None else s
 
     def layout(self, start, stop):
-        """(null_count, buffer lengths) of rows [start, stop) without encoding them."""
+        """([(length, null_count)] per Arrow field node, buffer lengths) of rows [start, stop) without
+        encoding them. A list column's nodes and buffers are followed by its child's."""
         n = stop - start
         kind = self.kind
         if kind == NULL:
-            return n, ()
-        if kind in (UTF8, BINARY):
+            return [(n, n)], ()
+        if kind in (UTF8, BINARY, JSON):
             s = self._slice(start, stop)
             nc = s.count(None) if self.nulls else 0
-            if kind == UTF8:
+            if kind != BINARY:
                 size = _utf8_length(list(map(_NONE_EMPTY, s, s)) if nc else s)
             else:
                 size = sum(map(len, filter(None, s))) if nc else sum(map(len, s))
-            return nc, ((n + 7) // 8 if nc else 0, 4 * (n + 1), size)
+            return [(n, nc)], ((n + 7) // 8 if nc else 0, 4 * (n + 1), size)
         nc = self.values[start:stop].count(None) if self.nulls else 0
-        width = (n + 7) // 8 if kind == BOOL else (4 * n if kind == DATE32 else 8 * n)
-        return nc, ((n + 7) // 8 if nc else 0, width)
+        validity = (n + 7) // 8 if nc else 0
+        if kind == LIST:
+            nodes, lengths = self.child.layout(self._offset(start), self._offset(stop))
+            return [(n, nc)] + nodes, (validity, 4 * (n + 1)) + lengths
+        width = (n + 7) // 8 if kind == BOOL else (4 * n if kind == DATE32 else (16 * n if kind == DECIMAL else 8 * n))
+        return [(n, nc)], (validity, width)
 
     def buffers(self, start, stop):
+        if self.packed is not None:
+            return b"", _le(self.packed[start:stop])
         s = self._slice(start, stop)
         kind = self.kind
         if kind == NULL:
@@ -411,7 +662,7 @@ class ListColumn:
             return validity, _le(array("d", map(_NONE_0F, s, s) if nc else s))
         if kind == BOOL:
             return validity, _pack_bits(bytes(map(_NONE_FALSE, s, s) if nc else s))
-        if kind == UTF8:
+        if kind == UTF8 or kind == JSON:
             offsets, data = _utf8(list(map(_NONE_EMPTY, s, s)) if nc else s)
             return validity, _le(offsets), data
         if kind == BINARY:
@@ -424,12 +675,28 @@ class ListColumn:
         if kind == DATE32:
             src = map(_NONE_DATE, s, s) if nc else s
             return validity, _le(array("i", map(sub, map(date.toordinal, src), repeat(_EPOCH_ORDINAL))))
+        if kind == DECIMAL:
+            # Unscaled ints as 16-byte little-endian two's complement (and-ing the mask gives it unsigned).
+            src = map(_NONE_0, s, s) if nc else s
+            return validity, b"".join(map(int.to_bytes, map(and_, src, repeat(_INT128_MASK)), repeat(16), repeat("little")))
+        if kind == TIME64:
+            src = map(_NONE_TIME, s, s) if nc else s
+            since_midnight = map(sub, map(datetime.combine, repeat(_EPOCH_DATE), src), repeat(_EPOCH))
+            return validity, _le(array("q", map(floordiv, since_midnight, repeat(_US))))
+        if kind == DURATION:
+            return validity, _le(array("q", map(floordiv, map(_NONE_TD, s, s) if nc else s, repeat(_US))))
+        if kind == LIST:
+            if stop == start:
+                return validity, _le(array("i", [0])), *self.child.buffers(0, 0)
+            chunk, at = divmod(start, BATCH_ROWS)
+            window = self.offsets[chunk][at:at + stop - start + 1]
+            offsets = _le(array("i", map(sub, window, repeat(window[0]))) if at else window)
+            return (validity, offsets) + tuple(self.child.buffers(self._offset(start), self._offset(stop)))
         raise AssertionError(kind)
 
 
 def _tzinfo(v):
     return v.tzinfo
-
 
 
 class NumpyColumn:
@@ -446,8 +713,8 @@ class NumpyColumn:
     def layout(self, start, stop):
         n = stop - start
         nc = int(self.mask[start:stop].sum()) if self.mask is not None else 0
-        width = (n + 7) // 8 if self.kind == BOOL else 8 * n
-        return nc, ((n + 7) // 8 if nc else 0, width)
+        width = (n + 7) // 8 if self.kind == BOOL else (4 * n if self.kind == DICTIONARY else 8 * n)
+        return [(n, nc)], ((n + 7) // 8 if nc else 0, width)
 
     def buffers(self, start, stop):
         import numpy as np
@@ -462,14 +729,31 @@ class NumpyColumn:
         return validity, data
 
 
+class CategoryColumn(NumpyColumn):
+    """A pandas category column: int32 codes (-1 = null) into its categories, sent as an Arrow
+    dictionary of their str() values ahead of the record batches."""
+    __slots__ = ("dictionary", "dictionary_id", "ordered")
+
+    def __init__(self, name, series):
+        import numpy as np
+        codes = np.asarray(series.cat.codes, dtype="<i4")
+        mask = codes < 0
+        super().__init__(name, DICTIONARY, np.ascontiguousarray(np.where(mask, 0, codes)), mask)
+        self.dictionary = ListColumn("dictionary", [_safe_str(c) for c in series.cat.categories.tolist()])
+        self.dictionary_id = 0
+        self.ordered = bool(series.cat.ordered)
+
+
 def numpy_column(name, values):
-    """A column from a pandas Series or a numpy array: numeric and datetime columns straight from
-    their buffers; everything else through ListColumn's inference with missing values as None.
-    pandas semantics for pandas objects: NaN, NaT and NA are null. A plain numpy float array keeps
-    its NaN as values, like a list of floats."""
+    """A column from a pandas Series or a numpy array: numeric, datetime and timedelta columns
+    straight from their buffers, category as a dictionary; everything else through ListColumn's
+    inference with missing values as None. pandas semantics for pandas objects: NaN, NaT and NA are
+    null. A plain numpy float array keeps its NaN as values, like a list of floats."""
     import numpy as np
     pandas = hasattr(values, "isna")
     dtype = values.dtype
+    if pandas and type(dtype).__name__ == "CategoricalDtype":
+        return CategoryColumn(name, values)
     kind = getattr(dtype, "kind", "O")
     if pandas:
         mask = np.asarray(values.isna(), dtype=bool)
@@ -497,6 +781,12 @@ def numpy_column(name, values):
             arr = values.to_numpy() if pandas else values
         data = np.ascontiguousarray(arr.astype("datetime64[us]").view("<i8"))
         return NumpyColumn(name, TIMESTAMP, data, mask, tz_name(tz, None) if tz is not None else None)
+    if kind == "m":
+        arr = values.to_numpy() if pandas else values
+        data = np.ascontiguousarray(arr.astype("timedelta64[us]").view("<i8"))
+        if mask is not None:
+            data = np.where(mask, 0, data)
+        return NumpyColumn(name, DURATION, data, mask)
     objects = values.to_numpy(dtype=object) if pandas else np.asarray(values, dtype=object)
     if mask is not None and mask.any():
         objects = objects.copy()
@@ -586,8 +876,8 @@ def _plan(columns, nrows, budget):
         nodes = []
         lengths = []
         for c in columns:
-            nc, ls = c.layout(start, stop)
-            nodes.append((stop - start, nc))
+            ns, ls = c.layout(start, stop)
+            nodes.extend(ns)
             lengths.extend(ls)
         prefix, body = _batch_message(stop - start, nodes, lengths)
         size = len(prefix) + body
@@ -602,25 +892,42 @@ def _plan(columns, nrows, budget):
     return planned
 
 
-def _batch_chunk(columns, start, stop, prefix, body, lengths):
-    parts = [prefix]
+_OWN_CHUNK = 64 << 10
+
+
+def _batch_chunks(columns, start, stop, prefix, body, lengths):
+    """One record batch as bytes-like chunks: buffers of at least _OWN_CHUNK bytes go to the socket
+    as they are (no copy); smaller ones, the metadata and the padding are joined between them."""
+    chunks = []
+    small = [prefix]
     i = 0
     for c in columns:
         for buf in c.buffers(start, stop):
             n = memoryview(buf).nbytes
             if n != lengths[i]:
                 raise AssertionError("column %r: encoded %d bytes, planned %d" % (c.name, n, lengths[i]))
-            parts.append(buf)
+            if n >= _OWN_CHUNK:
+                chunks.append(b"".join(small))
+                chunks.append(buf)
+                small = []
+            else:
+                small.append(buf)
             if n % 8:
-                parts.append(b"\0" * (8 - n % 8))
+                small.append(b"\0" * (8 - n % 8))
             i += 1
-    return b"".join(parts)
+    if small:
+        chunks.append(b"".join(small))
+    return chunks
 
 
 def column_messages(columns, nrows, topic, max_message=DEFAULT_MAX_MESSAGE):
     """Yields (N, chunks) per bridge message: chunks iterates bytes-like objects totalling N."""
     _check_names(columns)
-    schema = schema_message(columns, topic)
+    dictionaries = [c for c in columns if c.kind == DICTIONARY]
+    for i, c in enumerate(dictionaries):
+        c.dictionary_id = i
+    # Dictionaries are small (a category column's categories): encoded whole, repeated in each message.
+    schema = schema_message(columns, topic) + b"".join(map(_dictionary_message, dictionaries))
     fixed = len(schema) + len(_EOS)
     planned = _plan(columns, nrows, max_message - fixed)
     group = []
@@ -636,10 +943,18 @@ def column_messages(columns, nrows, topic, max_message=DEFAULT_MAX_MESSAGE):
     yield size, _chunks(columns, schema, group)
 
 
+def _dictionary_message(column):
+    values = column.dictionary
+    n = len(values.values)
+    nodes, lengths = values.layout(0, n)
+    prefix, body = _batch_message(n, nodes, lengths, column.dictionary_id)
+    return b"".join(_batch_chunks([values], 0, n, prefix, body, lengths))
+
+
 def _chunks(columns, schema, group):
     yield schema
     for start, stop, prefix, body, lengths in group:
-        yield _batch_chunk(columns, start, stop, prefix, body, lengths)
+        yield from _batch_chunks(columns, start, stop, prefix, body, lengths)
     yield _EOS
 
 

@@ -22,6 +22,7 @@
 # (TransientError, MemoryError). A failure sends one error frame first: its first line names the
 # parser, the input file and the cause; the lines after it are the traceback, if any. A guest whose
 # worker dies (the bridge closes before the guest is done) kills its process group and exits 1.
+import argparse
 import base64
 import importlib.util
 import io
@@ -527,20 +528,21 @@ def _parser_display(parser_path, parser_archive):
     return os.path.basename(os.path.normpath(target)) if target else "<source>"
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that exits 1 (a permanent failure) on a bad argument: its default exit 2 is what
+    this shim uses for a transient failure, and a wrong command line is not worth retrying."""
+
+    def error(self, message):
+        self.exit(1, "casparian shim: %s; usage: bridge_shim.py [--parser-path P | --parser-archive Z]\n" % message)
+
+
 def _parse_args(argv):
-    parser_path = parser_archive = None
-    i = 0
-    while i < len(argv):
-        flag = argv[i]
-        if flag in ("--parser-path", "--parser-archive") and i + 1 < len(argv):
-            if flag == "--parser-path":
-                parser_path = argv[i + 1]
-            else:
-                parser_archive = argv[i + 1]
-            i += 2
-        else:
-            raise SystemExit("casparian shim: unexpected argument %r; usage: bridge_shim.py [--parser-path P | --parser-archive Z]" % flag)
-    return parser_path, parser_archive
+    parser = _ArgumentParser(prog="bridge_shim.py", add_help=False, allow_abbrev=False)
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--parser-path", help="a parser .py file or directory, loaded in place")
+    where.add_argument("--parser-archive", help="a bundled parser ZIP")
+    args = parser.parse_args(argv)
+    return args.parser_path, args.parser_archive
 
 
 def _watch_worker(sock, finishing):

@@ -82,6 +82,11 @@ internal static class Arrow
             BinaryArray a => a.GetBytes(i).ToArray(),
             TimestampArray a => a.GetValue(i),
             Date32Array a => a.GetValue(i),
+            Decimal128Array a => a.GetString(i),
+            Time64Array a => a.GetValue(i),
+            DurationArray a => a.GetValue(i),
+            ListArray a => Enumerable.Range(0, a.GetValueLength(i)).Select(j => Value(a.Values, a.ValueOffsets[i] + j)).ToList(),
+            DictionaryArray a => Value(a.Dictionary, (int)((IArrowArray)a.Indices switch { Int32Array x => x.GetValue(i)!.Value, Int8Array x => x.GetValue(i)!.Value, Int16Array x => x.GetValue(i)!.Value, _ => throw new NotSupportedException(a.Indices.GetType().Name) })),
             NullArray => null,
             _ => throw new NotSupportedException(array.GetType().Name),
         };

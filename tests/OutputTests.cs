@@ -527,7 +527,7 @@ public sealed class OutputTests : IDisposable
     [InlineData("float", "int64", nameof(Promotion.Mismatch))]     // an int64 into float32 would lose more than pandas does
     [InlineData("double", "bool", nameof(Promotion.Mismatch))]
     [InlineData("int64", "double", nameof(Promotion.WidenTopic))]
-    [InlineData("double", "int64", nameof(Promotion.CastToFloat64))]
+    [InlineData("double", "int64", nameof(Promotion.Cast))]
     [InlineData("null", "int64", nameof(Promotion.WidenTopic))]
     [InlineData("int64", "null", nameof(Promotion.FillNulls))]
     [InlineData("null", "null", nameof(Promotion.None))]

@@ -103,7 +103,7 @@ public sealed class ShimTests
     }
 
     [Fact]
-    public async Task Shim_Int64Limits_StayInt64_BeyondBecomeUtf8()
+    public async Task Shim_Int64Limits_StayInt64_BeyondBecomeDecimal128()
     {
         using var dir = new TempDir();
         var (_, s) = await Ok(dir, """
@@ -115,7 +115,9 @@ public sealed class ShimTests
             var c = s.Columns();
             Assert.Equal(ArrowTypeId.Int64, TypeOf(s, "limits"));
             Assert.Equal([long.MinValue, long.MaxValue, 0L, null], c["limits"]);
-            Assert.Equal(ArrowTypeId.String, TypeOf(s, "above"));
+            // Beyond int64: decimal128(38, 0), exact (issue 20; docs/types.md).
+            Assert.Equal(ArrowTypeId.Decimal128, TypeOf(s, "above"));
+            Assert.Equal(ArrowTypeId.Decimal128, TypeOf(s, "below"));
             Assert.Equal(["9223372036854775808", "1", null, "0"], c["above"]);
             Assert.Equal(["-9223372036854775809", "1", null, "0"], c["below"]);
         }
@@ -152,7 +154,8 @@ public sealed class ShimTests
             Assert.Equal(ArrowTypeId.Int64, TypeOf(s, "ints"));
             Assert.Equal(ArrowTypeId.Double, TypeOf(s, "int_float"));
             Assert.Equal([1.0, 2.5, null, -3.0, 4.0], c["int_float"]);
-            Assert.Equal(["1.10", "[1, 2]", "{'k': 1}", "Weird()", null], c["other"]);
+            // Text for a mix; a dict or list in it is JSON, not its repr.
+            Assert.Equal(["1.10", "[1, 2]", "{\"k\": 1}", "Weird()", null], c["other"]);
         }
     }
 
@@ -189,6 +192,23 @@ public sealed class ShimTests
             Assert.Equal(ArrowTypeId.String, TypeOf(s, "mixed"));
             Assert.Equal(["2024-01-01 12:00:00+00:00", "2024-01-01 12:00:00"], c["mixed"]);
         }
+    }
+
+    [Theory]
+    // An unknown flag.
+    [InlineData("--bogus", "unrecognized arguments: --bogus")]
+    // A flag without its value.
+    [InlineData("--parser-path", "argument --parser-path: expected one argument")]
+    // Both ways of naming the parser at once.
+    [InlineData("--parser-path a --parser-archive b", "argument --parser-archive: not allowed with argument --parser-path")]
+    // A prefix of a flag: abbreviations are refused, so a later flag cannot change what an old one means.
+    [InlineData("--parser-pa a", "unrecognized arguments: --parser-pa a")]
+    public void Shim_BadArguments_ExitOnePermanentWithUsage(string args, string message)
+    {
+        // argparse would exit 2, which the worker reads as transient and retries.
+        var r = Proc.Run(Guest.Python, [Guest.ShimPath, .. args.Split(' ')]);
+        Assert.Equal(1, r.ExitCode);
+        Assert.Equal($"casparian shim: {message}; usage: bridge_shim.py [--parser-path P | --parser-archive Z]", r.Stderr.Trim());
     }
 
     [Fact]
@@ -630,7 +650,7 @@ public sealed class ShimTests
             Assert.Equal(3, r.Tables);
             var first = s.Batches.Where(b => b.Batch.Schema.FieldsList.Count == 10).ToList();
             var schema = first[0].Batch.Schema;
-            Assert.Equal([ArrowTypeId.Int64, ArrowTypeId.Int64, ArrowTypeId.Double, ArrowTypeId.Boolean, ArrowTypeId.String, ArrowTypeId.Timestamp, ArrowTypeId.Timestamp, ArrowTypeId.Int64, ArrowTypeId.String, ArrowTypeId.String],
+            Assert.Equal([ArrowTypeId.Int64, ArrowTypeId.Int64, ArrowTypeId.Double, ArrowTypeId.Boolean, ArrowTypeId.String, ArrowTypeId.Timestamp, ArrowTypeId.Timestamp, ArrowTypeId.Int64, ArrowTypeId.Dictionary, ArrowTypeId.String],
                 schema.FieldsList.Select(f => f.DataType.TypeId));
             Assert.Equal("Europe/Paris", ((TimestampType)schema.GetFieldByName("tz").DataType).Timezone);
             var c = new Dictionary<string, List<object?>>();
