@@ -248,7 +248,14 @@ internal static partial class Bridge
             while (true)
             {
                 int got = await ReadAtLeastAsync(head.AsMemory(0, 4), allowEof: true).ConfigureAwait(false);
-                if (got == 0) return;
+                if (got == 0)
+                {
+                    // Without its end-of-stream frame the guest may have died half-way (os._exit, a
+                    // crash after some tables): the output may be partial, so the run fails and nothing
+                    // is committed. After an error frame, that error says why already.
+                    if (_errorMessage is null) _protocolError ??= BridgeThrow.Frame_NoEnd().Message;
+                    return;
+                }
                 uint n = BinaryPrimitives.ReadUInt32BigEndian(head);
                 switch (n)
                 {

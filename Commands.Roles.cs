@@ -14,7 +14,7 @@ internal static partial class Commands
     private static readonly Command SentinelCommand = new("sentinel", "control plane: job store, worker tracking, dispatch",
         "sentinel [--bind ADDR] [--db PATH] [--heartbeat-timeout S] [--retry-limit N] [--retry-backoff S] [--job-timeout S] [--quiet]",
         [.. Config.Flags(Config.Bind, Config.Db, Config.HeartbeatTimeout, Config.RetryLimit, Config.RetryBackoff, Config.RetryBackoffMax,
-            Config.JobTimeout, Config.PollInterval, Config.LockTimeout), QuietFlag],
+            Config.JobTimeout, Config.DeadlineGrace, Config.PollInterval, Config.LockTimeout), QuietFlag],
         args =>
         {
             args.RequirePositionals(0, 0);
@@ -62,7 +62,7 @@ internal static partial class Commands
     private static readonly Command StartCommand = new("start", "sentinel and worker in one process: the local default",
         "start [--watch DIR --parser NAME] [--drain] [--slots N]",
         [WatchFlag, WatchParserFlag, DrainFlag, .. Config.Flags([Config.Db, Config.Bind, .. WorkerSettings, Config.HeartbeatTimeout,
-            Config.RetryLimit, Config.RetryBackoff, Config.RetryBackoffMax, Config.PollInterval, Config.LockTimeout])],
+            Config.RetryLimit, Config.RetryBackoff, Config.RetryBackoffMax, Config.DeadlineGrace, Config.PollInterval, Config.LockTimeout])],
         args =>
         {
             args.RequirePositionals(0, 0);

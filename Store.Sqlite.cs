@@ -223,7 +223,8 @@ internal sealed class SqliteJobStore : IJobStore
         "VALUES ($parser, $version, $path, $hash, $priority, 'QUEUED', $now)";
 
     internal const string CompleteSql =
-        "UPDATE jobs SET state = 'COMPLETED', finished_at = $now, heartbeat_at = $now, error = NULL, metrics = $metrics, artifacts = $artifacts " +
+        "UPDATE jobs SET state = 'COMPLETED', finished_at = $now, heartbeat_at = $now, error = NULL, metrics = $metrics, artifacts = $artifacts, " +
+        "content_hash = coalesce($hash, content_hash) " +
         "WHERE id = $id AND state = 'RUNNING' AND ($worker IS NULL OR worker = $worker)";
 
     /// <summary>The schema of the current version, as an empty file gets it.</summary>
@@ -314,13 +315,19 @@ internal sealed class SqliteJobStore : IJobStore
         }
     }
 
-    public bool Complete(long id, string? worker, IReadOnlyDictionary<string, long> metrics, IReadOnlyList<Dictionary<string, string>> artifacts)
+    public bool Complete(long id, string? worker, IReadOnlyDictionary<string, long> metrics, IReadOnlyList<Dictionary<string, string>> artifacts,
+        string? parsedHash, out string? queuedHash)
     {
         try
         {
-            return Raw(ref _complete, CompleteSql, "$now", "$metrics", "$artifacts", "$id", "$worker")
-                .Bind(1, Now()).Bind(2, MetricsJson(metrics)).Bind(3, ArtifactsJson(artifacts)).Bind(4, id).Bind(5, worker)
+            queuedHash = null;
+            // A primary-key read, only when the worker reported what it parsed: the queue-time hash, to say whether the file changed.
+            string? before = parsedHash is null ? null : Get(id)?.ContentHash;
+            bool done = Raw(ref _complete, CompleteSql, "$now", "$metrics", "$artifacts", "$hash", "$id", "$worker")
+                .Bind(1, Now()).Bind(2, MetricsJson(metrics)).Bind(3, ArtifactsJson(artifacts)).Bind(4, parsedHash).Bind(5, id).Bind(6, worker)
                 .Execute() == 1;
+            if (done && before is not null && before != parsedHash) queuedHash = before;
+            return done;
         }
         catch (SqliteException e)
         {

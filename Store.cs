@@ -112,7 +112,15 @@ internal interface IJobStore : IDisposable
 
     /// <summary>Refreshes the heartbeat time of every job RUNNING on <paramref name="worker"/>.</summary>
     int Heartbeat(string worker);
-    bool Complete(long id, string? worker, IReadOnlyDictionary<string, long> metrics, IReadOnlyList<Dictionary<string, string>> artifacts);
+    bool Complete(long id, string? worker, IReadOnlyDictionary<string, long> metrics, IReadOnlyList<Dictionary<string, string>> artifacts) =>
+        Complete(id, worker, metrics, artifacts, parsedHash: null, out _);
+    /// <summary>
+    /// COMPLETED, recording <paramref name="parsedHash"/> (the hash of the bytes the worker parsed, when
+    /// it says) as the job's content hash; <paramref name="queuedHash"/> is the hash taken at queue time
+    /// when it differed (the file changed between `job add` and the run), else null.
+    /// </summary>
+    bool Complete(long id, string? worker, IReadOnlyDictionary<string, long> metrics, IReadOnlyList<Dictionary<string, string>> artifacts,
+        string? parsedHash, out string? queuedHash);
     /// <summary>Transient: back to QUEUED with exponential backoff until the retry limit, then FAILED. Null when the job was not RUNNING there.</summary>
     FailResult? Fail(long id, string? worker, string error, bool transient, IReadOnlyDictionary<string, long>? metrics = null);
     /// <summary>The worker turned the job down: back to QUEUED at once, no retry counted.</summary>
