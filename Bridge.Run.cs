@@ -173,7 +173,7 @@ internal static partial class Bridge
             env["BRIDGE_FILE_VERSION_ID"] = request.FileVersionId.ToString(System.Globalization.CultureInfo.InvariantCulture);
             env["BRIDGE_MAX_MESSAGE_BYTES"] = _options.MaxMessageBytes.ToString(System.Globalization.CultureInfo.InvariantCulture);
             if (request.ParserName is { } name) env["BRIDGE_PARSER_NAME"] = name; else env.Remove("BRIDGE_PARSER_NAME");
-            if (request.Interactive) env["BRIDGE_INTERACTIVE"] = "1"; else env.Remove("BRIDGE_INTERACTIVE");
+            if (request.SharesGroup) env["BRIDGE_INTERACTIVE"] = "1"; else env.Remove("BRIDGE_INTERACTIVE");
             if (request.Environment is { } extra)
                 foreach (var (k, v) in extra)
                     if (v is null) env.Remove(k); else env[k] = v;
@@ -518,14 +518,14 @@ internal static partial class Bridge
                 bool exited = p.HasExited;
                 if (!exited) _killedByUs = true;
                 // The group first: it holds what the parser spawned even after the guest itself is gone.
-                if (!request.Interactive) KillGroup(pid);
+                if (!request.SharesGroup) KillGroup(pid);
                 if (!exited)
                 {
                     try { p.Kill(entireProcessTree: true); }
                     catch (Exception e) when (e is InvalidOperationException or Win32Exception) { }
                 }
                 await WaitForExitAsync(ReapTimeout).ConfigureAwait(false);
-                if (!request.Interactive) KillGroup(pid);
+                if (!request.SharesGroup) KillGroup(pid);
                 // The pipes reach EOF once every holder is dead; a daemon that escaped the group keeps
                 // them open, so the wait is bounded and later output is dropped (_closed).
                 await Task.WhenAny(Task.WhenAll(_pumps), Task.Delay(TimeSpan.FromSeconds(2))).ConfigureAwait(false);

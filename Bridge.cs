@@ -113,6 +113,15 @@ internal sealed record GuestRequest
     public TimeSpan? Timeout { get; init; }
     /// <summary>Dev mode: the guest inherits this process's stdin and terminal process group, so breakpoint() works.</summary>
     public bool Interactive { get; init; }
+    /// <summary>
+    /// With <see cref="Interactive"/>: whether the guest stays in our (the terminal's) process group,
+    /// which only reading a terminal needs; null means yes. When it does, only its process tree can be
+    /// killed, and a child that left the tree survives; otherwise its group is killed.
+    /// </summary>
+    public bool? TerminalGroup { get; init; }
+
+    /// <summary>Whether the guest stays in our process group rather than leading its own.</summary>
+    internal bool SharesGroup => Interactive && (TerminalGroup ?? true);
     public string? WorkingDirectory { get; init; }
     /// <summary>Extra environment for the guest (null value removes a variable).</summary>
     public IReadOnlyDictionary<string, string?>? Environment { get; init; }

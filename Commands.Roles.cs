@@ -76,7 +76,7 @@ internal static partial class Commands
             string home = config.HomeDir;
             Directory.CreateDirectory(home);
 
-            using var instance = Start.HomeLock.Acquire(home);
+            using var instance = Start.LockHome(home);
             using var store = JobStores.Open(StoreOptions(config, create: true));
             FolderWatch? watch = null;
             if (parserSpec is not null)

@@ -108,10 +108,12 @@ internal sealed partial class Sentinel
                 return 0;
             });
         }
-        catch (StoreException e)
+        catch (StoreUnavailableException e)
         {
-            // Transient (StoreUnavailableException: another process holds the lock) or not, the
-            // work is kept and the step retried; the sentinel serves its socket meanwhile.
+            // Transient (another process holds the lock, the disk is full): the work is kept and the
+            // step retried; the sentinel serves its socket meanwhile. Any other StoreException (corrupt,
+            // read-only, not a store) does not pass by itself: it stops the sentinel with its exit code
+            // instead of retrying forever (issue 11 item 5).
             _work.ClearProduced();
             _work.RetryAt = now + 250;
             _log.Limited("store", $"store step failed, retrying in 250 ms with the work kept: {e.Message}");

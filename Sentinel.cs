@@ -6,7 +6,8 @@
 // (DISPATCH, ACK, ABORT). A DISPATCH is therefore never sent for a claim that is not durable, and
 // the disk is touched once per turn rather than once per message. While a commit runs, ZeroMQ
 // queues incoming messages; if the store is locked or failing, the turn's work stays pending and is
-// retried, so messages queue up instead of being lost.
+// retried, so messages queue up instead of being lost. A permanent store failure (corrupt, read-only)
+// ends Run with its StoreException instead.
 //
 // Partial files: Sentinel.Messages.cs (one handler per opcode), Sentinel.Step.cs (the group commit
 // and dispatch). The sentinel is embeddable: `start` hosts one next to a worker. It depends on the
@@ -56,6 +57,7 @@ internal sealed partial class Sentinel : IDisposable
     private readonly IJobStore _store;
     private readonly RouterSocket _router;
     private readonly RoleLog _log;
+    private readonly IDisposable? _storeLock;
 
     // Workers: tens of entries, searched linearly. In-flight jobs: a dictionary (job id → holder).
     // Store work waiting for the turn's step, and the step's schedule, are in _work (Sentinel.Step.cs).
@@ -74,7 +76,16 @@ internal sealed partial class Sentinel : IDisposable
         _clock = options.Store.Clock;
         _log = options.Log;
         var lockTimeout = options.Store.LockTimeout < TurnLockTimeout ? options.Store.LockTimeout : TurnLockTimeout;
-        _store = JobStores.Open(options.Store with { LockTimeout = lockTimeout });
+        _storeLock = JobStores.LockForSentinel(options.Store);
+        try
+        {
+            _store = JobStores.Open(options.Store with { LockTimeout = lockTimeout });
+        }
+        catch
+        {
+            _storeLock?.Dispose();
+            throw;
+        }
         try
         {
             _router = new RouterSocket();
@@ -82,6 +93,7 @@ internal sealed partial class Sentinel : IDisposable
         catch
         {
             _store.Dispose();
+            _storeLock?.Dispose();
             throw;
         }
         _startedAt = NowMs();
@@ -140,6 +152,7 @@ internal sealed partial class Sentinel : IDisposable
     {
         _router.Dispose();
         _store.Dispose();
+        _storeLock?.Dispose();
     }
 
     private long NowMs() => _clock.GetUtcNow().ToUnixTimeMilliseconds();

@@ -105,6 +105,8 @@ internal sealed class SqliteJobStore : IJobStore
         _clock = options.Clock;
         string path = options.Db;
         if (!options.Create && !File.Exists(path)) throw StoreThrow.Input_Missing(path);
+        // SQLite takes a 0-byte file for a new database; a store is never empty, so this one lost its data.
+        if (File.Exists(path) && new FileInfo(path).Length == 0) throw StoreThrow.Damaged_Empty(path);
         string? dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(path));
         if (dir is not null && !Directory.Exists(dir))
         {
@@ -114,7 +116,7 @@ internal sealed class SqliteJobStore : IJobStore
         var cs = new SqliteConnectionStringBuilder
         {
             DataSource = path,
-            Mode = options.Create ? SqliteOpenMode.ReadWriteCreate : SqliteOpenMode.ReadWrite,
+            Mode = options.ReadOnly ? SqliteOpenMode.ReadOnly : options.Create ? SqliteOpenMode.ReadWriteCreate : SqliteOpenMode.ReadWrite,
             Pooling = false,
             DefaultTimeout = Math.Max(1, (int)options.LockTimeout.TotalSeconds),
         };
@@ -128,6 +130,10 @@ internal sealed class SqliteJobStore : IJobStore
             if (version > SchemaVersion) throw StoreThrow.Input_NewerSchema(path, version, SchemaVersion);
             if (version == 0 && Scalar("SELECT count(*) FROM sqlite_master") > 0)
                 throw StoreThrow.Input_NotAStore(path, "it is an SQLite database but not a Casparian job store");
+            // Damage is found here, in one line, rather than as a failing statement later (issue 11 item 5).
+            // quick_check reads every page once (about 50 ms per 100 MB) and skips index-content checks.
+            if (version > 0 && TextScalar("PRAGMA quick_check(1)") is var check && check != "ok") throw StoreThrow.Damaged_Check(path, check);
+            if (options.ReadOnly) return;
             Exec("PRAGMA journal_mode = WAL");
             Exec("PRAGMA synchronous = NORMAL");
             // A checkpoint syncs twice; every 10,000 pages (40 MB of WAL) instead of every 1,000 keeps
@@ -174,10 +180,11 @@ internal sealed class SqliteJobStore : IJobStore
     {
         5 or 6 => new StoreUnavailableException($"job store {Location} is locked by another process; try again (SQLite: {e.Message})", e), // BUSY, LOCKED
         26 => new StoreException(ExitCode.BadInput, $"cannot open job store {Location}: the file is not an SQLite database", e),     // NOTADB
-        11 => new StoreException(ExitCode.BadInput, $"cannot open job store {Location}: the database file is corrupt", e),           // CORRUPT
+        11 => StoreThrow.Damaged_Corrupt(Location, e),                                                                                // CORRUPT
         14 => new StoreException(ExitCode.BadInput, $"cannot open job store {Location}: {e.Message}", e),                            // CANTOPEN
         8 or 23 => new StoreException(ExitCode.BadInput, $"cannot write job store {Location}: permission denied or read-only file", e), // READONLY, AUTH
-        13 => new StoreException(ExitCode.Unavailable, $"cannot write job store {Location}: the disk is full", e),                    // FULL
+        // FULL passes once space is freed: a sentinel keeps its work and retries, a command exits 4.
+        13 => new StoreUnavailableException($"cannot write job store {Location}: the disk is full; free some space", e),            // FULL
         10 => new StoreException(ExitCode.Unavailable, $"job store {Location}: disk I/O error ({e.Message})", e),                   // IOERR
         _ => new StoreException(ExitCode.Internal, $"job store {Location}: SQLite error {e.SqliteErrorCode}: {e.Message}", e),
     };
@@ -738,6 +745,13 @@ internal sealed class SqliteJobStore : IJobStore
         using var cmd = _db.CreateCommand();
         cmd.CommandText = sql;
         cmd.ExecuteNonQuery();
+    }
+
+    private string TextScalar(string sql)
+    {
+        using var cmd = _db.CreateCommand();
+        cmd.CommandText = sql;
+        return Convert.ToString(cmd.ExecuteScalar(), CultureInfo.InvariantCulture) ?? "";
     }
 
     private long Scalar(string sql)
