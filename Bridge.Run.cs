@@ -53,6 +53,7 @@ internal static partial class Bridge
         private string? _errorMessage;
         private string? _traceback;
         private bool _totalTimedOut;
+        private bool _missingEnd;
 
         private long _tables, _batches, _rows, _bytes, _logLines;
 
@@ -251,9 +252,9 @@ internal static partial class Bridge
                 if (got == 0)
                 {
                     // Without its end-of-stream frame the guest may have died half-way (os._exit, a
-                    // crash after some tables): the output may be partial, so the run fails and nothing
-                    // is committed. After an error frame, that error says why already.
-                    if (_errorMessage is null) _protocolError ??= BridgeThrow.Frame_NoEnd().Message;
+                    // crash after some tables): the output may be partial, so even an exit 0 is a
+                    // failure (Result) and nothing is committed.
+                    _missingEnd = true;
                     return;
                 }
                 uint n = BinaryPrimitives.ReadUInt32BigEndian(head);
@@ -564,6 +565,7 @@ internal static partial class Bridge
                 _ when _errorMessage is not null => (transientExit ? GuestOutcome.Transient : GuestOutcome.Failed, _errorMessage, _traceback),
                 _ when _protocolError is not null => (transientExit ? GuestOutcome.Transient : GuestOutcome.Failed,
                     exit is { } code and not 0 ? $"{_protocolError} (guest exit code {code}{StderrTail()})" : _protocolError, null),
+                _ when exit == 0 && _missingEnd => (GuestOutcome.Failed, BridgeThrow.Frame_NoEnd().Message, null),
                 _ when exit == 0 => (GuestOutcome.Success, null, null),
                 _ when oomKilled => (GuestOutcome.Transient, $"guest was killed by SIGKILL, most likely out of memory{StderrTail()}", null),
                 _ when exit == 2 => (GuestOutcome.Transient, $"guest exited with code 2 (transient failure){StderrTail()}", null),

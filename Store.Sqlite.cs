@@ -85,7 +85,7 @@ internal sealed class SqliteJobStore : IJobStore
     private const string ParserColumns =
         "id, name, version, source, lockfile, env_hash, source_hash, lockfile_hash, artifact_hash, archive, entry_module, created_at";
 
-    private readonly SqliteConnection _db;
+    private SqliteConnection _db;
     private readonly StoreOptions _options;
     private readonly TimeProvider _clock;
     private bool _inTransaction;
@@ -125,6 +125,15 @@ internal sealed class SqliteJobStore : IJobStore
         {
             _db.Open();
             Exec($"PRAGMA busy_timeout = {(long)options.LockTimeout.TotalMilliseconds}");
+            if (options.ReadOnly && !CanRead())
+            {
+                // A WAL store needs its -shm file to be read, and one that cannot be created (a read-only
+                // directory) means nobody can be writing either: then the file is read as immutable.
+                _db.Dispose();
+                cs.DataSource = new Uri(System.IO.Path.GetFullPath(path)).AbsoluteUri + "?immutable=1";
+                _db = new SqliteConnection(cs.ToString());
+                _db.Open();
+            }
             // Read before anything writes: a file from a newer build, or not a store at all, is left untouched.
             long version = Scalar("PRAGMA user_version");
             if (version > SchemaVersion) throw StoreThrow.Input_NewerSchema(path, version, SchemaVersion);
@@ -745,6 +754,20 @@ internal sealed class SqliteJobStore : IJobStore
         using var cmd = _db.CreateCommand();
         cmd.CommandText = sql;
         cmd.ExecuteNonQuery();
+    }
+
+    /// <summary>Whether the first read works; false for the CANTOPEN a read-only WAL store gives without its -shm file.</summary>
+    private bool CanRead()
+    {
+        try
+        {
+            Scalar("PRAGMA user_version");
+            return true;
+        }
+        catch (SqliteException e) when (e.SqliteErrorCode == 14)
+        {
+            return false;
+        }
     }
 
     private string TextScalar(string sql)
