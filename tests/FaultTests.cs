@@ -64,6 +64,23 @@ public sealed class FaultTests : IDisposable
 
     private static string Py(string s) => "'" + s.Replace("\\", "\\\\").Replace("'", "\\'") + "'";
 
+    /// <summary>
+    /// Runs one job of <paramref name="source"/> over an input holding <paramref name="content"/> on a
+    /// real worker (a scripted sentinel's side), its output root a 256 KiB tmpfs when <paramref name="fullDisk"/>;
+    /// <paramref name="check"/> sees the receipt while the worker's directories still exist.
+    /// </summary>
+    private static void OnWorker(string source, byte[] content, Action<JobReceipt, WorkerRun> check, bool fullDisk = false)
+    {
+        using var s = new ScriptedSentinel();
+        using var w = new WorkerRun(s.Address);
+        using var full = fullDisk ? new Tmpfs(w.Output, "256k") : null;
+        s.Receive(OpCode.Identify);
+        string input = w.Dir.File("in.txt");
+        File.WriteAllBytes(input, content);
+        s.Dispatch(7, Job(source, input));
+        check(s.Conclude(7), w);
+    }
+
     private static string[] FilesUnder(string dir) =>
         Directory.Exists(dir) ? Directory.GetFiles(dir, "*", SearchOption.AllDirectories) : [];
 
@@ -123,11 +140,15 @@ public sealed class FaultTests : IDisposable
     {
         QueueMany(300);
         Assert.False(File.Exists(_c.Db + "-wal") && new FileInfo(_c.Db + "-wal").Length > 0, "the store was checkpointed on close");
-        // Damage three pages of the jobs table, past the header and the schema.
+        // Damage the jobs-table page holding the oldest job: `jobs` (the newest 50 and the counts from
+        // their indexes) never reads it, so it used to call the store healthy.
+        byte[] file = File.ReadAllBytes(_c.Db);
+        int at = file.AsSpan().IndexOf(Encoding.UTF8.GetBytes("in-000.csv"));
+        Assert.True(at >= 4096, "job 1's row lies past the first page");
         using (var f = new FileStream(_c.Db, FileMode.Open, FileAccess.Write))
         {
-            f.Position = 4096 * 4;
-            f.Write(Enumerable.Repeat((byte)0x5A, 4096 * 3).ToArray());
+            f.Position = at / 4096 * 4096;
+            f.Write(Enumerable.Repeat((byte)0x5A, 4096).ToArray());
         }
         var jobs = _c.Cli("jobs");
         Assert.True(jobs.ExitCode == 5, jobs.ToString());
@@ -260,27 +281,17 @@ public sealed class FaultTests : IDisposable
     [Fact]
     public void Fault_Receipt_CarriesTheHashOfTheBytesParsed()
     {
-        using var s = new ScriptedSentinel();
-        using var w = new WorkerRun(s.Address);
-        s.Receive(OpCode.Identify);
-        string input = w.Dir.File("in.txt");
         byte[] content = Encoding.UTF8.GetBytes("alpha\nbeta\n");
-        File.WriteAllBytes(input, content);
-        s.Dispatch(3, Job("def parse(path):\n    return {'line': open(path).read().split()}\n", input));
-        var r = s.Conclude(3);
-        Assert.True(r.Status == ReceiptStatus.Success, r.ErrorMessage);
-        Assert.Equal(Sha256(content), r.ContentHash);
+        OnWorker("def parse(path):\n    return {'line': open(path).read().split()}\n", content, (r, _) =>
+        {
+            Assert.True(r.Status == ReceiptStatus.Success, r.ErrorMessage);
+            Assert.Equal(Sha256(content), r.ContentHash);
+        });
     }
-
     [Fact]
     public void Fault_InputRewrittenWhileParsed_FailsTransientAndCommitsNothing()
     {
-        using var s = new ScriptedSentinel();
-        using var w = new WorkerRun(s.Address);
-        s.Receive(OpCode.Identify);
-        string input = w.Dir.File("in.txt");
-        File.WriteAllText(input, "one\n");
-        s.Dispatch(4, Job($$"""
+        OnWorker("""
             import time
             def parse(path):
                 rows = open(path).read().split()
@@ -288,12 +299,13 @@ public sealed class FaultTests : IDisposable
                 with open(path, "a") as f:
                     f.write("two and more\n")
                 return {"line": rows}
-            """, input));
-        var r = s.Conclude(4);
-        Assert.Equal(ReceiptStatus.Failed, r.Status);
-        Assert.Contains("changed while it was parsed", r.ErrorMessage);
-        Assert.Equal(1, r.Metrics[JobExecutor.TransientMetric]);
-        Assert.Empty(FilesUnder(w.Output));
+            """, "one\n"u8.ToArray(), (r, w) =>
+        {
+            Assert.Equal(ReceiptStatus.Failed, r.Status);
+            Assert.Contains("changed while it was parsed", r.ErrorMessage);
+            Assert.Equal(1, r.Metrics[JobExecutor.TransientMetric]);
+            Assert.Empty(FilesUnder(w.Output));
+        });
     }
 
     // ---- 8. a full disk is transient --------------------------------------------------------------
@@ -301,19 +313,14 @@ public sealed class FaultTests : IDisposable
     [Fact]
     public void Fault_OutputDiskFull_IsTransientAndLeavesNothingBehind()
     {
-        using var s = new ScriptedSentinel();
-        using var w = new WorkerRun(s.Address);
-        using var full = new Tmpfs(w.Output, "256k");
-        s.Receive(OpCode.Identify);
-        string input = w.Dir.File("in.txt");
-        File.WriteAllText(input, "x\n");
         // About 4 MB of incompressible text: it cannot fit in 256 KiB, compressed or not.
-        s.Dispatch(8, Job("import os\ndef parse(path):\n    return {'blob': [os.urandom(2048).hex() for _ in range(1000)]}\n", input));
-        var r = s.Conclude(8);
-        Assert.Equal(ReceiptStatus.Failed, r.Status);
-        Assert.Contains("No space left on device", r.ErrorMessage);
-        Assert.Equal(1, r.Metrics[JobExecutor.TransientMetric]);
-        Assert.Empty(FilesUnder(w.Output));
+        OnWorker("import os\ndef parse(path):\n    return {'blob': [os.urandom(2048).hex() for _ in range(1000)]}\n", "x\n"u8.ToArray(), (r, w) =>
+        {
+            Assert.Equal(ReceiptStatus.Failed, r.Status);
+            Assert.Contains("No space left on device", r.ErrorMessage);
+            Assert.Equal(1, r.Metrics[JobExecutor.TransientMetric]);
+            Assert.Empty(FilesUnder(w.Output));
+        }, fullDisk: true);
     }
 
     // ---- 9. sys.exit(2) is transient, end to end ----------------------------------------------------
@@ -340,16 +347,12 @@ public sealed class FaultTests : IDisposable
     [Fact]
     public void Fault_GuestExitsZeroWithoutEndOfStream_FailsAndCommitsNothing()
     {
-        using var s = new ScriptedSentinel();
-        using var w = new WorkerRun(s.Address);
-        s.Receive(OpCode.Identify);
-        string input = w.Dir.File("in.txt");
-        File.WriteAllText(input, "x\n");
-        s.Dispatch(10, Job("import os, sys\ndef parse(path):\n    yield {'a': [1, 2]}\n    sys.stdout.flush()\n    os._exit(0)\n", input));
-        var r = s.Conclude(10);
-        Assert.Equal(ReceiptStatus.Failed, r.Status);
-        Assert.Contains("without an end-of-stream frame", r.ErrorMessage);
-        Assert.Empty(FilesUnder(w.Output));
+        OnWorker("import os, sys\ndef parse(path):\n    yield {'a': [1, 2]}\n    sys.stdout.flush()\n    os._exit(0)\n", "x\n"u8.ToArray(), (r, w) =>
+        {
+            Assert.Equal(ReceiptStatus.Failed, r.Status);
+            Assert.Contains("without an end-of-stream frame", r.ErrorMessage);
+            Assert.Empty(FilesUnder(w.Output));
+        });
     }
 
     // ---- 11. symlinks do not escape the output root --------------------------------------------------
