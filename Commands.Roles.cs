@@ -57,7 +57,7 @@ internal static partial class Commands
 
     private static readonly Flag WatchFlag = new("--watch", "DIR", "queue files as they appear in DIR, recursively (repeatable; needs --parser)");
     private static readonly Flag WatchParserFlag = new("--parser", "NAME[@VERSION]", "parser for the watched folders");
-    private static readonly Flag DrainFlag = new("--drain", null, "exit once nothing is queued or running (and watched files are queued)");
+    private static readonly Flag DrainFlag = new("--drain", null, "exit once nothing is queued or running (and watched files are queued); stopped by a signal first, exit 130");
 
     private static readonly Command StartCommand = new("start", "sentinel and worker in one process: the local default",
         "start [--watch DIR --parser NAME] [--drain] [--slots N]",

@@ -2,7 +2,8 @@
 // then; the file may change before the job runs. The worker hashes the file while the guest reads it
 // and checks that its size and modification time were the same before the hash began and after the
 // guest ended: then the hash is of the bytes the guest read, and the receipt carries it
-// (content_hash). A file that changed meanwhile fails the run as transient: the retry hashes again.
+// (content_hash). If they differ, the file is hashed again: the same bytes (rewritten with the same
+// content) are fine; different ones fail the run as transient, and the retry parses and hashes anew.
 using System.Security.Cryptography;
 
 namespace Casparian;
@@ -29,8 +30,22 @@ internal sealed class InputSnapshot
         return Convert.ToHexStringLower(hash);
     }
 
-    /// <summary>Whether the file still has the size and modification time it had when the snapshot was taken.</summary>
-    public bool Unchanged() => _before is { } b && Stat(_path) is { } now && now == b;
+    /// <summary>
+    /// Whether the file still holds what <paramref name="parsedHash"/> says: its size and modification
+    /// time are those of the snapshot, or, when they are not, hashing it again gives the same hash.
+    /// </summary>
+    public async Task<bool> UnchangedAsync(string parsedHash, CancellationToken cancel)
+    {
+        if (_before is { } b && Stat(_path) is { } now && now == b) return true;
+        try
+        {
+            return await HashAsync(cancel).ConfigureAwait(false) == parsedHash;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return false;
+        }
+    }
 
     private static (long, long)? Stat(string path)
     {

@@ -71,7 +71,7 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs)
             if (result.Outcome == GuestOutcome.Success)
             {
                 parsedHash = await hashing.ConfigureAwait(false);
-                if (!input.Unchanged())
+                if (!await input.UnchangedAsync(parsedHash, abort).ConfigureAwait(false))
                     return new JobReceipt
                     {
                         Status = ReceiptStatus.Failed,
