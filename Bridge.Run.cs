@@ -53,6 +53,7 @@ internal static partial class Bridge
         private string? _errorMessage;
         private string? _traceback;
         private bool _totalTimedOut;
+        private bool _missingEnd;
 
         private long _tables, _batches, _rows, _bytes, _logLines;
 
@@ -173,7 +174,7 @@ internal static partial class Bridge
             env["BRIDGE_FILE_VERSION_ID"] = request.FileVersionId.ToString(System.Globalization.CultureInfo.InvariantCulture);
             env["BRIDGE_MAX_MESSAGE_BYTES"] = _options.MaxMessageBytes.ToString(System.Globalization.CultureInfo.InvariantCulture);
             if (request.ParserName is { } name) env["BRIDGE_PARSER_NAME"] = name; else env.Remove("BRIDGE_PARSER_NAME");
-            if (request.Interactive) env["BRIDGE_INTERACTIVE"] = "1"; else env.Remove("BRIDGE_INTERACTIVE");
+            if (request.SharesGroup) env["BRIDGE_INTERACTIVE"] = "1"; else env.Remove("BRIDGE_INTERACTIVE");
             if (request.Environment is { } extra)
                 foreach (var (k, v) in extra)
                     if (v is null) env.Remove(k); else env[k] = v;
@@ -248,7 +249,14 @@ internal static partial class Bridge
             while (true)
             {
                 int got = await ReadAtLeastAsync(head.AsMemory(0, 4), allowEof: true).ConfigureAwait(false);
-                if (got == 0) return;
+                if (got == 0)
+                {
+                    // Without its end-of-stream frame the guest may have died half-way (os._exit, a
+                    // crash after some tables): the output may be partial, so even an exit 0 is a
+                    // failure (Result) and nothing is committed.
+                    _missingEnd = true;
+                    return;
+                }
                 uint n = BinaryPrimitives.ReadUInt32BigEndian(head);
                 switch (n)
                 {
@@ -511,14 +519,14 @@ internal static partial class Bridge
                 bool exited = p.HasExited;
                 if (!exited) _killedByUs = true;
                 // The group first: it holds what the parser spawned even after the guest itself is gone.
-                if (!request.Interactive) KillGroup(pid);
+                if (!request.SharesGroup) KillGroup(pid);
                 if (!exited)
                 {
                     try { p.Kill(entireProcessTree: true); }
                     catch (Exception e) when (e is InvalidOperationException or Win32Exception) { }
                 }
                 await WaitForExitAsync(ReapTimeout).ConfigureAwait(false);
-                if (!request.Interactive) KillGroup(pid);
+                if (!request.SharesGroup) KillGroup(pid);
                 // The pipes reach EOF once every holder is dead; a daemon that escaped the group keeps
                 // them open, so the wait is bounded and later output is dropped (_closed).
                 await Task.WhenAny(Task.WhenAll(_pumps), Task.Delay(TimeSpan.FromSeconds(2))).ConfigureAwait(false);
@@ -557,6 +565,7 @@ internal static partial class Bridge
                 _ when _errorMessage is not null => (transientExit ? GuestOutcome.Transient : GuestOutcome.Failed, _errorMessage, _traceback),
                 _ when _protocolError is not null => (transientExit ? GuestOutcome.Transient : GuestOutcome.Failed,
                     exit is { } code and not 0 ? $"{_protocolError} (guest exit code {code}{StderrTail()})" : _protocolError, null),
+                _ when exit == 0 && _missingEnd => (GuestOutcome.Failed, BridgeThrow.Frame_NoEnd().Message, null),
                 _ when exit == 0 => (GuestOutcome.Success, null, null),
                 _ when oomKilled => (GuestOutcome.Transient, $"guest was killed by SIGKILL, most likely out of memory{StderrTail()}", null),
                 _ when exit == 2 => (GuestOutcome.Transient, $"guest exited with code 2 (transient failure){StderrTail()}", null),

@@ -11,7 +11,8 @@
 // The socket lives in a private directory (0700), removed with everything in it afterwards. The
 // guest connects once and only writes; every frame starts with a big-endian u32 N:
 //
-//   N = 0            end of stream (a clean EOF at a frame boundary also ends it)
+//   N = 0            end of stream: required. A guest that closes the socket without it (even at a
+//                    frame boundary, even exiting 0) has failed, and nothing it sent is committed.
 //   N = 0xFFFFFFFF   error:  u32 length, UTF-8 text (≤ 1 MiB). First line: "parser P on FILE: cause";
 //                    the lines after it, if any, are the Python traceback.
 //   N = 0xFFFFFFFE   log:    u8 level (0 stdout, 1 stderr, 2 debug, 3 info, 4 warning, 5 error),
@@ -112,6 +113,15 @@ internal sealed record GuestRequest
     public TimeSpan? Timeout { get; init; }
     /// <summary>Dev mode: the guest inherits this process's stdin and terminal process group, so breakpoint() works.</summary>
     public bool Interactive { get; init; }
+    /// <summary>
+    /// With <see cref="Interactive"/>: whether the guest stays in our (the terminal's) process group,
+    /// which only reading a terminal needs; null means yes. When it does, only its process tree can be
+    /// killed, and a child that left the tree survives; otherwise its group is killed.
+    /// </summary>
+    public bool? TerminalGroup { get; init; }
+
+    /// <summary>Whether the guest stays in our process group rather than leading its own.</summary>
+    internal bool SharesGroup => Interactive && (TerminalGroup ?? true);
     public string? WorkingDirectory { get; init; }
     /// <summary>Extra environment for the guest (null value removes a variable).</summary>
     public IReadOnlyDictionary<string, string?>? Environment { get; init; }
@@ -169,6 +179,8 @@ internal static class BridgeThrow
         new($"guest sent {what} of {length} bytes; the limit is {max}");
     public static BridgeProtocolException Frame_Truncated(string what, long got, long expected) =>
         new($"guest closed the connection inside {what} ({got} of {expected} bytes)");
+    public static BridgeProtocolException Frame_NoEnd() =>
+        new("guest closed the bridge without an end-of-stream frame (it exited or crashed before finishing), so its output may be incomplete and none of it is kept");
     public static BridgeProtocolException Log_BadLevel(byte level) =>
         new($"guest sent a log frame with level {level}; expected 0..5");
     public static BridgeProtocolException Arrow_Malformed(long table, Exception e) =>

@@ -88,6 +88,7 @@ internal sealed partial record ParserBundle(
     {
         string fileName = Path.GetFileName(file);
         if (!fileName.EndsWith(".py", StringComparison.Ordinal)) throw BundleThrow.Input_NotPython(file);
+        if (HasControl(fileName)) throw BundleThrow.Input_ControlChar(Path.GetDirectoryName(file)!, fileName);
         long size = new FileInfo(file).Length;
         if (size > MaxBytes) throw BundleThrow.Input_TooLarge(file, size, [new BundleFile(fileName, size)]);
         var files = new List<(string Path, byte[] Content)> { (fileName, File.ReadAllBytes(file)) };
@@ -125,6 +126,7 @@ internal sealed partial record ParserBundle(
             {
                 if (Array.IndexOf(ExcludedDirectories, name) >= 0 || File.Exists(Path.Combine(sub.FullName, "pyvenv.cfg"))) continue;
                 if (sub.LinkTarget is { } target) throw BundleThrow.Input_Symlink(root, rel, target);
+                if (HasControl(name)) throw BundleThrow.Input_ControlChar(root, rel);
                 Walk(root, sub.FullName, rel + "/", lockfile, into);
             }
             else if (info is FileInfo file)
@@ -133,6 +135,8 @@ internal sealed partial record ParserBundle(
                 if (!isLockfile && !HasAllowedExtension(name)) continue;
                 if (file.LinkTarget is { } target) throw BundleThrow.Input_Symlink(root, rel, target);
                 if (name.Contains('\\')) throw BundleThrow.Input_Backslash(root, rel);
+                // Extraction refuses such a name (UnsafeName), so every job would fail: refused here, at register.
+                if (HasControl(name)) throw BundleThrow.Input_ControlChar(root, rel);
                 into.Add((rel, file.FullName, file.Length));
             }
         }
@@ -437,6 +441,12 @@ internal sealed partial record ParserBundle(
         return files;
     }
 
+    private static bool HasControl(string name)
+    {
+        foreach (char c in name) if (char.IsControl(c)) return true;
+        return false;
+    }
+
     /// <summary>Why an entry name could land outside the target directory or be ambiguous, or null.</summary>
     private static string? UnsafeName(string name)
     {
@@ -444,7 +454,7 @@ internal sealed partial record ParserBundle(
         if (name[0] == '/') return "is an absolute path";
         if (name.Length >= 2 && name[1] == ':' && char.IsAsciiLetter(name[0])) return "starts with a drive letter";
         if (name.Contains('\\')) return "contains a backslash";
-        foreach (char c in name) if (char.IsControl(c)) return "contains a control character";
+        if (HasControl(name)) return "contains a control character";
         foreach (string segment in name.Split('/'))
         {
             if (segment.Length == 0) return "has an empty path segment";
@@ -469,6 +479,8 @@ internal static class BundleThrow
         new($"parser directory {root} contains the symlink {rel} -> {target}; bundles hold regular files only: copy the file in or move the link out");
     public static InputException Input_Backslash(string root, string rel) =>
         new($"parser directory {root} contains {rel}, whose name has a backslash; rename it (bundle paths use '/' only)");
+    public static InputException Input_ControlChar(string root, string rel) =>
+        new($"parser {root}: the name of '{string.Concat(rel.Select(c => char.IsControl(c) ? $"\\x{(int)c:x2}" : c.ToString()))}' contains a control character (a newline, a tab, …); rename it");
     public static InputException Input_NotUtf8(string file) =>
         new($"parser file {file} is not valid UTF-8; save it as UTF-8");
     public static InputException Input_NoEntry(string origin, List<string> topLevel) =>

@@ -60,7 +60,7 @@ internal static partial class Commands
     private static readonly Command Ls = new("ls", "list registered parsers", "parser ls [--db PATH]", Config.Flags(Config.Db), args =>
     {
         args.RequirePositionals(0, 0);
-        var storeOptions = StoreFrom(args, create: false);
+        var storeOptions = StoreFrom(args, create: false) with { ReadOnly = true };
         if (!JobStores.Exists(storeOptions))
         {
             Console.Out.WriteLine($"no parsers registered (no store at {storeOptions.Db}); register one with 'casparian parser register DIR'");
@@ -96,7 +96,10 @@ internal static partial class Commands
             bool force = args.Has(ForceFlag.Name);
             var storeOptions = StoreFrom(args, create: false);
             var (name, version) = ParserSpec("job add", ParserFlag, spec);
-            paths = ExpandInputs(paths);
+            var undecodable = new List<string>();
+            paths = ExpandInputs(paths, undecodable);
+            foreach (string bad in undecodable)
+                Console.Error.WriteLine($"warning: skipped {bad.Replace('\uFFFD', '?')}: its name is not valid UTF-8, so it cannot be queued by name; rename it");
 
             return WithStore(storeOptions, store =>
             {
@@ -112,7 +115,7 @@ internal static partial class Commands
         });
 
     private static readonly Command Show = new("show", "show one job in full", "job show ID [--db PATH]", Config.Flags(Config.Db),
-        args => WithJob(args, (_, job) => Describe(job)));
+        args => WithJob(args, (_, job) => Describe(job), readOnly: true));
 
     private static readonly Command Retry = new("retry", "queue a FAILED or CANCELLED job again", "job retry ID [--db PATH]", Config.Flags(Config.Db),
         args => WithJob(args, (store, before) =>
@@ -142,7 +145,7 @@ internal static partial class Commands
                 state = parsed;
             }
             int limit = args.GetInt(LimitFlag.Name, 50, min: 1);
-            var storeOptions = StoreFrom(args, create: false);
+            var storeOptions = StoreFrom(args, create: false) with { ReadOnly = true };
             if (!JobStores.Exists(storeOptions))
             {
                 Console.Out.WriteLine($"no jobs (no store at {storeOptions.Db})");
@@ -178,10 +181,10 @@ internal static partial class Commands
     }
 
     /// <summary>A command on the one job its argument names, which must exist; <paramref name="act"/> returns what to print.</summary>
-    private static int WithJob(Args args, Func<IJobStore, JobRecord, string> act)
+    private static int WithJob(Args args, Func<IJobStore, JobRecord, string> act, bool readOnly = false)
     {
         long id = JobId(args);
-        return WithStore(StoreFrom(args, create: false), store =>
+        return WithStore(StoreFrom(args, create: false) with { ReadOnly = readOnly }, store =>
         {
             var job = store.Get(id) ?? throw StoreThrow.Input_NoJob(id, store.Location);
             Console.Out.Write(act(store, job));

@@ -14,7 +14,7 @@ internal static partial class Commands
     private static readonly Command SentinelCommand = new("sentinel", "control plane: job store, worker tracking, dispatch",
         "sentinel [--bind ADDR] [--db PATH] [--heartbeat-timeout S] [--retry-limit N] [--retry-backoff S] [--job-timeout S] [--quiet]",
         [.. Config.Flags(Config.Bind, Config.Db, Config.HeartbeatTimeout, Config.RetryLimit, Config.RetryBackoff, Config.RetryBackoffMax,
-            Config.JobTimeout, Config.PollInterval, Config.LockTimeout), QuietFlag],
+            Config.JobTimeout, Config.DeadlineGrace, Config.PollInterval, Config.LockTimeout), QuietFlag],
         args =>
         {
             args.RequirePositionals(0, 0);
@@ -57,12 +57,12 @@ internal static partial class Commands
 
     private static readonly Flag WatchFlag = new("--watch", "DIR", "queue files as they appear in DIR, recursively (repeatable; needs --parser)");
     private static readonly Flag WatchParserFlag = new("--parser", "NAME[@VERSION]", "parser for the watched folders");
-    private static readonly Flag DrainFlag = new("--drain", null, "exit once nothing is queued or running (and watched files are queued)");
+    private static readonly Flag DrainFlag = new("--drain", null, "exit once nothing is queued or running (and watched files are queued); stopped by a signal first, exit 130");
 
     private static readonly Command StartCommand = new("start", "sentinel and worker in one process: the local default",
         "start [--watch DIR --parser NAME] [--drain] [--slots N]",
         [WatchFlag, WatchParserFlag, DrainFlag, .. Config.Flags([Config.Db, Config.Bind, .. WorkerSettings, Config.HeartbeatTimeout,
-            Config.RetryLimit, Config.RetryBackoff, Config.RetryBackoffMax, Config.PollInterval, Config.LockTimeout])],
+            Config.RetryLimit, Config.RetryBackoff, Config.RetryBackoffMax, Config.DeadlineGrace, Config.PollInterval, Config.LockTimeout])],
         args =>
         {
             args.RequirePositionals(0, 0);
@@ -76,7 +76,7 @@ internal static partial class Commands
             string home = config.HomeDir;
             Directory.CreateDirectory(home);
 
-            using var instance = Start.HomeLock.Acquire(home);
+            using var instance = Start.LockHome(home);
             using var store = JobStores.Open(StoreOptions(config, create: true));
             FolderWatch? watch = null;
             if (parserSpec is not null)

@@ -96,8 +96,13 @@ internal static partial class Commands
         }
     }
 
-    /// <summary>Files to queue, in order: each file as given, each folder's files recursively sorted; hidden entries skipped.</summary>
-    internal static List<string> ExpandInputs(IEnumerable<string> paths)
+    /// <summary>
+    /// Files to queue, in order: each file as given, each folder's files recursively sorted; hidden
+    /// entries skipped. A folder's file whose name is not valid UTF-8 cannot be opened by the name .NET
+    /// decodes (its bad bytes become U+FFFD), so it goes to <paramref name="undecodable"/> instead and
+    /// the others are still queued.
+    /// </summary>
+    internal static List<string> ExpandInputs(IEnumerable<string> paths, List<string>? undecodable = null)
     {
         var files = new List<string>();
         var seen = new HashSet<string>(StringComparer.Ordinal);
@@ -121,7 +126,14 @@ internal static partial class Commands
             }
             else throw CliThrow.Input_NoSuchPath(p);
             foreach (string f in found)
+            {
+                if (f.Contains('\uFFFD') && !File.Exists(f))
+                {
+                    undecodable?.Add(f);
+                    continue;
+                }
                 if (seen.Add(f)) files.Add(f);
+            }
         }
         return files;
     }

@@ -103,6 +103,8 @@ internal sealed class Config
         Parsers.NameList, _ => ["*"], v => string.Join(",", v));
     public static readonly Setting<TimeSpan> JobTimeout = new("job_timeout", "SECONDS", "total time a job may run before it is killed",
         Parsers.Duration, _ => TimeSpan.FromHours(1), Parsers.FormatDuration);
+    public static readonly Setting<TimeSpan> DeadlineGrace = new("deadline_grace", "SECONDS", "the sentinel aborts a job still running job_timeout plus this long after dispatch, and requeues it if the worker does not answer within as long again",
+        Parsers.Duration, _ => TimeSpan.FromSeconds(30), Parsers.FormatDuration);
     public static readonly Setting<TimeSpan> ConnectTimeout = new("connect_timeout", "SECONDS", "time for a parser process to connect back",
         Parsers.Duration, _ => TimeSpan.FromSeconds(30), Parsers.FormatDuration);
     public static readonly Setting<TimeSpan> IdleTimeout = new("idle_timeout", "SECONDS", "time a parser may stay silent before it is killed",
@@ -124,7 +126,7 @@ internal sealed class Config
     [
         Home, Db, Bind, Connect, Output, AllowedRoots, Lineage, Venvs, VenvBudget, Wheelhouse, Python, Slots, WorkerId,
         HeartbeatInterval, HeartbeatTimeout, RetryLimit, RetryBackoff, RetryBackoffMax, LockTimeout, PollInterval, Capabilities, JobTimeout,
-        ConnectTimeout, IdleTimeout, ShutdownGrace, LogLimit, MessageLimit, BuildTimeout, RowGroupRows, RowGroupSize,
+        DeadlineGrace, ConnectTimeout, IdleTimeout, ShutdownGrace, LogLimit, MessageLimit, BuildTimeout, RowGroupRows, RowGroupSize,
     ];
 
     /// <summary>

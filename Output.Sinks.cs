@@ -1,7 +1,11 @@
 // Where a topic's file goes (SPEC §7): sink uri resolution and the per-mode checks on the destination.
 // A sentinel must not be able to make a worker write anywhere it likes, so every resolved path is
 // checked to lie inside the output root or a configured allowed root, and '..' is refused outright
-// rather than normalised away.
+// rather than normalised away. The check is made twice: on the text, and on the real path (every
+// symlink on the way resolved, RealPath), since a symlink inside the root can point anywhere. The real
+// path is checked when the job starts, again when the topic's directory is created, and again just
+// before the finished file is renamed into place.
+using System.Runtime.InteropServices;
 using ParquetSharp;
 
 namespace Casparian;
@@ -90,6 +94,7 @@ internal sealed record SinkTarget(string Topic, string Uri, string Directory, st
 
         bool singleFile = path.EndsWith(".parquet", StringComparison.OrdinalIgnoreCase) && !uri.EndsWith('/');
         if (singleFile && mode == SinkMode.Append) throw OutputThrow.Sink_AppendToFile(jobId, topic, uri);
+        CheckRealPath(options, jobId, topic, singleFile ? Path.GetDirectoryName(path)! : path);
         return singleFile
             ? new SinkTarget(topic, uri, Path.GetDirectoryName(path)!, Path.GetFileName(path), mode, SingleFile: true)
             : new SinkTarget(topic, uri, path, DatasetFileName(jobId, fileStem), mode, SingleFile: false);
@@ -113,6 +118,21 @@ internal sealed record SinkTarget(string Topic, string Uri, string Directory, st
         foreach (var allowed in options.AllowedRoots)
             if (IsInside(full, Normalize(allowed))) return full;
         throw OutputThrow.Sink_OutsideRoots(jobId, topic, full, options.AllowedRoots.Prepend(options.Root).Select(Normalize));
+    }
+
+    /// <summary>
+    /// Refuses a destination directory whose real path (symlinks resolved) is outside the real paths of
+    /// the output root and the allowed roots. The parts of a path that do not exist yet are taken as
+    /// written: they hold no symlink ('..' was refused before), and the directory is checked again once
+    /// it is created.
+    /// </summary>
+    public static void CheckRealPath(OutputOptions options, ulong jobId, string topic, string directory)
+    {
+        string real = RealPath.Of(directory);
+        if (IsInside(real, RealPath.Of(options.Root))) return;
+        foreach (var allowed in options.AllowedRoots)
+            if (IsInside(real, RealPath.Of(allowed))) return;
+        throw OutputThrow.Sink_SymlinkEscape(jobId, topic, directory, real);
     }
 
     private static bool HasParentSegment(string path)
@@ -171,4 +191,39 @@ internal sealed record SinkTarget(string Topic, string Uri, string Directory, st
             return null;
         }
     }
+}
+
+/// <summary>
+/// A path with every symlink resolved, as the kernel will follow it: libc realpath(3) on the deepest
+/// part that exists, the rest appended as written. .NET resolves one link at a time only
+/// (FileSystemInfo.ResolveLinkTarget), not the links among a path's parent directories.
+/// </summary>
+internal static class RealPath
+{
+    public static string Of(string path)
+    {
+        string full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(path));
+        string rest = "";
+        for (string? at = full; at is not null; at = Path.GetDirectoryName(at))
+        {
+            if (Resolve(at) is { } real) return rest.Length == 0 ? real : Path.Join(real, rest);
+            rest = rest.Length == 0 ? Path.GetFileName(at) : Path.Join(Path.GetFileName(at), rest);
+        }
+        return full;
+    }
+
+    private static string? Resolve(string path)
+    {
+        if (!OperatingSystem.IsLinux() && !OperatingSystem.IsMacOS()) return Directory.Exists(path) || File.Exists(path) ? path : null;
+        IntPtr resolved = realpath(System.Text.Encoding.UTF8.GetBytes(path + "\0"), IntPtr.Zero);
+        if (resolved == IntPtr.Zero) return null;
+        try { return Marshal.PtrToStringUTF8(resolved); }
+        finally { free(resolved); }
+    }
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern IntPtr realpath(byte[] path, IntPtr resolved);
+
+    [DllImport("libc")]
+    private static extern void free(IntPtr pointer);
 }

@@ -70,6 +70,8 @@ internal sealed partial class JobOutput
             // fsync before rename: after a crash the final name holds the complete file or the old one.
             using (var fs = new FileStream(_tempPath!, FileMode.Open, FileAccess.Write)) fs.Flush(flushToDisk: true);
             if (target.Mode == SinkMode.Error) target.CheckNoOtherData(JobId);
+            // The directory may have become a symlink since it was created: checked again before the rename.
+            SinkTarget.CheckRealPath(Options, JobId, Name, target.Directory);
             string final = target.FinalPath;
             File.Move(_tempPath!, final, overwrite: true);
             _tempPath = null;
@@ -121,6 +123,7 @@ internal sealed partial class JobOutput
             }
             for (string? d = target.Directory; d is not null && !Directory.Exists(d); d = Path.GetDirectoryName(d)) _created = d;
             Directory.CreateDirectory(target.Directory);
+            SinkTarget.CheckRealPath(Options, JobId, Name, target.Directory);
             // A killed earlier attempt of this job may have left its temp file; nobody else writes this prefix.
             // The exact length check keeps the temp files of a longer stem that happens to share the prefix.
             string prefix = target.TempPrefix(JobId);

@@ -278,6 +278,8 @@ internal static class OutputThrow
         new(ExitCode.BadInput, $"job {job}: sink uri '{uri}' of topic '{topic}' names a host; only local paths are supported (file:///ABSOLUTE/PATH)");
     public static OutputException Sink_OutsideRoots(ulong job, string topic, string path, IEnumerable<string> roots) =>
         new(ExitCode.BadInput, $"job {job}: sink of topic '{topic}' points to {path}, outside the output root and the allowed roots ({string.Join(", ", roots)}); write under the output root or add an allowed root to the worker's configuration");
+    public static OutputException Sink_SymlinkEscape(ulong job, string topic, string path, string real) =>
+        new(ExitCode.BadInput, $"job {job}: sink of topic '{topic}' points to {path}, which through a symlink is really {real}, outside the output root and the allowed roots; remove the symlink or add its target to the worker's allowed roots");
     public static OutputException Sink_AppendToFile(ulong job, string topic, string uri) =>
         new(ExitCode.BadInput, $"job {job}: sink '{uri}' of topic '{topic}' names a single .parquet file, which mode append cannot add to; use a directory uri (parquet://NAME) to append, or mode replace");
     public static OutputException Sink_DataExists(ulong job, string topic, string path) =>

@@ -20,6 +20,8 @@ internal enum ExitCode
     BadInput = 3,
     /// <summary>Something needed is absent or busy: python3, an address already bound, a locked store.</summary>
     Unavailable = 4,
+    /// <summary>The job store is damaged (corrupt pages, failed integrity check, truncated to 0 bytes): restore it from a backup.</summary>
+    StoreDamaged = 5,
     /// <summary>A bug: an exception nobody anticipated.</summary>
     Internal = 70,
     /// <summary>Interrupted before the work was done (SIGINT/SIGTERM during a one-shot command).</summary>
@@ -314,7 +316,8 @@ internal static class Program
         sb.AppendLine("  1    the work ran and some of it failed (a job, a file)");
         sb.AppendLine("  2    usage: unknown command, unknown or malformed flag, missing argument");
         sb.AppendLine("  3    bad input: a file, parser, store, config file, output or lockfile that is missing or invalid");
-        sb.AppendLine("  4    unavailable: python3 missing, address in use, store locked");
+        sb.AppendLine("  4    unavailable: python3 missing, address in use, store locked or in use by another sentinel");
+        sb.AppendLine("  5    the job store is damaged (corrupt, fails its integrity check, or truncated to 0 bytes)");
         sb.AppendLine("  70   internal error (a bug; set CASPARIAN_DEBUG=1 for the stack trace)");
         sb.AppendLine("  130  interrupted before the work was done");
         return sb.ToString();

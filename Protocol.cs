@@ -215,6 +215,8 @@ internal sealed record JobReceipt
     [JsonPropertyName("metrics")] public Dictionary<string, long> Metrics { get; init => field = value ?? []; } = [];
     [JsonPropertyName("artifacts")] public List<Dictionary<string, string>> Artifacts { get; init => field = value ?? []; } = [];
     [JsonPropertyName("error_message")] public string? ErrorMessage { get; init; }
+    /// <summary>Our extension: hex SHA-256 of the input bytes the parser read (the store records it, not the hash taken at queue time).</summary>
+    [JsonPropertyName("content_hash")] public string? ContentHash { get; init; }
 }
 
 [JsonConverter(typeof(JsonStringEnumConverter<WorkerStatus>))]

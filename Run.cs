@@ -76,6 +76,9 @@ internal static class DevRun
                 ParserName = o.ParserName,
                 Timeout = o.Timeout,
                 Interactive = interactive,
+                // Only a terminal needs the guest in our process group; reading a pipe does not, and a
+                // group of its own is killed whole at the end, children included (issue 11 item 13).
+                TerminalGroup = !Console.IsInputRedirected,
                 Options = o.Bridge,
             };
             var sink = new TerminalSink(output, terminal, Path.GetFileName(input), o.Topics, skipped);

@@ -114,7 +114,9 @@ internal sealed partial class Sentinel
         if (beat is not null) Reconcile(worker, beat);
     }
 
-    internal const string UnknownWorker = "unknown worker: send IDENTIFY first (the sentinel may have restarted)";
+    /// <summary>How an ERR to a peer the sentinel does not know starts; a worker answers it with IDENTIFY.</summary>
+    internal const string UnknownWorkerPrefix = "unknown worker";
+    internal const string UnknownWorker = UnknownWorkerPrefix + ": send IDENTIFY first (the sentinel may have restarted or dropped this worker as silent)";
 
     /// <summary>
     /// Releases adopted or aborting jobs the worker no longer reports. Only a heartbeat that lists its
@@ -164,6 +166,8 @@ internal sealed partial class Sentinel
             return;
         }
         bool expected = _inFlight.TryGetValue(jobId, out var f) && f.Worker == worker;
+        if (expected && f.PastDeadline && receipt.Status != ReceiptStatus.Success)
+            receipt = receipt with { Status = ReceiptStatus.Aborted, ErrorMessage = $"job passed its deadline ({DeadlineText}); aborted: {receipt.ErrorMessage}" };
         if (expected)
         {
             _inFlight.Remove(jobId);

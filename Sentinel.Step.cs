@@ -24,11 +24,13 @@ internal sealed partial class Sentinel
         public readonly List<(string WorkerId, string Reason)> Lost = [];
         public readonly List<string> Adopt = [];
         public readonly List<(long JobId, string WorkerId)> Released = [];
+        /// <summary>Jobs past the server-side deadline whose worker did not answer the ABORT: requeued as a retry.</summary>
+        public readonly List<(long JobId, string WorkerId, string Reason)> Expired = [];
         public readonly HashSet<string> Touch = new(StringComparer.Ordinal);
         /// <summary>A slot may have freed or a worker joined: claim without waiting for the poll.</summary>
         public bool ClaimWanted = true;
 
-        public readonly List<(Conclusion C, bool Applied, FailResult? Fail)> Concluded = [];
+        public readonly List<(Conclusion C, bool Applied, FailResult? Fail, string? QueuedHash)> Concluded = [];
         public readonly List<(byte[] Identity, ulong RequestId, ParserRecord Parser, ParserRegistration Result)> Deployed = [];
         public readonly List<(string WorkerId, string Reason, RequeueResult Result)> Requeued = [];
         public readonly List<(WorkerEntry Worker, ClaimedJob Job, Dispatch Template)> Dispatches = [];
@@ -41,7 +43,7 @@ internal sealed partial class Sentinel
         public long RetryAt;
 
         public bool HasStoreWork =>
-            Conclusions.Count > 0 || Deploys.Count > 0 || Lost.Count > 0 || Adopt.Count > 0 || Released.Count > 0 || Touch.Count > 0;
+            Conclusions.Count > 0 || Deploys.Count > 0 || Lost.Count > 0 || Adopt.Count > 0 || Released.Count > 0 || Expired.Count > 0 || Touch.Count > 0;
 
         public void ClearProduced()
         {
@@ -61,6 +63,7 @@ internal sealed partial class Sentinel
             Lost.Clear();
             Adopt.Clear();
             Released.Clear();
+            Expired.Clear();
             Touch.Clear();
             ClaimWanted = false;
         }
@@ -88,7 +91,13 @@ internal sealed partial class Sentinel
         bool claim = !final && (_work.ClaimWanted || poll) && AnyClaimable(now);
         bool cancels = poll && _inFlight.Count > 0;
         bool sweep = !final && now >= _work.NextSweep;
-        if (!_work.HasStoreWork && !claim && !cancels && !sweep) return;
+        if (!_work.HasStoreWork && !claim && !cancels && !sweep)
+        {
+            // Nothing to do at this poll (no worker, no job): the next poll still moves on, or the
+            // loop would find the poll due again at once and spin (issue 11 item 4).
+            if (poll) _work.NextPoll = now + (long)_options.PollInterval.TotalMilliseconds;
+            return;
+        }
 
         _work.ClearProduced();
         try
@@ -99,10 +108,12 @@ internal sealed partial class Sentinel
                 return 0;
             });
         }
-        catch (StoreException e)
+        catch (StoreUnavailableException e)
         {
-            // Transient (StoreUnavailableException: another process holds the lock) or not, the
-            // work is kept and the step retried; the sentinel serves its socket meanwhile.
+            // Transient (another process holds the lock, the disk is full): the work is kept and the
+            // step retried; the sentinel serves its socket meanwhile. Any other StoreException (corrupt,
+            // read-only, not a store) does not pass by itself: it stops the sentinel with its exit code
+            // instead of retrying forever (issue 11 item 5).
             _work.ClearProduced();
             _work.RetryAt = now + 250;
             _log.Limited("store", $"store step failed, retrying in 250 ms with the work kept: {e.Message}");
@@ -119,13 +130,14 @@ internal sealed partial class Sentinel
     {
         foreach (var (id, reason) in _work.Lost) _work.Requeued.Add((id, reason, _store.RequeueWorker(id, reason)));
         foreach (var (jobId, workerId) in _work.Released) _store.Reject(jobId, workerId);
+        foreach (var (jobId, workerId, reason) in _work.Expired) _store.Fail(jobId, workerId, reason, transient: true);
         foreach (var id in _work.Adopt)
         {
             // Adoption only reads, so applying it to memory now is safe even if the commit fails.
             if (FindById(id) is not { } w) continue;
             foreach (long jobId in _store.RunningOn(id))
             {
-                if (!_inFlight.TryAdd(jobId, new InFlight(w, Adopted: true))) continue;
+                if (!_inFlight.TryAdd(jobId, new InFlight(w, Adopted: true, Deadline: DeadlineFrom(now)))) continue;
                 w.Active++;
             }
             if (w.Active > 0) _log.Info($"worker {id} holds {w.Active} job(s) from before this sentinel started; keeping them");
@@ -145,27 +157,28 @@ internal sealed partial class Sentinel
         if (claim) Claim(now);
     }
 
-    private (Conclusion, bool, FailResult?) Apply(Conclusion c)
+    private (Conclusion, bool, FailResult?, string?) Apply(Conclusion c)
     {
         var r = c.Receipt;
         switch (r.Status)
         {
             case ReceiptStatus.Success:
-                return (c, _store.Complete(c.JobId, c.WorkerId, r.Metrics, r.Artifacts), null);
+                bool completed = _store.Complete(c.JobId, c.WorkerId, r.Metrics, r.Artifacts, r.ContentHash, out string? queuedHash);
+                return (c, completed, null, queuedHash);
             case ReceiptStatus.Failed:
                 // Contract with the worker: metrics["transient"] == 1 marks a failure worth retrying
                 // (guest exit code 2, SPEC §3); any other failure is permanent.
                 bool transient = r.Metrics.TryGetValue("transient", out long t) && t == 1;
                 var failed = _store.Fail(c.JobId, c.WorkerId, r.ErrorMessage ?? "the worker reported FAILED without a message", transient, r.Metrics);
-                return (c, failed is not null, failed);
+                return (c, failed is not null, failed, null);
             case ReceiptStatus.Rejected:
-                return (c, _store.Reject(c.JobId, c.WorkerId), null);
+                return (c, _store.Reject(c.JobId, c.WorkerId), null, null);
             default:
                 // ABORTED. A job we cancelled is CANCELLED already and stays so (the store refuses the
                 // change). Otherwise the worker gave up on it (shutdown, its own limits): that is not the
                 // file's fault, so it is retried like a transient failure, up to the retry limit.
                 var aborted = _store.Fail(c.JobId, c.WorkerId, r.ErrorMessage ?? "aborted by the worker", transient: true, r.Metrics);
-                return (c, aborted is not null, aborted);
+                return (c, aborted is not null, aborted, null);
         }
     }
 
@@ -222,9 +235,11 @@ internal sealed partial class Sentinel
             _log.Warn($"{_work.Swept.Requeued} job(s) RUNNING on workers that never came back were requeued, {_work.Swept.Failed} FAILED (retry limit reached)");
         foreach (var (id, error) in _work.Unrunnable) _log.Warn($"job {id} FAILED: {error}");
 
-        foreach (var (c, applied, fail) in _work.Concluded)
+        foreach (var (c, applied, fail, queuedHash) in _work.Concluded)
         {
             LogConclusion(c, applied, fail);
+            if (applied && queuedHash is not null)
+                _log.Warn($"job {c.JobId}: the input changed after it was queued; recorded the content parsed ({Hashes.Short(c.Receipt.ContentHash!)}), not the content queued ({Hashes.Short(queuedHash)})");
             if (!applied) continue;
             if (c.Receipt.Status == ReceiptStatus.Success) _activity.Completed++;
             else if (fail?.State == JobState.Failed) _activity.Failed++;
@@ -258,7 +273,7 @@ internal sealed partial class Sentinel
         {
             // file_version_id is the job id: stable for the job's life, unique per input in this store.
             var dispatch = template with { FilePath = job.InputPath, FileVersionId = job.Id };
-            _inFlight[job.Id] = new InFlight(w);
+            _inFlight[job.Id] = new InFlight(w, Deadline: DeadlineFrom(now));
             w.Active++;
             Wire.Send(_router, w.Identity, OpCode.Dispatch, (ulong)job.Id, dispatch, ProtocolJson.Default.Dispatch);
         }

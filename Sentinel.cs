@@ -6,7 +6,8 @@
 // (DISPATCH, ACK, ABORT). A DISPATCH is therefore never sent for a claim that is not durable, and
 // the disk is touched once per turn rather than once per message. While a commit runs, ZeroMQ
 // queues incoming messages; if the store is locked or failing, the turn's work stays pending and is
-// retried, so messages queue up instead of being lost.
+// retried, so messages queue up instead of being lost. A permanent store failure (corrupt, read-only)
+// ends Run with its StoreException instead.
 //
 // Partial files: Sentinel.Messages.cs (one handler per opcode), Sentinel.Step.cs (the group commit
 // and dispatch). The sentinel is embeddable: `start` hosts one next to a worker. It depends on the
@@ -28,6 +29,12 @@ internal sealed record SentinelOptions
     public required TimeSpan? JobTimeout { get; init; }
     /// <summary>How often the store is asked for newly queued or due jobs and for cancellations.</summary>
     public required TimeSpan PollInterval { get; init; }
+    /// <summary>
+    /// Server-side deadline: a job still RUNNING <see cref="JobTimeout"/> plus this long after its
+    /// DISPATCH gets an ABORT; if the worker has not concluded it this long after the ABORT, it is
+    /// requeued as a retry anyway. Only with a <see cref="JobTimeout"/>.
+    /// </summary>
+    public required TimeSpan DeadlineGrace { get; init; }
     public required RoleLog Log { get; init; }
 }
 
@@ -50,6 +57,7 @@ internal sealed partial class Sentinel : IDisposable
     private readonly IJobStore _store;
     private readonly RouterSocket _router;
     private readonly RoleLog _log;
+    private readonly IDisposable? _storeLock;
 
     // Workers: tens of entries, searched linearly. In-flight jobs: a dictionary (job id → holder).
     // Store work waiting for the turn's step, and the step's schedule, are in _work (Sentinel.Step.cs).
@@ -58,6 +66,8 @@ internal sealed partial class Sentinel : IDisposable
 
     private readonly long _startedAt;
     private long _malformed;
+    private long _turns;
+    private long _nextDeadlineCheck;
     private bool _started;
 
     public Sentinel(SentinelOptions options)
@@ -66,7 +76,16 @@ internal sealed partial class Sentinel : IDisposable
         _clock = options.Store.Clock;
         _log = options.Log;
         var lockTimeout = options.Store.LockTimeout < TurnLockTimeout ? options.Store.LockTimeout : TurnLockTimeout;
-        _store = JobStores.Open(options.Store with { LockTimeout = lockTimeout });
+        _storeLock = JobStores.LockForSentinel(options.Store);
+        try
+        {
+            _store = JobStores.Open(options.Store with { LockTimeout = lockTimeout });
+        }
+        catch
+        {
+            _storeLock?.Dispose();
+            throw;
+        }
         try
         {
             _router = new RouterSocket();
@@ -74,6 +93,7 @@ internal sealed partial class Sentinel : IDisposable
         catch
         {
             _store.Dispose();
+            _storeLock?.Dispose();
             throw;
         }
         _startedAt = NowMs();
@@ -84,6 +104,9 @@ internal sealed partial class Sentinel : IDisposable
 
     /// <summary>The bound address, with the real port when <see cref="SentinelOptions.Bind"/> asked for *.</summary>
     public string Endpoint { get; private set; } = "";
+
+    /// <summary>Turns of the serving loop since start (thread-safe read): an idle sentinel must not spin.</summary>
+    public long Turns => Interlocked.Read(ref _turns);
 
     /// <summary>Messages dropped as malformed since start (thread-safe read).</summary>
     public long MalformedMessages => Interlocked.Read(ref _malformed);
@@ -114,9 +137,11 @@ internal sealed partial class Sentinel : IDisposable
         if (!_started) Start();
         while (!cancel.IsCancellationRequested)
         {
+            Interlocked.Increment(ref _turns);
             ReceiveTurn(WaitBudget());
             long now = NowMs();
             CheckWorkers(now);
+            CheckDeadlines(now);
             Step(now, final: false);
         }
         Step(NowMs(), final: true);
@@ -127,6 +152,7 @@ internal sealed partial class Sentinel : IDisposable
     {
         _router.Dispose();
         _store.Dispose();
+        _storeLock?.Dispose();
     }
 
     private long NowMs() => _clock.GetUtcNow().ToUnixTimeMilliseconds();
@@ -173,6 +199,44 @@ internal sealed partial class Sentinel : IDisposable
             }
         }
     }
+
+    /// <summary>When a job dispatched (or adopted) now must have concluded; 0 without a job timeout.</summary>
+    private long DeadlineFrom(long now) =>
+        _options.JobTimeout is { } t ? now + (long)(t + _options.DeadlineGrace).TotalMilliseconds : 0;
+
+    /// <summary>
+    /// The server-side deadline (issue 11 item 12): a worker that heartbeats BUSY forever must not hold
+    /// a job forever. Past its deadline a job gets an ABORT (the worker's ABORTED receipt requeues it
+    /// as a retry); a worker that does not answer the ABORT within the grace loses the job anyway.
+    /// </summary>
+    private void CheckDeadlines(long now)
+    {
+        if (_options.JobTimeout is null || now < _nextDeadlineCheck || _inFlight.Count == 0) return;
+        _nextDeadlineCheck = now + 250;
+        List<(long Id, InFlight F)>? due = null;
+        foreach (var (id, f) in _inFlight)
+            if (f.Deadline > 0 && now >= f.Deadline) (due ??= []).Add((id, f));
+        if (due is null) return;
+        long grace = (long)_options.DeadlineGrace.TotalMilliseconds;
+        foreach (var (id, f) in due)
+        {
+            if (!f.Aborting)
+            {
+                _inFlight[id] = f with { Aborting = true, PastDeadline = true, Deadline = now + grace };
+                Wire.Send(_router, f.Worker.Identity, OpCode.Abort, (ulong)id, []);
+                _log.Warn($"job {id} passed its deadline on worker {f.Worker.Id} ({DeadlineText}); sent ABORT");
+                continue;
+            }
+            _inFlight.Remove(id);
+            f.Worker.Active--;
+            _work.ClaimWanted = true;
+            _work.Expired.Add((id, f.Worker.Id, $"job passed its deadline ({DeadlineText}) on worker {f.Worker.Id}, which did not answer the ABORT within {grace / 1000.0:0.#} s; requeued"));
+            _log.Warn($"job {id}: worker {f.Worker.Id} did not answer the ABORT within {grace / 1000.0:0.#} s; requeueing the job");
+        }
+    }
+
+    private string DeadlineText =>
+        $"job timeout {_options.JobTimeout!.Value.TotalSeconds:0.#} s + grace {_options.DeadlineGrace.TotalSeconds:0.#} s";
 
     private static readonly byte[] Probe = Payload.Encode(new Heartbeat { Status = WorkerStatus.Alive }, ProtocolJson.Default.Heartbeat);
 
@@ -230,9 +294,10 @@ internal sealed partial class Sentinel : IDisposable
 
     /// <summary>
     /// A job on a worker. Adopted: found RUNNING on it in the store when it identified (we restarted);
-    /// Aborting: cancelled, ABORT sent. Either kind is released when the worker's heartbeat stops listing it.
+    /// Aborting: cancelled or past its deadline, ABORT sent. Either kind is released when the worker's
+    /// heartbeat stops listing it. Deadline: Unix ms after which CheckDeadlines acts (0: none).
     /// </summary>
-    private readonly record struct InFlight(WorkerEntry Worker, bool Adopted = false, bool Aborting = false);
+    private readonly record struct InFlight(WorkerEntry Worker, bool Adopted = false, bool Aborting = false, long Deadline = 0, bool PastDeadline = false);
 }
 
 internal static class SentinelThrow

@@ -44,7 +44,13 @@ internal static class Start
         var progress = new Progress(terminal, interactive: !Console.IsErrorRedirected);
         using var stopSentinel = new CancellationTokenSource();
         using var stopWorker = new CancellationTokenSource();
-        var sentinelThread = new Thread(() => sentinel.Run(stopSentinel.Token)) { Name = "sentinel", IsBackground = true };
+        // A sentinel that stops on its own (a damaged store) ends the session with its error.
+        Exception? sentinelFailure = null;
+        var sentinelThread = new Thread(() =>
+        {
+            try { sentinel.Run(stopSentinel.Token); }
+            catch (Exception e) { sentinelFailure = e; }
+        }) { Name = "sentinel", IsBackground = true };
         var workerThread = new Thread(() => worker.Run(stopWorker.Token)) { Name = "worker", IsBackground = true };
         sentinelThread.Start();
         workerThread.Start();
@@ -58,7 +64,7 @@ internal static class Start
         var clock = Stopwatch.StartNew();
         var session = new List<Finished>();
         long nextScan = 0;
-        while (!stop.IsCancellationRequested)
+        while (!stop.IsCancellationRequested && Volatile.Read(ref sentinelFailure) is null)
         {
             if (watch is not null && clock.ElapsedMilliseconds >= nextScan)
             {
@@ -84,10 +90,16 @@ internal static class Start
         workerThread.Join();
         stopSentinel.Cancel();
         sentinelThread.Join();
+        if (sentinelFailure is not null)
+        {
+            progress.Done();
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(sentinelFailure);
+        }
         while (finished.TryDequeue(out var f)) session.Add(f);
         progress.Done();
         Console.Out.Write(Summary(session, store.Counts(), outputRoot, clock.Elapsed));
-        if (stop.IsCancellationRequested && !options.Drain) return 0;
+        // Stopped by a signal: a server stopped as asked (0), or a drain that did not finish (130, as --help says).
+        if (stop.IsCancellationRequested) return options.Drain ? (int)ExitCode.Interrupted : 0;
         return session.Any(f => f.Receipt.Status == ReceiptStatus.Failed) ? (int)ExitCode.Failed : 0;
     }
 
@@ -134,44 +146,9 @@ internal static class Start
         return sb.ToString();
     }
 
-    /// <summary>
-    /// One `start` per home: the ipc socket, the worker id and the log are the home's. An advisory
-    /// lock on HOME/start.lock, released by the kernel if the process dies. The holder's pid goes to
-    /// HOME/start.pid, not into the lock file: .NET reads a file under a shared flock, which the
-    /// holder's exclusive one refuses, so nobody else could read it there.
-    /// </summary>
-    internal sealed class HomeLock(FileStream file) : IDisposable
-    {
-        public static HomeLock Acquire(string home)
-        {
-            string path = Path.Combine(home, "start.lock");
-            string pidPath = Path.Combine(home, "start.pid");
-            FileStream file;
-            try
-            {
-                file = new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
-            }
-            catch (IOException)
-            {
-                string owner = "";
-                try { owner = $" (pid {File.ReadAllText(pidPath).Trim()})"; }
-                catch (IOException) { }
-                throw CliThrow.Unavailable_StartRunning(home, owner);
-            }
-            try
-            {
-                File.WriteAllText(pidPath, Environment.ProcessId.ToString(CultureInfo.InvariantCulture) + "\n");
-            }
-            catch
-            {
-                file.Dispose();
-                throw;
-            }
-            return new HomeLock(file);
-        }
-
-        public void Dispose() => file.Dispose();
-    }
+    /// <summary>One `start` per home: the ipc socket, the worker id and the log are the home's (HOME/start.lock, HOME/start.pid).</summary>
+    internal static PidLock LockHome(string home) =>
+        PidLock.Acquire(Path.Combine(home, "start.lock"), Path.Combine(home, "start.pid"), owner => CliThrow.Unavailable_StartRunning(home, owner));
 
     /// <summary>The progress line: rewritten in place on a terminal, printed when it changes (at most every 2 s) otherwise.</summary>
     private sealed class Progress(TextWriter output, bool interactive)

@@ -85,7 +85,7 @@ internal sealed class SqliteJobStore : IJobStore
     private const string ParserColumns =
         "id, name, version, source, lockfile, env_hash, source_hash, lockfile_hash, artifact_hash, archive, entry_module, created_at";
 
-    private readonly SqliteConnection _db;
+    private SqliteConnection _db;
     private readonly StoreOptions _options;
     private readonly TimeProvider _clock;
     private bool _inTransaction;
@@ -105,6 +105,8 @@ internal sealed class SqliteJobStore : IJobStore
         _clock = options.Clock;
         string path = options.Db;
         if (!options.Create && !File.Exists(path)) throw StoreThrow.Input_Missing(path);
+        // SQLite takes a 0-byte file for a new database; a store is never empty, so this one lost its data.
+        if (File.Exists(path) && new FileInfo(path).Length == 0) throw StoreThrow.Damaged_Empty(path);
         string? dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(path));
         if (dir is not null && !Directory.Exists(dir))
         {
@@ -114,7 +116,7 @@ internal sealed class SqliteJobStore : IJobStore
         var cs = new SqliteConnectionStringBuilder
         {
             DataSource = path,
-            Mode = options.Create ? SqliteOpenMode.ReadWriteCreate : SqliteOpenMode.ReadWrite,
+            Mode = options.ReadOnly ? SqliteOpenMode.ReadOnly : options.Create ? SqliteOpenMode.ReadWriteCreate : SqliteOpenMode.ReadWrite,
             Pooling = false,
             DefaultTimeout = Math.Max(1, (int)options.LockTimeout.TotalSeconds),
         };
@@ -123,11 +125,24 @@ internal sealed class SqliteJobStore : IJobStore
         {
             _db.Open();
             Exec($"PRAGMA busy_timeout = {(long)options.LockTimeout.TotalMilliseconds}");
+            if (options.ReadOnly && !CanRead())
+            {
+                // A WAL store needs its -shm file to be read, and one that cannot be created (a read-only
+                // directory) means nobody can be writing either: then the file is read as immutable.
+                _db.Dispose();
+                cs.DataSource = new Uri(System.IO.Path.GetFullPath(path)).AbsoluteUri + "?immutable=1";
+                _db = new SqliteConnection(cs.ToString());
+                _db.Open();
+            }
             // Read before anything writes: a file from a newer build, or not a store at all, is left untouched.
             long version = Scalar("PRAGMA user_version");
             if (version > SchemaVersion) throw StoreThrow.Input_NewerSchema(path, version, SchemaVersion);
             if (version == 0 && Scalar("SELECT count(*) FROM sqlite_master") > 0)
                 throw StoreThrow.Input_NotAStore(path, "it is an SQLite database but not a Casparian job store");
+            // Damage is found here, in one line, rather than as a failing statement later (issue 11 item 5).
+            // quick_check reads every page once (about 50 ms per 100 MB) and skips index-content checks.
+            if (version > 0 && TextScalar("PRAGMA quick_check(1)") is var check && check != "ok") throw StoreThrow.Damaged_Check(path, check);
+            if (options.ReadOnly) return;
             Exec("PRAGMA journal_mode = WAL");
             Exec("PRAGMA synchronous = NORMAL");
             // A checkpoint syncs twice; every 10,000 pages (40 MB of WAL) instead of every 1,000 keeps
@@ -174,10 +189,11 @@ internal sealed class SqliteJobStore : IJobStore
     {
         5 or 6 => new StoreUnavailableException($"job store {Location} is locked by another process; try again (SQLite: {e.Message})", e), // BUSY, LOCKED
         26 => new StoreException(ExitCode.BadInput, $"cannot open job store {Location}: the file is not an SQLite database", e),     // NOTADB
-        11 => new StoreException(ExitCode.BadInput, $"cannot open job store {Location}: the database file is corrupt", e),           // CORRUPT
+        11 => StoreThrow.Damaged_Corrupt(Location, e),                                                                                // CORRUPT
         14 => new StoreException(ExitCode.BadInput, $"cannot open job store {Location}: {e.Message}", e),                            // CANTOPEN
         8 or 23 => new StoreException(ExitCode.BadInput, $"cannot write job store {Location}: permission denied or read-only file", e), // READONLY, AUTH
-        13 => new StoreException(ExitCode.Unavailable, $"cannot write job store {Location}: the disk is full", e),                    // FULL
+        // FULL passes once space is freed: a sentinel keeps its work and retries, a command exits 4.
+        13 => new StoreUnavailableException($"cannot write job store {Location}: the disk is full; free some space", e),            // FULL
         10 => new StoreException(ExitCode.Unavailable, $"job store {Location}: disk I/O error ({e.Message})", e),                   // IOERR
         _ => new StoreException(ExitCode.Internal, $"job store {Location}: SQLite error {e.SqliteErrorCode}: {e.Message}", e),
     };
@@ -223,7 +239,8 @@ internal sealed class SqliteJobStore : IJobStore
         "VALUES ($parser, $version, $path, $hash, $priority, 'QUEUED', $now)";
 
     internal const string CompleteSql =
-        "UPDATE jobs SET state = 'COMPLETED', finished_at = $now, heartbeat_at = $now, error = NULL, metrics = $metrics, artifacts = $artifacts " +
+        "UPDATE jobs SET state = 'COMPLETED', finished_at = $now, heartbeat_at = $now, error = NULL, metrics = $metrics, artifacts = $artifacts, " +
+        "content_hash = coalesce($hash, content_hash) " +
         "WHERE id = $id AND state = 'RUNNING' AND ($worker IS NULL OR worker = $worker)";
 
     /// <summary>The schema of the current version, as an empty file gets it.</summary>
@@ -314,13 +331,19 @@ internal sealed class SqliteJobStore : IJobStore
         }
     }
 
-    public bool Complete(long id, string? worker, IReadOnlyDictionary<string, long> metrics, IReadOnlyList<Dictionary<string, string>> artifacts)
+    public bool Complete(long id, string? worker, IReadOnlyDictionary<string, long> metrics, IReadOnlyList<Dictionary<string, string>> artifacts,
+        string? parsedHash, out string? queuedHash)
     {
         try
         {
-            return Raw(ref _complete, CompleteSql, "$now", "$metrics", "$artifacts", "$id", "$worker")
-                .Bind(1, Now()).Bind(2, MetricsJson(metrics)).Bind(3, ArtifactsJson(artifacts)).Bind(4, id).Bind(5, worker)
+            queuedHash = null;
+            // A primary-key read, only when the worker reported what it parsed: the queue-time hash, to say whether the file changed.
+            string? before = parsedHash is null ? null : Get(id)?.ContentHash;
+            bool done = Raw(ref _complete, CompleteSql, "$now", "$metrics", "$artifacts", "$hash", "$id", "$worker")
+                .Bind(1, Now()).Bind(2, MetricsJson(metrics)).Bind(3, ArtifactsJson(artifacts)).Bind(4, parsedHash).Bind(5, id).Bind(6, worker)
                 .Execute() == 1;
+            if (done && before is not null && before != parsedHash) queuedHash = before;
+            return done;
         }
         catch (SqliteException e)
         {
@@ -731,6 +754,27 @@ internal sealed class SqliteJobStore : IJobStore
         using var cmd = _db.CreateCommand();
         cmd.CommandText = sql;
         cmd.ExecuteNonQuery();
+    }
+
+    /// <summary>Whether the first read works; false for the CANTOPEN a read-only WAL store gives without its -shm file.</summary>
+    private bool CanRead()
+    {
+        try
+        {
+            Scalar("PRAGMA user_version");
+            return true;
+        }
+        catch (SqliteException e) when (e.SqliteErrorCode == 14)
+        {
+            return false;
+        }
+    }
+
+    private string TextScalar(string sql)
+    {
+        using var cmd = _db.CreateCommand();
+        cmd.CommandText = sql;
+        return Convert.ToString(cmd.ExecuteScalar(), CultureInfo.InvariantCulture) ?? "";
     }
 
     private long Scalar(string sql)

@@ -112,7 +112,15 @@ internal interface IJobStore : IDisposable
 
     /// <summary>Refreshes the heartbeat time of every job RUNNING on <paramref name="worker"/>.</summary>
     int Heartbeat(string worker);
-    bool Complete(long id, string? worker, IReadOnlyDictionary<string, long> metrics, IReadOnlyList<Dictionary<string, string>> artifacts);
+    bool Complete(long id, string? worker, IReadOnlyDictionary<string, long> metrics, IReadOnlyList<Dictionary<string, string>> artifacts) =>
+        Complete(id, worker, metrics, artifacts, parsedHash: null, out _);
+    /// <summary>
+    /// COMPLETED, recording <paramref name="parsedHash"/> (the hash of the bytes the worker parsed, when
+    /// it says) as the job's content hash; <paramref name="queuedHash"/> is the hash taken at queue time
+    /// when it differed (the file changed between `job add` and the run), else null.
+    /// </summary>
+    bool Complete(long id, string? worker, IReadOnlyDictionary<string, long> metrics, IReadOnlyList<Dictionary<string, string>> artifacts,
+        string? parsedHash, out string? queuedHash);
     /// <summary>Transient: back to QUEUED with exponential backoff until the retry limit, then FAILED. Null when the job was not RUNNING there.</summary>
     FailResult? Fail(long id, string? worker, string error, bool transient, IReadOnlyDictionary<string, long>? metrics = null);
     /// <summary>The worker turned the job down: back to QUEUED at once, no retry counted.</summary>
@@ -155,6 +163,11 @@ internal sealed record StoreOptions
     public required TimeProvider Clock { get; init; }
     /// <summary>False: a missing store is an error instead of a new one.</summary>
     public required bool Create { get; init; }
+    /// <summary>
+    /// Open for reading only (`jobs`, `job show`, `parser ls`): nothing is written, not even the
+    /// journal mode or a migration, so it works on a read-only directory or file.
+    /// </summary>
+    public bool ReadOnly { get; init; }
 }
 
 /// <summary>
@@ -163,7 +176,7 @@ internal sealed record StoreOptions
 /// </summary>
 internal class StoreException(ExitCode code, string message, Exception? inner = null) : CasparianException(code, message, inner);
 
-/// <summary>Another process holds the store's lock (SQLite BUSY/LOCKED): the same operation may succeed when retried.</summary>
+/// <summary>Another process holds the store's lock (SQLite BUSY/LOCKED) or its disk is full: the same operation may succeed when retried.</summary>
 internal sealed class StoreUnavailableException(string message, Exception? inner = null) : StoreException(ExitCode.Unavailable, message, inner);
 
 /// <summary>
@@ -181,6 +194,19 @@ internal static class JobStores
     /// <summary>Whether the store exists already (commands that only read say "nothing yet" rather than create it).</summary>
     public static bool Exists(StoreOptions options) => Scheme(options.Db) is not null || File.Exists(options.Db);
 
+    /// <summary>
+    /// One sentinel per store (issue 11 item 6): two would dispatch the same queue and requeue each
+    /// other's jobs as orphans. A file store is locked by {db}.lock, the holder's pid in {db}.pid; a
+    /// server store (none yet) orders its sentinels itself, so there is nothing to take.
+    /// </summary>
+    public static IDisposable? LockForSentinel(StoreOptions options)
+    {
+        if (Scheme(options.Db) is not null) return null;
+        string db = Path.GetFullPath(options.Db);
+        Directory.CreateDirectory(Path.GetDirectoryName(db)!);
+        return PidLock.Acquire(db + ".lock", db + ".pid", owner => StoreThrow.Unavailable_InUse(db, owner));
+    }
+
     private static string? Scheme(string db) => db.IndexOf("://", StringComparison.Ordinal) is > 0 and var at ? db[..at] : null;
 }
 
@@ -194,6 +220,14 @@ internal static class StoreThrow
         new(ExitCode.BadInput, $"cannot open job store {location}: {cause}", inner);
     public static StoreException Input_NewerSchema(string location, long found, int supported) =>
         new(ExitCode.BadInput, $"job store {location} has schema version {found}, newer than this casparian understands ({supported}); upgrade casparian (the store was left unchanged)");
+    public static StoreException Damaged_Check(string location, string result) =>
+        new(ExitCode.StoreDamaged, $"job store {location} is damaged: its integrity check says \"{Text.Headline(result)}\"; stop every sentinel using it and restore it from a backup (or move it aside to start a new store)");
+    public static StoreException Damaged_Corrupt(string location, Exception inner) =>
+        new(ExitCode.StoreDamaged, $"job store {location} is damaged: SQLite says the database file is corrupt; stop every sentinel using it and restore it from a backup (or move it aside to start a new store)", inner);
+    public static StoreException Damaged_Empty(string location) =>
+        new(ExitCode.StoreDamaged, $"job store {location} is an empty file (0 bytes), not a store: was it truncated? restore it from a backup, or delete it to start a new store");
+    public static UnavailableException Unavailable_InUse(string location, string owner) =>
+        new($"job store {location} is in use by another sentinel or 'casparian start'{owner}; stop it first, or give this one its own store with --db");
     public static InputException Input_Missing(string location) =>
         new($"no job store at {location}; register a parser first ('casparian parser register PATH') or pass --db");
     public static InputException Input_NoJob(long id, string location) =>

@@ -49,6 +49,10 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs)
             using var output = new JobOutput(options.Output, jobId, dispatch.FileVersionId, dispatch.Sinks);
             using EnvLease env = await envs.AcquireAsync(dispatch.EnvHash, dispatch.LockfileContent, abort).ConfigureAwait(false);
             using var log = new JobLog(Path.Combine(options.LogsDir, $"job-{jobId}.log"), options.LogLimit);
+            // Hashed while the guest reads it; the receipt names the content parsed, not the content queued.
+            var input = InputSnapshot.Take(dispatch.FilePath);
+            using var hashCancel = CancellationTokenSource.CreateLinkedTokenSource(abort);
+            Task<string> hashing = input.HashAsync(hashCancel.Token);
             var request = new GuestRequest
             {
                 Interpreter = env.InterpreterPath,
@@ -61,7 +65,26 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs)
                 Timeout = dispatch.TimeoutSeconds is > 0 and var s ? TimeSpan.FromSeconds(s) : options.DefaultTimeout,
                 Options = options.Bridge,
             };
-            GuestResult result = await Bridge.RunAsync(request, new OutputSink(output, log), abort).ConfigureAwait(false);
+            var sink = new OutputSink(output, log);
+            GuestResult result = await Bridge.RunAsync(request, sink, abort).ConfigureAwait(false);
+            string? parsedHash = null;
+            if (result.Outcome == GuestOutcome.Success)
+            {
+                parsedHash = await hashing.ConfigureAwait(false);
+                if (!await input.UnchangedAsync(parsedHash, abort).ConfigureAwait(false))
+                    return new JobReceipt
+                    {
+                        Status = ReceiptStatus.Failed,
+                        ErrorMessage = $"input {dispatch.FilePath} changed while it was parsed; nothing was committed, and the retry parses it again",
+                        Metrics = new() { [TransientMetric] = 1, [DurationMetric] = clock.ElapsedMilliseconds },
+                    };
+            }
+            else
+            {
+                await hashCancel.CancelAsync().ConfigureAwait(false);
+                try { await hashing.ConfigureAwait(false); }
+                catch (Exception e) when (e is OperationCanceledException or IOException or UnauthorizedAccessException) { }
+            }
             var metrics = new Dictionary<string, long>
             {
                 ["tables"] = result.Tables,
@@ -76,10 +99,14 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs)
                     OutputResult written = output.Commit();
                     foreach (var (k, value) in written.Metrics()) metrics[k] = value;
                     metrics[DurationMetric] = clock.ElapsedMilliseconds;
-                    return new JobReceipt { Status = ReceiptStatus.Success, Metrics = metrics, Artifacts = written.ReceiptArtifacts() };
+                    return new JobReceipt { Status = ReceiptStatus.Success, Metrics = metrics, Artifacts = written.ReceiptArtifacts(), ContentHash = parsedHash };
                 case GuestOutcome.Aborted:
                     return new JobReceipt { Status = ReceiptStatus.Aborted, Metrics = metrics, ErrorMessage = result.ErrorMessage ?? "aborted" };
                 case GuestOutcome.Transient:
+                    metrics[TransientMetric] = 1;
+                    return Failed(result, metrics);
+                case GuestOutcome.Failed when DiskFull.Is(sink.Failure):
+                    // The output's disk filled up under the writer: retried with backoff once space is back.
                     metrics[TransientMetric] = 1;
                     return Failed(result, metrics);
                 default:
@@ -89,6 +116,16 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs)
         catch (OperationCanceledException) when (abort.IsCancellationRequested)
         {
             return new JobReceipt { Status = ReceiptStatus.Aborted, ErrorMessage = "aborted before the parser started" };
+        }
+        catch (Exception e) when (DiskFull.Is(e))
+        {
+            // Committing (or the job log) hit a full disk: transient, retried with backoff.
+            return new JobReceipt
+            {
+                Status = ReceiptStatus.Failed,
+                ErrorMessage = $"disk full on the worker: {e.Message}",
+                Metrics = new() { [TransientMetric] = 1, [DurationMetric] = clock.ElapsedMilliseconds },
+            };
         }
         catch (CasparianException e)
         {
@@ -134,9 +171,20 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs)
     /// <summary>Streams the guest's tables into the job's Parquet files and its log lines into the job log.</summary>
     private sealed class OutputSink(JobOutput output, JobLog log) : IGuestSink
     {
+        /// <summary>What a write threw, kept so a full disk can be told from a bad table.</summary>
+        public Exception? Failure { get; private set; }
+
         public void Table(string topic, RecordBatch batch)
         {
-            using (batch) output.Write(topic, batch);
+            try
+            {
+                using (batch) output.Write(topic, batch);
+            }
+            catch (Exception e)
+            {
+                Failure ??= e;
+                throw;
+            }
         }
 
         public void Log(GuestLogLevel level, string text) => log.Write(level, text);

@@ -114,6 +114,23 @@ internal sealed class Worker : IDisposable
         SendHeartbeat();
     }
 
+    /// <summary>
+    /// The sentinel no longer knows us (it dropped us as silent, e.g. after this process was stopped
+    /// past its heartbeat timeout, or it restarted without our connection dropping): say hello again,
+    /// at most once a second, however many ERRs are in flight.
+    /// </summary>
+    private void Reidentify()
+    {
+        long now = Environment.TickCount64;
+        if (now - _lastReidentify < 1000) return;
+        _lastReidentify = now;
+        _log.Info("the sentinel does not know this worker (dropped or restarted); identifying again");
+        SendIdentify();
+        SendHeartbeat();
+    }
+
+    private long _lastReidentify = long.MinValue / 2;
+
     private void SendIdentify() =>
         Wire.Send(_socket, OpCode.Identify, 0,
             new Identify { Capabilities = [.. _options.Capabilities], WorkerId = _options.WorkerId, Slots = _options.Slots },
@@ -186,6 +203,11 @@ internal sealed class Worker : IDisposable
                 break;
             case OpCode.Err:
                 var err = m.Payload.Length == 0 ? null : m.Decode(ProtocolJson.Default.ErrorPayload);
+                if (err?.Message.StartsWith(Sentinel.UnknownWorkerPrefix, StringComparison.Ordinal) == true)
+                {
+                    Reidentify();
+                    break;
+                }
                 _log.Info($"sentinel reported an error{(m.JobId != 0 ? $" for job {m.JobId}" : "")}: {err?.Message ?? "(no message)"}");
                 break;
             case OpCode.Reload:

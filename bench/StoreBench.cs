@@ -49,7 +49,7 @@ public class StoreBench
         "    db.execute('BEGIN IMMEDIATE')\n" +
         "    now = ms()\n" +
         "    for (job_id, *_rest) in db.execute(CLAIM, dict(worker='bench', now=now, any=1, caps='[]')).fetchall():\n" +
-        "        db.execute(COMPLETE, dict(now=now, metrics=METRICS, artifacts=ARTIFACTS, id=job_id, worker='bench'))\n" +
+        "        db.execute(COMPLETE, dict(now=now, metrics=METRICS, artifacts=ARTIFACTS, hash=None, id=job_id, worker='bench'))\n" +
         "    db.execute('COMMIT')\n" +
         "_pending = [0]\n" +
         "def enqueue():\n" +

@@ -19,7 +19,7 @@
 # Casparian works the same.
 #
 # Exit codes: 0 success (after an end-of-stream frame), 1 permanent failure, 2 transient failure
-# (TransientError, MemoryError). A failure sends one error frame first: its first line names the
+# (TransientError, MemoryError, sys.exit(2)). A failure sends one error frame first: its first line names the
 # parser, the input file and the cause; the lines after it are the traceback, if any. A guest whose
 # worker dies (the bridge closes before the guest is done) kills its process group and exits 1.
 import argparse
@@ -604,6 +604,8 @@ def main(argv):
         try:
             run_parser(module, Emitter(channel), job_id, file_id, file_path)
         except SystemExit as e:
+            if e.code == 2:  # exit code 2 is a transient failure (README, docs/bridge.md): retried
+                raise TransientError("called sys.exit(2), a transient failure") from None
             if e.code not in (None, 0):
                 raise ParserError("called sys.exit(%r)" % (e.code,)) from None
         finishing.set()
@@ -619,7 +621,8 @@ def main(argv):
             real_stderr.write(_traceback(e.__cause__) + "\n")
     except BaseException as e:
         finishing.set()
-        code = 2 if isinstance(e, MemoryError) or _is_named(e, "TransientError") else 1
+        transient = isinstance(e, MemoryError) or _is_named(e, "TransientError") or (isinstance(e, SystemExit) and e.code == 2)
+        code = 2 if transient else 1
         if isinstance(e, (ParserError, arrow_ipc.TableError)):
             text = "parser %s on %s: %s" % (display, file_path, e)
             if getattr(e, "detail", None):

@@ -19,7 +19,8 @@ internal sealed class SentinelHost : IDisposable
     public Sentinel Sentinel { get; }
     public string Endpoint => Sentinel.Endpoint;
 
-    public SentinelHost(string db, string bind = "tcp://127.0.0.1:*", TimeSpan? heartbeatTimeout = null, int retryLimit = 3, TimeSpan? jobTimeout = null)
+    public SentinelHost(string db, string bind = "tcp://127.0.0.1:*", TimeSpan? heartbeatTimeout = null, int retryLimit = 3, TimeSpan? jobTimeout = null,
+        TimeSpan? deadlineGrace = null)
     {
         var log = new RoleLog(TextWriter.Synchronized(_log), "sentinel", quiet: false, TimeProvider.System);
         var options = Defaults.Sentinel(bind, db, log);
@@ -28,6 +29,7 @@ internal sealed class SentinelHost : IDisposable
             Store = options.Store with { RetryLimit = retryLimit, RetryBackoff = TimeSpan.FromMilliseconds(50) },
             HeartbeatTimeout = heartbeatTimeout ?? TimeSpan.FromSeconds(60),
             JobTimeout = jobTimeout,
+            DeadlineGrace = deadlineGrace ?? options.DeadlineGrace,
             PollInterval = TimeSpan.FromMilliseconds(50),
         });
         Sentinel.Start();

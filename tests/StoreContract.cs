@@ -136,6 +136,28 @@ public abstract class JobStoreContract : IDisposable
     }
 
     [Fact]
+    public void Store_Complete_RecordsTheParsedHashAndReportsTheQueuedOneWhenTheyDiffer()
+    {
+        using var store = Open();
+        long same = store.Enqueue(Job("/same"));
+        long changed = store.Enqueue(Job("/changed"));
+        store.Claim("w", Any, 2);
+
+        Assert.True(store.Complete(same, "w", new Dictionary<string, long>(), [], "hash-/same", out string? unchanged));
+        Assert.Null(unchanged);
+        Assert.True(store.Complete(changed, "w", new Dictionary<string, long>(), [], "hash-new", out string? queued));
+        Assert.Equal("hash-/changed", queued);
+        Assert.Equal("hash-new", store.Get(changed)!.ContentHash);
+        // What was parsed is what counts as done: the content queued but never parsed is not.
+        Assert.True(store.IsCompleted("p", "1.0", "hash-new"));
+        Assert.False(store.IsCompleted("p", "1.0", "hash-/changed"));
+        // A refused completion changes nothing.
+        Assert.False(store.Complete(changed, "w", new Dictionary<string, long>(), [], "hash-other", out string? refused));
+        Assert.Null(refused);
+        Assert.Equal("hash-new", store.Get(changed)!.ContentHash);
+    }
+
+    [Fact]
     public void Store_Complete_LateOrForeignCompletionIsRefused()
     {
         using var store = Open();
