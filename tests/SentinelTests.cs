@@ -19,18 +19,28 @@ internal sealed class SentinelHost : IDisposable
     public Sentinel Sentinel { get; }
     public string Endpoint => Sentinel.Endpoint;
 
-    public SentinelHost(string db, string bind = "tcp://127.0.0.1:*", TimeSpan? heartbeatTimeout = null, int retryLimit = 3, TimeSpan? jobTimeout = null)
+    public SentinelHost(string db, string bind = "tcp://127.0.0.1:*", TimeSpan? heartbeatTimeout = null, int retryLimit = 3, TimeSpan? jobTimeout = null,
+        Func<SentinelOptions, SentinelOptions>? configure = null)
     {
         var log = new RoleLog(TextWriter.Synchronized(_log), "sentinel", quiet: false, TimeProvider.System);
         var options = Defaults.Sentinel(bind, db, log);
-        Sentinel = new Sentinel(options with
+        options = options with
         {
             Store = options.Store with { RetryLimit = retryLimit, RetryBackoff = TimeSpan.FromMilliseconds(50) },
             HeartbeatTimeout = heartbeatTimeout ?? TimeSpan.FromSeconds(60),
             JobTimeout = jobTimeout,
             PollInterval = TimeSpan.FromMilliseconds(50),
-        });
-        Sentinel.Start();
+        };
+        Sentinel = new Sentinel(configure?.Invoke(options) ?? options);
+        try
+        {
+            Sentinel.Start();
+        }
+        catch
+        {
+            Sentinel.Dispose();
+            throw;
+        }
         _thread = new Thread(() =>
         {
             try { Sentinel.Run(_stop.Token); }
@@ -60,14 +70,24 @@ internal sealed class ScriptedWorker : IDisposable
     private readonly DealerSocket _socket = new();
     public static readonly TimeSpan Patience = TimeSpan.FromSeconds(10);
 
-    public ScriptedWorker(string endpoint, string? id = "w1", string[]? capabilities = null, int? slots = null, bool identify = true)
+    /// <summary>
+    /// <paramref name="curve"/>: a CURVE client of the test keys (false: plaintext, as an outsider
+    /// might try). <paramref name="token"/>: the join token its IDENTIFY carries (default the test keys').
+    /// </summary>
+    public ScriptedWorker(string endpoint, string? id = "w1", string[]? capabilities = null, int? slots = null, bool identify = true,
+        bool curve = true, string? token = UseTestToken)
     {
+        if (curve && endpoint.StartsWith("tcp://", StringComparison.Ordinal)) TestKeys.Client(_socket);
+        _token = token == UseTestToken ? TestKeys.Shared.JoinToken : token;
         _socket.Connect(endpoint);
         if (identify) Identify(id, capabilities ?? ["*"], slots);
     }
 
+    private const string UseTestToken = "\0test-keys";
+    private readonly string? _token;
+
     public void Identify(string? id, string[] capabilities, int? slots) =>
-        Send(OpCode.Identify, 0, Payload.Encode(new Identify { Capabilities = [.. capabilities], WorkerId = id, Slots = slots }, ProtocolJson.Default.Identify));
+        Send(OpCode.Identify, 0, Payload.Encode(new Identify { Capabilities = [.. capabilities], WorkerId = id, Slots = slots, AuthToken = _token }, ProtocolJson.Default.Identify));
 
     public void Send(OpCode op, ulong jobId, byte[] payload) => Wire.Send(_socket, op, jobId, payload);
 
@@ -263,9 +283,11 @@ public sealed class SentinelTests : IDisposable
         Assert.Equal(ids, retaken.Order());
         Assert.Contains("worker silent silent for", host.Log);
 
-        // The silent worker wakes up and reports: too late, the job belongs to "alive" now.
+        // The silent worker wakes up and reports: too late, it was dropped, and a peer that has not
+        // identified again is not heard (it is told to identify).
         silent.Conclude(ids[0], ReceiptStatus.Success, new() { ["rows"] = 666 });
-        WaitForLog(host, $"ignored SUCCESS for job {ids[0]} from an unknown peer");
+        WaitForLog(host, $"dropped CONCLUDE for job {ids[0]} from peer");
+        silent.Expect(OpCode.Err);
         alive.Conclude(ids[0], ReceiptStatus.Success, new() { ["rows"] = 1 });
         var done = WaitForState(ids[0], JobState.Completed);
         Assert.Equal("alive", done.Worker);
@@ -325,10 +347,19 @@ public sealed class SentinelTests : IDisposable
     }
 
     [Fact]
-    public void Sentinel_Ipc_ServesOverAUnixPath()
+    public void Sentinel_Ipc_IsRefusedAsNotPrivate()
+    {
+        // NetMQ's ipc:// is a loopback TCP port: it "listened" even on a directory that does not exist.
+        var e = Assert.Throws<UsageException>(() => new SentinelHost(Db, bind: $"ipc://{_dir.File("no/such/dir/sentinel.ipc")}"));
+        Assert.Contains("tcp:// only", e.Message);
+        Assert.Contains("ipc:// is a loopback TCP port", e.Message);
+    }
+
+    [Fact]
+    public void Sentinel_Inproc_ServesAWorkerInTheSameProcess()
     {
         long id = Queue(1)[0];
-        using var host = new SentinelHost(Db, bind: $"ipc://{_dir.File("sentinel.ipc")}");
+        using var host = new SentinelHost(Db, bind: $"inproc://sentinel-test-{Guid.NewGuid():N}");
         using var worker = new ScriptedWorker(host.Endpoint);
         Assert.Equal((ulong)id, worker.Expect(OpCode.Dispatch).JobId);
     }

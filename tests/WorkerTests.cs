@@ -16,6 +16,7 @@ internal sealed class ScriptedSentinel : IDisposable
 
     public ScriptedSentinel(int port = 0)
     {
+        TestKeys.Server(_router);
         Port = port == 0 ? _router.BindRandomPort("tcp://127.0.0.1") : Bind(port);
         Address = $"tcp://127.0.0.1:{Port}";
     }
