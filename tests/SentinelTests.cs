@@ -75,9 +75,9 @@ internal sealed class ScriptedWorker : IDisposable
     /// might try). <paramref name="token"/>: the join token its IDENTIFY carries (default the test keys').
     /// </summary>
     public ScriptedWorker(string endpoint, string? id = "w1", string[]? capabilities = null, int? slots = null, bool identify = true,
-        bool curve = true, string? token = UseTestToken)
+        bool curve = true, string? token = UseTestToken, string? serverKey = null)
     {
-        if (curve && endpoint.StartsWith("tcp://", StringComparison.Ordinal)) TestKeys.Client(_socket);
+        if (curve && endpoint.StartsWith("tcp://", StringComparison.Ordinal)) TestKeys.Client(_socket, serverKey);
         _token = token == UseTestToken ? TestKeys.Shared.JoinToken : token;
         _socket.Connect(endpoint);
         if (identify) Identify(id, capabilities ?? ["*"], slots);
@@ -438,7 +438,9 @@ public sealed class SentinelTests : IDisposable
     {
         long id = Queue(1)[0];
         using var host = new SentinelHost(Db);
-        using (var vandal = new ScriptedWorker(host.Endpoint, identify: false))
+        // The vandal identifies (with the token, and no capabilities, so it gets no work): a peer that
+        // has not is refused before its payload is read (SecurityTests).
+        using (var vandal = new ScriptedWorker(host.Endpoint, "vandal", capabilities: []))
         {
             for (int i = 0; i < 3; i++) vandal.SendFrames(frames);
             Eventually.True(() => host.Sentinel.MalformedMessages >= 3, ScriptedWorker.Patience, $"{name}: three malformed messages counted", () => host.Log);

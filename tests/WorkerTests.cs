@@ -99,25 +99,35 @@ internal sealed class WorkerRun : IDisposable
     private readonly Thread _thread;
     private readonly EnvManager _envs;
 
+    private readonly StringWriter _log = new();
+
     public TempDir Dir { get; } = new();
     public Worker Worker { get; }
+
+    /// <summary>What the worker logged so far.</summary>
+    public string Log
+    {
+        get { lock (_log) return _log.ToString(); }
+    }
     public string Output => Dir.File("output");
     public string Logs => Dir.File("logs");
     public string Wheelhouse => Dir.File("wheels");
 
-    public WorkerRun(string connect, int slots = 2, TimeSpan? heartbeat = null, TimeSpan? grace = null, long logLimit = 1 << 20)
+    public WorkerRun(string connect, int slots = 2, TimeSpan? heartbeat = null, TimeSpan? grace = null, long logLimit = 1 << 20,
+        Func<WorkerOptions, WorkerOptions>? configure = null)
     {
         Directory.CreateDirectory(Wheelhouse);
         _envs = new EnvManager(Defaults.Venv(Dir.File("venvs")) with { Wheelhouse = Wheelhouse });
         // Output, parsers and logs under Dir: Output, Dir/parsers, Logs.
         var executor = new JobExecutor(Defaults.Executor(Dir.Path) with { LogLimit = logLimit }, _envs);
         var host = new WorkerHost { Envs = _envs, Executor = executor };
-        Worker = new Worker(Defaults.Worker(connect, "test-worker") with
+        var options = Defaults.Worker(connect, "test-worker", new RoleLog(TextWriter.Synchronized(_log), "worker", quiet: false, TimeProvider.System)) with
         {
             Slots = slots,
             HeartbeatInterval = heartbeat ?? TimeSpan.FromHours(1),
             ShutdownGrace = grace ?? TimeSpan.FromSeconds(30),
-        }, executor.RunAsync, host.PrepareEnv);
+        };
+        Worker = new Worker(configure?.Invoke(options) ?? options, executor.RunAsync, host.PrepareEnv);
         _thread = new Thread(() => Worker.Run(_stop.Token)) { IsBackground = true, Name = "worker-under-test" };
         _thread.Start();
     }
