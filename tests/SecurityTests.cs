@@ -298,6 +298,35 @@ public sealed class SecurityTests : IDisposable
         Assert.Equal($"{secret} is readable by others (mode 604); run: chmod 600 {secret}", e.Message);
     }
 
+    [Fact]
+    public void Keys_Command_PrintsTheWorkerLineAndRotatesTheToken()
+    {
+        var env = new Dictionary<string, string?> { ["CASPARIAN_HOME"] = _dir.File("home") };
+        var first = Proc.Run(Repo.Binary, ["keys", "--bind", "tcp://0.0.0.0:6000"], environment: env);
+        Assert.True(first.ExitCode == 0, first.ToString());
+        var keys = SentinelKeys.LoadOrCreate(_dir.File("home/keys"));
+        Assert.Equal(
+            $"sentinel public key: {keys.PublicKey}\ncasparian worker --connect tcp://{System.Net.Dns.GetHostName()}:6000 --sentinel-key {keys.PublicKey} --token {keys.JoinToken}\n",
+            first.Stdout);
+
+        var rotated = Proc.Run(Repo.Binary, ["keys", "rotate-token"], environment: env);
+        Assert.True(rotated.ExitCode == 0, rotated.ToString());
+        string token = SentinelKeys.ReadJoinToken(keys.Dir)!;
+        Assert.NotEqual(keys.JoinToken, token);
+        Assert.EndsWith($" --token {token}\n", rotated.Stdout);
+        Assert.Equal(keys.PublicKey, SentinelKeys.ReadPublicKey(keys.Dir));
+    }
+
+    [Fact]
+    public void Worker_Binary_WithoutTheSentinelKey_RefusesInOneLine()
+    {
+        var env = new Dictionary<string, string?> { ["CASPARIAN_HOME"] = _dir.File("home"), ["CASPARIAN_SENTINEL_KEY"] = null };
+        var r = Proc.Run(Repo.Binary, ["worker", "--connect", "tcp://127.0.0.1:9"], environment: env);
+        Assert.True(r.ExitCode == 2, r.ToString());
+        Assert.Equal("error: worker: connecting to tcp://127.0.0.1:9 needs the sentinel's public key: --sentinel-key Z85 and --token TOKEN " +
+            "(`casparian keys` on the sentinel's machine prints the whole command line), or --insecure for a plaintext link", r.Stderr.Trim());
+    }
+
     // ---- interop with libzmq (Debian's pyzmq) ------------------------------------------------
 
     private const string WireHelpers = """

@@ -522,7 +522,7 @@ public sealed class SentinelTests : IDisposable
         using var after = new ScriptedWorker(host.Endpoint, "w", ["*"], slots: 2);
         var again = new[] { (long)after.Expect(OpCode.Dispatch).JobId, (long)after.Expect(OpCode.Dispatch).JobId };
         Assert.Equal(ids, again.Order());
-        Assert.Contains("worker w restarted", host.Log);
+        Assert.Contains("worker w identified from a new connection (takeover or restart)", host.Log);
     }
 
     [Fact]
@@ -575,6 +575,7 @@ public sealed class SentinelTests : IDisposable
             ArtifactHash = artifactHash ?? Hashes.ArtifactHash(source, lockfile),
             Signature = "",
             PublisherName = "tests",
+            AuthToken = TestKeys.Shared.AdminToken,
         }, ProtocolJson.Default.Deploy);
 
     [Fact]

@@ -536,13 +536,15 @@ public sealed class WorkerTests
         using var s = new ScriptedSentinel();
         using var dir = new TempDir();
         var psi = new ProcessStartInfo(Repo.Binary) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-        foreach (var a in new[] { "worker", "--connect", s.Address, "--output", dir.File("out"), "--slots", "2" }) psi.ArgumentList.Add(a);
+        foreach (var a in new[] { "worker", "--connect", s.Address, "--sentinel-key", TestKeys.Shared.PublicKey, "--output", dir.File("out"), "--slots", "2" }) psi.ArgumentList.Add(a);
         psi.Environment["CASPARIAN_HOME"] = dir.File("home");
+        psi.Environment["CASPARIAN_TOKEN"] = TestKeys.Shared.JoinToken;
         using var p = Process.Start(psi)!;
         var stderr = p.StandardError.ReadToEndAsync();
         try
         {
             var id = s.Receive(OpCode.Identify, TimeSpan.FromSeconds(30)).Decode(ProtocolJson.Default.Identify);
+            Assert.Equal(TestKeys.Shared.JoinToken, id.AuthToken);
             Assert.Equal(2, id.Slots);
             // The id persists in the home directory.
             Assert.Equal(File.ReadAllText(Path.Combine(dir.File("home"), "worker", "id")).Trim(), id.WorkerId);
