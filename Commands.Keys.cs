@@ -33,6 +33,7 @@ internal static partial class Commands
         int colon = bind.LastIndexOf(':');
         string host = bind["tcp://".Length..colon];
         if (host is "*" or "0.0.0.0" or "[::]" or "::") connect = $"tcp://{Dns.GetHostName()}:{bind[(colon + 1)..]}";
-        return $"casparian worker --connect {connect} --sentinel-key {keys.PublicKey} --token {keys.JoinToken}";
+        // Z85 uses shell metacharacters (& > ( ) …) but never a single quote.
+        return $"casparian worker --connect {connect} --sentinel-key '{keys.PublicKey}' --token {keys.JoinToken}";
     }
 }

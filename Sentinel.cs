@@ -9,8 +9,9 @@
 // retried, so messages queue up instead of being lost.
 //
 // Partial files: Sentinel.Messages.cs (one handler per opcode), Sentinel.Step.cs (the group commit
-// and dispatch). The sentinel is embeddable: `start` hosts one next to a worker. It depends on the
-// store through IJobStore only.
+// and dispatch), Sentinel.Guard.cs (the cap on connections). The sentinel is embeddable: `start`
+// hosts one next to a worker. It depends on the store through IJobStore only.
+using System.Runtime.InteropServices;
 using NetMQ;
 using NetMQ.Sockets;
 
@@ -123,6 +124,10 @@ internal sealed partial class Sentinel : IDisposable
             _router.Options.CurveCertificate = _options.Keys!.Certificate;
         }
         _router.Options.MaxMsgSize = _options.MessageLimit;
+        // Every connection costs a descriptor, and running out crashes NetMQ's I/O thread: take all
+        // the kernel allows this process.
+        if (!inproc && FileLimit.RaiseToHard() is var (before, after) && after != before)
+            _log.Info($"open file limit raised from {before} to {after}");
         try
         {
             _router.Bind(bind);
@@ -136,6 +141,7 @@ internal sealed partial class Sentinel : IDisposable
             throw SentinelThrow.Bind_Failed(_options.Bind, e);
         }
         Endpoint = _router.Options.LastEndpoint ?? _options.Bind;
+        if (!inproc) ArmGuard();
         _started = true;
         _log.Info($"listening on {Endpoint}, store {_store.Location} (heartbeat timeout {_options.HeartbeatTimeout.TotalSeconds:0.###} s, retry limit {_options.Store.RetryLimit})");
         if (curve) _log.Info($"link encrypted with CURVE; sentinel public key {_options.Keys!.PublicKey}; workers must present the join token");
@@ -150,6 +156,7 @@ internal sealed partial class Sentinel : IDisposable
         {
             ReceiveTurn(WaitBudget());
             long now = NowMs();
+            GuardConnections(now);
             CheckWorkers(now);
             Step(now, final: false);
         }
@@ -312,4 +319,36 @@ internal static class SentinelThrow
         ErrorCode.Invalid => "not a valid address; use tcp://HOST:PORT with a numeric IP or a resolvable host name",
         _ => $"{e.ErrorCode}{(e.InnerException is { } inner ? $" ({inner.Message})" : e.Message.StartsWith("Exception of type", StringComparison.Ordinal) ? "" : $" ({e.Message})")}",
     };
+}
+
+/// <summary>The process's open-file limit (RLIMIT_NOFILE): raised from the soft to the hard limit, which needs no privilege.</summary>
+internal static partial class FileLimit
+{
+    private const int RlimitNofile = 7;
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct RLimit
+    {
+        public ulong Current;
+        public ulong Max;
+    }
+
+    [DllImport("libc", EntryPoint = "getrlimit", SetLastError = true)]
+    private static extern int GetRLimit(int resource, out RLimit limit);
+
+    [DllImport("libc", EntryPoint = "setrlimit", SetLastError = true)]
+    private static extern int SetRLimit(int resource, ref RLimit limit);
+
+    /// <summary>(soft limit before, soft limit after), or null off Linux or when the limit cannot be read.</summary>
+    public static (ulong Before, ulong After)? RaiseToHard()
+    {
+        if (!OperatingSystem.IsLinux() || GetRLimit(RlimitNofile, out var limit) != 0) return null;
+        ulong before = limit.Current;
+        if (limit.Current >= limit.Max) return (before, before);
+        limit.Current = limit.Max;
+        return SetRLimit(RlimitNofile, ref limit) == 0 ? (before, limit.Max) : (before, before);
+    }
+
+    /// <summary>The soft limit now, or null off Linux.</summary>
+    public static ulong? Current() => OperatingSystem.IsLinux() && GetRLimit(RlimitNofile, out var limit) == 0 ? limit.Current : null;
 }

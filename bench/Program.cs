@@ -180,6 +180,13 @@ internal static class Defaults
 
     public static OutputOptions Output(string root) => Commands.OutputOptions(Settings) with { Root = root };
 
+    /// <summary>A sentinel with <see cref="Keys"/>: CURVE on tcp://, tokens checked (the default a user gets).</summary>
     public static SentinelOptions Sentinel(string bind, string db, RoleLog log) =>
-        Commands.SentinelOptions(Settings, log) with { Bind = bind, Store = Store(db) };
+        Commands.SentinelOptions(Settings, log, Keys) with { Bind = bind, Store = Store(db) };
+
+    private static readonly Lazy<SentinelKeys> LazyKeys = new(() =>
+        SentinelKeys.LoadOrCreate(Path.Combine(Directory.CreateTempSubdirectory("casparian-bench-keys-").FullName, "keys")));
+
+    /// <summary>The bench run's sentinel keys, made once in a private temp directory.</summary>
+    public static SentinelKeys Keys => LazyKeys.Value;
 }

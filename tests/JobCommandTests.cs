@@ -260,7 +260,7 @@ public sealed class JobCommandTests : IDisposable
         {
             Assert.True(sentinel.ExitCode == 0, $"exit {sentinel.ExitCode}\n{stderr}");
             Assert.Contains("worker bin-worker joined", stderr.ToString());
-            Assert.Contains($"casparian worker --connect tcp://127.0.0.1:{port} --sentinel-key {SentinelKeys.ReadPublicKey(Path.Combine(_home.Path, "keys"))} --token ", stderr.ToString());
+            Assert.Contains($"casparian worker --connect tcp://127.0.0.1:{port} --sentinel-key '{SentinelKeys.ReadPublicKey(Path.Combine(_home.Path, "keys"))}' --token ", stderr.ToString());
             Assert.Contains("stopped", stderr.ToString());
         }
     }
