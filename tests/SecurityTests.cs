@@ -306,6 +306,63 @@ public sealed class SecurityTests : IDisposable
     }
 
     [Fact]
+    public void Sentinel_Binary_ConnectionFloodAtTheFdLimit_SurvivesAndDispatches()
+    {
+        // Issue 11: with `ulimit -n 1024`, 1,500 plain TCP connects crashed the sentinel (NetMQ's I/O
+        // thread, NullReferenceException in TcpListener.InCompleted). ulimit -n sets the hard limit
+        // too, so raising the soft one does not help here: the sentinel must shed the flood.
+        string home = _dir.File("home");
+        Directory.CreateDirectory(home);
+        string db = Path.Combine(home, "casparian.db");
+        long id;
+        using (var store = JobStores.Open(Defaults.Store(db)))
+        {
+            store.RegisterParser(new ParserRecord
+            {
+                Name = "csv", Version = "1.0", Source = Source, EnvHash = Hashes.SystemEnv,
+                SourceHash = Hashes.Sha256Hex(Source), ArtifactHash = Hashes.ArtifactHash(Source, ""), EntryModule = "parser",
+            });
+            id = store.Enqueue(new NewJob("csv", "1.0", "/data/a.csv", "ha", 0));
+        }
+        int port = Cluster.FreePort();
+        var psi = new System.Diagnostics.ProcessStartInfo("/bin/sh") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        foreach (var a in new[] { "-c", $"ulimit -n 1024 && exec \"$0\" sentinel --bind tcp://127.0.0.1:{port}", Repo.Binary }) psi.ArgumentList.Add(a);
+        psi.Environment["CASPARIAN_HOME"] = home;
+        using var sentinel = System.Diagnostics.Process.Start(psi)!;
+        var stderr = new StringBuilder();
+        sentinel.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (stderr) stderr.AppendLine(e.Data); };
+        sentinel.BeginErrorReadLine();
+        string Log() { lock (stderr) return stderr.ToString(); }
+        var flood = new List<System.Net.Sockets.TcpClient>();
+        try
+        {
+            Eventually.True(() => Log().Contains("listening on"), TimeSpan.FromSeconds(20), "the sentinel listening", Log);
+            for (int i = 0; i < 1500; i++)
+            {
+                var c = new System.Net.Sockets.TcpClient();
+                try { c.Connect(System.Net.IPAddress.Loopback, port); }
+                catch (System.Net.Sockets.SocketException) { }
+                flood.Add(c);
+            }
+            Eventually.True(() => Log().Contains("connection flood?"), TimeSpan.FromSeconds(20), "the flood shed", Log);
+            Assert.False(sentinel.HasExited, Log());
+
+            string keys = Path.Combine(home, "keys");
+            using var worker = new ScriptedWorker($"tcp://127.0.0.1:{port}", "after-flood", slots: 1,
+                token: SentinelKeys.ReadJoinToken(keys), serverKey: SentinelKeys.ReadPublicKey(keys));
+            Assert.Equal((ulong)id, worker.Expect(OpCode.Dispatch, TimeSpan.FromSeconds(20)).JobId);
+            Assert.False(sentinel.HasExited, Log());
+            Assert.DoesNotContain("Unhandled exception", Log());
+        }
+        finally
+        {
+            foreach (var c in flood) c.Dispose();
+            if (!sentinel.HasExited) sentinel.Kill();
+            sentinel.WaitForExit();
+        }
+    }
+
+    [Fact]
     public void Keys_Command_PrintsTheWorkerLineAndRotatesTheToken()
     {
         var env = new Dictionary<string, string?> { ["CASPARIAN_HOME"] = _dir.File("home") };
