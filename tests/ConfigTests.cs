@@ -210,6 +210,27 @@ public sealed class ConfigTests : IDisposable
     }
 
     [Fact]
+    public void Config_LinkSecurity_TokenHiddenAndInsecureIsASwitch()
+    {
+        string home = _dir.File("home");
+        string token = new('7', 64);
+        var c = Config.Load(Flags("--insecure"), Env(("CASPARIAN_HOME", home), ("CASPARIAN_TOKEN", token)), _dir.Path);
+        Assert.True(c.Get(Config.Insecure));
+        Assert.Equal(token, c.Get(Config.JoinToken));
+        string rendered = c.Render();
+        Assert.DoesNotContain(token, rendered);
+        Assert.Contains("(set, hidden)", rendered);
+        // --insecure leaves the worker without CURVE; the token still goes in IDENTIFY.
+        var worker = Commands.WorkerOptions(c, "w", RoleLog.None);
+        Assert.Equal((null, token), (worker.SentinelKey, worker.JoinToken));
+
+        // A worker on the sentinel's home finds its public key and token there.
+        var keys = SentinelKeys.LoadOrCreate(Path.Combine(home, "keys"));
+        var local = Commands.WorkerOptions(Config.Load(Flags(), Env(("CASPARIAN_HOME", home)), _dir.Path), "w", RoleLog.None);
+        Assert.Equal((keys.PublicKey, keys.JoinToken), (local.SentinelKey, local.JoinToken));
+    }
+
+    [Fact]
     public void Config_Options_CarryTheSettingsIntoEveryRole()
     {
         // The shell's mapping (Commands.Options.cs) is the only place option records are filled.
