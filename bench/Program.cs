@@ -157,6 +157,9 @@ public static class Program
             (false, true) => Job.Default.WithStrategy(RunStrategy.Monitoring).WithLaunchCount(1).WithWarmupCount(1).WithIterationCount(7),
         };
         return ManualConfig.CreateMinimumViable()
+            // The generated project is built while other work shares the machine: BenchmarkDotNet's
+            // 2-minute default failed a run on a loaded 2-core box.
+            .WithBuildTimeout(TimeSpan.FromMinutes(10))
             .AddJob(job.WithId(macro ? "macro" : "micro"))
             .AddDiagnoser(BenchmarkDotNet.Diagnosers.MemoryDiagnoser.Default)
             .AddColumn(BenchmarkDotNet.Columns.StatisticColumn.Median, BenchmarkDotNet.Columns.StatisticColumn.Q1, BenchmarkDotNet.Columns.StatisticColumn.Q3)
