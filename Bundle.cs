@@ -504,3 +504,36 @@ internal static class BundleThrow
     public static UnavailableException Unavailable_Extract(string root, Exception e) =>
         new($"cannot extract a parser bundle into {root}: {e.Message}", e);
 }
+
+/// <summary>
+/// Version order for "the latest version" of a parser: dot- or dash-separated parts compared
+/// numerically when both are numbers (1.10 after 1.9), else ordinally; a release after its
+/// pre-release (1.0 after 1.0-rc1, as SemVer orders them); more parts after fewer (1.0.1 after 1.0).
+/// </summary>
+internal static class ParserVersions
+{
+    public static int Compare(string a, string b)
+    {
+        // Build metadata (+…) does not order versions.
+        string ca = a.Split('+')[0], cb = b.Split('+')[0];
+        int dashA = ca.IndexOf('-'), dashB = cb.IndexOf('-');
+        string coreA = dashA < 0 ? ca : ca[..dashA], coreB = dashB < 0 ? cb : cb[..dashB];
+        int c = CompareParts(coreA.Split('.'), coreB.Split('.'));
+        if (c != 0) return c;
+        if (dashA < 0 || dashB < 0) return (dashA < 0 ? 1 : 0) - (dashB < 0 ? 1 : 0);
+        c = CompareParts(ca[(dashA + 1)..].Split('.', '-'), cb[(dashB + 1)..].Split('.', '-'));
+        return c != 0 ? c : string.CompareOrdinal(a, b);
+    }
+
+    private static int CompareParts(string[] a, string[] b)
+    {
+        for (int i = 0; i < Math.Min(a.Length, b.Length); i++)
+        {
+            bool na = ulong.TryParse(a[i], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out ulong x);
+            bool nb = ulong.TryParse(b[i], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out ulong y);
+            int c = na && nb ? x.CompareTo(y) : na ? -1 : nb ? 1 : string.CompareOrdinal(a[i], b[i]);
+            if (c != 0) return c;
+        }
+        return a.Length.CompareTo(b.Length);
+    }
+}

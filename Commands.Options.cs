@@ -16,9 +16,13 @@ internal static partial class Commands
         Create = create,
     };
 
-    public static SentinelOptions SentinelOptions(Config c, RoleLog log) => new()
+    /// <summary><paramref name="keys"/>: the home's keys (SentinelKeys.LoadOrCreate), null only for an inproc:// bind.</summary>
+    public static SentinelOptions SentinelOptions(Config c, RoleLog log, SentinelKeys? keys) => new()
     {
         Bind = c.Get(Config.Bind),
+        Keys = keys,
+        Insecure = c.Get(Config.Insecure),
+        MessageLimit = c.Get(Config.LinkLimit),
         Store = StoreOptions(c, create: true),
         HeartbeatTimeout = c.Get(Config.HeartbeatTimeout),
         JobTimeout = c.Get(Config.JobTimeout),
@@ -30,6 +34,9 @@ internal static partial class Commands
     public static WorkerOptions WorkerOptions(Config c, string workerId, RoleLog log) => new()
     {
         Connect = c.Get(Config.Connect),
+        SentinelKey = c.Get(Config.Insecure) || c.Get(Config.SentinelKey) is not { Length: > 0 } key ? null : key,
+        JoinToken = c.Get(Config.JoinToken) is { Length: > 0 } token ? token : null,
+        MessageLimit = c.Get(Config.LinkLimit),
         WorkerId = workerId,
         Slots = c.Get(Config.Slots),
         HeartbeatInterval = c.Get(Config.HeartbeatInterval),

@@ -12,17 +12,24 @@ internal static partial class Commands
     private static readonly Flag QuietFlag = new("--quiet", null, "log warnings only");
 
     private static readonly Command SentinelCommand = new("sentinel", "control plane: job store, worker tracking, dispatch",
-        "sentinel [--bind ADDR] [--db PATH] [--heartbeat-timeout S] [--retry-limit N] [--retry-backoff S] [--job-timeout S] [--quiet]",
+        "sentinel [--bind ADDR] [--db PATH] [--heartbeat-timeout S] [--retry-limit N] [--retry-backoff S] [--job-timeout S] [--insecure] [--quiet]",
         [.. Config.Flags(Config.Bind, Config.Db, Config.HeartbeatTimeout, Config.RetryLimit, Config.RetryBackoff, Config.RetryBackoffMax,
-            Config.JobTimeout, Config.DeadlineGrace, Config.PollInterval, Config.LockTimeout), QuietFlag],
+            Config.JobTimeout, Config.DeadlineGrace, Config.PollInterval, Config.LockTimeout, Config.Insecure, Config.LinkLimit), QuietFlag],
         args =>
         {
             args.RequirePositionals(0, 0);
             var config = Config.Load(args);
             var log = new RoleLog(Console.Error, "sentinel", args.Has(QuietFlag.Name), TimeProvider.System);
             using var signal = new ShutdownSignal(log.Info);
-            using var sentinel = new Sentinel(SentinelOptions(config, log));
+            var keys = SentinelKeys.LoadOrCreate(config.KeysDir);
+            using var sentinel = new Sentinel(SentinelOptions(config, log, keys));
             sentinel.Start();
+            if (keys.Created)
+            {
+                log.Info($"created the sentinel's keys under {keys.Dir}; a worker joins with:");
+                log.Info("  " + JoinLine(config, keys));
+            }
+            else log.Info($"`casparian keys` prints the line a worker joins with (keys under {keys.Dir})");
             sentinel.Run(signal.Token);
             return 0;
         });
@@ -33,22 +40,24 @@ internal static partial class Commands
     [
         Config.Output, Config.WorkerId, Config.Slots, Config.Capabilities, Config.Venvs, Config.VenvBudget, Config.Wheelhouse, Config.Python,
         Config.AllowedRoots, Config.Lineage, Config.HeartbeatInterval, Config.ShutdownGrace, Config.JobTimeout, Config.ConnectTimeout,
-        Config.IdleTimeout, Config.LogLimit, Config.MessageLimit, Config.BuildTimeout, Config.RowGroupRows, Config.RowGroupSize,
+        Config.IdleTimeout, Config.LogLimit, Config.MessageLimit, Config.BuildTimeout, Config.RowGroupRows, Config.RowGroupSize, Config.LinkLimit,
     ];
 
     private static readonly Command WorkerCommand = new("worker", "data plane: run parsers, write Parquet, report receipts",
-        "worker --connect ADDR --output DIR [--worker-id ID] [--slots N] [--venvs DIR]",
-        Config.Flags([Config.Connect, .. WorkerSettings]),
+        "worker --connect ADDR --sentinel-key Z85 --token TOKEN --output DIR [--worker-id ID] [--slots N] [--venvs DIR] [--insecure]",
+        Config.Flags([Config.Connect, Config.SentinelKey, Config.JoinToken, Config.Insecure, .. WorkerSettings]),
         args =>
         {
             args.RequirePositionals(0, 0);
             var config = Config.Load(args);
+            if (!config.Get(Config.Insecure) && config.Get(Config.SentinelKey).Length == 0) throw CliThrow.Usage_NoSentinelKey(config.Get(Config.Connect));
             string id = WorkerId(config);
             var log = new RoleLog(Console.Error, $"worker {id}", quiet: false, TimeProvider.System);
             using var host = WorkerHost.Create(VenvOptions(config), ExecutorOptions(config));
             using var worker = new Worker(WorkerOptions(config, id, log), host.Executor.RunAsync, host.PrepareEnv);
             using var signal = new ShutdownSignal(log.Info);
             log.Info($"output under {config.Get(Config.Output)}");
+            if (config.Get(Config.Insecure)) log.Warn("plaintext link (--insecure): the sentinel is not authenticated and the join token travels in the clear");
             worker.Run(signal.Token);
             return 0;
         });
@@ -61,7 +70,7 @@ internal static partial class Commands
 
     private static readonly Command StartCommand = new("start", "sentinel and worker in one process: the local default",
         "start [--watch DIR --parser NAME] [--drain] [--slots N]",
-        [WatchFlag, WatchParserFlag, DrainFlag, .. Config.Flags([Config.Db, Config.Bind, .. WorkerSettings, Config.HeartbeatTimeout,
+        [WatchFlag, WatchParserFlag, DrainFlag, .. Config.Flags([Config.Db, Config.Bind, Config.Insecure, .. WorkerSettings, Config.HeartbeatTimeout,
             Config.RetryLimit, Config.RetryBackoff, Config.RetryBackoffMax, Config.DeadlineGrace, Config.PollInterval, Config.LockTimeout])],
         args =>
         {
@@ -91,12 +100,18 @@ internal static partial class Commands
             using var logFile = new StreamWriter(logPath, append: true, new UTF8Encoding(false)) { AutoFlush = true };
             var log = TextWriter.Synchronized(logFile);
             string workerId = WorkerId(config);
-            var sentinel = SentinelOptions(config, new RoleLog(log, "sentinel", quiet: false, TimeProvider.System));
+            // The link is inproc://, which no other process can join, unless a bind address is
+            // configured: then outside workers may join too, and it is a tcp:// link with keys like a sentinel's.
+            bool local = config.Describe(Config.Bind).Source == SettingSource.Default;
+            var keys = local ? null : SentinelKeys.LoadOrCreate(config.KeysDir);
+            var sentinel = SentinelOptions(config, new RoleLog(log, "sentinel", quiet: false, TimeProvider.System), keys);
+            var worker = WorkerOptions(config, workerId, new RoleLog(log, $"worker {workerId}", quiet: false, TimeProvider.System));
             var options = new StartOptions
             {
-                // A private ipc:// endpoint unless a bind address is configured.
-                Sentinel = config.Describe(Config.Bind).Source == SettingSource.Default ? sentinel with { Bind = Start.LocalEndpoint(home) } : sentinel,
-                Worker = WorkerOptions(config, workerId, new RoleLog(log, $"worker {workerId}", quiet: false, TimeProvider.System)),
+                Sentinel = local ? sentinel with { Bind = Start.LocalEndpoint() } : sentinel,
+                Worker = keys is null
+                    ? worker with { SentinelKey = null, JoinToken = null }
+                    : worker with { SentinelKey = config.Get(Config.Insecure) ? null : keys.PublicKey, JoinToken = keys.JoinToken },
                 Venvs = VenvOptions(config),
                 Executor = ExecutorOptions(config),
                 Drain = args.Has(DrainFlag.Name),

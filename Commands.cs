@@ -6,6 +6,7 @@
 //   Commands.Roles.cs    sentinel, worker, start, run
 //   Commands.Jobs.cs     parser register|ls, job add|show|retry|cancel, jobs
 //   Commands.Options.cs  settings → option records: the only place an option record is filled
+//   Commands.Keys.cs     keys [rotate-token]: the sentinel's public key, the worker line, token rotation
 using System.Globalization;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
@@ -19,7 +20,7 @@ internal static partial class Commands
     /// <summary>The roles and command groups, in the order --help lists them.</summary>
     // A property, not a field: the commands are fields of the partial files, whose initialisation
     // order across files C# leaves unspecified.
-    public static Command[] All => [SentinelCommand, WorkerCommand, StartCommand, RunCommand, ParserGroup, JobGroup, JobsCommand, ConfigCommand, VersionCommand];
+    public static Command[] All => [SentinelCommand, WorkerCommand, StartCommand, RunCommand, ParserGroup, JobGroup, JobsCommand, KeysCommand, ConfigCommand, VersionCommand];
 
     public static readonly Command VersionCommand = new("version", "print the version and build", "version", [], _ =>
     {
@@ -277,6 +278,9 @@ internal static class Text
         if (lines.Length <= 1) return text.Trim();
         return (lines[0].StartsWith("Traceback", StringComparison.Ordinal) ? lines[^1] : lines[0]) + " …";
     }
+
+    /// <summary>At most <paramref name="max"/> characters of <paramref name="text"/>, " …" marking a cut: for text a peer chooses.</summary>
+    public static string Clip(string text, int max) => text.Length <= max ? text : text[..max] + " …";
 
     /// <summary><paramref name="path"/> relative to <paramref name="root"/> when it lies under it, else as given.</summary>
     public static string Rel(string path, string root)

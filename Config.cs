@@ -21,13 +21,15 @@ internal enum SettingSource { Default, File, Environment, Flag }
 /// the environment variable <c>CASPARIAN_KEY</c>. <see cref="Parse"/> turns text (or a config-file
 /// array, for lists) into the typed value or returns an error phrased as "expected …".
 /// </summary>
-internal abstract class Setting(string key, string metavar, string help)
+internal abstract class Setting(string key, string? metavar, string help)
 {
     public string Key { get; } = key;
-    public string Metavar { get; } = metavar;
+    /// <summary>Null for a switch: the flag alone means true.</summary>
+    public string? Metavar { get; } = metavar;
     public string Help { get; } = help;
-    public string FlagName => "--" + Key.Replace('_', '-');
-    public string EnvName => "CASPARIAN_" + Key.ToUpperInvariant();
+    /// <summary>Set only where the issue or the earlier system fixed another name (--token, CASPARIAN_TOKEN).</summary>
+    public string FlagName { get; init; } = "--" + key.Replace('_', '-');
+    public string EnvName { get; init; } = "CASPARIAN_" + key.ToUpperInvariant();
     public Flag Flag => new(FlagName, Metavar, Help);
 
     public abstract bool TryParse(ConfigValue raw, string home, out object? value, out string expected);
@@ -35,7 +37,7 @@ internal abstract class Setting(string key, string metavar, string help)
     public abstract string Format(object? value);
 }
 
-internal sealed class Setting<T>(string key, string metavar, string help,
+internal sealed class Setting<T>(string key, string? metavar, string help,
     Func<ConfigValue, string, (bool Ok, T Value, string Expected)> parse, Func<Config, T> fallback, Func<T, string>? format = null)
     : Setting(key, metavar, help)
 {
@@ -62,7 +64,7 @@ internal sealed class Config
         Parsers.Dir, _ => Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".casparian"));
     public static readonly Setting<string> Db = new("db", "PATH", "job store: an SQLite file",
         Parsers.Store, c => Path.Combine(c.HomeDir, "casparian.db"));
-    public static readonly Setting<string> Bind = new("bind", "ADDR", "address the sentinel binds (tcp://HOST:PORT or ipc://PATH)",
+    public static readonly Setting<string> Bind = new("bind", "ADDR", "address the sentinel binds (tcp://HOST:PORT; PORT may be *)",
         Parsers.Address, _ => "tcp://127.0.0.1:5555");
     public static readonly Setting<string> Connect = new("connect", "ADDR", "sentinel address a worker connects to",
         Parsers.Address, _ => "tcp://127.0.0.1:5555");
@@ -122,11 +124,21 @@ internal sealed class Config
     public static readonly Setting<long> RowGroupSize = new("row_group_size", "SIZE", "most Arrow data in one Parquet row group: bounds the writer's memory per topic",
         Parsers.SizeUpTo(1L << 30), _ => 16L << 20, Parsers.FormatSize);
 
+    public static readonly Setting<bool> Insecure = new("insecure", null, "allow a plaintext tcp:// link (no CURVE); for debugging on a trusted network only",
+        Parsers.Bool, _ => false, v => v ? "true" : "false");
+    public static readonly Setting<string> SentinelKey = new("sentinel_key", "Z85", "the sentinel's CURVE public key, as `casparian keys` prints it (default: HOME/keys/sentinel.public when present)",
+        Parsers.CurveKey, c => SentinelKeys.ReadPublicKey(c.KeysDir) ?? "");
+    public static readonly Setting<string> JoinToken = new("join_token", "TOKEN", "the sentinel's join token, as `casparian keys` prints it (default: HOME/keys/join.token when present)",
+        Parsers.Text, c => SentinelKeys.ReadJoinToken(c.KeysDir) ?? "", Parsers.Hidden) { FlagName = "--token", EnvName = "CASPARIAN_TOKEN" };
+    public static readonly Setting<long> LinkLimit = new("link_message_limit", "SIZE", "largest message on the sentinel-worker link (a DISPATCH with its parser bundle, a DEPLOY); a peer sending more is disconnected",
+        Parsers.SizeUpTo(1L << 30), _ => 64L << 20, Parsers.FormatSize);
+
     public static readonly Setting[] All =
     [
         Home, Db, Bind, Connect, Output, AllowedRoots, Lineage, Venvs, VenvBudget, Wheelhouse, Python, Slots, WorkerId,
         HeartbeatInterval, HeartbeatTimeout, RetryLimit, RetryBackoff, RetryBackoffMax, LockTimeout, PollInterval, Capabilities, JobTimeout,
         DeadlineGrace, ConnectTimeout, IdleTimeout, ShutdownGrace, LogLimit, MessageLimit, BuildTimeout, RowGroupRows, RowGroupSize,
+        Insecure, SentinelKey, JoinToken, LinkLimit,
     ];
 
     /// <summary>
@@ -163,6 +175,8 @@ internal sealed class Config
     public string LogsDir => Path.Combine(HomeDir, "logs");
     /// <summary>The worker's persistent id.</summary>
     public string WorkerDir => Path.Combine(HomeDir, "worker");
+    /// <summary>The sentinel's CURVE key pair and its tokens (Keys.cs).</summary>
+    public string KeysDir => Path.Combine(HomeDir, "keys");
 
     /// <summary>The config file that was read, if any.</summary>
     public string? FilePath => _file?.Path;
@@ -235,6 +249,8 @@ internal sealed class Config
         Resolved r;
         if (_args?.Get(s.FlagName) is { } flagText)
             r = Parse(s, new ConfigValue(flagText), _workingDirectory, SettingSource.Flag, s.FlagName, $"flag {s.FlagName}");
+        else if (s.Metavar is null && _args?.Has(s.FlagName) == true)
+            r = Parse(s, new ConfigValue("true"), _workingDirectory, SettingSource.Flag, s.FlagName, $"flag {s.FlagName}");
         else if (_env.TryGetValue(s.EnvName, out var envText) && envText is { Length: > 0 })
             r = Parse(s, new ConfigValue(envText), _workingDirectory, SettingSource.Environment, s.EnvName, $"environment variable {s.EnvName}");
         else if (_file is not null && _file.Values.TryGetValue(s.Key, out var entry))
@@ -332,11 +348,23 @@ internal static class Parsers
             : (false, [], "parser names (','-separated, or a TOML array of strings), or *");
     }
 
+    /// <summary>How `casparian config` shows a secret: whether it is set, never its value.</summary>
+    public static string Hidden(string value) => value.Length == 0 ? "" : "(set, hidden)";
+
+    public static (bool, string, string) CurveKey(ConfigValue raw, string baseDir) =>
+        raw.Items is null && raw.Text is { } t && (t.Length == 0 || CurveKeys.TryDecode(t, out _))
+            ? (true, t, "")
+            : (false, "", $"a Z85 CURVE public key ({CurveKeys.Z85Length} characters, as `casparian keys` prints it)");
+
+    /// <summary>
+    /// tcp:// only. NetMQ's ipc:// is a loopback TCP port any local user can reach, so it is refused
+    /// rather than trusted; `start` links its own worker over inproc://, which nothing else can join.
+    /// </summary>
     public static (bool, string, string) Address(ConfigValue raw, string baseDir)
     {
-        const string Expected = "tcp://HOST:PORT or ipc://PATH";
+        const string Expected = "tcp://HOST:PORT (ipc:// is refused: NetMQ implements it as a loopback TCP port any local user can join; " +
+            "use tcp://, which is encrypted and authenticated, or `casparian start` for one process)";
         if (raw.Items is not null || raw.Text is not { } t) return (false, "", Expected);
-        if (t.StartsWith("ipc://", StringComparison.Ordinal) && t.Length > 6) return (true, t, "");
         if (t.StartsWith("tcp://", StringComparison.Ordinal))
         {
             int colon = t.LastIndexOf(':');

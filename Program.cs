@@ -42,6 +42,11 @@ internal sealed class UnavailableException(string message, Exception? inner = nu
 
 internal static class CliThrow
 {
+    public static UsageException Usage_NoSentinelKey(string connect) =>
+        new($"worker: connecting to {connect} needs the sentinel's public key: --sentinel-key Z85 and --token TOKEN " +
+            "(`casparian keys` on the sentinel's machine prints the whole command line), or --insecure for a plaintext link");
+    public static UsageException Usage_BadKeysAction(string given) =>
+        new($"keys: unknown action '{given}'; expected nothing (print the keys) or rotate-token");
     public static UsageException Usage_UnknownCommand(string given, string expected) =>
         new($"unknown command '{given}'; expected one of: {expected} (see 'casparian --help')");
     public static UsageException Usage_UnknownFlag(string command, string flag, IEnumerable<Flag> flags) =>

@@ -165,6 +165,8 @@ internal sealed record Identify
     [JsonPropertyName("worker_id")] public string? WorkerId { get; init; }
     /// <summary>Our extension: concurrent jobs the worker accepts (the sentinel assumes 4 when missing).</summary>
     [JsonPropertyName("slots")] public int? Slots { get; init; }
+    /// <summary>Our extension: the sentinel's join token, the worker's proof (only ever sent inside CURVE or inproc).</summary>
+    [JsonPropertyName("auth_token")] public string? AuthToken { get; init; }
 }
 
 [JsonConverter(typeof(JsonStringEnumConverter<SinkMode>))]
@@ -276,6 +278,8 @@ internal sealed record Deploy
     [JsonPropertyName("publisher_email")] public string? PublisherEmail { get; init; }
     [JsonPropertyName("azure_oid")] public string? AzureOid { get; init; }
     [JsonPropertyName("system_requirements")] public List<string>? SystemRequirements { get; init; }
+    /// <summary>Our extension: the sentinel's admin token; a DEPLOY without it stores nothing.</summary>
+    [JsonPropertyName("auth_token")] public string? AuthToken { get; init; }
 }
 
 /// <summary>ACK payload (the earlier system's DeployResponse).</summary>

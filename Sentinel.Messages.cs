@@ -21,15 +21,22 @@ internal sealed partial class Sentinel
         }
         var worker = FindByIdentity(m.Identity!);
         if (worker is not null) worker.LastSeen = NowMs();
+        else if (m.Op is not (OpCode.Identify or OpCode.Deploy))
+        {
+            // Nothing from a peer that has not identified is acted on, a CONCLUDE least of all: it
+            // would let any socket finish any RUNNING job (a DEPLOY carries its own proof).
+            Refuse(m);
+            return;
+        }
         try
         {
             switch (m.Op)
             {
                 case OpCode.Identify: OnIdentify(m, worker); break;
-                case OpCode.Heartbeat: OnHeartbeat(m, worker); break;
-                case OpCode.Conclude: OnConclude(m, worker); break;
-                case OpCode.Err: OnErr(m, worker); break;
-                case OpCode.EnvReady: OnEnvReady(m, worker); break;
+                case OpCode.Heartbeat: OnHeartbeat(m, worker!); break;
+                case OpCode.Conclude: OnConclude(m, worker!); break;
+                case OpCode.Err: OnErr(m, worker!); break;
+                case OpCode.EnvReady: OnEnvReady(m, worker!); break;
                 case OpCode.Deploy: OnDeploy(m); break;
                 default:
                     Malformed(m.Identity, $"unexpected {m.Op.ToWireName()} from a peer (a sentinel receives IDENTIFY, HEARTBEAT, CONCLUDE, ERR, ENV_READY, DEPLOY)");
@@ -42,6 +49,18 @@ internal sealed partial class Sentinel
             // Request-style messages get an answer, so the sender is not left waiting.
             if (m.Op is OpCode.Identify or OpCode.Deploy) SendErr(m.Identity!, m.JobId, e.Message);
         }
+    }
+
+    /// <summary>
+    /// Drops a message from a peer that has not identified, and counts it. A HEARTBEAT or CONCLUDE gets
+    /// ERR "unknown worker" back: a real worker that we forgot (our restart, a timeout) identifies again.
+    /// </summary>
+    private void Refuse(WireMessage m)
+    {
+        long count = Interlocked.Increment(ref _refused);
+        string job = m.JobId == 0 ? "" : $" for job {m.JobId}";
+        _log.Limited("refused", $"dropped {m.Op.ToWireName()}{job} from peer {Convert.ToHexStringLower(m.Identity!)}, which has not identified ({count} refused so far)");
+        if (m.Op is OpCode.Heartbeat or OpCode.Conclude) SendErr(m.Identity!, m.JobId, UnknownWorker);
     }
 
     private void Malformed(byte[]? identity, string detail)
@@ -60,17 +79,35 @@ internal sealed partial class Sentinel
     {
         var hello = m.Decode(ProtocolJson.Default.Identify);
         byte[] identity = m.Identity!;
+        string peer = Convert.ToHexStringLower(identity);
+        if (_options.Keys is { } keys && !Tokens.Matches(hello.AuthToken, keys.JoinToken))
+        {
+            long count = Interlocked.Increment(ref _refused);
+            string claimed = hello.WorkerId is { Length: > 0 } w ? $" as worker {Text.Clip(w, MaxIdLength)}" : "";
+            _log.Limited("refused", $"refused IDENTIFY{claimed} from peer {peer}: {(hello.AuthToken is null ? "no join token" : "wrong join token")} ({count} refused so far)");
+            SendErr(identity, 0, hello.AuthToken is null ? IdentifyNoToken : IdentifyWrongToken);
+            if (known is not null) DropWorker(known, $"worker {known.Id} identified again without a valid join token");
+            return;
+        }
+        if (hello.WorkerId is { Length: > MaxIdLength } || hello.WorkerId?.Any(char.IsControl) == true)
+        {
+            Malformed(identity, $"IDENTIFY with a worker_id of {hello.WorkerId.Length} characters, or with control characters (at most {MaxIdLength} printable)");
+            SendErr(identity, 0, $"IDENTIFY refused: worker_id must be at most {MaxIdLength} printable characters");
+            return;
+        }
         // A worker without an id is named by its socket identity; it cannot be recognised after a restart.
-        string id = string.IsNullOrWhiteSpace(hello.WorkerId) ? "peer-" + Convert.ToHexStringLower(identity) : hello.WorkerId;
+        string id = string.IsNullOrWhiteSpace(hello.WorkerId) ? "peer-" + peer : hello.WorkerId;
         int slots = Math.Clamp(hello.Slots ?? DefaultSlots, 1, MaxSlots);
         var capabilities = hello.Capabilities.Where(c => !string.IsNullOrWhiteSpace(c)).Distinct(StringComparer.Ordinal).ToList();
         long now = NowMs();
+        string? token = _options.Keys is null ? null : hello.AuthToken;
 
         if (known is not null && known.Id == id)
         {
             // The same socket saying hello again (e.g. after it noticed our restart): it keeps its jobs.
             known.Capabilities = capabilities;
             known.Slots = slots;
+            known.Token = token;
             _work.ClaimWanted = true;
             _log.Info($"worker {id} identified again ({Summary(known)})");
             return;
@@ -78,33 +115,39 @@ internal sealed partial class Sentinel
         if (known is not null) DropWorker(known, $"socket of worker {known.Id} now identifies as {id}");
         if (FindById(id) is { } previous)
         {
-            // Same worker id on a new socket: the worker process restarted, and what it held is gone.
-            DropWorker(previous, $"worker {id} restarted (new connection)");
+            // Same worker id on a new socket: the worker restarted, or someone holding the join token
+            // claims its id. Either way the old connection's jobs go back to the queue; the newcomer
+            // does not inherit them, and its CONCLUDEs for them are not expected.
+            _log.Warn($"takeover: worker {id} identified from a new connection (peer {peer}); dropping the old connection");
+            DropWorker(previous, $"worker {id} identified from a new connection (takeover or restart)");
         }
         else
         {
             // Unknown to this sentinel: if we restarted, the store may show it holding jobs it is still running.
             _work.Adopt.Add(id);
         }
-        var entry = new WorkerEntry(identity, id, capabilities, slots, now);
+        var entry = new WorkerEntry(identity, id, capabilities, slots, now, token);
         _workers.Add(entry);
+        Volatile.Write(ref _workerCount, _workers.Count);
         _work.ClaimWanted = true;
         _log.Info($"worker {id} joined ({Summary(entry)})");
     }
 
-    private static string Summary(WorkerEntry w) =>
-        $"{w.Slots} slot(s), capabilities: {(w.Capabilities.Count == 0 ? "none" : string.Join(", ", w.Capabilities))}";
+    /// <summary>Longest worker_id accepted: it is stored with every job the worker runs.</summary>
+    internal const int MaxIdLength = 128;
+    /// <summary>Most characters of a capability list a log line carries; a peer chooses its size.</summary>
+    internal const int MaxLoggedCapabilities = 200;
 
-    private void OnHeartbeat(WireMessage m, WorkerEntry? worker)
+    internal const string IdentifyNoToken = "IDENTIFY refused: no join token (auth_token); start the worker with --token (`casparian keys` on the sentinel's machine prints it)";
+    internal const string IdentifyWrongToken = "IDENTIFY refused: wrong join token (auth_token); it may have been rotated, `casparian keys` on the sentinel's machine prints the current one";
+
+    private static string Summary(WorkerEntry w) =>
+        $"{w.Slots} slot(s), capabilities: {(w.Capabilities.Count == 0 ? "none" : Text.Clip(string.Join(", ", w.Capabilities), MaxLoggedCapabilities) + (w.Capabilities.Count > 3 ? $" ({w.Capabilities.Count} in all)" : ""))}";
+
+    private void OnHeartbeat(WireMessage m, WorkerEntry worker)
     {
         // An empty payload is a bare "alive"; anything else must be a valid HEARTBEAT.
         var beat = m.Payload.Length == 0 ? null : m.Decode(ProtocolJson.Default.Heartbeat);
-        if (worker is null)
-        {
-            _log.Limited("unknown-worker", $"HEARTBEAT from unknown peer {Convert.ToHexStringLower(m.Identity!)}; asked it to IDENTIFY");
-            SendErr(m.Identity!, 0, UnknownWorker);
-            return;
-        }
         long now = NowMs();
         if (now - worker.LastStoreHeartbeat >= (long)_options.HeartbeatTimeout.TotalMilliseconds / 4)
         {
@@ -143,28 +186,10 @@ internal sealed partial class Sentinel
         _work.ClaimWanted = true;
     }
 
-    private void OnConclude(WireMessage m, WorkerEntry? worker)
+    private void OnConclude(WireMessage m, WorkerEntry worker)
     {
         var receipt = m.Decode(ProtocolJson.Default.JobReceipt);
         long jobId = (long)m.JobId;
-        if (worker is null)
-        {
-            // Probably ours from before a restart. The store applies it only if the job is still RUNNING
-            // and no live worker holds it; either way the peer should identify.
-            SendErr(m.Identity!, m.JobId, UnknownWorker);
-            if (_inFlight.TryGetValue(jobId, out var holder))
-            {
-                _log.Limited("late", $"ignored {StatusName(receipt.Status)} for job {jobId} from an unknown peer ({Convert.ToHexStringLower(m.Identity!)}): the job is running on worker {holder.Worker.Id}");
-                return;
-            }
-            if (_work.Conclusions.Count >= MaxPendingConclusions)
-            {
-                _log.Limited("late", $"ignored {StatusName(receipt.Status)} for job {jobId} from an unknown peer ({Convert.ToHexStringLower(m.Identity!)}): too much pending work");
-                return;
-            }
-            _work.Conclusions.Add(new Conclusion(jobId, null, receipt, Expected: false));
-            return;
-        }
         bool expected = _inFlight.TryGetValue(jobId, out var f) && f.Worker == worker;
         if (expected && f.PastDeadline && receipt.Status != ReceiptStatus.Success)
             receipt = receipt with { Status = ReceiptStatus.Aborted, ErrorMessage = $"job passed its deadline ({DeadlineText}); aborted: {receipt.ErrorMessage}" };
@@ -176,6 +201,11 @@ internal sealed partial class Sentinel
             if (receipt.Status == ReceiptStatus.Rejected) worker.PausedUntil = NowMs() + 1000;
         }
         // Even when unexpected the store decides: the job may be this worker's from before our restart.
+        if (!expected && _work.Conclusions.Count >= MaxPendingConclusions)
+        {
+            _log.Limited("late", $"ignored {StatusName(receipt.Status)} for job {jobId} from worker {worker.Id}: too much pending work");
+            return;
+        }
         _work.Conclusions.Add(new Conclusion(jobId, worker.Id, receipt, expected));
     }
 
@@ -187,18 +217,17 @@ internal sealed partial class Sentinel
         _ => "ABORTED",
     };
 
-    private void OnErr(WireMessage m, WorkerEntry? worker)
+    private void OnErr(WireMessage m, WorkerEntry worker)
     {
-        string who = worker is null ? $"peer {Convert.ToHexStringLower(m.Identity!)}" : $"worker {worker.Id}";
+        string who = $"worker {worker.Id}";
         string job = m.JobId == 0 ? "" : $" (job {m.JobId})";
         var err = m.Payload.Length == 0 ? null : m.Decode(ProtocolJson.Default.ErrorPayload);
         _log.Limited("err", $"{who} reported an error{job}: {err?.Message ?? "(no message)"}");
     }
 
-    private void OnEnvReady(WireMessage m, WorkerEntry? worker)
+    private void OnEnvReady(WireMessage m, WorkerEntry worker)
     {
         var ready = m.Decode(ProtocolJson.Default.EnvReady);
-        if (worker is null) return;
         if (!worker.ReadyEnvs.Contains(ready.EnvHash)) worker.ReadyEnvs.Add(ready.EnvHash);
         _log.Info($"worker {worker.Id}: environment {ready.EnvHash} ready at {ready.InterpreterPath}{(ready.Cached ? " (cached)" : "")}");
     }
@@ -206,7 +235,18 @@ internal sealed partial class Sentinel
     private void OnDeploy(WireMessage m)
     {
         var d = m.Decode(ProtocolJson.Default.Deploy);
-        string what = $"DEPLOY of {d.PluginName} {d.Version}";
+        string what = $"DEPLOY of {Text.Clip(d.PluginName, MaxIdLength)} {Text.Clip(d.Version, MaxIdLength)}";
+        if (_options.Keys is not { } keys || !Tokens.Matches(d.AuthToken, keys.AdminToken))
+        {
+            // Code from this message would run on every worker: without the admin token nothing is stored.
+            long count = Interlocked.Increment(ref _refused);
+            string why = _options.Keys is null ? "this sentinel takes no DEPLOY (in-process link)" : d.AuthToken is null ? "no admin token (auth_token)" : "wrong admin token (auth_token)";
+            _log.Limited("refused", $"refused {what} from peer {Convert.ToHexStringLower(m.Identity!)}: {why} ({count} refused so far)");
+            Wire.Send(_router, m.Identity!, OpCode.Ack, m.JobId,
+                new Ack { Success = false, Message = $"{what} refused: {why}; the admin token is in HOME/keys/{SentinelKeys.AdminTokenFile} on the sentinel's machine" },
+                ProtocolJson.Default.Ack);
+            return;
+        }
         if (d.PluginName.Length == 0 || d.Version.Length == 0)
         {
             SendErr(m.Identity!, m.JobId, $"{what}: plugin_name and version must not be empty");
@@ -225,7 +265,7 @@ internal sealed partial class Sentinel
             SendErr(m.Identity!, m.JobId, $"{what}: artifact_hash mismatch: expected {artifact} (sha256 of source then lockfile), got {d.ArtifactHash}");
             return;
         }
-        // The signature is carried for compatibility and not verified: there is no key infrastructure yet.
+        // The signature is carried for compatibility and not verified: the admin token above is the proof.
         _work.Deploys.Add((m.Identity!, m.JobId, new ParserRecord
         {
             Name = d.PluginName,

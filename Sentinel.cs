@@ -10,8 +10,9 @@
 // ends Run with its StoreException instead.
 //
 // Partial files: Sentinel.Messages.cs (one handler per opcode), Sentinel.Step.cs (the group commit
-// and dispatch). The sentinel is embeddable: `start` hosts one next to a worker. It depends on the
-// store through IJobStore only.
+// and dispatch), Sentinel.Guard.cs (the cap on connections). The sentinel is embeddable: `start`
+// hosts one next to a worker. It depends on the store through IJobStore only.
+using System.Runtime.InteropServices;
 using NetMQ;
 using NetMQ.Sockets;
 
@@ -19,8 +20,20 @@ namespace Casparian;
 
 internal sealed record SentinelOptions
 {
-    /// <summary>tcp://HOST:PORT (PORT may be * for a free one; see <see cref="Sentinel.Endpoint"/>) or ipc://PATH.</summary>
+    /// <summary>
+    /// tcp://HOST:PORT (PORT may be * for a free one; see <see cref="Sentinel.Endpoint"/>), or inproc://NAME
+    /// for a worker in the same process. ipc:// is refused: NetMQ's is a loopback TCP port.
+    /// </summary>
     public required string Bind { get; init; }
+    /// <summary>
+    /// The CURVE key pair and the join and admin tokens. Null only for an inproc:// link (`start`),
+    /// which no other process can reach: then every IDENTIFY is accepted and DEPLOY is refused.
+    /// </summary>
+    public required SentinelKeys? Keys { get; init; }
+    /// <summary>Plaintext tcp:// (no CURVE), with a warning; tokens are still checked.</summary>
+    public required bool Insecure { get; init; }
+    /// <summary>Largest inbound message; a peer sending more is disconnected by ZeroMQ before it is buffered whole.</summary>
+    public required long MessageLimit { get; init; }
     /// <summary>The job store; its clock is the sentinel's.</summary>
     public required StoreOptions Store { get; init; }
     /// <summary>A worker silent this long is dropped and its jobs requeued.</summary>
@@ -68,6 +81,8 @@ internal sealed partial class Sentinel : IDisposable
     private long _malformed;
     private long _turns;
     private long _nextDeadlineCheck;
+    private long _refused;
+    private long _nextTokenCheck;
     private bool _started;
 
     public Sentinel(SentinelOptions options)
@@ -111,12 +126,34 @@ internal sealed partial class Sentinel : IDisposable
     /// <summary>Messages dropped as malformed since start (thread-safe read).</summary>
     public long MalformedMessages => Interlocked.Read(ref _malformed);
 
+    /// <summary>Messages dropped because the peer had not proved itself (no valid IDENTIFY, a bad token) since start (thread-safe read).</summary>
+    public long RefusedMessages => Interlocked.Read(ref _refused);
+
+    /// <summary>Workers identified now (thread-safe read of a snapshot count).</summary>
+    public int WorkerCount => Volatile.Read(ref _workerCount);
+    private int _workerCount;
+
     /// <summary>Binds the socket. Separate from <see cref="Run"/> so a host knows the address before serving.</summary>
     public void Start()
     {
+        string bind = _options.Bind;
+        bool inproc = bind.StartsWith("inproc://", StringComparison.Ordinal);
+        if (!inproc && !bind.StartsWith("tcp://", StringComparison.Ordinal)) throw SentinelThrow.Bind_NotTcp(bind);
+        if (!inproc && _options.Keys is null) throw SentinelThrow.Bind_NoKeys(bind);
+        bool curve = !inproc && !_options.Insecure;
+        if (curve)
+        {
+            _router.Options.CurveServer = true;
+            _router.Options.CurveCertificate = _options.Keys!.Certificate;
+        }
+        _router.Options.MaxMsgSize = _options.MessageLimit;
+        // Every connection costs a descriptor, and running out crashes NetMQ's I/O thread: take all
+        // the kernel allows this process.
+        if (!inproc && FileLimit.RaiseToHard() is var (before, after) && after != before)
+            _log.Info($"open file limit raised from {before} to {after}");
         try
         {
-            _router.Bind(_options.Bind);
+            _router.Bind(bind);
         }
         catch (AddressAlreadyInUseException e)
         {
@@ -127,8 +164,11 @@ internal sealed partial class Sentinel : IDisposable
             throw SentinelThrow.Bind_Failed(_options.Bind, e);
         }
         Endpoint = _router.Options.LastEndpoint ?? _options.Bind;
+        if (!inproc) ArmGuard();
         _started = true;
         _log.Info($"listening on {Endpoint}, store {_store.Location} (heartbeat timeout {_options.HeartbeatTimeout.TotalSeconds:0.###} s, retry limit {_options.Store.RetryLimit})");
+        if (curve) _log.Info($"link encrypted with CURVE; sentinel public key {_options.Keys!.PublicKey}; workers must present the join token");
+        else if (!inproc) _log.Warn("plaintext link (--insecure): anyone who can reach the port can read the traffic, including the join token; use it on a trusted network only");
     }
 
     /// <summary>Serves until <paramref name="cancel"/> fires, then persists what is pending and returns.</summary>
@@ -140,6 +180,7 @@ internal sealed partial class Sentinel : IDisposable
             Interlocked.Increment(ref _turns);
             ReceiveTurn(WaitBudget());
             long now = NowMs();
+            GuardConnections(now);
             CheckWorkers(now);
             CheckDeadlines(now);
             Step(now, final: false);
@@ -181,6 +222,7 @@ internal sealed partial class Sentinel : IDisposable
     /// <summary>Drops workers silent past the timeout and probes those that have been quiet a while.</summary>
     private void CheckWorkers(long now)
     {
+        CheckJoinToken(now);
         long timeout = (long)_options.HeartbeatTimeout.TotalMilliseconds;
         long probeAfter = Math.Max(timeout / 3, 1);
         for (int i = _workers.Count - 1; i >= 0; i--)
@@ -240,9 +282,28 @@ internal sealed partial class Sentinel : IDisposable
 
     private static readonly byte[] Probe = Payload.Encode(new Heartbeat { Status = WorkerStatus.Alive }, ProtocolJson.Default.Heartbeat);
 
+    /// <summary>Once a second: a rotated join token (`casparian keys rotate-token`) drops the workers that joined with the old one.</summary>
+    private void CheckJoinToken(long now)
+    {
+        if (_options.Keys is not { } keys || now < _nextTokenCheck) return;
+        _nextTokenCheck = now + 1000;
+        if (!keys.RefreshJoinToken()) return;
+        _log.Warn("join token rotated; workers that joined with the old token are dropped");
+        for (int i = _workers.Count - 1; i >= 0; i--)
+        {
+            var w = _workers[i];
+            if (Tokens.Matches(w.Token, keys.JoinToken)) continue;
+            SendErr(w.Identity, 0, TokenRotated);
+            DropWorker(w, $"worker {w.Id} joined with a join token that has been rotated");
+        }
+    }
+
+    internal const string TokenRotated = "join token rotated: this worker's token is no longer valid; restart it with the new --token (`casparian keys` prints it)";
+
     private void DropWorker(WorkerEntry w, string reason)
     {
         _workers.Remove(w);
+        Volatile.Write(ref _workerCount, _workers.Count);
         int held = ReleaseJobsOf(w);
         _work.Lost.Add((w.Id, reason));
         _log.Warn($"{reason}; requeueing {held} job(s)");
@@ -274,10 +335,12 @@ internal sealed partial class Sentinel : IDisposable
     }
 
     /// <summary>A worker as the sentinel sees it. <see cref="Id"/> is what the store records.</summary>
-    private sealed class WorkerEntry(byte[] identity, string id, List<string> capabilities, int slots, long now)
+    private sealed class WorkerEntry(byte[] identity, string id, List<string> capabilities, int slots, long now, string? token)
     {
         public byte[] Identity { get; } = identity;
         public string Id { get; } = id;
+        /// <summary>The join token it proved (null on a link without tokens); checked again when the token rotates.</summary>
+        public string? Token { get; set; } = token;
         public List<string> Capabilities { get; set; } = capabilities;
         public int Slots { get; set; } = slots;
         /// <summary>Jobs dispatched (or adopted) and not yet concluded.</summary>
@@ -304,6 +367,53 @@ internal static class SentinelThrow
 {
     public static UnavailableException Bind_InUse(string address, Exception e) =>
         new($"cannot bind {address}: the address is already in use (another sentinel?); pick another with --bind", e);
-    public static UnavailableException Bind_Failed(string address, Exception e) =>
-        new($"cannot bind {address}: {e.Message}", e);
+    public static UnavailableException Bind_Failed(string address, NetMQException e) =>
+        new($"cannot bind {address}: {Why(e)}", e);
+    public static UsageException Bind_NotTcp(string address) =>
+        new($"cannot bind {address}: the sentinel binds tcp:// only (NetMQ's ipc:// is a loopback TCP port any local user can join); use tcp://HOST:PORT, or `casparian start` for one process");
+    public static UsageException Bind_NoKeys(string address) =>
+        new($"cannot bind {address}: a tcp:// sentinel needs its keys (HOME/keys)");
+
+    // NetMQ often leaves the message empty ("Exception of type 'NetMQ.NetMQException' was thrown"): the error code says what happened.
+    private static string Why(NetMQException e) => e.ErrorCode switch
+    {
+        ErrorCode.AddressNotAvailable => "that address is not one of this machine's (EADDRNOTAVAIL); bind an address it has, such as 127.0.0.1, or 0.0.0.0 for every interface",
+        ErrorCode.AccessDenied => "permission denied (EACCES); ports below 1024 need privileges, pick a higher one",
+        ErrorCode.AddressAlreadyInUse => "the address is already in use (another sentinel?); pick another with --bind",
+        ErrorCode.ProtocolNotSupported => "unsupported transport; use tcp://HOST:PORT",
+        ErrorCode.Invalid => "not a valid address; use tcp://HOST:PORT with a numeric IP or a resolvable host name",
+        _ => $"{e.ErrorCode}{(e.InnerException is { } inner ? $" ({inner.Message})" : e.Message.StartsWith("Exception of type", StringComparison.Ordinal) ? "" : $" ({e.Message})")}",
+    };
+}
+
+/// <summary>The process's open-file limit (RLIMIT_NOFILE): raised from the soft to the hard limit, which needs no privilege.</summary>
+internal static partial class FileLimit
+{
+    private const int RlimitNofile = 7;
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct RLimit
+    {
+        public ulong Current;
+        public ulong Max;
+    }
+
+    [DllImport("libc", EntryPoint = "getrlimit", SetLastError = true)]
+    private static extern int GetRLimit(int resource, out RLimit limit);
+
+    [DllImport("libc", EntryPoint = "setrlimit", SetLastError = true)]
+    private static extern int SetRLimit(int resource, ref RLimit limit);
+
+    /// <summary>(soft limit before, soft limit after), or null off Linux or when the limit cannot be read.</summary>
+    public static (ulong Before, ulong After)? RaiseToHard()
+    {
+        if (!OperatingSystem.IsLinux() || GetRLimit(RlimitNofile, out var limit) != 0) return null;
+        ulong before = limit.Current;
+        if (limit.Current >= limit.Max) return (before, before);
+        limit.Current = limit.Max;
+        return SetRLimit(RlimitNofile, ref limit) == 0 ? (before, limit.Max) : (before, before);
+    }
+
+    /// <summary>The soft limit now, or null off Linux.</summary>
+    public static ulong? Current() => OperatingSystem.IsLinux() && GetRLimit(RlimitNofile, out var limit) == 0 ? limit.Current : null;
 }

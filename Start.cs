@@ -1,5 +1,5 @@
 // `casparian start`'s engine: the local default. The sentinel and a worker in one process over
-// ipc://, the store under CASPARIAN_HOME, watched folders queued as files appear, a progress line,
+// inproc://, the store under CASPARIAN_HOME, watched folders queued as files appear, a progress line,
 // and a summary of the Parquet files written. The shell (Commands.Roles.cs) reads the flags and
 // settings, takes the home's lock, opens the store and hands over the option records.
 //
@@ -107,13 +107,11 @@ internal static class Start
     private const int ScanEveryMs = 1000;
     private const int ProgressEveryMs = 250;
 
-    /// <summary>ipc://HOME/casparian.sock, or a short path in /tmp when HOME is too long for a Unix socket (107 bytes).</summary>
-    internal static string LocalEndpoint(string home)
-    {
-        string path = Path.Combine(home, "casparian.sock");
-        if (path.Length > 100) path = Path.Combine(Path.GetTempPath(), $"casparian-{Hashes.Sha256Hex(home)[..12]}.sock");
-        return "ipc://" + path;
-    }
+    /// <summary>
+    /// An inproc:// name: the sentinel and the worker share NetMQ's context in this process, and no other
+    /// process can connect (NetMQ's ipc:// would be a loopback TCP port any local user could join).
+    /// </summary>
+    internal static string LocalEndpoint() => $"inproc://casparian-start-{Guid.NewGuid():N}";
 
     private static string FailureLine(Finished f)
     {
@@ -146,7 +144,7 @@ internal static class Start
         return sb.ToString();
     }
 
-    /// <summary>One `start` per home: the ipc socket, the worker id and the log are the home's (HOME/start.lock, HOME/start.pid).</summary>
+    /// <summary>One `start` per home: the store, the worker id and the log are the home's (HOME/start.lock, HOME/start.pid).</summary>
     internal static PidLock LockHome(string home) =>
         PidLock.Acquire(Path.Combine(home, "start.lock"), Path.Combine(home, "start.pid"), owner => CliThrow.Unavailable_StartRunning(home, owner));
 

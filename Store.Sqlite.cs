@@ -93,7 +93,7 @@ internal sealed class SqliteJobStore : IJobStore
     // Hot paths run through SQLitePCL directly (Store.Statement.cs); the rest through ADO.NET commands.
     private SqliteStatement? _begin, _commit, _rollback, _enqueue, _claim, _complete;
     private SqliteCommand? _heartbeat, _fail, _reject, _requeueWorker,
-        _requeueStale, _runningOn, _cancelledAmong, _cancel, _retry, _get, _isCompleted, _hasJob, _insertParser, _getParser, _getLatestParser;
+        _requeueStale, _runningOn, _cancelledAmong, _cancel, _retry, _get, _isCompleted, _hasJob, _insertParser, _getParser, _parserVersions;
 
     /// <summary>The store file.</summary>
     public string Location => _options.Db;
@@ -659,17 +659,12 @@ internal sealed class SqliteJobStore : IJobStore
     {
         try
         {
-            SqliteCommand cmd;
-            if (version is null)
-            {
-                cmd = Prepare(ref _getLatestParser, $"SELECT {ParserColumns} FROM parsers WHERE name = $name ORDER BY id DESC LIMIT 1", "$name");
-            }
-            else
-            {
-                cmd = Prepare(ref _getParser, $"SELECT {ParserColumns} FROM parsers WHERE name = $name AND version = $version", "$name", "$version");
-                cmd.Parameters[1].Value = version;
-            }
+            // The latest is the highest version by version order, not the last registered: an old
+            // version registered late (or deployed by someone else) must not become the default.
+            if (version is null && (version = HighestVersion(name)) is null) return null;
+            var cmd = Prepare(ref _getParser, $"SELECT {ParserColumns} FROM parsers WHERE name = $name AND version = $version", "$name", "$version");
             cmd.Parameters[0].Value = name;
+            cmd.Parameters[1].Value = version;
             using var r = cmd.ExecuteReader();
             if (!r.Read()) return null;
             return new ParserRecord
@@ -692,6 +687,20 @@ internal sealed class SqliteJobStore : IJobStore
         {
             throw Translate(e);
         }
+    }
+
+    private string? HighestVersion(string name)
+    {
+        var cmd = Prepare(ref _parserVersions, "SELECT version FROM parsers WHERE name = $name", "$name");
+        cmd.Parameters[0].Value = name;
+        string? best = null;
+        using var r = cmd.ExecuteReader();
+        while (r.Read())
+        {
+            string v = r.GetString(0);
+            if (best is null || ParserVersions.Compare(v, best) > 0) best = v;
+        }
+        return best;
     }
 
     public List<ParserSummary> ListParsers()

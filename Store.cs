@@ -144,7 +144,7 @@ internal interface IJobStore : IDisposable
     bool HasJob(string parserName, string parserVersion, string contentHash);
 
     ParserRegistration RegisterParser(ParserRecord parser);
-    /// <summary>The named version, or the most recently registered one when <paramref name="version"/> is null.</summary>
+    /// <summary>The named version, or the highest by version order (ParserVersions) when <paramref name="version"/> is null.</summary>
     ParserRecord? GetParser(string name, string? version = null);
     List<ParserSummary> ListParsers();
 }

@@ -13,6 +13,12 @@ namespace Casparian;
 internal sealed record WorkerOptions
 {
     public required string Connect { get; init; }
+    /// <summary>The sentinel's CURVE public key (Z85): the link is encrypted and only that sentinel can answer. Null: plaintext (inproc://, --insecure).</summary>
+    public required string? SentinelKey { get; init; }
+    /// <summary>The join token sent in IDENTIFY (auth_token); null sends none.</summary>
+    public required string? JoinToken { get; init; }
+    /// <summary>Largest inbound message; a sentinel sending more is disconnected.</summary>
+    public required long MessageLimit { get; init; }
     public required string WorkerId { get; init; }
     public required int Slots { get; init; }
     public required TimeSpan HeartbeatInterval { get; init; }
@@ -49,6 +55,11 @@ internal sealed class Worker : IDisposable
     private readonly Dictionary<ulong, RunningJob> _jobs = [];
     private bool _draining;
     private bool _disconnected;
+    // Connections the sentinel closed before sending anything: a CURVE handshake that failed.
+    private int _silentDrops;
+    private long _connectedAt;
+    private bool _heardFromSentinel;
+    private bool _handshakeWarned;
     private long _malformed;
 
     private sealed class RunningJob(ulong id, CancellationTokenSource abort)
@@ -68,6 +79,14 @@ internal sealed class Worker : IDisposable
         _socket = new DealerSocket();
         // CONCLUDEs queued just before shutdown must still reach the sentinel.
         _socket.Options.Linger = Linger;
+        _socket.Options.MaxMsgSize = options.MessageLimit;
+        if (options.SentinelKey is { } key)
+        {
+            if (!CurveKeys.TryDecode(key, out byte[] serverKey)) throw WorkerThrow.Key_Bad(key);
+            // Our own key pair is fresh each run: the sentinel authorizes workers by join token, not by key.
+            _socket.Options.CurveCertificate = new NetMQCertificate();
+            _socket.Options.CurveServerKey = serverKey;
+        }
         _socket.ReceiveReady += (_, _) => DrainSocket();
         _inbox.ReceiveReady += (_, e) =>
         {
@@ -81,8 +100,12 @@ internal sealed class Worker : IDisposable
         // A sentinel that restarts loses its worker table; the DEALER reconnects on its own, and the
         // monitor tells us when, so we can introduce ourselves again.
         _monitor = new NetMQMonitor(_socket, $"inproc://worker-monitor-{Guid.NewGuid():N}", SocketEvents.Connected | SocketEvents.Disconnected);
-        _monitor.Connected += (_, _) => OnConnected();
-        _monitor.Disconnected += (_, _) => _disconnected = true;
+        _monitor.Connected += (_, _) =>
+        {
+            _connectedAt = Environment.TickCount64;
+            OnConnected();
+        };
+        _monitor.Disconnected += (_, _) => OnDisconnected();
 
         _poller = [_socket, _inbox, _heartbeatTimer, _graceTimer];
         _monitor.AttachToPoller(_poller);
@@ -104,6 +127,24 @@ internal sealed class Worker : IDisposable
     private int _activeCount;
 
     public long MalformedMessages => Interlocked.Read(ref _malformed);
+
+    private void OnDisconnected()
+    {
+        _disconnected = true;
+        if (_heardFromSentinel || Environment.TickCount64 - _connectedAt > 2000)
+        {
+            _heardFromSentinel = false;
+            _silentDrops = 0;
+            return;
+        }
+        // NetMQ reports no handshake failure as such: the sentinel just closes the connection at once,
+        // before anything arrives. A few in a row is a key mismatch, not a restart.
+        if (++_silentDrops < 3 || _handshakeWarned) return;
+        _handshakeWarned = true;
+        _log.Warn(_options.SentinelKey is null
+            ? $"the sentinel at {_options.Connect} closes every connection before the handshake completes: it expects CURVE; give this worker --sentinel-key (`casparian keys` on the sentinel's machine prints it)"
+            : $"the CURVE handshake with the sentinel at {_options.Connect} fails: --sentinel-key is not that sentinel's public key (or the sentinel runs --insecure); `casparian keys` on its machine prints the right one");
+    }
 
     private void OnConnected()
     {
@@ -133,7 +174,7 @@ internal sealed class Worker : IDisposable
 
     private void SendIdentify() =>
         Wire.Send(_socket, OpCode.Identify, 0,
-            new Identify { Capabilities = [.. _options.Capabilities], WorkerId = _options.WorkerId, Slots = _options.Slots },
+            new Identify { Capabilities = [.. _options.Capabilities], WorkerId = _options.WorkerId, Slots = _options.Slots, AuthToken = _options.JoinToken },
             ProtocolJson.Default.Identify);
 
     private void SendHeartbeat()
@@ -153,6 +194,8 @@ internal sealed class Worker : IDisposable
         NetMQMessage? message = null;
         while (_socket.TryReceiveMultipartMessage(TimeSpan.Zero, ref message))
         {
+            _heardFromSentinel = true;
+            _silentDrops = 0;
             WireMessage m;
             try
             {
@@ -378,6 +421,8 @@ internal static class WorkerThrow
 {
     public static InputException Dispatch_BadArchive(string parser) =>
         new($"DISPATCH for parser {parser} carries a parser_archive that is not base64");
+    public static UsageException Key_Bad(string key) =>
+        new($"sentinel key '{Text.Clip(key, 60)}' is not a Z85 CURVE public key ({CurveKeys.Z85Length} characters); `casparian keys` on the sentinel's machine prints it");
     public static UnavailableException Id_Unreadable(string path) =>
         new($"worker id file {path} is empty or unreadable; delete it to get a new id");
 }

@@ -157,6 +157,9 @@ public static class Program
             (false, true) => Job.Default.WithStrategy(RunStrategy.Monitoring).WithLaunchCount(1).WithWarmupCount(1).WithIterationCount(7),
         };
         return ManualConfig.CreateMinimumViable()
+            // The generated project is built while other work shares the machine: BenchmarkDotNet's
+            // 2-minute default failed a run on a loaded 2-core box.
+            .WithBuildTimeout(TimeSpan.FromMinutes(10))
             .AddJob(job.WithId(macro ? "macro" : "micro"))
             .AddDiagnoser(BenchmarkDotNet.Diagnosers.MemoryDiagnoser.Default)
             .AddColumn(BenchmarkDotNet.Columns.StatisticColumn.Median, BenchmarkDotNet.Columns.StatisticColumn.Q1, BenchmarkDotNet.Columns.StatisticColumn.Q3)
@@ -180,6 +183,13 @@ internal static class Defaults
 
     public static OutputOptions Output(string root) => Commands.OutputOptions(Settings) with { Root = root };
 
+    /// <summary>A sentinel with <see cref="Keys"/>: CURVE on tcp://, tokens checked (the default a user gets).</summary>
     public static SentinelOptions Sentinel(string bind, string db, RoleLog log) =>
-        Commands.SentinelOptions(Settings, log) with { Bind = bind, Store = Store(db) };
+        Commands.SentinelOptions(Settings, log, Keys) with { Bind = bind, Store = Store(db) };
+
+    private static readonly Lazy<SentinelKeys> LazyKeys = new(() =>
+        SentinelKeys.LoadOrCreate(Path.Combine(Directory.CreateTempSubdirectory("casparian-bench-keys-").FullName, "keys")));
+
+    /// <summary>The bench run's sentinel keys, made once in a private temp directory.</summary>
+    public static SentinelKeys Keys => LazyKeys.Value;
 }

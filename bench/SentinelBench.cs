@@ -20,6 +20,10 @@ public class SentinelBench
     [Params("1x4", "4x4", "1x64")]
     public string Fleet { get; set; } = "1x4";
 
+    /// <summary>The link as users get it (CURVE, true) or with --insecure (plaintext): the cost of encryption.</summary>
+    [Params(false, true)]
+    public bool Curve { get; set; } = true;
+
     private string _dir = "";
     private IJobStore _store = null!;
     private Sentinel _sentinel = null!;
@@ -54,11 +58,12 @@ public class SentinelBench
             JobTimeout = null,
             // Under load, claims follow every freed slot; the poll only matters when work is added to an idle sentinel.
             PollInterval = TimeSpan.FromMilliseconds(5),
+            Insecure = !Curve,
         });
         _sentinel.Start();
         _sentinelThread = new Thread(() => _sentinel.Run(_stop.Token)) { Name = "sentinel", IsBackground = true };
         _sentinelThread.Start();
-        for (int i = 0; i < workers; i++) _workers.Add(new BenchWorker(_sentinel.Endpoint, $"bench-{i}", slots));
+        for (int i = 0; i < workers; i++) _workers.Add(new BenchWorker(_sentinel.Endpoint, $"bench-{i}", slots, Curve));
 
         // Checked before every run: a small batch goes through and lands COMPLETED with its receipt.
         var first = _store.EnqueueMany(_jobs[..100]);
@@ -148,9 +153,9 @@ public class SentinelBench
 
         public long LastConcluded => Interlocked.Read(ref _lastConcluded);
 
-        public BenchWorker(string endpoint, string id, int slots)
+        public BenchWorker(string endpoint, string id, int slots, bool curve)
         {
-            _thread = new Thread(() => Loop(endpoint, id, slots)) { Name = id, IsBackground = true };
+            _thread = new Thread(() => Loop(endpoint, id, slots, curve)) { Name = id, IsBackground = true };
             _thread.Start();
         }
 
@@ -158,11 +163,17 @@ public class SentinelBench
 
         public void Release(Countdown done) => _release = done;
 
-        private void Loop(string endpoint, string id, int slots)
+        private void Loop(string endpoint, string id, int slots, bool curve)
         {
             using var socket = new DealerSocket();
+            if (curve)
+            {
+                socket.Options.CurveCertificate = new NetMQCertificate();
+                socket.Options.CurveServerKey = Defaults.Keys.Certificate.PublicKey;
+            }
             socket.Connect(endpoint);
-            Wire.Send(socket, OpCode.Identify, 0, new Identify { Capabilities = ["*"], WorkerId = id, Slots = slots }, ProtocolJson.Default.Identify);
+            Wire.Send(socket, OpCode.Identify, 0, new Identify { Capabilities = ["*"], WorkerId = id, Slots = slots, AuthToken = Defaults.Keys.JoinToken },
+                ProtocolJson.Default.Identify);
             var held = new Queue<ulong>();
             while (!_stopping)
             {

@@ -2,7 +2,7 @@
 // without the store, each against the same exchange in pyzmq (Debian's python3-zmq on libzmq).
 // Every peer is a real socket on loopback TCP, owned by its own thread as in the running system:
 //
-//   RoundTrip     bench thread: DEALER ──HEARTBEAT──▶ echo thread: ROUTER
+//   RoundTrip     bench thread: DEALER ──HEARTBEAT──▶ echo thread: ROUTER   (RoundTripCurve: the same over CURVE)
 //                               DEALER ◀────ACK───── (reflects the heartbeat's current_job_id)
 //   DispatchLoop  bench thread: ROUTER ──DISPATCH──▶ worker thread: DEALER
 //                 (the sentinel) ROUTER ◀─CONCLUDE── (SUCCESS receipt per job), 4 jobs in flight
@@ -182,11 +182,31 @@ public class ZmqBench
         """;
 
     [GlobalSetup(Target = nameof(RoundTrip))]
-    public void SetupRoundTrip()
+    public void SetupRoundTrip() => OpenRoundTrip(curve: false);
+
+    [GlobalSetup(Target = nameof(RoundTripCurve))]
+    public void SetupRoundTripCurve() => OpenRoundTrip(curve: true);
+
+    /// <summary>The echo pair; with <paramref name="curve"/>, a CURVE server and client as the sentinel and a worker use them.</summary>
+    private void OpenRoundTrip(bool curve)
     {
         int port = 0;
-        _echo = new Peer("echo router", () => new RouterSocket(), s => port = s.BindRandomPort(Loopback), Echo);
+        var server = new NetMQCertificate();
+        _echo = new Peer("echo router", () => new RouterSocket(), s =>
+        {
+            if (curve)
+            {
+                s.Options.CurveServer = true;
+                s.Options.CurveCertificate = server;
+            }
+            port = s.BindRandomPort(Loopback);
+        }, Echo);
         _dealer = new DealerSocket();
+        if (curve)
+        {
+            _dealer.Options.CurveCertificate = new NetMQCertificate();
+            _dealer.Options.CurveServerKey = server.PublicKey;
+        }
         _dealer.Connect($"{Loopback}:{port}");
 
         var ack = Exchange(out var header);
@@ -194,7 +214,7 @@ public class ZmqBench
             throw new InvalidOperationException($"echo answered {header} {ack}, expected an ACK reflecting current_job_id 123456");
     }
 
-    [GlobalCleanup(Target = nameof(RoundTrip))]
+    [GlobalCleanup(Targets = [nameof(RoundTrip), nameof(RoundTripCurve)])]
     public void CleanupRoundTrip()
     {
         _dealer?.Dispose();
@@ -240,6 +260,10 @@ public class ZmqBench
         ack = json.loads(b)
         """, Interpreter = "/usr/bin/python3")]
     public object RoundTrip() => Exchange(out _);
+
+    /// <summary>The same round trip over CURVE (encrypted, authenticated), as every tcp:// link is by default.</summary>
+    [Benchmark]
+    public object RoundTripCurve() => Exchange(out _);
 
     /// <summary>One sentinel batch: <see cref="Jobs"/> DISPATCHes, at most <see cref="Window"/> unanswered, each CONCLUDE decoded.</summary>
     [Benchmark]

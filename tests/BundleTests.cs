@@ -595,4 +595,21 @@ public sealed class BundleTests
         Assert.Contains("a.py, b.py", e.Message);
         Assert.Empty(Directory.EnumerateFileSystemEntries(dir.Path));
     }
+
+    [Theory]
+    // Numeric parts compare as numbers, not text.
+    [InlineData("1.10", "1.9", 1)]
+    [InlineData("10.0", "9.9.9", 1)]
+    // More parts after fewer.
+    [InlineData("1.0.1", "1.0", 1)]
+    // A release after its pre-release; pre-releases in order.
+    [InlineData("1.0", "1.0-rc1", 1)]
+    [InlineData("1.0-rc2", "1.0-rc1", 1)]
+    // Build metadata does not order; equal otherwise.
+    [InlineData("2.0", "2.0", 0)]
+    public void ParserVersions_Compare_OrdersByVersionNotText(string a, string b, int sign)
+    {
+        Assert.Equal(sign, Math.Sign(ParserVersions.Compare(a, b)));
+        Assert.Equal(-sign, Math.Sign(ParserVersions.Compare(b, a)));
+    }
 }

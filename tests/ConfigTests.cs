@@ -94,7 +94,8 @@ public sealed class ConfigTests : IDisposable
             idle_timeout = 0.5
             lineage = false
             allowed_roots = ["/data/a", "/data/b"]
-            bind = "ipc:///tmp/c.sock"
+            bind = "tcp://0.0.0.0:7000"
+            insecure = true
             """);
         var c = Config.Load(Flags(), Env(), _dir.Path);
         Assert.Equal(2L << 30, c.Get(Config.VenvBudget));
@@ -103,7 +104,8 @@ public sealed class ConfigTests : IDisposable
         Assert.Equal(TimeSpan.FromMilliseconds(500), c.Get(Config.IdleTimeout));
         Assert.False(c.Get(Config.Lineage));
         Assert.Equal(["/data/a", "/data/b"], c.Get(Config.AllowedRoots));
-        Assert.Equal("ipc:///tmp/c.sock", c.Get(Config.Bind));
+        Assert.Equal("tcp://0.0.0.0:7000", c.Get(Config.Bind));
+        Assert.True(c.Get(Config.Insecure));
     }
 
     public static TheoryData<string, string> BadFiles => new()
@@ -117,7 +119,11 @@ public sealed class ConfigTests : IDisposable
         // A bare word where a string needs quotes.
         { "bind = tcp://x:1\n", "line 1: bad value for 'bind': 'tcp://x:1' is not a TOML value (strings need quotes)" },
         // An address without a scheme.
-        { "bind = \"localhost:5555\"\n", "expected tcp://HOST:PORT or ipc://PATH" },
+        { "bind = \"localhost:5555\"\n", "expected tcp://HOST:PORT" },
+        // ipc:// under NetMQ is a loopback TCP port any local user can join: refused, saying so.
+        { "bind = \"ipc:///tmp/c.sock\"\n", "ipc:// is refused: NetMQ implements it as a loopback TCP port any local user can join" },
+        // A sentinel key that is not 40 Z85 characters.
+        { "sentinel_key = \"abc\"\n", "expected a Z85 CURVE public key (40 characters" },
         // A TOML table: settings are flat.
         { "[worker]\nslots = 2\n", "line 1: tables such as [worker] are not used" },
         // The same key twice.
@@ -204,13 +210,36 @@ public sealed class ConfigTests : IDisposable
     }
 
     [Fact]
+    public void Config_LinkSecurity_TokenHiddenAndInsecureIsASwitch()
+    {
+        string home = _dir.File("home");
+        string token = new('7', 64);
+        var c = Config.Load(Flags("--insecure"), Env(("CASPARIAN_HOME", home), ("CASPARIAN_TOKEN", token)), _dir.Path);
+        Assert.True(c.Get(Config.Insecure));
+        Assert.Equal(token, c.Get(Config.JoinToken));
+        string rendered = c.Render();
+        Assert.DoesNotContain(token, rendered);
+        Assert.Contains("(set, hidden)", rendered);
+        // --insecure leaves the worker without CURVE; the token still goes in IDENTIFY.
+        var worker = Commands.WorkerOptions(c, "w", RoleLog.None);
+        Assert.Equal((null, token), (worker.SentinelKey, worker.JoinToken));
+
+        // A worker on the sentinel's home finds its public key and token there.
+        var keys = SentinelKeys.LoadOrCreate(Path.Combine(home, "keys"));
+        var local = Commands.WorkerOptions(Config.Load(Flags(), Env(("CASPARIAN_HOME", home)), _dir.Path), "w", RoleLog.None);
+        Assert.Equal((keys.PublicKey, keys.JoinToken), (local.SentinelKey, local.JoinToken));
+    }
+
+    [Fact]
     public void Config_Options_CarryTheSettingsIntoEveryRole()
     {
         // The shell's mapping (Commands.Options.cs) is the only place option records are filled.
-        WriteToml("retry_backoff_max = \"90s\"\nmessage_limit = \"8MB\"\nrow_group_rows = 1000\ncapabilities = [\"csv\", \"json\"]\n");
+        WriteToml("retry_backoff_max = \"90s\"\nmessage_limit = \"8MB\"\nrow_group_rows = 1000\ncapabilities = [\"csv\", \"json\"]\nlink_message_limit = \"2MB\"\n");
         var c = Config.Load(Flags("--lock-timeout", "3s", "--poll-interval", "50ms", "--db", "postgresql://h/db"),
             Env(("CASPARIAN_BUILD_TIMEOUT", "2m"), ("CASPARIAN_HOME", _dir.File("home"))), _dir.Path);
-        var sentinel = Commands.SentinelOptions(c, RoleLog.None);
+        var sentinel = Commands.SentinelOptions(c, RoleLog.None, keys: null);
+        Assert.Equal(2 << 20, sentinel.MessageLimit);
+        Assert.Equal(2 << 20, Commands.WorkerOptions(c, "w", RoleLog.None).MessageLimit);
         Assert.Equal((TimeSpan.FromSeconds(90), TimeSpan.FromSeconds(3), "postgresql://h/db"),
             (sentinel.Store.RetryBackoffMax, sentinel.Store.LockTimeout, sentinel.Store.Db));
         Assert.Equal(TimeSpan.FromMilliseconds(50), sentinel.PollInterval);

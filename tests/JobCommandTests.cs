@@ -224,7 +224,11 @@ public sealed class JobCommandTests : IDisposable
         sentinel.BeginErrorReadLine();
         try
         {
-            using var worker = new ScriptedWorker($"tcp://127.0.0.1:{port}", "bin-worker", ["csvp"], slots: 2);
+            // First start over tcp://: the sentinel made its keys under HOME/keys and said how a worker joins.
+            string keys = Path.Combine(_home.Path, "keys");
+            string token = Eventually.Value(() => SentinelKeys.ReadJoinToken(keys), ScriptedWorker.Patience, "the join token", () => stderr.ToString());
+            string key = SentinelKeys.ReadPublicKey(keys)!;
+            using var worker = new ScriptedWorker($"tcp://127.0.0.1:{port}", "bin-worker", ["csvp"], slots: 2, token: token, serverKey: key);
             var first = worker.Expect(OpCode.Dispatch);
             var second = worker.Expect(OpCode.Dispatch);
             Assert.Equal([1ul, 2ul], new[] { first.JobId, second.JobId });
@@ -256,6 +260,7 @@ public sealed class JobCommandTests : IDisposable
         {
             Assert.True(sentinel.ExitCode == 0, $"exit {sentinel.ExitCode}\n{stderr}");
             Assert.Contains("worker bin-worker joined", stderr.ToString());
+            Assert.Contains($"casparian worker --connect tcp://127.0.0.1:{port} --sentinel-key '{SentinelKeys.ReadPublicKey(Path.Combine(_home.Path, "keys"))}' --token ", stderr.ToString());
             Assert.Contains("stopped", stderr.ToString());
         }
     }

@@ -20,19 +20,28 @@ internal sealed class SentinelHost : IDisposable
     public string Endpoint => Sentinel.Endpoint;
 
     public SentinelHost(string db, string bind = "tcp://127.0.0.1:*", TimeSpan? heartbeatTimeout = null, int retryLimit = 3, TimeSpan? jobTimeout = null,
-        TimeSpan? deadlineGrace = null)
+        TimeSpan? deadlineGrace = null, Func<SentinelOptions, SentinelOptions>? configure = null)
     {
         var log = new RoleLog(TextWriter.Synchronized(_log), "sentinel", quiet: false, TimeProvider.System);
         var options = Defaults.Sentinel(bind, db, log);
-        Sentinel = new Sentinel(options with
+        options = options with
         {
             Store = options.Store with { RetryLimit = retryLimit, RetryBackoff = TimeSpan.FromMilliseconds(50) },
             HeartbeatTimeout = heartbeatTimeout ?? TimeSpan.FromSeconds(60),
             JobTimeout = jobTimeout,
             DeadlineGrace = deadlineGrace ?? options.DeadlineGrace,
             PollInterval = TimeSpan.FromMilliseconds(50),
-        });
-        Sentinel.Start();
+        };
+        Sentinel = new Sentinel(configure?.Invoke(options) ?? options);
+        try
+        {
+            Sentinel.Start();
+        }
+        catch
+        {
+            Sentinel.Dispose();
+            throw;
+        }
         _thread = new Thread(() =>
         {
             try { Sentinel.Run(_stop.Token); }
@@ -62,14 +71,24 @@ internal sealed class ScriptedWorker : IDisposable
     private readonly DealerSocket _socket = new();
     public static readonly TimeSpan Patience = TimeSpan.FromSeconds(10);
 
-    public ScriptedWorker(string endpoint, string? id = "w1", string[]? capabilities = null, int? slots = null, bool identify = true)
+    /// <summary>
+    /// <paramref name="curve"/>: a CURVE client of the test keys (false: plaintext, as an outsider
+    /// might try). <paramref name="token"/>: the join token its IDENTIFY carries (default the test keys').
+    /// </summary>
+    public ScriptedWorker(string endpoint, string? id = "w1", string[]? capabilities = null, int? slots = null, bool identify = true,
+        bool curve = true, string? token = UseTestToken, string? serverKey = null)
     {
+        if (curve && endpoint.StartsWith("tcp://", StringComparison.Ordinal)) TestKeys.Client(_socket, serverKey);
+        _token = token == UseTestToken ? TestKeys.Shared.JoinToken : token;
         _socket.Connect(endpoint);
         if (identify) Identify(id, capabilities ?? ["*"], slots);
     }
 
+    private const string UseTestToken = "\0test-keys";
+    private readonly string? _token;
+
     public void Identify(string? id, string[] capabilities, int? slots) =>
-        Send(OpCode.Identify, 0, Payload.Encode(new Identify { Capabilities = [.. capabilities], WorkerId = id, Slots = slots }, ProtocolJson.Default.Identify));
+        Send(OpCode.Identify, 0, Payload.Encode(new Identify { Capabilities = [.. capabilities], WorkerId = id, Slots = slots, AuthToken = _token }, ProtocolJson.Default.Identify));
 
     public void Send(OpCode op, ulong jobId, byte[] payload) => Wire.Send(_socket, op, jobId, payload);
 
@@ -265,9 +284,11 @@ public sealed class SentinelTests : IDisposable
         Assert.Equal(ids, retaken.Order());
         Assert.Contains("worker silent silent for", host.Log);
 
-        // The silent worker wakes up and reports: too late, the job belongs to "alive" now.
+        // The silent worker wakes up and reports: too late, it was dropped, and a peer that has not
+        // identified again is not heard (it is told to identify).
         silent.Conclude(ids[0], ReceiptStatus.Success, new() { ["rows"] = 666 });
-        WaitForLog(host, $"ignored SUCCESS for job {ids[0]} from an unknown peer");
+        WaitForLog(host, $"dropped CONCLUDE for job {ids[0]} from peer");
+        silent.Expect(OpCode.Err);
         alive.Conclude(ids[0], ReceiptStatus.Success, new() { ["rows"] = 1 });
         var done = WaitForState(ids[0], JobState.Completed);
         Assert.Equal("alive", done.Worker);
@@ -327,10 +348,19 @@ public sealed class SentinelTests : IDisposable
     }
 
     [Fact]
-    public void Sentinel_Ipc_ServesOverAUnixPath()
+    public void Sentinel_Ipc_IsRefusedAsNotPrivate()
+    {
+        // NetMQ's ipc:// is a loopback TCP port: it "listened" even on a directory that does not exist.
+        var e = Assert.Throws<UsageException>(() => new SentinelHost(Db, bind: $"ipc://{_dir.File("no/such/dir/sentinel.ipc")}"));
+        Assert.Contains("tcp:// only", e.Message);
+        Assert.Contains("ipc:// is a loopback TCP port", e.Message);
+    }
+
+    [Fact]
+    public void Sentinel_Inproc_ServesAWorkerInTheSameProcess()
     {
         long id = Queue(1)[0];
-        using var host = new SentinelHost(Db, bind: $"ipc://{_dir.File("sentinel.ipc")}");
+        using var host = new SentinelHost(Db, bind: $"inproc://sentinel-test-{Guid.NewGuid():N}");
         using var worker = new ScriptedWorker(host.Endpoint);
         Assert.Equal((ulong)id, worker.Expect(OpCode.Dispatch).JobId);
     }
@@ -409,7 +439,9 @@ public sealed class SentinelTests : IDisposable
     {
         long id = Queue(1)[0];
         using var host = new SentinelHost(Db);
-        using (var vandal = new ScriptedWorker(host.Endpoint, identify: false))
+        // The vandal identifies (with the token, and no capabilities, so it gets no work): a peer that
+        // has not is refused before its payload is read (SecurityTests).
+        using (var vandal = new ScriptedWorker(host.Endpoint, "vandal", capabilities: []))
         {
             for (int i = 0; i < 3; i++) vandal.SendFrames(frames);
             Eventually.True(() => host.Sentinel.MalformedMessages >= 3, ScriptedWorker.Patience, $"{name}: three malformed messages counted", () => host.Log);
@@ -491,7 +523,7 @@ public sealed class SentinelTests : IDisposable
         using var after = new ScriptedWorker(host.Endpoint, "w", ["*"], slots: 2);
         var again = new[] { (long)after.Expect(OpCode.Dispatch).JobId, (long)after.Expect(OpCode.Dispatch).JobId };
         Assert.Equal(ids, again.Order());
-        Assert.Contains("worker w restarted", host.Log);
+        Assert.Contains("worker w identified from a new connection (takeover or restart)", host.Log);
     }
 
     [Fact]
@@ -544,6 +576,7 @@ public sealed class SentinelTests : IDisposable
             ArtifactHash = artifactHash ?? Hashes.ArtifactHash(source, lockfile),
             Signature = "",
             PublisherName = "tests",
+            AuthToken = TestKeys.Shared.AdminToken,
         }, ProtocolJson.Default.Deploy);
 
     [Fact]

@@ -1,4 +1,4 @@
-// `casparian start` through the native binary: sentinel and worker in one process over ipc:// with
+// `casparian start` through the native binary: sentinel and worker in one process over inproc:// with
 // the store under CASPARIAN_HOME; --drain, --watch, SIGINT, and one start per home.
 using System.Text.RegularExpressions;
 using Xunit;
@@ -27,7 +27,9 @@ public sealed class StartTests : IDisposable
         string output = Path.Combine(_c.Home, "output");
         string[] err = r.Stderr.Split('\n');
         Assert.Matches($@"^casparian \S+: store {Regex.Escape(_c.Db)}, 2 slot\(s\), output under {Regex.Escape(output)}$", err[0]);
-        Assert.Equal($"  sentinel on ipc://{_c.Home}/casparian.sock; logs in {_c.Home}/logs/casparian.log", err[1]);
+        // inproc://, not NetMQ's ipc:// (a loopback TCP port any local user could join); no keys needed.
+        Assert.Matches($"^  sentinel on inproc://casparian-start-[0-9a-f]{{32}}; logs in {Regex.Escape(_c.Home)}/logs/casparian.log$", err[1]);
+        Assert.False(Directory.Exists(Path.Combine(_c.Home, "keys")));
 
         string[] lines = r.Stdout.TrimEnd().Split('\n');
         Assert.Matches(@"^5 job\(s\) completed, 0 failed in this session \(\d+\.\d s\); store: 0 queued, 0 running, 5 completed, 0 failed$", lines[0]);

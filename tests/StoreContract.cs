@@ -413,6 +413,17 @@ public abstract class JobStoreContract : IDisposable
         Assert.Equal([("csv", "1.0", 3L), ("csv", "1.1", 0L)], store.ListParsers().Select(p => (p.Name, p.Version, p.ArchiveBytes)));
     }
 
+    [Fact]
+    public void Store_GetParser_LatestIsTheHighestVersionNotTheLastRegistered()
+    {
+        // Issue 11: a rogue `slow 9.9.9` registered last became the default for `job add --parser slow`.
+        // Registration order alone must not decide: 10.0 is the latest, however late 9.9.9 arrives.
+        using var store = Open();
+        foreach (var v in new[] { "1.9", "10.0", "1.10", "10.0-rc1", "9.9.9" })
+            store.RegisterParser(Parser("slow", v, "src " + v));
+        Assert.Equal("10.0", store.GetParser("slow")!.Version);
+    }
+
     private static ParserRecord Parser(string name, string version, string source, byte[]? archive = null) => new()
     {
         Name = name,

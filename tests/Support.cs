@@ -120,11 +120,44 @@ internal static class Defaults
     public static JobExecutorOptions Executor(string home) =>
         Commands.ExecutorOptions(Settings(home)) with { ShimPath = Guest.ShimPath };
 
+    /// <summary>A worker that joins a sentinel holding <see cref="TestKeys.Shared"/>: CURVE with its public key, and its join token.</summary>
     public static WorkerOptions Worker(string connect, string id, RoleLog? log = null) =>
-        Commands.WorkerOptions(Settings(Scratch), id, log ?? RoleLog.None) with { Connect = connect };
+        Commands.WorkerOptions(Settings(Scratch), id, log ?? RoleLog.None) with
+        {
+            Connect = connect,
+            SentinelKey = TestKeys.Shared.PublicKey,
+            JoinToken = TestKeys.Shared.JoinToken,
+        };
 
+    /// <summary>A sentinel with <see cref="TestKeys.Shared"/>: CURVE on tcp://, join and admin tokens checked.</summary>
     public static SentinelOptions Sentinel(string bind, string db, RoleLog log) =>
-        Commands.SentinelOptions(Settings(Scratch), log) with { Bind = bind, Store = Store(db) };
+        Commands.SentinelOptions(Settings(Scratch), log, TestKeys.Shared) with { Bind = bind, Store = Store(db) };
+}
+
+/// <summary>
+/// The keys every test sentinel holds, made once per test run in a private temp directory (as a
+/// sentinel's first start makes them under HOME/keys), and how a test's raw socket uses them.
+/// </summary>
+internal static class TestKeys
+{
+    private static readonly Lazy<SentinelKeys> Keys = new(() =>
+        SentinelKeys.LoadOrCreate(System.IO.Path.Combine(Directory.CreateTempSubdirectory("casparian-test-keys-").FullName, "keys")));
+
+    public static SentinelKeys Shared => Keys.Value;
+
+    /// <summary>Makes <paramref name="socket"/> a CURVE client of a sentinel holding <see cref="Shared"/> (before it connects).</summary>
+    public static void Client(NetMQ.NetMQSocket socket, string? serverKey = null)
+    {
+        socket.Options.CurveCertificate = new NetMQ.NetMQCertificate();
+        socket.Options.CurveServerKey = NetMQ.NetMQCertificate.FromPublicKey(serverKey ?? Shared.PublicKey).PublicKey;
+    }
+
+    /// <summary>Makes <paramref name="socket"/> a CURVE server with <see cref="Shared"/>'s key pair (before it binds).</summary>
+    public static void Server(NetMQ.NetMQSocket socket)
+    {
+        socket.Options.CurveServer = true;
+        socket.Options.CurveCertificate = Shared.Certificate;
+    }
 }
 
 /// <summary>A clock that moves only when told, so backoff is testable without sleeping.</summary>

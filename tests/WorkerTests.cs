@@ -16,6 +16,7 @@ internal sealed class ScriptedSentinel : IDisposable
 
     public ScriptedSentinel(int port = 0)
     {
+        TestKeys.Server(_router);
         Port = port == 0 ? _router.BindRandomPort("tcp://127.0.0.1") : Bind(port);
         Address = $"tcp://127.0.0.1:{Port}";
     }
@@ -98,25 +99,35 @@ internal sealed class WorkerRun : IDisposable
     private readonly Thread _thread;
     private readonly EnvManager _envs;
 
+    private readonly StringWriter _log = new();
+
     public TempDir Dir { get; } = new();
     public Worker Worker { get; }
+
+    /// <summary>What the worker logged so far.</summary>
+    public string Log
+    {
+        get { lock (_log) return _log.ToString(); }
+    }
     public string Output => Dir.File("output");
     public string Logs => Dir.File("logs");
     public string Wheelhouse => Dir.File("wheels");
 
-    public WorkerRun(string connect, int slots = 2, TimeSpan? heartbeat = null, TimeSpan? grace = null, long logLimit = 1 << 20)
+    public WorkerRun(string connect, int slots = 2, TimeSpan? heartbeat = null, TimeSpan? grace = null, long logLimit = 1 << 20,
+        Func<WorkerOptions, WorkerOptions>? configure = null)
     {
         Directory.CreateDirectory(Wheelhouse);
         _envs = new EnvManager(Defaults.Venv(Dir.File("venvs")) with { Wheelhouse = Wheelhouse });
         // Output, parsers and logs under Dir: Output, Dir/parsers, Logs.
         var executor = new JobExecutor(Defaults.Executor(Dir.Path) with { LogLimit = logLimit }, _envs);
         var host = new WorkerHost { Envs = _envs, Executor = executor };
-        Worker = new Worker(Defaults.Worker(connect, "test-worker") with
+        var options = Defaults.Worker(connect, "test-worker", new RoleLog(TextWriter.Synchronized(_log), "worker", quiet: false, TimeProvider.System)) with
         {
             Slots = slots,
             HeartbeatInterval = heartbeat ?? TimeSpan.FromHours(1),
             ShutdownGrace = grace ?? TimeSpan.FromSeconds(30),
-        }, executor.RunAsync, host.PrepareEnv);
+        };
+        Worker = new Worker(configure?.Invoke(options) ?? options, executor.RunAsync, host.PrepareEnv);
         _thread = new Thread(() => Worker.Run(_stop.Token)) { IsBackground = true, Name = "worker-under-test" };
         _thread.Start();
     }
@@ -525,13 +536,15 @@ public sealed class WorkerTests
         using var s = new ScriptedSentinel();
         using var dir = new TempDir();
         var psi = new ProcessStartInfo(Repo.Binary) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-        foreach (var a in new[] { "worker", "--connect", s.Address, "--output", dir.File("out"), "--slots", "2" }) psi.ArgumentList.Add(a);
+        foreach (var a in new[] { "worker", "--connect", s.Address, "--sentinel-key", TestKeys.Shared.PublicKey, "--output", dir.File("out"), "--slots", "2" }) psi.ArgumentList.Add(a);
         psi.Environment["CASPARIAN_HOME"] = dir.File("home");
+        psi.Environment["CASPARIAN_TOKEN"] = TestKeys.Shared.JoinToken;
         using var p = Process.Start(psi)!;
         var stderr = p.StandardError.ReadToEndAsync();
         try
         {
             var id = s.Receive(OpCode.Identify, TimeSpan.FromSeconds(30)).Decode(ProtocolJson.Default.Identify);
+            Assert.Equal(TestKeys.Shared.JoinToken, id.AuthToken);
             Assert.Equal(2, id.Slots);
             // The id persists in the home directory.
             Assert.Equal(File.ReadAllText(Path.Combine(dir.File("home"), "worker", "id")).Trim(), id.WorkerId);
