@@ -95,7 +95,7 @@ public class StoreBench
     {
         int done = 0;
         foreach (var job in _store.Claim("bench", Any, 1))
-            if (_store.Complete(job.Id, "bench", Metrics, Artifacts)) done++;
+            if (_store.Complete(job.Id, "bench", Metrics, Artifacts, parsedHash: null, out _)) done++;
         return done;
     });
 
