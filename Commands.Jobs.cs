@@ -12,7 +12,7 @@ internal static partial class Commands
 {
     private static readonly Flag ParserFlag = new("--parser", "NAME[@VERSION]", "parser to run (default version: the latest registered)");
     private static readonly Flag PriorityFlag = new("--priority", "N", "higher runs first (default 0)");
-    private static readonly Flag ForceFlag = new("--force", null, "queue files this parser version already completed");
+    private static readonly Flag ForceFlag = new("--force", null, "queue files even when unchanged since this parser version processed them");
     private static readonly Flag StateFlag = new("--state", "S", "only jobs in state S: queued, running, completed, failed, cancelled");
     private static readonly Flag LimitFlag = new("--limit", "N", "show the N most recent jobs (default 50)");
 
@@ -98,18 +98,29 @@ internal static partial class Commands
             var (name, version) = ParserSpec("job add", ParserFlag, spec);
             paths = ExpandInputs(paths);
 
+            var stats = Catalog.Stat(paths);
+
             return WithStore(storeOptions, store =>
             {
                 var parser = FindParser(store, name, version);
-                var files = paths.Select(f => (f, HashFile(f))).ToList();
-                var r = Queue(store, parser, files, priority, skip: force ? null : hash => store.IsCompleted(parser.Name, parser.Version, hash));
+                var plan = Catalog.Plan(store, parser, stats, force);
+                var r = Queue(store, parser, plan.ToQueue, priority, skip: null);
                 var sb = new StringBuilder($"queued {r.Queued} job(s) for parser {parser.Name} {parser.Version}");
                 if (r.Queued > 0) sb.Append(r.FirstId == r.LastId ? $" (job {r.FirstId})" : $" (jobs {r.FirstId}-{r.LastId})");
-                if (r.Skipped > 0) sb.Append($"; skipped {r.Skipped} file(s) this version already completed (--force queues them anyway)");
+                if (plan.NewVersions > 0) sb.Append($"; {plan.NewVersions} new or changed file(s)");
+                if (plan.Unchanged.Count > 0)
+                {
+                    sb.Append($"; skipped {plan.Unchanged.Count} unchanged file(s) this version already processed or has queued (--force queues them anyway):");
+                    foreach (string path in plan.Unchanged.Take(SkippedShown)) sb.Append("\n  unchanged: ").Append(path);
+                    if (plan.Unchanged.Count > SkippedShown) sb.Append($"\n  … and {plan.Unchanged.Count - SkippedShown} more");
+                }
                 Console.Out.WriteLine(sb.ToString());
                 return 0;
             });
         });
+
+    /// <summary>Skipped files `job add` names one per line; past this, a count.</summary>
+    private const int SkippedShown = 20;
 
     private static readonly Command Show = new("show", "show one job in full", "job show ID [--db PATH]", Config.Flags(Config.Db),
         args => WithJob(args, (_, job) => Describe(job)));

@@ -151,7 +151,9 @@ internal sealed partial class Sentinel
         switch (r.Status)
         {
             case ReceiptStatus.Success:
-                return (c, _store.Complete(c.JobId, c.WorkerId, r.Metrics, r.Artifacts), null);
+                // MERGE(faults, issue 11 item 7): pass the receipt's parsed hash here, so the catalog records the
+                // bytes the worker parsed as the source's version; null keeps the hash `job add` queued.
+                return (c, _store.Complete(c.JobId, c.WorkerId, r.Metrics, r.Artifacts, parsedHash: null), null);
             case ReceiptStatus.Failed:
                 // Contract with the worker: metrics["transient"] == 1 marks a failure worth retrying
                 // (guest exit code 2, SPEC §3); any other failure is permanent.

@@ -23,10 +23,10 @@ using Microsoft.Data.Sqlite;
 
 namespace Casparian;
 
-internal sealed class SqliteJobStore : IJobStore
+internal sealed partial class SqliteJobStore : IJobStore
 {
     /// <summary>The schema this build reads and writes (PRAGMA user_version).</summary>
-    public const int SchemaVersion = 2;
+    public const int SchemaVersion = 3;
 
     // Migrations by target version: Migrations[0] takes an empty file to version 1.
     private static readonly string[] Migrations =
@@ -75,6 +75,42 @@ internal sealed class SqliteJobStore : IJobStore
         // by an earlier session, or failed), so every job is findable by its parser and content.
         """
         CREATE INDEX jobs_file ON jobs (content_hash, parser_name, parser_version);
+        """,
+        // 3: the file catalog (Store.Catalog.cs). Paths are the key (a source is its path, as queued);
+        // versions follow the current hash by trigger, so no writer can change one without the other.
+        """
+        CREATE TABLE sources (
+            path          TEXT PRIMARY KEY,
+            content_hash  TEXT NOT NULL,
+            size          INTEGER NOT NULL,
+            mtime         INTEGER NOT NULL,
+            updated_at    INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE source_versions (
+            id            INTEGER PRIMARY KEY,
+            path          TEXT NOT NULL,
+            content_hash  TEXT NOT NULL,
+            size          INTEGER NOT NULL,
+            seen_at       INTEGER NOT NULL
+        );
+        CREATE INDEX source_versions_path ON source_versions (path, id);
+        CREATE TRIGGER sources_new AFTER INSERT ON sources BEGIN
+            INSERT INTO source_versions (path, content_hash, size, seen_at) VALUES (new.path, new.content_hash, new.size, new.updated_at);
+        END;
+        CREATE TRIGGER sources_changed AFTER UPDATE OF content_hash ON sources WHEN old.content_hash <> new.content_hash BEGIN
+            INSERT INTO source_versions (path, content_hash, size, seen_at) VALUES (new.path, new.content_hash, new.size, new.updated_at);
+        END;
+        CREATE TABLE outputs (
+            parser_name    TEXT NOT NULL,
+            source_path    TEXT NOT NULL,
+            job_id         INTEGER NOT NULL,
+            parser_version TEXT NOT NULL,
+            content_hash   TEXT NOT NULL,
+            artifacts      TEXT,
+            updated_at     INTEGER NOT NULL,
+            PRIMARY KEY (parser_name, source_path)
+        ) WITHOUT ROWID;
+        CREATE INDEX jobs_created ON jobs (created_at);
         """,
     ];
 
@@ -151,6 +187,7 @@ internal sealed class SqliteJobStore : IJobStore
     public void Dispose()
     {
         foreach (var statement in new[] { _begin, _commit, _rollback, _enqueue, _claim, _complete }) statement?.Dispose();
+        DisposeCatalog();
         _db.Dispose();
     }
 
@@ -314,19 +351,17 @@ internal sealed class SqliteJobStore : IJobStore
         }
     }
 
-    public bool Complete(long id, string? worker, IReadOnlyDictionary<string, long> metrics, IReadOnlyList<Dictionary<string, string>> artifacts)
-    {
-        try
+    public bool Complete(long id, string? worker, IReadOnlyDictionary<string, long> metrics, IReadOnlyList<Dictionary<string, string>> artifacts, string? parsedHash = null) =>
+        InTransaction(() =>
         {
-            return Raw(ref _complete, CompleteSql, "$now", "$metrics", "$artifacts", "$id", "$worker")
-                .Bind(1, Now()).Bind(2, MetricsJson(metrics)).Bind(3, ArtifactsJson(artifacts)).Bind(4, id).Bind(5, worker)
-                .Execute() == 1;
-        }
-        catch (SqliteException e)
-        {
-            throw Translate(e);
-        }
-    }
+            long now = Now();
+            if (Raw(ref _complete, CompleteSql, "$now", "$metrics", "$artifacts", "$id", "$worker")
+                    .Bind(1, now).Bind(2, MetricsJson(metrics)).Bind(3, ArtifactsJson(artifacts)).Bind(4, id).Bind(5, worker)
+                    .Execute() != 1)
+                return false;
+            Supersede(id, parsedHash, now);
+            return true;
+        });
 
     public FailResult? Fail(long id, string? worker, string error, bool transient, IReadOnlyDictionary<string, long>? metrics = null)
     {

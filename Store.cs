@@ -112,7 +112,12 @@ internal interface IJobStore : IDisposable
 
     /// <summary>Refreshes the heartbeat time of every job RUNNING on <paramref name="worker"/>.</summary>
     int Heartbeat(string worker);
-    bool Complete(long id, string? worker, IReadOnlyDictionary<string, long> metrics, IReadOnlyList<Dictionary<string, string>> artifacts);
+    /// <summary>
+    /// RUNNING → COMPLETED, and in the same transaction the job becomes the current output of its
+    /// (parser, source) in the catalog. <paramref name="parsedHash"/> is the hash of the bytes the worker
+    /// parsed, when its receipt reports one: it is then the source's version of record; null takes the queued hash.
+    /// </summary>
+    bool Complete(long id, string? worker, IReadOnlyDictionary<string, long> metrics, IReadOnlyList<Dictionary<string, string>> artifacts, string? parsedHash = null);
     /// <summary>Transient: back to QUEUED with exponential backoff until the retry limit, then FAILED. Null when the job was not RUNNING there.</summary>
     FailResult? Fail(long id, string? worker, string error, bool transient, IReadOnlyDictionary<string, long>? metrics = null);
     /// <summary>The worker turned the job down: back to QUEUED at once, no retry counted.</summary>
@@ -134,6 +139,29 @@ internal interface IJobStore : IDisposable
     bool IsCompleted(string parserName, string parserVersion, string contentHash);
     /// <summary>Whether any job, in any state, exists for this parser version and file content.</summary>
     bool HasJob(string parserName, string parserVersion, string contentHash);
+
+    /// <summary>Jobs matching <paramref name="query"/>, oldest first.</summary>
+    List<JobRecord> Find(JobQuery query);
+    /// <summary>Every FAILED or CANCELLED job matching <paramref name="query"/> back to QUEUED (as <see cref="Retry"/>), in one transaction; returns their ids.</summary>
+    List<long> RetryMany(JobQuery query);
+    /// <summary>Every QUEUED or RUNNING job matching <paramref name="query"/> to CANCELLED, in one transaction; returns their ids.</summary>
+    List<long> CancelMany(JobQuery query);
+
+    // ---- the file catalog (Store.Catalog.cs) ----
+    /// <summary>
+    /// The catalog's entries for those of <paramref name="paths"/> it holds, keyed by path, each with
+    /// <paramref name="parserName"/>'s current output and whether a job of <paramref name="parserVersion"/>
+    /// for the recorded content is pending.
+    /// </summary>
+    Dictionary<string, CatalogEntry> LookupSources(string parserName, string parserVersion, IReadOnlyList<string> paths);
+    /// <summary>Records what was seen on disk: new paths, new size and mtime, and a new version where the hash changed. Returns how many versions were added.</summary>
+    int RecordSources(IReadOnlyList<SourceObservation> files);
+    /// <summary>The content versions of a source, oldest first (empty for a path the catalog does not hold).</summary>
+    List<SourceVersion> SourceVersions(string path);
+    /// <summary>The current output of <paramref name="parserName"/> for a source, or null.</summary>
+    CurrentOutput? GetOutput(string parserName, string sourcePath);
+    /// <summary>Every source whose current output of <paramref name="parserName"/> came from a version other than <paramref name="parserVersion"/>, by path.</summary>
+    List<CurrentOutput> OutputsNotFrom(string parserName, string parserVersion);
 
     ParserRegistration RegisterParser(ParserRecord parser);
     /// <summary>The named version, or the most recently registered one when <paramref name="version"/> is null.</summary>

@@ -104,25 +104,33 @@ public sealed class JobCommandTests : IDisposable
     }
 
     [Fact]
-    public void JobCommands_Add_SkipsContentThisVersionCompletedUnlessForced()
+    public void JobCommands_Add_SkipsUnchangedSourcesAndNamesThem_QueuesChangedOnes_ForceQueuesAnyway()
     {
         Ok("parser", "register", WriteParser("csvp", "1.0"));
         string inputs = WriteInputs();
-        Ok("job", "add", "--parser", "csvp@1.0", Path.Combine(inputs, "a.csv"));
+        string a = Path.Combine(inputs, "a.csv");
+        Ok("job", "add", "--parser", "csvp@1.0", a);
         using (var store = Store())
         {
             var job = Assert.Single(store.Claim("w", ["*"], 1));
             Assert.True(store.Complete(job.Id, "w", new Dictionary<string, long>(), []));
         }
-        // Same content under another name is the same work.
-        File.Copy(Path.Combine(inputs, "a.csv"), Path.Combine(inputs, "copy-of-a.csv"));
+        // Same content under another name is another source: its own output, so its own job.
+        File.Copy(a, Path.Combine(inputs, "copy-of-a.csv"));
 
         var again = Ok("job", "add", "--parser", "csvp", inputs);
-        Assert.Equal("queued 2 job(s) for parser csvp 1.0 (jobs 2-3); skipped 2 file(s) this version already completed (--force queues them anyway)", again.Stdout.Trim());
-        var forced = Ok("job", "add", "--parser", "csvp", "--force", Path.Combine(inputs, "a.csv"));
-        Assert.Equal("queued 1 job(s) for parser csvp 1.0 (job 4)", forced.Stdout.Trim());
+        Assert.Equal("queued 3 job(s) for parser csvp 1.0 (jobs 2-4); 3 new or changed file(s); " +
+                     $"skipped 1 unchanged file(s) this version already processed or has queued (--force queues them anyway):\n  unchanged: {a}", again.Stdout.Trim());
+        // Queued but not yet run counts as done: adding the folder twice queues nothing twice.
+        Assert.StartsWith("queued 0 job(s) for parser csvp 1.0; skipped 4 unchanged file(s)", Ok("job", "add", "--parser", "csvp", inputs).Stdout);
 
-        // A new version has completed nothing yet.
+        File.AppendAllText(a, "4\n");
+        Assert.Equal("queued 1 job(s) for parser csvp 1.0 (job 5); 1 new or changed file(s)", Ok("job", "add", "--parser", "csvp", a).Stdout.Trim());
+        Assert.Equal("queued 1 job(s) for parser csvp 1.0 (job 6)", Ok("job", "add", "--parser", "csvp", "--force", Path.Combine(inputs, "b.csv")).Stdout.Trim());
+        using (var store = Store())
+            Assert.Equal([Hashes.Sha256Hex("x\n1\n"), Hashes.Sha256Hex("x\n1\n4\n")], store.SourceVersions(a).Select(v => v.ContentHash));
+
+        // A new version has processed nothing yet.
         Ok("parser", "register", WriteParser("csvp", "2.0"));
         Assert.StartsWith("queued 4 job(s) for parser csvp 2.0", Ok("job", "add", "--parser", "csvp", inputs).Stdout);
     }
