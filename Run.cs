@@ -65,7 +65,8 @@ internal static class DevRun
         var skipped = new Dictionary<string, long>(StringComparer.Ordinal);
         try
         {
-            using var output = new JobOutput(o.Output, jobId, 0, [], stem);
+            var source = new OutputSource(o.ParserName, null, input, Commands.HashFile(input));
+            using var output = new JobOutput(o.Output, jobId, source, [], stem);
             var request = new GuestRequest
             {
                 Interpreter = o.Interpreter,

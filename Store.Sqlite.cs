@@ -303,7 +303,7 @@ internal sealed partial class SqliteJobStore : IJobStore
         "WHERE id = (SELECT id FROM jobs INDEXED BY jobs_queue WHERE state = 'QUEUED' AND next_attempt_at <= $now " +
         "    AND ($any OR parser_name IN (SELECT value FROM json_each($caps))) " +
         "    ORDER BY priority DESC, id LIMIT 1) " +
-        "RETURNING id, parser_name, parser_version, input_path, priority, retry_count";
+        "RETURNING id, parser_name, parser_version, input_path, priority, retry_count, content_hash";
 
     public List<ClaimedJob> Claim(string worker, IReadOnlyList<string> capabilities, int max)
     {
@@ -321,7 +321,7 @@ internal sealed partial class SqliteJobStore : IJobStore
                 try
                 {
                     if (!st.Step()) break;
-                    claimed.Add(new ClaimedJob(st.Int64(0), st.Text(1), st.Text(2), st.Text(3), st.Int32(4), st.Int32(5)));
+                    claimed.Add(new ClaimedJob(st.Int64(0), st.Text(1), st.Text(2), st.Text(3), st.Int32(4), st.Int32(5), st.Text(6)));
                 }
                 finally
                 {

@@ -40,7 +40,7 @@ internal static class JobStates
 internal readonly record struct NewJob(string ParserName, string ParserVersion, string InputPath, string ContentHash, int Priority = 0);
 
 /// <summary>What a claim hands the dispatcher: enough to build a DISPATCH.</summary>
-internal readonly record struct ClaimedJob(long Id, string ParserName, string ParserVersion, string InputPath, int Priority, int RetryCount);
+internal readonly record struct ClaimedJob(long Id, string ParserName, string ParserVersion, string InputPath, int Priority, int RetryCount, string ContentHash = "");
 
 internal sealed record JobRecord(
     long Id, string ParserName, string ParserVersion, string InputPath, string ContentHash, int Priority, JobState State,

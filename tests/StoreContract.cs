@@ -238,7 +238,7 @@ public abstract class JobStoreContract : IDisposable
         long id = store.Enqueue(Job("/x"));
         Clock.Advance(TimeSpan.FromSeconds(3));
         var job = Assert.Single(store.Claim("w7", Any, 1));
-        Assert.Equal(new ClaimedJob(id, "p", "1.0", "/x", 0, 0), job);
+        Assert.Equal(new ClaimedJob(id, "p", "1.0", "/x", 0, 0, "hash-/x"), job);
         var row = store.Get(id)!;
         Assert.Equal(JobState.Running, row.State);
         Assert.Equal("w7", row.Worker);
