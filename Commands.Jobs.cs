@@ -46,6 +46,10 @@ internal static partial class Commands
                     case RegisterOutcome.Created:
                         Console.Out.WriteLine($"registered parser {bundle.Name} {bundle.Version} (id {result.Id}): {bundle.Files.Count} file(s), " +
                             $"{Size(bundle.Archive.Length)} bundle, entry {bundle.EntryModule}, environment {ShortEnv(bundle.EnvHash)}");
+                        int outdated = store.OutputsNotFrom(bundle.Name, bundle.Version).Count;
+                        if (outdated > 0)
+                            Console.Out.WriteLine($"{outdated} source(s) have current output from another version of {bundle.Name}; " +
+                                $"'casparian parser backfill {bundle.Name}' queues them for {bundle.Version} (--dry-run lists them)");
                         break;
                     case RegisterOutcome.Unchanged:
                         Console.Out.WriteLine($"parser {bundle.Name} {bundle.Version} is already registered with the same source (id {result.Id}); nothing changed");
@@ -82,7 +86,7 @@ internal static partial class Commands
         });
     });
 
-    private static readonly Command ParserGroup = Command.Group("parser", "register and list parsers (register|ls)", Register, Ls);
+    private static readonly Command ParserGroup = Command.Group("parser", "register, list and backfill parsers (register|ls|backfill)", Register, Ls, Backfill);
 
     // ---- job ---------------------------------------------------------------------------------
 
@@ -125,25 +129,32 @@ internal static partial class Commands
     private static readonly Command Show = new("show", "show one job in full", "job show ID [--db PATH]", Config.Flags(Config.Db),
         args => WithJob(args, (_, job) => Describe(job)));
 
-    private static readonly Command Retry = new("retry", "queue a FAILED or CANCELLED job again", "job retry ID [--db PATH]", Config.Flags(Config.Db),
-        args => WithJob(args, (store, before) =>
-        {
-            store.Retry(before.Id);
-            return $"job {before.Id} queued again (was {before.State.Name()}; retry count reset)\n";
-        }));
+    private static readonly Command Retry = new("retry", "queue a FAILED or CANCELLED job again, or every one in a state (--state)",
+        "job retry ID | job retry --state failed|cancelled [--parser NAME[@VERSION]] [--db PATH]", [StateFlag, BulkParserFlag, .. Config.Flags(Config.Db)],
+        args => args.Has(StateFlag.Name)
+            ? Bulk(args, "queued again", [JobState.Failed, JobState.Cancelled], (store, q) => store.RetryMany(q))
+            : WithJob(args, (store, before) =>
+            {
+                store.Retry(before.Id);
+                return $"job {before.Id} queued again (was {before.State.Name()}; retry count reset)\n";
+            }));
 
-    private static readonly Command Cancel = new("cancel", "cancel a QUEUED or RUNNING job", "job cancel ID [--db PATH]", Config.Flags(Config.Db),
-        args => WithJob(args, (store, before) =>
-        {
-            store.Cancel(before.Id);
-            string note = before.State == JobState.Running ? $"; the sentinel will tell worker {before.Worker} to abort it" : "";
-            return $"job {before.Id} cancelled (was {before.State.Name()}){note}\n";
-        }));
+    private static readonly Command Cancel = new("cancel", "cancel a QUEUED or RUNNING job, or every one in a state (--state)",
+        "job cancel ID | job cancel --state queued|running [--parser NAME[@VERSION]] [--db PATH]", [StateFlag, BulkParserFlag, .. Config.Flags(Config.Db)],
+        args => args.Has(StateFlag.Name)
+            ? Bulk(args, "cancelled", [JobState.Queued, JobState.Running], (store, q) => store.CancelMany(q))
+            : WithJob(args, (store, before) =>
+            {
+                store.Cancel(before.Id);
+                string note = before.State == JobState.Running ? $"; the sentinel will tell worker {before.Worker} to abort it" : "";
+                return $"job {before.Id} cancelled (was {before.State.Name()}){note}\n";
+            }));
 
     private static readonly Command JobGroup = Command.Group("job", "queue and manage jobs (add|show|retry|cancel)", Add, Show, Retry, Cancel);
 
-    private static readonly Command JobsCommand = new("jobs", "list jobs and counts per state", "jobs [--state S] [--limit N] [--db PATH]",
-        [StateFlag, LimitFlag, .. Config.Flags(Config.Db)], args =>
+    private static readonly Command JobsCommand = new("jobs", "list jobs and counts per state",
+        "jobs [--state S] [--parser NAME[@VERSION]] [--since DURATION] [--limit N] [--json] [--db PATH]",
+        [StateFlag, BulkParserFlag, SinceFlag, LimitFlag, JsonFlag, .. Config.Flags(Config.Db)], args =>
         {
             args.RequirePositionals(0, 0);
             JobState? state = null;
@@ -152,16 +163,29 @@ internal static partial class Commands
                 if (!JobStates.TryParse(s, out var parsed)) throw CliThrow.Usage_BadValue("jobs", StateFlag.Name, s, "one of queued, running, completed, failed, cancelled");
                 state = parsed;
             }
-            int limit = args.GetInt(LimitFlag.Name, 50, min: 1);
+            bool json = args.Has(JsonFlag.Name);
+            int limit = args.GetInt(LimitFlag.Name, json ? int.MaxValue : 50, min: 1);
+            var query = new JobQuery(state, Since: Since(args), Limit: limit);
+            if (args.Get(BulkParserFlag.Name) is { } spec)
+            {
+                var (name, version) = ParserSpec("jobs", BulkParserFlag, spec);
+                query = query with { ParserName = name, ParserVersion = version };
+            }
+            bool filtered = query.ParserName is not null || query.Since is not null;
             var storeOptions = StoreFrom(args, create: false);
             if (!JobStores.Exists(storeOptions))
             {
-                Console.Out.WriteLine($"no jobs (no store at {storeOptions.Db})");
+                if (!json) Console.Out.WriteLine($"no jobs (no store at {storeOptions.Db})");
                 return 0;
             }
             return WithStore(storeOptions, store =>
             {
-                var jobs = store.List(state, limit);
+                var jobs = filtered || json ? store.Find(query) : store.List(state, limit);
+                if (json)
+                {
+                    PrintJsonLines(jobs);
+                    return 0;
+                }
                 var counts = store.Counts();
                 if (jobs.Count == 0) Console.Out.WriteLine(state is null ? "no jobs" : $"no {state.Value.Name()} jobs");
                 else

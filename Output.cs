@@ -234,7 +234,8 @@ internal sealed partial class JobOutput : IDisposable
             FaultPoint.Hit(FaultPoint.AfterFirstRename);
         }
         FaultPoint.Hit(FaultPoint.BeforeSupersede);
-        if (supersedes is { Count: > 0 }) RemoveSuperseded(supersedes, artifacts);
+        if (supersedes is { Count: > 0 })
+            RemoveSuperseded(_options, _jobId, supersedes, [.. artifacts.Select(a => new Uri(a.Uri).LocalPath)]);
         FaultPoint.Hit(FaultPoint.AfterSupersede);
         _clock.Stop();
         return new OutputResult(artifacts, artifacts.Sum(a => a.Rows), artifacts.Sum(a => a.Bytes), _batches, _clock.ElapsedMilliseconds);
@@ -256,13 +257,12 @@ internal sealed partial class JobOutput : IDisposable
     /// name anyway); anything else in the list is ignored. Missing files are fine: a retry of a job
     /// killed after this step finds them gone.
     /// </summary>
-    private void RemoveSuperseded(IReadOnlyList<string> supersedes, List<OutputArtifact> written)
+    internal static void RemoveSuperseded(OutputOptions options, ulong jobId, IReadOnlyList<string> supersedes, IReadOnlyCollection<string> kept)
     {
-        var kept = new HashSet<string>(written.Select(a => new Uri(a.Uri).LocalPath), StringComparer.Ordinal);
         var directories = new List<string>();
         foreach (string uri in supersedes)
         {
-            if (SinkTarget.SupersededPath(_options, uri) is not { } path || kept.Contains(path)) continue;
+            if (SinkTarget.SupersededPath(options, uri) is not { } path || kept.Contains(path)) continue;
             try
             {
                 if (!File.Exists(path)) continue;
@@ -270,7 +270,7 @@ internal sealed partial class JobOutput : IDisposable
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
-                throw OutputThrow.Commit_Supersede(_jobId, path, e);
+                throw OutputThrow.Commit_Supersede(jobId, path, e);
             }
             string dir = Path.GetDirectoryName(path)!;
             if (!directories.Contains(dir)) directories.Add(dir);
@@ -278,7 +278,7 @@ internal sealed partial class JobOutput : IDisposable
         foreach (string dir in directories)
         {
             int errno = DirectorySync.Flush(dir);
-            if (errno != 0) throw OutputThrow.Commit_DirectorySync(_jobId, "(superseded)", dir, errno);
+            if (errno != 0) throw OutputThrow.Commit_DirectorySync(jobId, "(superseded)", dir, errno);
         }
     }
 

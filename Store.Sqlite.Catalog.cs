@@ -23,21 +23,30 @@ internal sealed partial class SqliteJobStore
     /// </summary>
     private void Supersede(long id, string? parsedHash, long now)
     {
-        Raw(ref _supersede,
-            "INSERT INTO outputs (parser_name, source_path, job_id, parser_version, content_hash, artifacts, updated_at) " +
-            "SELECT parser_name, input_path, id, parser_version, coalesce($parsed, content_hash), artifacts, $now FROM jobs WHERE id = $id " +
-            "ON CONFLICT (parser_name, source_path) DO UPDATE SET job_id = excluded.job_id, parser_version = excluded.parser_version, " +
-            "  content_hash = excluded.content_hash, artifacts = excluded.artifacts, updated_at = excluded.updated_at",
-            "$parsed", "$now", "$id")
-            .Bind(1, parsedHash).Bind(2, now).Bind(3, id).Execute();
-        Raw(ref _supersedeSource,
-            "INSERT INTO sources (path, content_hash, size, mtime, updated_at) " +
-            "SELECT input_path, coalesce($parsed, content_hash), -1, -1, $now FROM jobs WHERE id = $id " +
-            "ON CONFLICT (path) DO UPDATE SET content_hash = excluded.content_hash, size = -1, mtime = -1, updated_at = excluded.updated_at " +
-            "  WHERE $parsed IS NOT NULL AND sources.content_hash <> excluded.content_hash",
-            "$parsed", "$now", "$id")
-            .Bind(1, parsedHash).Bind(2, now).Bind(3, id).Execute();
+        Raw(ref _supersede, SupersedeSql, "$parsed", "$now", "$id").Bind(1, parsedHash).Bind(2, now).Bind(3, id).Execute();
+        Raw(ref _supersedeSource, SupersedeSourceSql, "$parsed", "$now", "$id").Bind(1, parsedHash).Bind(2, now).Bind(3, id).Execute();
     }
+
+    // Exposed for the benchmarks, which replay them through Python's sqlite3.
+    internal const string SupersedeSql =
+        "INSERT INTO outputs (parser_name, source_path, job_id, parser_version, content_hash, artifacts, updated_at) " +
+        "SELECT parser_name, input_path, id, parser_version, coalesce($parsed, content_hash), artifacts, $now FROM jobs WHERE id = $id " +
+        "ON CONFLICT (parser_name, source_path) DO UPDATE SET job_id = excluded.job_id, parser_version = excluded.parser_version, " +
+        "  content_hash = excluded.content_hash, artifacts = excluded.artifacts, updated_at = excluded.updated_at";
+
+    internal const string SupersedeSourceSql =
+        "INSERT INTO sources (path, content_hash, size, mtime, updated_at) " +
+        "SELECT input_path, coalesce($parsed, content_hash), -1, -1, $now FROM jobs WHERE id = $id " +
+        "ON CONFLICT (path) DO UPDATE SET content_hash = excluded.content_hash, size = -1, mtime = -1, updated_at = excluded.updated_at " +
+        "  WHERE $parsed IS NOT NULL AND sources.content_hash <> excluded.content_hash";
+
+    internal const string LookupSql =
+        "SELECT s.path, s.content_hash, s.size, s.mtime, (SELECT count(*) FROM source_versions v WHERE v.path = s.path), " +
+        "  o.job_id, o.parser_version, o.content_hash, o.artifacts, " +
+        "  EXISTS (SELECT 1 FROM jobs j WHERE j.content_hash = s.content_hash AND j.parser_name = $parser AND j.parser_version = $version " +
+        "          AND j.input_path = s.path AND j.state IN ('QUEUED', 'RUNNING')) " +
+        "FROM json_each($paths) p JOIN sources s ON s.path = p.value " +
+        "LEFT JOIN outputs o ON o.parser_name = $parser AND o.source_path = s.path";
 
     private void DisposeCatalog()
     {
@@ -51,13 +60,7 @@ internal sealed partial class SqliteJobStore
         {
             var found = new Dictionary<string, CatalogEntry>(StringComparer.Ordinal);
             using var cmd = _db.CreateCommand();
-            cmd.CommandText =
-                "SELECT s.path, s.content_hash, s.size, s.mtime, (SELECT count(*) FROM source_versions v WHERE v.path = s.path), " +
-                "  o.job_id, o.parser_version, o.content_hash, o.artifacts, " +
-                "  EXISTS (SELECT 1 FROM jobs j WHERE j.content_hash = s.content_hash AND j.parser_name = $parser AND j.parser_version = $version " +
-                "          AND j.input_path = s.path AND j.state IN ('QUEUED', 'RUNNING')) " +
-                "FROM json_each($paths) p JOIN sources s ON s.path = p.value " +
-                "LEFT JOIN outputs o ON o.parser_name = $parser AND o.source_path = s.path";
+            cmd.CommandText = LookupSql;
             var pathsParameter = cmd.Parameters.Add(new SqliteParameter("$paths", ""));
             cmd.Parameters.AddWithValue("$parser", parserName);
             cmd.Parameters.AddWithValue("$version", parserVersion);

@@ -111,6 +111,17 @@ internal sealed partial class SqliteJobStore : IJobStore
             PRIMARY KEY (parser_name, source_path)
         ) WITHOUT ROWID;
         CREATE INDEX jobs_created ON jobs (created_at);
+        -- A store from before the catalog: each path's latest job gives its content, and each (parser,
+        -- path)'s latest COMPLETED job is its current output, listing the files of every COMPLETED job
+        -- of that pair, so the next job for the source removes them all (duplicates the old naming left).
+        INSERT INTO sources (path, content_hash, size, mtime, updated_at)
+            SELECT input_path, content_hash, -1, -1, created_at FROM jobs WHERE id IN (SELECT max(id) FROM jobs GROUP BY input_path);
+        INSERT INTO outputs (parser_name, source_path, job_id, parser_version, content_hash, artifacts, updated_at)
+            SELECT j.parser_name, j.input_path, j.id, j.parser_version, j.content_hash,
+                   (SELECT json_group_array(json(a.value)) FROM jobs o, json_each(o.artifacts) a
+                    WHERE o.parser_name = j.parser_name AND o.input_path = j.input_path AND o.state = 'COMPLETED' AND json_valid(o.artifacts)),
+                   coalesce(j.finished_at, j.created_at)
+            FROM jobs j WHERE j.id IN (SELECT max(id) FROM jobs WHERE state = 'COMPLETED' GROUP BY parser_name, input_path);
         """,
     ];
 
