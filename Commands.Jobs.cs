@@ -25,6 +25,7 @@ internal static partial class Commands
             var storeOptions = StoreFrom(args, create: true);
             // Bundling reads and checks everything before the store is touched.
             var bundle = ParserBundle.Load(path);
+            var topics = Topics.Read(bundle.EntrySource, Directory.Exists(path) ? Path.Combine(path, bundle.EntryModule ?? "") : path);
             return WithStore(storeOptions, store =>
             {
                 var record = new ParserRecord
@@ -39,6 +40,7 @@ internal static partial class Commands
                     ArtifactHash = bundle.ArtifactHash,
                     Archive = bundle.Archive,
                     EntryModule = bundle.EntryModule,
+                    TopicsJson = topics.Count == 0 ? null : Topics.ToJson(topics),
                 };
                 var result = store.RegisterParser(record);
                 switch (result.Outcome)
@@ -86,7 +88,34 @@ internal static partial class Commands
         });
     });
 
-    private static readonly Command ParserGroup = Command.Group("parser", "register, list and backfill parsers (register|ls|backfill)", Register, Ls, Backfill);
+    private static readonly Command ShowParser = new("show", "show a parser and its effective topic table (its TOPICS with the config's [topics.NAME])",
+        "parser show NAME[@VERSION] [--db PATH] [--config FILE]", Config.Flags(Config.Db), args =>
+        {
+            string spec = args.RequirePositionals(1, 1)[0];
+            var (name, version) = ParserSpec("parser show", new Flag("NAME", "NAME[@VERSION]", ""), spec);
+            var config = Config.Load(args);
+            var overrides = Topics.FromConfig(config.TablesOf(Topics.ConfigTable));
+            return WithStore(StoreOptions(config, create: false), store =>
+            {
+                var p = FindParser(store, name, version);
+                var declared = Topics.FromJson(p.TopicsJson, "parser");
+                var sb = new StringBuilder($"parser {p.Name} {p.Version} (id {p.Id}), registered {Time(p.CreatedAt)}, entry {p.EntryModule ?? "-"}, environment {ShortEnv(p.EnvHash)}\n");
+                var sinks = Topics.Effective(declared, overrides);
+                if (sinks.Count == 0) sb.Append("topics: none declared and none configured; each topic goes to OUTPUT/TOPIC, mode append\n");
+                else
+                {
+                    var table = new Table("TOPIC", "SINK", "MODE", "FROM");
+                    foreach (var s in sinks)
+                        table.Add(s.Topic, s.Uri, s.Mode.ToString().ToLowerInvariant(), Topics.OriginOf(s.Topic, declared, overrides));
+                    sb.Append(table.Render());
+                    sb.Append("topics not listed go to OUTPUT/TOPIC, mode append\n");
+                }
+                Console.Out.Write(sb.ToString());
+                return 0;
+            });
+        });
+
+    private static readonly Command ParserGroup = Command.Group("parser", "register, list, show and backfill parsers (register|ls|show|backfill)", Register, Ls, ShowParser, Backfill);
 
     // ---- job ---------------------------------------------------------------------------------
 

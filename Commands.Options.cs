@@ -23,6 +23,7 @@ internal static partial class Commands
         HeartbeatTimeout = c.Get(Config.HeartbeatTimeout),
         JobTimeout = c.Get(Config.JobTimeout),
         PollInterval = c.Get(Config.PollInterval),
+        Topics = Casparian.Topics.FromConfig(c.TablesOf(Casparian.Topics.ConfigTable)),
         Log = log,
     };
 

@@ -122,6 +122,7 @@ internal sealed record SinkTarget(string Topic, string Uri, string Directory, st
             path = UnderRoot(jobId, topic, uri, root, uri);
         }
 
+        CheckRealPath(options, jobId, topic, path, root);
         bool singleFile = path.EndsWith(".parquet", StringComparison.OrdinalIgnoreCase) && !uri.EndsWith('/');
         if (singleFile && mode == SinkMode.Append) throw OutputThrow.Sink_AppendToFile(jobId, topic, uri);
         return singleFile
@@ -148,6 +149,49 @@ internal sealed record SinkTarget(string Topic, string Uri, string Directory, st
             if (IsInside(full, Normalize(allowed))) return full;
         throw OutputThrow.Sink_OutsideRoots(jobId, topic, full, options.AllowedRoots.Prepend(options.Root).Select(Normalize));
     }
+
+    /// <summary>
+    /// The text checks above cannot see symlinks: a link inside the root may lead anywhere. So the
+    /// destination's real path (its deepest existing ancestor with every link resolved, plus the rest)
+    /// must lie inside the real path of the root or of an allowed root.
+    /// </summary>
+    private static void CheckRealPath(OutputOptions options, ulong jobId, string topic, string path, string root)
+    {
+        string real = RealPath(path);
+        if (IsInside(real, RealPath(root))) return;
+        foreach (var allowed in options.AllowedRoots)
+            if (IsInside(real, RealPath(Normalize(allowed)))) return;
+        throw OutputThrow.Sink_OutsideRoots(jobId, topic, $"{path} (really {real}, through a symbolic link)", options.AllowedRoots.Prepend(options.Root).Select(Normalize));
+    }
+
+    /// <summary>libc realpath of the deepest existing ancestor of <paramref name="path"/> (absolute, normalised), with the missing rest appended.</summary>
+    internal static string RealPath(string path)
+    {
+        string existing = path, rest = "";
+        while (!System.IO.Directory.Exists(existing) && !File.Exists(existing) && Path.GetDirectoryName(existing) is { } parent)
+        {
+            rest = rest.Length == 0 ? Path.GetFileName(existing) : Path.Combine(Path.GetFileName(existing), rest);
+            existing = parent;
+        }
+        if (!OperatingSystem.IsLinux()) return path;
+        IntPtr resolved = realpath(System.Text.Encoding.UTF8.GetBytes(existing + "\0"), IntPtr.Zero);
+        if (resolved == IntPtr.Zero) return path;
+        try
+        {
+            string real = System.Runtime.InteropServices.Marshal.PtrToStringUTF8(resolved)!;
+            return rest.Length == 0 ? real : Path.Combine(real, rest);
+        }
+        finally
+        {
+            free(resolved);
+        }
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc")]
+    private static extern IntPtr realpath(byte[] path, IntPtr resolved);
+
+    [System.Runtime.InteropServices.DllImport("libc")]
+    private static extern void free(IntPtr pointer);
 
     private static bool HasParentSegment(string path)
     {

@@ -198,11 +198,13 @@ internal sealed partial class Sentinel
         var key = (job.ParserName, job.ParserVersion);
         if (_parsers.TryGetValue(key, out var cached)) return cached;
         var p = _store.GetParser(job.ParserName, job.ParserVersion);
-        // DISPATCH per SPEC §2.4. No sinks: the worker writes one file per topic under its root.
+        // DISPATCH per SPEC §2.4. Sinks: the parser's declared topics with the config's overrides
+        // (Topics.cs); a topic in neither goes to OUTPUT/{topic} on the worker.
         var template = p is null ? null : new Dispatch
         {
             PluginName = p.Name,
             FilePath = "",
+            Sinks = Topics.Effective(Topics.FromJson(p.TopicsJson, $"parser {p.Name} {p.Version}"), _options.Topics),
             FileVersionId = 0,
             EnvHash = p.EnvHash,
             SourceCode = p.Source,

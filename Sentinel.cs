@@ -28,6 +28,8 @@ internal sealed record SentinelOptions
     public required TimeSpan? JobTimeout { get; init; }
     /// <summary>How often the store is asked for newly queued or due jobs and for cancellations.</summary>
     public required TimeSpan PollInterval { get; init; }
+    /// <summary>The config file's [topics.NAME] tables: they override, topic by topic, the sinks a parser declares.</summary>
+    public required IReadOnlyList<TopicSetting> Topics { get; init; }
     public required RoleLog Log { get; init; }
 }
 

@@ -111,6 +111,7 @@ internal sealed partial class SqliteJobStore : IJobStore
             PRIMARY KEY (parser_name, source_path)
         ) WITHOUT ROWID;
         CREATE INDEX jobs_created ON jobs (created_at);
+        ALTER TABLE parsers ADD COLUMN topics TEXT;
         -- A store from before the catalog: each path's latest job gives its content, and each (parser,
         -- path)'s latest COMPLETED job is its current output, listing the files of every COMPLETED job
         -- of that pair, so the next job for the source removes them all (duplicates the old naming left).
@@ -130,7 +131,7 @@ internal sealed partial class SqliteJobStore : IJobStore
         "heartbeat_at, finished_at, retry_count, next_attempt_at, error, metrics, artifacts";
 
     private const string ParserColumns =
-        "id, name, version, source, lockfile, env_hash, source_hash, lockfile_hash, artifact_hash, archive, entry_module, created_at";
+        "id, name, version, source, lockfile, env_hash, source_hash, lockfile_hash, artifact_hash, archive, entry_module, created_at, topics";
 
     private readonly SqliteConnection _db;
     private readonly StoreOptions _options;
@@ -659,9 +660,9 @@ internal sealed partial class SqliteJobStore : IJobStore
             return new ParserRegistration(same ? RegisterOutcome.Unchanged : RegisterOutcome.Conflict, existing.Id, existing);
         }
         var cmd = Prepare(ref _insertParser,
-            "INSERT INTO parsers (name, version, source, lockfile, env_hash, source_hash, lockfile_hash, artifact_hash, archive, entry_module, created_at) " +
-            "VALUES ($name, $version, $source, $lockfile, $env, $sourceHash, $lockHash, $artifact, $archive, $entry, $now) RETURNING id",
-            "$name", "$version", "$source", "$lockfile", "$env", "$sourceHash", "$lockHash", "$artifact", "$archive", "$entry", "$now");
+            "INSERT INTO parsers (name, version, source, lockfile, env_hash, source_hash, lockfile_hash, artifact_hash, archive, entry_module, created_at, topics) " +
+            "VALUES ($name, $version, $source, $lockfile, $env, $sourceHash, $lockHash, $artifact, $archive, $entry, $now, $topics) RETURNING id",
+            "$name", "$version", "$source", "$lockfile", "$env", "$sourceHash", "$lockHash", "$artifact", "$archive", "$entry", "$now", "$topics");
         var p = cmd.Parameters;
         p[0].Value = parser.Name;
         p[1].Value = parser.Version;
@@ -674,6 +675,7 @@ internal sealed partial class SqliteJobStore : IJobStore
         p[8].Value = (object?)parser.Archive ?? DBNull.Value;
         p[9].Value = (object?)parser.EntryModule ?? DBNull.Value;
         p[10].Value = Now();
+        p[11].Value = (object?)parser.TopicsJson ?? DBNull.Value;
         long id = (long)cmd.ExecuteScalar()!;
         return new ParserRegistration(RegisterOutcome.Created, id, null);
     });
@@ -709,6 +711,7 @@ internal sealed partial class SqliteJobStore : IJobStore
                 Archive = r.IsDBNull(9) ? null : (byte[])r.GetValue(9),
                 EntryModule = r.IsDBNull(10) ? null : r.GetString(10),
                 CreatedAt = FromMs(r.GetInt64(11)),
+                TopicsJson = r.IsDBNull(12) ? null : r.GetString(12),
             };
         }
         catch (SqliteException e)

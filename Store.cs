@@ -65,6 +65,8 @@ internal sealed record ParserRecord
     public required string ArtifactHash { get; init; }
     public byte[]? Archive { get; init; }
     public string? EntryModule { get; init; }
+    /// <summary>The topics the entry module declares (its static TOPICS, Topics.cs), as JSON SinkConfigs with "" for no sink; null: none.</summary>
+    public string? TopicsJson { get; init; }
     public DateTimeOffset CreatedAt { get; init; }
 }
 
@@ -234,4 +236,5 @@ internal static class StoreThrow
 [JsonSerializable(typeof(List<Dictionary<string, string>>))]
 [JsonSerializable(typeof(List<string>))]
 [JsonSerializable(typeof(List<long>))]
+[JsonSerializable(typeof(List<SinkConfig>))]
 internal sealed partial class StoreJson : JsonSerializerContext;

@@ -1015,6 +1015,28 @@ public sealed class OutputTests : IDisposable
     }
 
     [Fact]
+    public void Output_SinkThroughASymlinkLeavingTheRoot_IsRefused_OneInsideIsFine()
+    {
+        string outside = _dir.File("outside");
+        Directory.CreateDirectory(outside);
+        Directory.CreateDirectory(Root);
+        Directory.CreateSymbolicLink(Path.Combine(Root, "escape"), outside);
+        Directory.CreateDirectory(Path.Combine(Root, "real"));
+        Directory.CreateSymbolicLink(Path.Combine(Root, "alias"), Path.Combine(Root, "real"));
+        var e = Assert.Throws<OutputException>(() => Job(sinks: [Sink("output", "parquet://escape/sales")]));
+        Assert.Contains($"really {outside}/sales", e.Message);
+        Assert.Throws<OutputException>(() => Job(sinks: [Sink("output", "parquet://escape")]));
+        using (var job = Job(sinks: [Sink("output", "parquet://alias/sales")]))
+        using (var a = Ints64("a", 1))
+        {
+            job.Write("output", a);
+            job.Commit();
+        }
+        Assert.Single(Directory.GetFiles(Path.Combine(Root, "real", "sales"), "*.parquet"));
+        Assert.Empty(Directory.GetFileSystemEntries(outside));
+    }
+
+    [Fact]
     public void Output_SinkOutsideRoots_FailsBeforeAnythingIsWritten()
     {
         Assert.Throws<OutputException>(() => Job(sinks: [Sink("output", "file:///tmp/elsewhere")]));
