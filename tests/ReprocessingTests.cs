@@ -184,6 +184,32 @@ public sealed class ReprocessingTests : IDisposable
         Assert.Empty(reader.Problems);
     }
 
+    [Fact]
+    public void Reprocessing_SinksFromTheParsersTopicsAndTheConfigFile_RouteEachTopic()
+    {
+        string dir = WriteParser("1.0");
+        string entry = Path.Combine(dir, "parser.py");
+        File.WriteAllText(entry, File.ReadAllText(entry).Replace("def parse(path):",
+            "TOPICS = {\n    \"rows\": {\"sink\": \"parquet://lake/rows\"},\n    \"summary\": {\"sink\": \"parquet://lake/summary\", \"mode\": \"append\"},\n}\n\n\ndef parse(path):", StringComparison.Ordinal));
+        _c.Ok("parser", "register", dir);
+        File.WriteAllText(_c.File("casparian.toml"), "[topics.summary]\nsink = \"parquet://lake/summary_v2\"\n");
+        var show = _c.Ok("parser", "show", Parser).Stdout;
+        Assert.Matches(@"rows +parquet://lake/rows +append +parser", show);
+        Assert.Matches(@"summary +parquet://lake/summary_v2 +append +config .*casparian.toml:1", show);
+
+        string input = WriteInput(0, 2);
+        _c.Ok("job", "add", "--parser", Parser, input);
+        _c.StartSentinel();
+        _c.StartWorker("w1");
+        WaitDrained();
+        string name = SinkTarget.SourceFileName(Parser, input);
+        Assert.Equal(2, ReadDataset(Path.Combine(_c.Output, "lake", "rows")).Count);
+        Assert.Single(ReadDataset(Path.Combine(_c.Output, "lake", "summary_v2")));
+        Assert.True(File.Exists(Path.Combine(_c.Output, "lake", "rows", name)));
+        Assert.False(Directory.Exists(Rows));
+        Assert.False(Directory.Exists(Path.Combine(_c.Output, "lake", "summary")));
+    }
+
     [Theory]
     [InlineData("commit-before-rename")]
     [InlineData("commit-after-first-rename")]
