@@ -174,11 +174,7 @@ internal sealed partial class SqliteJobStore
             using var cmd = _db.CreateCommand();
             cmd.CommandText = $"SELECT {JobColumns} FROM jobs WHERE {Filter(cmd, query, null)} ORDER BY id DESC LIMIT $limit";
             cmd.Parameters.AddWithValue("$limit", query.Limit);
-            var list = new List<JobRecord>();
-            using (var r = cmd.ExecuteReader())
-                while (r.Read()) list.Add(ReadJob(r));
-            list.Reverse();
-            return list;
+            return OldestFirst(cmd);
         }
         catch (SqliteException e)
         {
@@ -186,9 +182,7 @@ internal sealed partial class SqliteJobStore
         }
     }
 
-    public List<long> RetryMany(JobQuery query) => Bulk(query, "state IN ('FAILED', 'CANCELLED')",
-        "state = 'QUEUED', retry_count = 0, next_attempt_at = 0, error = NULL, metrics = NULL, artifacts = NULL, " +
-        "claimed_at = NULL, heartbeat_at = NULL, finished_at = NULL");
+    public List<long> RetryMany(JobQuery query) => Bulk(query, "state IN ('FAILED', 'CANCELLED')", RetrySet);
 
     public List<long> CancelMany(JobQuery query) => Bulk(query, "state IN ('QUEUED', 'RUNNING')", "state = 'CANCELLED', finished_at = $now");
 

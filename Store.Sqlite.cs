@@ -536,11 +536,15 @@ internal sealed partial class SqliteJobStore : IJobStore
         throw StoreThrow.Input_WrongState(id, current.State, "cancel", "; only QUEUED or RUNNING jobs can be cancelled");
     });
 
+    /// <summary>What a retry resets: the job is as if just queued, keeping its id, priority and creation time.</summary>
+    private const string RetrySet =
+        "state = 'QUEUED', retry_count = 0, next_attempt_at = 0, error = NULL, metrics = NULL, artifacts = NULL, " +
+        "claimed_at = NULL, heartbeat_at = NULL, finished_at = NULL";
+
     public JobRecord Retry(long id) => InTransaction(() =>
     {
         var cmd = Prepare(ref _retry,
-            "UPDATE jobs SET state = 'QUEUED', retry_count = 0, next_attempt_at = 0, error = NULL, metrics = NULL, artifacts = NULL, " +
-            $"  claimed_at = NULL, heartbeat_at = NULL, finished_at = NULL WHERE id = $id AND state IN ('FAILED', 'CANCELLED') RETURNING {JobColumns}",
+            $"UPDATE jobs SET {RetrySet} WHERE id = $id AND state IN ('FAILED', 'CANCELLED') RETURNING {JobColumns}",
             "$id");
         cmd.Parameters[0].Value = id;
         if (ReadOneJob(cmd) is { } job) return job;
@@ -580,11 +584,7 @@ internal sealed partial class SqliteJobStore : IJobStore
             };
             cmd.Parameters.AddWithValue("$limit", limit);
             if (state is { } s) cmd.Parameters.AddWithValue("$state", s.Name());
-            var list = new List<JobRecord>();
-            using (var r = cmd.ExecuteReader())
-                while (r.Read()) list.Add(ReadJob(r));
-            list.Reverse();
-            return list;
+            return OldestFirst(cmd);
         }
         catch (SqliteException e)
         {
@@ -787,6 +787,16 @@ internal sealed partial class SqliteJobStore : IJobStore
         using var cmd = _db.CreateCommand();
         cmd.CommandText = sql;
         return Convert.ToInt64(cmd.ExecuteScalar(), CultureInfo.InvariantCulture);
+    }
+
+    /// <summary>The jobs a newest-first query returns, oldest first.</summary>
+    private static List<JobRecord> OldestFirst(SqliteCommand cmd)
+    {
+        var list = new List<JobRecord>();
+        using (var r = cmd.ExecuteReader())
+            while (r.Read()) list.Add(ReadJob(r));
+        list.Reverse();
+        return list;
     }
 
     private static JobRecord? ReadOneJob(SqliteCommand cmd)
