@@ -134,12 +134,12 @@ public class CatalogBench
 
     private SourcePlan Plan() => Catalog.Plan(_big, _parser, Catalog.Stat(Commands.ExpandInputs([Tree])), force: false);
 
+    /// <summary>Keeps the tree and its store: the Python pairing, timed after this process ends, reads them (Setup starts afresh).</summary>
     [GlobalCleanup]
     public void Cleanup()
     {
         _store?.Dispose();
         _big.Dispose();
-        Directory.Delete(Root, recursive: true);
     }
 
     /// <summary>A fresh store whose Batch sources each have a current output, and a second job for each, claimed; one file per job to supersede.</summary>
