@@ -12,7 +12,7 @@ internal static partial class Commands
 {
     private static readonly Flag ParserFlag = new("--parser", "NAME[@VERSION]", "parser to run (default version: the latest registered)");
     private static readonly Flag PriorityFlag = new("--priority", "N", "higher runs first (default 0)");
-    private static readonly Flag ForceFlag = new("--force", null, "queue files this parser version already completed");
+    private static readonly Flag ForceFlag = new("--force", null, "queue files even when unchanged since this parser version processed them");
     private static readonly Flag StateFlag = new("--state", "S", "only jobs in state S: queued, running, completed, failed, cancelled");
     private static readonly Flag LimitFlag = new("--limit", "N", "show the N most recent jobs (default 50)");
 
@@ -25,6 +25,7 @@ internal static partial class Commands
             var storeOptions = StoreFrom(args, create: true);
             // Bundling reads and checks everything before the store is touched.
             var bundle = ParserBundle.Load(path);
+            var topics = Topics.Read(bundle.EntrySource, Directory.Exists(path) ? Path.Combine(path, bundle.EntryModule ?? "") : path);
             return WithStore(storeOptions, store =>
             {
                 var record = new ParserRecord
@@ -39,6 +40,7 @@ internal static partial class Commands
                     ArtifactHash = bundle.ArtifactHash,
                     Archive = bundle.Archive,
                     EntryModule = bundle.EntryModule,
+                    TopicsJson = topics.Count == 0 ? null : Topics.ToJson(topics),
                 };
                 var result = store.RegisterParser(record);
                 switch (result.Outcome)
@@ -46,6 +48,10 @@ internal static partial class Commands
                     case RegisterOutcome.Created:
                         Console.Out.WriteLine($"registered parser {bundle.Name} {bundle.Version} (id {result.Id}): {bundle.Files.Count} file(s), " +
                             $"{Size(bundle.Archive.Length)} bundle, entry {bundle.EntryModule}, environment {ShortEnv(bundle.EnvHash)}");
+                        int outdated = store.OutputsNotFrom(bundle.Name, bundle.Version).Count;
+                        if (outdated > 0)
+                            Console.Out.WriteLine($"{outdated} source(s) have current output from another version of {bundle.Name}; " +
+                                $"'casparian parser backfill {bundle.Name}' queues them for {bundle.Version} (--dry-run lists them)");
                         break;
                     case RegisterOutcome.Unchanged:
                         Console.Out.WriteLine($"parser {bundle.Name} {bundle.Version} is already registered with the same source (id {result.Id}); nothing changed");
@@ -82,7 +88,34 @@ internal static partial class Commands
         });
     });
 
-    private static readonly Command ParserGroup = Command.Group("parser", "register and list parsers (register|ls)", Register, Ls);
+    private static readonly Command ShowParser = new("show", "show a parser and its effective topic table (its TOPICS with the config's [topics.NAME])",
+        "parser show NAME[@VERSION] [--db PATH] [--config FILE]", Config.Flags(Config.Db), args =>
+        {
+            string spec = args.RequirePositionals(1, 1)[0];
+            var (name, version) = ParserSpec("parser show", new Flag("NAME", "NAME[@VERSION]", ""), spec);
+            var config = Config.Load(args);
+            var overrides = Topics.FromConfig(config.TablesOf(Topics.ConfigTable));
+            return WithStore(StoreOptions(config, create: false), store =>
+            {
+                var p = FindParser(store, name, version);
+                var declared = Topics.FromJson(p.TopicsJson, "parser");
+                var sb = new StringBuilder($"parser {p.Name} {p.Version} (id {p.Id}), registered {Time(p.CreatedAt)}, entry {p.EntryModule ?? "-"}, environment {ShortEnv(p.EnvHash)}\n");
+                var sinks = Topics.Effective(declared, overrides);
+                if (sinks.Count == 0) sb.Append("topics: none declared and none configured; each topic goes to OUTPUT/TOPIC, mode append\n");
+                else
+                {
+                    var table = new Table("TOPIC", "SINK", "MODE", "FROM");
+                    foreach (var s in sinks)
+                        table.Add(s.Topic, s.Uri, s.Mode.ToString().ToLowerInvariant(), Topics.OriginOf(s.Topic, declared, overrides));
+                    sb.Append(table.Render());
+                    sb.Append("topics not listed go to OUTPUT/TOPIC, mode append\n");
+                }
+                Console.Out.Write(sb.ToString());
+                return 0;
+            });
+        });
+
+    private static readonly Command ParserGroup = Command.Group("parser", "register, list, show and backfill parsers (register|ls|show|backfill)", Register, Ls, ShowParser, Backfill);
 
     // ---- job ---------------------------------------------------------------------------------
 
@@ -101,41 +134,59 @@ internal static partial class Commands
             foreach (string bad in undecodable)
                 Console.Error.WriteLine($"warning: skipped {bad.Replace('\uFFFD', '?')}: its name is not valid UTF-8, so it cannot be queued by name; rename it");
 
+            var stats = Catalog.Stat(paths);
+
             return WithStore(storeOptions, store =>
             {
                 var parser = FindParser(store, name, version);
-                var files = paths.Select(f => (f, HashFile(f))).ToList();
-                var r = Queue(store, parser, files, priority, skip: force ? null : hash => store.IsCompleted(parser.Name, parser.Version, hash));
+                var plan = Catalog.Plan(store, parser, stats, force);
+                var r = Queue(store, parser, plan.ToQueue, priority, skip: null);
                 var sb = new StringBuilder($"queued {r.Queued} job(s) for parser {parser.Name} {parser.Version}");
                 if (r.Queued > 0) sb.Append(r.FirstId == r.LastId ? $" (job {r.FirstId})" : $" (jobs {r.FirstId}-{r.LastId})");
-                if (r.Skipped > 0) sb.Append($"; skipped {r.Skipped} file(s) this version already completed (--force queues them anyway)");
+                if (plan.NewVersions > 0) sb.Append($"; {plan.NewVersions} new or changed file(s)");
+                if (plan.Unchanged.Count > 0)
+                {
+                    sb.Append($"; skipped {plan.Unchanged.Count} unchanged file(s) this version already processed or has queued (--force queues them anyway):");
+                    foreach (string path in plan.Unchanged.Take(SkippedShown)) sb.Append("\n  unchanged: ").Append(path);
+                    if (plan.Unchanged.Count > SkippedShown) sb.Append($"\n  … and {plan.Unchanged.Count - SkippedShown} more");
+                }
                 Console.Out.WriteLine(sb.ToString());
                 return 0;
             });
         });
 
+    /// <summary>Skipped files `job add` names one per line; past this, a count.</summary>
+    private const int SkippedShown = 20;
+
     private static readonly Command Show = new("show", "show one job in full", "job show ID [--db PATH]", Config.Flags(Config.Db),
         args => WithJob(args, (_, job) => Describe(job), readOnly: true));
 
-    private static readonly Command Retry = new("retry", "queue a FAILED or CANCELLED job again", "job retry ID [--db PATH]", Config.Flags(Config.Db),
-        args => WithJob(args, (store, before) =>
-        {
-            store.Retry(before.Id);
-            return $"job {before.Id} queued again (was {before.State.Name()}; retry count reset)\n";
-        }));
+    private static readonly Command Retry = new("retry", "queue a FAILED or CANCELLED job again, or every one in a state (--state)",
+        "job retry ID | job retry --state failed|cancelled [--parser NAME[@VERSION]] [--db PATH]", [StateFlag, BulkParserFlag, .. Config.Flags(Config.Db)],
+        args => args.Has(StateFlag.Name)
+            ? Bulk(args, "queued again", [JobState.Failed, JobState.Cancelled], (store, q) => store.RetryMany(q))
+            : WithJob(args, (store, before) =>
+            {
+                store.Retry(before.Id);
+                return $"job {before.Id} queued again (was {before.State.Name()}; retry count reset)\n";
+            }));
 
-    private static readonly Command Cancel = new("cancel", "cancel a QUEUED or RUNNING job", "job cancel ID [--db PATH]", Config.Flags(Config.Db),
-        args => WithJob(args, (store, before) =>
-        {
-            store.Cancel(before.Id);
-            string note = before.State == JobState.Running ? $"; the sentinel will tell worker {before.Worker} to abort it" : "";
-            return $"job {before.Id} cancelled (was {before.State.Name()}){note}\n";
-        }));
+    private static readonly Command Cancel = new("cancel", "cancel a QUEUED or RUNNING job, or every one in a state (--state)",
+        "job cancel ID | job cancel --state queued|running [--parser NAME[@VERSION]] [--db PATH]", [StateFlag, BulkParserFlag, .. Config.Flags(Config.Db)],
+        args => args.Has(StateFlag.Name)
+            ? Bulk(args, "cancelled", [JobState.Queued, JobState.Running], (store, q) => store.CancelMany(q))
+            : WithJob(args, (store, before) =>
+            {
+                store.Cancel(before.Id);
+                string note = before.State == JobState.Running ? $"; the sentinel will tell worker {before.Worker} to abort it" : "";
+                return $"job {before.Id} cancelled (was {before.State.Name()}){note}\n";
+            }));
 
     private static readonly Command JobGroup = Command.Group("job", "queue and manage jobs (add|show|retry|cancel)", Add, Show, Retry, Cancel);
 
-    private static readonly Command JobsCommand = new("jobs", "list jobs and counts per state", "jobs [--state S] [--limit N] [--db PATH]",
-        [StateFlag, LimitFlag, .. Config.Flags(Config.Db)], args =>
+    private static readonly Command JobsCommand = new("jobs", "list jobs and counts per state",
+        "jobs [--state S] [--parser NAME[@VERSION]] [--since DURATION] [--limit N] [--json] [--db PATH]",
+        [StateFlag, BulkParserFlag, SinceFlag, LimitFlag, JsonFlag, .. Config.Flags(Config.Db)], args =>
         {
             args.RequirePositionals(0, 0);
             JobState? state = null;
@@ -144,16 +195,29 @@ internal static partial class Commands
                 if (!JobStates.TryParse(s, out var parsed)) throw CliThrow.Usage_BadValue("jobs", StateFlag.Name, s, "one of queued, running, completed, failed, cancelled");
                 state = parsed;
             }
-            int limit = args.GetInt(LimitFlag.Name, 50, min: 1);
+            bool json = args.Has(JsonFlag.Name);
+            int limit = args.GetInt(LimitFlag.Name, json ? int.MaxValue : 50, min: 1);
+            var query = new JobQuery(state, Since: Since(args), Limit: limit);
+            if (args.Get(BulkParserFlag.Name) is { } spec)
+            {
+                var (name, version) = ParserSpec("jobs", BulkParserFlag, spec);
+                query = query with { ParserName = name, ParserVersion = version };
+            }
+            bool filtered = query.ParserName is not null || query.Since is not null;
             var storeOptions = StoreFrom(args, create: false) with { ReadOnly = true };
             if (!JobStores.Exists(storeOptions))
             {
-                Console.Out.WriteLine($"no jobs (no store at {storeOptions.Db})");
+                if (!json) Console.Out.WriteLine($"no jobs (no store at {storeOptions.Db})");
                 return 0;
             }
             return WithStore(storeOptions, store =>
             {
-                var jobs = store.List(state, limit);
+                var jobs = filtered || json ? store.Find(query) : store.List(state, limit);
+                if (json)
+                {
+                    PrintJsonLines(jobs);
+                    return 0;
+                }
                 var counts = store.Counts();
                 if (jobs.Count == 0) Console.Out.WriteLine(state is null ? "no jobs" : $"no {state.Value.Name()} jobs");
                 else

@@ -28,6 +28,7 @@ internal static partial class Commands
         JobTimeout = c.Get(Config.JobTimeout),
         PollInterval = c.Get(Config.PollInterval),
         DeadlineGrace = c.Get(Config.DeadlineGrace),
+        Topics = Casparian.Topics.FromConfig(c.TablesOf(Casparian.Topics.ConfigTable)),
         Log = log,
     };
 

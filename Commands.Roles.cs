@@ -125,9 +125,11 @@ internal static partial class Commands
 
     private static readonly Flag TopicFlag = new("--topic", "T", "write only this topic (repeatable); other tables are counted but not written");
 
+    private static readonly Flag WhatIfFlag = new("--whatif", null, "list what would run (files, parser, topics, sinks, interpreter) and exit without running anything");
+
     private static readonly Command RunCommand = new("run", "dev mode: one parser over a file or folder, no store",
-        "run PARSER INPUT [--output DIR] [--topic T] [--slots N]",
-        [TopicFlag, .. Config.Flags(Config.Output, Config.Slots, Config.Python, Config.Lineage, Config.JobTimeout, Config.ConnectTimeout,
+        "run PARSER INPUT [--output DIR] [--topic T] [--slots N] [--whatif]",
+        [TopicFlag, WhatIfFlag, .. Config.Flags(Config.Output, Config.Slots, Config.Python, Config.Lineage, Config.JobTimeout, Config.ConnectTimeout,
             Config.IdleTimeout, Config.MessageLimit, Config.RowGroupRows, Config.RowGroupSize)],
         args =>
         {
@@ -141,16 +143,28 @@ internal static partial class Commands
             ParserBundle bundle = ParserBundle.Load(parserPath);
             var inputs = DevRun.Inputs(inputPath);
             string interpreter = DevRun.Interpreter(parserPath, config.Get(Config.Python));
-            NativeParquet.Ensure(config.LibDir);
+            var declared = Topics.Read(bundle.EntrySource, Directory.Exists(parserPath) ? Path.Combine(parserPath, bundle.EntryModule ?? "") : parserPath);
+            var overrides = Topics.FromConfig(config.TablesOf(Topics.ConfigTable));
             // Dev mode writes next to the user, not under HOME, unless told otherwise.
             var output = OutputOptions(config);
             if (config.Describe(Config.Output).Source == SettingSource.Default) output = output with { Root = Path.Combine(Directory.GetCurrentDirectory(), "output") };
+            string inputRoot = Directory.Exists(inputPath) ? inputPath : Path.GetDirectoryName(inputPath)!;
+            string parserName = bundle.Version == ParserBundle.DefaultVersion ? bundle.Name : $"{bundle.Name}@{bundle.Version}";
+            var sinks = Topics.Effective(declared, overrides);
+            if (args.Has(WhatIfFlag.Name))
+            {
+                Console.Out.Write(DevRun.WhatIf(parserName, parserPath, interpreter, inputs, inputRoot, output.Root, sinks,
+                    [.. sinks.Select(s => Topics.OriginOf(s.Topic, declared, overrides))]));
+                return 0;
+            }
+            NativeParquet.Ensure(config.LibDir);
             var options = new DevRunOptions
             {
                 ParserPath = parserPath,
-                ParserName = bundle.Version == ParserBundle.DefaultVersion ? bundle.Name : $"{bundle.Name}@{bundle.Version}",
+                ParserName = parserName,
                 Inputs = inputs,
-                InputRoot = Directory.Exists(inputPath) ? inputPath : Path.GetDirectoryName(inputPath)!,
+                InputRoot = inputRoot,
+                Sinks = sinks,
                 Interpreter = interpreter,
                 ShimPath = Shim.Ensure(config.ShimDir),
                 Output = output,

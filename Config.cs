@@ -146,7 +146,7 @@ internal sealed class Config
     /// they come): ConfigFile accepts them and <see cref="TablesOf"/> hands their contents to the owner.
     /// Any other table in the file is an error.
     /// </summary>
-    public static readonly string[] Tables = [];
+    public static readonly string[] Tables = [Topics.ConfigTable];
 
     public static readonly Flag ConfigFlag = new("--config", "FILE", "config file (default ./casparian.toml, else HOME/casparian.toml)");
 

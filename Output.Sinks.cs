@@ -16,8 +16,7 @@ namespace Casparian;
 /// </summary>
 internal sealed record SinkTarget(string Topic, string Uri, string Directory, string FileName, SinkMode Mode, bool SingleFile)
 {
-    public const string JobIdKey = "casparian.job_id";
-    public const string FileVersionIdKey = "casparian.file_version_id";
+    public const string JobIdKey = LineageColumns.JobIdKey;
 
     public string FinalPath => Path.Combine(Directory, FileName);
 
@@ -31,11 +30,46 @@ internal sealed record SinkTarget(string Topic, string Uri, string Directory, st
     public string TempPrefix(ulong jobId) => $".{FileName}.tmp-{jobId}-";
 
     /// <summary>
-    /// The destination file of a directory dataset: <c>job-{id}.parquet</c>, or <c>{stem}.parquet</c> with the
-    /// stem sanitised. Deterministic either way, so a retry or rerun overwrites it.
+    /// The destination file of a directory dataset: <c>{stem}.parquet</c> with the stem sanitised (dev mode),
+    /// else the (parser, source) name <see cref="SourceFileName"/>, else <c>job-{id}.parquet</c>.
+    /// Deterministic each way, so a retry, a rerun or a later job for the same source overwrites it.
     /// </summary>
-    public static string DatasetFileName(ulong jobId, string? fileStem) =>
-        fileStem is null ? $"job-{jobId}.parquet" : SanitizeStem(fileStem) + ".parquet";
+    public static string DatasetFileName(ulong jobId, OutputSource? source, string? fileStem) =>
+        fileStem is not null ? SanitizeStem(fileStem) + ".parquet"
+        : source is not null ? SourceFileName(source.ParserName, source.Path)
+        : $"job-{jobId}.parquet";
+
+    /// <summary>Characters of the parser name and of the source's file name in <see cref="SourceFileName"/>.</summary>
+    private const int NamePartLength = 60;
+
+    /// <summary>
+    /// One name per (parser name, source path), whatever the parser version or job:
+    /// <c>{parser}-{file name}-{first 16 hex of SHA-256(path)}.parquet</c>, the first two sanitised and
+    /// cut to 60 characters (readable), the hash telling apart sources with the same file name.
+    /// Every job of a parser for a source renames its file over the previous one's (issue 13).
+    /// </summary>
+    public static string SourceFileName(string parserName, string sourcePath)
+    {
+        static string Part(string s) => SanitizeStem(s.Length > NamePartLength ? s[..NamePartLength] : s);
+        string key = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(sourcePath)))[..16];
+        return $"{Part(parserName)}-{Part(Path.GetFileNameWithoutExtension(sourcePath))}-{key}.parquet";
+    }
+
+    /// <summary>
+    /// The local path of a superseded file's uri, when it is one a sink could have written: a file://
+    /// uri of a visible *.parquet file, no '..', inside the output root or an allowed root. Else null.
+    /// </summary>
+    public static string? SupersededPath(OutputOptions options, string uri)
+    {
+        if (!System.Uri.TryCreate(uri, UriKind.Absolute, out var parsed) || !parsed.IsFile || !parsed.IsLoopback && parsed.Host.Length > 0) return null;
+        string path = parsed.LocalPath;
+        if (HasParentSegment(path) || !path.EndsWith(".parquet", StringComparison.Ordinal) || Path.GetFileName(path).StartsWith('.')) return null;
+        string full = Normalize(path);
+        if (IsInside(full, Normalize(options.Root))) return full;
+        foreach (var allowed in options.AllowedRoots)
+            if (IsInside(full, Normalize(allowed))) return full;
+        return null;
+    }
 
     /// <summary>
     /// The stem as it appears in file names: every character outside ASCII letters, digits, '-', '_' and
@@ -62,7 +96,7 @@ internal sealed record SinkTarget(string Topic, string Uri, string Directory, st
     /// <c>.parquet</c> is a single file, anything else a dataset directory, whose file for this job is
     /// <see cref="DatasetFileName"/>.
     /// </summary>
-    public static SinkTarget Resolve(OutputOptions options, ulong jobId, string topic, string uri, SinkMode mode, string? fileStem = null)
+    public static SinkTarget Resolve(OutputOptions options, ulong jobId, string topic, string uri, SinkMode mode, string? fileName = null)
     {
         string root = Normalize(options.Root);
         string path;
@@ -97,7 +131,7 @@ internal sealed record SinkTarget(string Topic, string Uri, string Directory, st
         CheckRealPath(options, jobId, topic, singleFile ? Path.GetDirectoryName(path)! : path);
         return singleFile
             ? new SinkTarget(topic, uri, Path.GetDirectoryName(path)!, Path.GetFileName(path), mode, SingleFile: true)
-            : new SinkTarget(topic, uri, path, DatasetFileName(jobId, fileStem), mode, SingleFile: false);
+            : new SinkTarget(topic, uri, path, fileName ?? DatasetFileName(jobId, null, null), mode, SingleFile: false);
     }
 
     private static string UnderRoot(ulong jobId, string topic, string uri, string root, string relative)
@@ -147,14 +181,14 @@ internal sealed record SinkTarget(string Topic, string Uri, string Directory, st
     private static bool IsInside(string path, string root) =>
         path == root || (path.StartsWith(root, StringComparison.Ordinal) && (root.EndsWith('/') || path[root.Length] == '/'));
 
-    /// <summary>Mode error: throws when the destination already holds another job's data (a retry's own file is fine).</summary>
+    /// <summary>
+    /// Mode error: throws when the destination already holds another job's data (a retry's own file is
+    /// fine; an earlier job's file for the same source under this job's name is another job's data).
+    /// </summary>
     public void CheckNoOtherData(ulong jobId)
     {
-        if (SingleFile)
-        {
-            if (File.Exists(FinalPath) && WrittenBy(FinalPath) != jobId) throw OutputThrow.Sink_DataExists(jobId, Topic, FinalPath);
-            return;
-        }
+        if (File.Exists(FinalPath) && WrittenBy(FinalPath) != jobId) throw OutputThrow.Sink_DataExists(jobId, Topic, FinalPath);
+        if (SingleFile) return;
         foreach (var file in OtherDataFiles()) throw OutputThrow.Sink_DataExists(jobId, Topic, file);
     }
 

@@ -52,11 +52,7 @@ internal sealed partial class JobOutput
             var fields = _schema.FieldsList;
             var arrays = new IArrowArray[_writerSchema!.FieldsList.Count];
             for (int i = 0; i < fields.Count; i++) arrays[i] = Conform(batch.Column(map[i]), fields[i], scratch);
-            if (Options.Lineage)
-            {
-                arrays[fields.Count] = scratch.Constant(unchecked((long)JobId), batch.Length);
-                arrays[fields.Count + 1] = scratch.Constant(job._fileVersionId, batch.Length);
-            }
+            if (Options.Lineage) job._lineage.Fill(arrays, fields.Count, batch.Length, scratch);
             WriteRows(arrays, batch.Length, ArrowSchemas.Bytes(batch));
             _rows += batch.Length;
         }
@@ -135,15 +131,10 @@ internal sealed partial class JobOutput
         private void OpenWriter()
         {
             var fields = new List<Field>(_schema!.FieldsList);
-            if (Options.Lineage)
-            {
-                fields.Add(new Field(JobIdColumn, Int64Type.Default, nullable: false));
-                fields.Add(new Field(FileVersionIdColumn, Int64Type.Default, nullable: false));
-            }
+            if (Options.Lineage) fields.AddRange(LineageColumns.Fields());
             var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
             if (_schema.HasMetadata) foreach (var (k, v) in _schema.Metadata) metadata[k] = v;
-            metadata[SinkTarget.JobIdKey] = JobId.ToString(System.Globalization.CultureInfo.InvariantCulture);
-            metadata[SinkTarget.FileVersionIdKey] = job._fileVersionId.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            job._lineage.AddMetadata(metadata);
             _writerSchema = new Schema(fields, metadata);
             _tempPath = Path.Combine(target.Directory, target.TempPrefix(JobId) + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(SinkTarget.TempSuffixLength / 2)));
             _writer = new FileWriter(_tempPath, _writerSchema, _properties!, job._arrowProperties);
@@ -186,7 +177,7 @@ internal sealed partial class JobOutput
             for (int i = 0; i < fields.Count; i++)
             {
                 string n = fields[i].Name;
-                if (Options.Lineage && n is JobIdColumn or FileVersionIdColumn) throw OutputThrow.Schema_ReservedColumn(JobId, Name, n);
+                if (Options.Lineage && LineageColumns.IsReserved(n)) throw OutputThrow.Schema_ReservedColumn(JobId, Name, n);
                 for (int j = 0; j < i; j++)
                     if (fields[j].Name == n) throw OutputThrow.Schema_DuplicateColumn(JobId, Name, n);
             }

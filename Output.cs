@@ -143,13 +143,12 @@ internal sealed partial class JobOutput : IDisposable
 {
     /// <summary>Snappy: fast to write and read, and what Parquet readers expect by default.</summary>
     public const Compression Codec = Compression.Snappy;
-    public const string JobIdColumn = "_job_id";
-    public const string FileVersionIdColumn = "_file_version_id";
 
     private readonly OutputOptions _options;
     private readonly ulong _jobId;
-    private readonly long _fileVersionId;
-    private readonly string? _fileStem;
+    private readonly LineageColumns _lineage;
+    // This job's file name in every dataset directory.
+    private readonly string _fileName;
     private readonly Dictionary<string, SinkTarget> _sinks;
     // Topics in first-write order: a handful per job, searched linearly.
     private readonly List<TopicWriter> _topics = [];
@@ -168,16 +167,16 @@ internal sealed partial class JobOutput : IDisposable
     /// by <see cref="SinkTarget.SanitizeStem"/>. Jobs sharing an output directory must have distinct
     /// sanitised stems, or the later overwrites the earlier: the caller checks that before it starts.
     /// </summary>
-    public JobOutput(OutputOptions options, ulong jobId, long fileVersionId, IReadOnlyList<SinkConfig> sinks, string? fileStem = null)
+    public JobOutput(OutputOptions options, ulong jobId, OutputSource? source, IReadOnlyList<SinkConfig> sinks, string? fileStem = null)
     {
         _options = options;
         _jobId = jobId;
-        _fileVersionId = fileVersionId;
-        _fileStem = fileStem;
+        _lineage = new LineageColumns(jobId, source);
+        _fileName = SinkTarget.DatasetFileName(jobId, source, fileStem);
         _sinks = new Dictionary<string, SinkTarget>(StringComparer.Ordinal);
         foreach (var sink in sinks)
         {
-            var target = SinkTarget.Resolve(options, jobId, sink.Topic, sink.Uri, sink.Mode, fileStem);
+            var target = SinkTarget.Resolve(options, jobId, sink.Topic, sink.Uri, sink.Mode, _fileName);
             if (!_sinks.TryAdd(sink.Topic, target)) throw OutputThrow.Sink_DuplicateTopic(jobId, sink.Topic);
             if (target.Mode == SinkMode.Error) target.CheckNoOtherData(jobId);
         }
@@ -214,14 +213,20 @@ internal sealed partial class JobOutput : IDisposable
         _batches++;
     }
 
-    /// <summary>Finishes every topic's file and renames it into place. Call once; then dispose.</summary>
-    public OutputResult Commit()
+    /// <summary>
+    /// Finishes every topic's file and renames it into place, then deletes the files of
+    /// <paramref name="supersedes"/> (uris of the earlier output of the same parser for the same source)
+    /// that this job did not just replace: a topic this job no longer writes loses the source's old rows.
+    /// Call once; then dispose.
+    /// </summary>
+    public OutputResult Commit(IReadOnlyList<string>? supersedes = null)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (_committed) throw new InvalidOperationException($"job {_jobId}: Commit called twice");
         if (_failed) throw new InvalidOperationException($"job {_jobId}: Commit after a failed Write; the job's output is incomplete, dispose it");
         _committed = true;
         var artifacts = new List<OutputArtifact>(_topics.Count);
+        FaultPoint.Hit(FaultPoint.BeforeRename);
         foreach (var t in _topics)
         {
             try
@@ -232,7 +237,12 @@ internal sealed partial class JobOutput : IDisposable
             {
                 throw OutputThrow.Write_Failed(_jobId, t.Name, e);
             }
+            FaultPoint.Hit(FaultPoint.AfterFirstRename);
         }
+        FaultPoint.Hit(FaultPoint.BeforeSupersede);
+        if (supersedes is { Count: > 0 })
+            RemoveSuperseded(_options, _jobId, supersedes, [.. artifacts.Select(a => new Uri(a.Uri).LocalPath)]);
+        FaultPoint.Hit(FaultPoint.AfterSupersede);
         _clock.Stop();
         return new OutputResult(artifacts, artifacts.Sum(a => a.Rows), artifacts.Sum(a => a.Bytes), _batches, _clock.ElapsedMilliseconds);
     }
@@ -243,7 +253,39 @@ internal sealed partial class JobOutput : IDisposable
         if (_disposed) return;
         _disposed = true;
         for (int i = _topics.Count - 1; i >= 0; i--) _topics[i].Dispose();
+        _lineage.Dispose();
         _arrowProperties.Dispose();
+    }
+
+    /// <summary>
+    /// Deletes each superseded file this commit did not overwrite, then syncs its directory. Only a
+    /// local *.parquet file inside the output root or an allowed root is touched (what a sink could
+    /// name anyway); anything else in the list is ignored. Missing files are fine: a retry of a job
+    /// killed after this step finds them gone.
+    /// </summary>
+    internal static void RemoveSuperseded(OutputOptions options, ulong jobId, IReadOnlyList<string> supersedes, IReadOnlyCollection<string> kept)
+    {
+        var directories = new List<string>();
+        foreach (string uri in supersedes)
+        {
+            if (SinkTarget.SupersededPath(options, uri) is not { } path || kept.Contains(path)) continue;
+            try
+            {
+                if (!File.Exists(path)) continue;
+                File.Delete(path);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw OutputThrow.Commit_Supersede(jobId, path, e);
+            }
+            string dir = Path.GetDirectoryName(path)!;
+            if (!directories.Contains(dir)) directories.Add(dir);
+        }
+        foreach (string dir in directories)
+        {
+            int errno = DirectorySync.Flush(dir);
+            if (errno != 0) throw OutputThrow.Commit_DirectorySync(jobId, "(superseded)", dir, errno);
+        }
     }
 
     private TopicWriter Topic(string name)
@@ -252,7 +294,7 @@ internal sealed partial class JobOutput : IDisposable
         if (!_sinks.TryGetValue(name, out var target))
         {
             if (!Bridge.IsValidTopic(name)) throw OutputThrow.Topic_BadName(_jobId, name);
-            target = SinkTarget.Resolve(_options, _jobId, name, "parquet://" + name, SinkMode.Append, _fileStem);
+            target = SinkTarget.Resolve(_options, _jobId, name, "parquet://" + name, SinkMode.Append, _fileName);
         }
         var topic = new TopicWriter(this, name, target);
         _topics.Add(topic);
@@ -294,6 +336,8 @@ internal static class OutputThrow
         new(ExitCode.BadInput, $"job {job}: topic '{topic}' column '{column}' is all null in a table, and nulls of type {type} cannot be filled in; send the column with its type");
     public static OutputException Commit_DirectorySync(ulong job, string topic, string directory, int errno) =>
         new(ExitCode.Unavailable, $"job {job}: topic '{topic}' was renamed into {directory} but syncing that directory to disk failed ({System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(errno)}, errno {errno}); the file may not survive a power loss; check the disk, then retry the job");
+    public static OutputException Commit_Supersede(ulong job, string path, Exception e) =>
+        new(ExitCode.Unavailable, $"job {job}: its output is in place but the earlier output {path} could not be removed ({e.Message}); check the directory's permissions, then retry the job", e);
     public static OutputException Write_Failed(ulong job, string topic, ParquetException e) =>
         new(ExitCode.Unavailable, $"job {job}: writing topic '{topic}' failed: {e.Message}", e);
 }

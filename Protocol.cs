@@ -199,6 +199,10 @@ internal sealed record Dispatch
     [JsonPropertyName("lockfile_content")] public string? LockfileContent { get; init; }
     [JsonPropertyName("parser_version")] public string? ParserVersion { get; init; }
     [JsonPropertyName("timeout_seconds")] public int? TimeoutSeconds { get; init; }
+    /// <summary>The queued content's SHA-256 (hex): the lineage column _source_hash.</summary>
+    [JsonPropertyName("content_hash")] public string? ContentHash { get; init; }
+    /// <summary>File uris of this parser's current output for this source: removed once this job's output is in place.</summary>
+    [JsonPropertyName("supersedes")] public List<string>? Supersedes { get; init; }
 }
 
 [JsonConverter(typeof(JsonStringEnumConverter<ReceiptStatus>))]

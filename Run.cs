@@ -27,6 +27,8 @@ internal sealed record DevRunOptions
     /// <summary>Topics to write (--topic); null writes every topic.</summary>
     public required IReadOnlySet<string>? Topics { get; init; }
     public required int Slots { get; init; }
+    /// <summary>The parser's declared topics with the config file's [topics.NAME] overrides (Topics.cs).</summary>
+    public required IReadOnlyList<SinkConfig> Sinks { get; init; }
 }
 
 internal static class DevRun
@@ -65,7 +67,8 @@ internal static class DevRun
         var skipped = new Dictionary<string, long>(StringComparer.Ordinal);
         try
         {
-            using var output = new JobOutput(o.Output, jobId, 0, [], stem);
+            var source = new OutputSource(o.ParserName, null, input, Commands.HashFile(input));
+            using var output = new JobOutput(o.Output, jobId, source, o.Sinks, stem);
             var request = new GuestRequest
             {
                 Interpreter = o.Interpreter,
@@ -121,6 +124,29 @@ internal static class DevRun
     /// ("2026/oct.csv" → "2026_oct"), so files of the same name in different folders do not
     /// overwrite each other; a name that still collides after sanitising gets "-2", "-3", ….
     /// </summary>
+    /// <summary>`run --whatif`: what a run would do, resolved exactly as the run resolves it, and nothing run or written.</summary>
+    internal static string WhatIf(string parserName, string parserPath, string interpreter, IReadOnlyList<string> inputs, string inputRoot,
+        string outputRoot, IReadOnlyList<SinkConfig> sinks, IReadOnlyList<string> origins)
+    {
+        var sb = new StringBuilder();
+        sb.AppendLine($"parser {parserName} ({parserPath})");
+        sb.AppendLine($"interpreter {interpreter}");
+        sb.AppendLine($"output under {outputRoot}");
+        string[] stems = Stems(inputs, inputRoot);
+        sb.AppendLine($"{inputs.Count} file(s):");
+        for (int i = 0; i < inputs.Count; i++) sb.AppendLine($"  {inputs[i]} -> {{topic}}/{SinkTarget.SanitizeStem(stems[i])}.parquet");
+        if (sinks.Count == 0) sb.AppendLine("topics: none declared or configured; each topic the parser writes goes to OUTPUT/{topic}, mode append");
+        else
+        {
+            var table = new Table("TOPIC", "SINK", "MODE", "FROM");
+            for (int i = 0; i < sinks.Count; i++) table.Add(sinks[i].Topic, sinks[i].Uri, sinks[i].Mode.ToString().ToLowerInvariant(), origins[i]);
+            sb.Append(table.Render());
+            sb.AppendLine("other topics go to OUTPUT/{topic}, mode append");
+        }
+        sb.AppendLine("what if: nothing was run and nothing written");
+        return sb.ToString();
+    }
+
     internal static string[] Stems(IReadOnlyList<string> inputs, string root)
     {
         var used = new HashSet<string>(StringComparer.Ordinal);

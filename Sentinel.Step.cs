@@ -33,7 +33,7 @@ internal sealed partial class Sentinel
         public readonly List<(Conclusion C, bool Applied, FailResult? Fail, string? QueuedHash)> Concluded = [];
         public readonly List<(byte[] Identity, ulong RequestId, ParserRecord Parser, ParserRegistration Result)> Deployed = [];
         public readonly List<(string WorkerId, string Reason, RequeueResult Result)> Requeued = [];
-        public readonly List<(WorkerEntry Worker, ClaimedJob Job, Dispatch Template)> Dispatches = [];
+        public readonly List<(WorkerEntry Worker, ClaimedJob Job, Dispatch Dispatch)> Dispatches = [];
         public readonly List<(long JobId, string Error)> Unrunnable = [];
         public List<long> Cancelled = [];
         public RequeueResult Swept;
@@ -192,7 +192,7 @@ internal sealed partial class Sentinel
             if (w.Free == 0 || w.PausedUntil > now || w.Capabilities.Count == 0) continue;
             foreach (var job in _store.Claim(w.Id, w.Capabilities, w.Free))
             {
-                if (ParserFor(job) is { } template) _work.Dispatches.Add((w, job, template));
+                if (ParserFor(job) is { } template) _work.Dispatches.Add((w, job, DispatchOf(job, template)));
                 else
                 {
                     string error = $"parser {job.ParserName} {job.ParserVersion} is not registered in the store";
@@ -209,11 +209,13 @@ internal sealed partial class Sentinel
         var key = (job.ParserName, job.ParserVersion);
         if (_parsers.TryGetValue(key, out var cached)) return cached;
         var p = _store.GetParser(job.ParserName, job.ParserVersion);
-        // DISPATCH per SPEC §2.4. No sinks: the worker writes one file per topic under its root.
+        // DISPATCH per SPEC §2.4. Sinks: the parser's declared topics with the config's overrides
+        // (Topics.cs); a topic in neither goes to OUTPUT/{topic} on the worker.
         var template = p is null ? null : new Dispatch
         {
             PluginName = p.Name,
             FilePath = "",
+            Sinks = Topics.Effective(Topics.FromJson(p.TopicsJson, $"parser {p.Name} {p.Version}"), _options.Topics),
             FileVersionId = 0,
             EnvHash = p.EnvHash,
             SourceCode = p.Source,
@@ -225,6 +227,24 @@ internal sealed partial class Sentinel
         };
         if (template is not null) _parsers[key] = template;
         return template;
+    }
+
+    /// <summary>
+    /// The job's DISPATCH: its parser's template with the source, the queued hash (lineage's
+    /// _source_hash), and the files of this parser's current output for the source, which the worker
+    /// removes once its own output is in place (issue 13: supersede on commit).
+    /// </summary>
+    private Dispatch DispatchOf(ClaimedJob job, Dispatch template)
+    {
+        var previous = _store.GetOutput(job.ParserName, job.InputPath)?.Uris();
+        // file_version_id is the job id: stable for the job's life, unique per input in this store.
+        return template with
+        {
+            FilePath = job.InputPath,
+            FileVersionId = job.Id,
+            ContentHash = job.ContentHash,
+            Supersedes = previous is { Count: > 0 } ? previous : null,
+        };
     }
 
     private void AfterCommit(long now)
@@ -269,10 +289,8 @@ internal sealed partial class Sentinel
             _log.Info($"job {id} cancelled: sent ABORT to worker {f.Worker.Id}");
         }
 
-        foreach (var (w, job, template) in _work.Dispatches)
+        foreach (var (w, job, dispatch) in _work.Dispatches)
         {
-            // file_version_id is the job id: stable for the job's life, unique per input in this store.
-            var dispatch = template with { FilePath = job.InputPath, FileVersionId = job.Id };
             _inFlight[job.Id] = new InFlight(w, Deadline: DeadlineFrom(now));
             w.Active++;
             Wire.Send(_router, w.Identity, OpCode.Dispatch, (ulong)job.Id, dispatch, ProtocolJson.Default.Dispatch);

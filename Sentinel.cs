@@ -48,6 +48,8 @@ internal sealed record SentinelOptions
     /// requeued as a retry anyway. Only with a <see cref="JobTimeout"/>.
     /// </summary>
     public required TimeSpan DeadlineGrace { get; init; }
+    /// <summary>The config file's [topics.NAME] tables: they override, topic by topic, the sinks a parser declares.</summary>
+    public required IReadOnlyList<TopicSetting> Topics { get; init; }
     public required RoleLog Log { get; init; }
 }
 

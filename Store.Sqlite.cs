@@ -23,10 +23,10 @@ using Microsoft.Data.Sqlite;
 
 namespace Casparian;
 
-internal sealed class SqliteJobStore : IJobStore
+internal sealed partial class SqliteJobStore : IJobStore
 {
     /// <summary>The schema this build reads and writes (PRAGMA user_version).</summary>
-    public const int SchemaVersion = 2;
+    public const int SchemaVersion = 3;
 
     // Migrations by target version: Migrations[0] takes an empty file to version 1.
     private static readonly string[] Migrations =
@@ -76,6 +76,54 @@ internal sealed class SqliteJobStore : IJobStore
         """
         CREATE INDEX jobs_file ON jobs (content_hash, parser_name, parser_version);
         """,
+        // 3: the file catalog (Store.Catalog.cs). Paths are the key (a source is its path, as queued);
+        // versions follow the current hash by trigger, so no writer can change one without the other.
+        """
+        CREATE TABLE sources (
+            path          TEXT PRIMARY KEY,
+            content_hash  TEXT NOT NULL,
+            size          INTEGER NOT NULL,
+            mtime         INTEGER NOT NULL,
+            updated_at    INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE source_versions (
+            id            INTEGER PRIMARY KEY,
+            path          TEXT NOT NULL,
+            content_hash  TEXT NOT NULL,
+            size          INTEGER NOT NULL,
+            seen_at       INTEGER NOT NULL
+        );
+        CREATE INDEX source_versions_path ON source_versions (path, id);
+        CREATE TRIGGER sources_new AFTER INSERT ON sources BEGIN
+            INSERT INTO source_versions (path, content_hash, size, seen_at) VALUES (new.path, new.content_hash, new.size, new.updated_at);
+        END;
+        CREATE TRIGGER sources_changed AFTER UPDATE OF content_hash ON sources WHEN old.content_hash <> new.content_hash BEGIN
+            INSERT INTO source_versions (path, content_hash, size, seen_at) VALUES (new.path, new.content_hash, new.size, new.updated_at);
+        END;
+        CREATE TABLE outputs (
+            parser_name    TEXT NOT NULL,
+            source_path    TEXT NOT NULL,
+            job_id         INTEGER NOT NULL,
+            parser_version TEXT NOT NULL,
+            content_hash   TEXT NOT NULL,
+            artifacts      TEXT,
+            updated_at     INTEGER NOT NULL,
+            PRIMARY KEY (parser_name, source_path)
+        ) WITHOUT ROWID;
+        CREATE INDEX jobs_created ON jobs (created_at);
+        ALTER TABLE parsers ADD COLUMN topics TEXT;
+        -- A store from before the catalog: each path's latest job gives its content, and each (parser,
+        -- path)'s latest COMPLETED job is its current output, listing the files of every COMPLETED job
+        -- of that pair, so the next job for the source removes them all (duplicates the old naming left).
+        INSERT INTO sources (path, content_hash, size, mtime, updated_at)
+            SELECT input_path, content_hash, -1, -1, created_at FROM jobs WHERE id IN (SELECT max(id) FROM jobs GROUP BY input_path);
+        INSERT INTO outputs (parser_name, source_path, job_id, parser_version, content_hash, artifacts, updated_at)
+            SELECT j.parser_name, j.input_path, j.id, j.parser_version, j.content_hash,
+                   (SELECT json_group_array(json(a.value)) FROM jobs o, json_each(o.artifacts) a
+                    WHERE o.parser_name = j.parser_name AND o.input_path = j.input_path AND o.state = 'COMPLETED' AND json_valid(o.artifacts)),
+                   coalesce(j.finished_at, j.created_at)
+            FROM jobs j WHERE j.id IN (SELECT max(id) FROM jobs WHERE state = 'COMPLETED' GROUP BY parser_name, input_path);
+        """,
     ];
 
     private const string JobColumns =
@@ -83,7 +131,7 @@ internal sealed class SqliteJobStore : IJobStore
         "heartbeat_at, finished_at, retry_count, next_attempt_at, error, metrics, artifacts";
 
     private const string ParserColumns =
-        "id, name, version, source, lockfile, env_hash, source_hash, lockfile_hash, artifact_hash, archive, entry_module, created_at";
+        "id, name, version, source, lockfile, env_hash, source_hash, lockfile_hash, artifact_hash, archive, entry_module, created_at, topics";
 
     private SqliteConnection _db;
     private readonly StoreOptions _options;
@@ -166,6 +214,7 @@ internal sealed class SqliteJobStore : IJobStore
     public void Dispose()
     {
         foreach (var statement in new[] { _begin, _commit, _rollback, _enqueue, _claim, _complete }) statement?.Dispose();
+        DisposeCatalog();
         _db.Dispose();
     }
 
@@ -283,7 +332,7 @@ internal sealed class SqliteJobStore : IJobStore
         "WHERE id = (SELECT id FROM jobs INDEXED BY jobs_queue WHERE state = 'QUEUED' AND next_attempt_at <= $now " +
         "    AND ($any OR parser_name IN (SELECT value FROM json_each($caps))) " +
         "    ORDER BY priority DESC, id LIMIT 1) " +
-        "RETURNING id, parser_name, parser_version, input_path, priority, retry_count";
+        "RETURNING id, parser_name, parser_version, input_path, priority, retry_count, content_hash";
 
     public List<ClaimedJob> Claim(string worker, IReadOnlyList<string> capabilities, int max)
     {
@@ -301,7 +350,7 @@ internal sealed class SqliteJobStore : IJobStore
                 try
                 {
                     if (!st.Step()) break;
-                    claimed.Add(new ClaimedJob(st.Int64(0), st.Text(1), st.Text(2), st.Text(3), st.Int32(4), st.Int32(5)));
+                    claimed.Add(new ClaimedJob(st.Int64(0), st.Text(1), st.Text(2), st.Text(3), st.Int32(4), st.Int32(5), st.Text(6)));
                 }
                 finally
                 {
@@ -334,21 +383,21 @@ internal sealed class SqliteJobStore : IJobStore
     public bool Complete(long id, string? worker, IReadOnlyDictionary<string, long> metrics, IReadOnlyList<Dictionary<string, string>> artifacts,
         string? parsedHash, out string? queuedHash)
     {
-        try
+        string? before = null;
+        bool done = InTransaction(() =>
         {
-            queuedHash = null;
+            long now = Now();
             // A primary-key read, only when the worker reported what it parsed: the queue-time hash, to say whether the file changed.
-            string? before = parsedHash is null ? null : Get(id)?.ContentHash;
-            bool done = Raw(ref _complete, CompleteSql, "$now", "$metrics", "$artifacts", "$hash", "$id", "$worker")
-                .Bind(1, Now()).Bind(2, MetricsJson(metrics)).Bind(3, ArtifactsJson(artifacts)).Bind(4, parsedHash).Bind(5, id).Bind(6, worker)
-                .Execute() == 1;
-            if (done && before is not null && before != parsedHash) queuedHash = before;
-            return done;
-        }
-        catch (SqliteException e)
-        {
-            throw Translate(e);
-        }
+            before = parsedHash is null ? null : Get(id)?.ContentHash;
+            if (Raw(ref _complete, CompleteSql, "$now", "$metrics", "$artifacts", "$hash", "$id", "$worker")
+                    .Bind(1, now).Bind(2, MetricsJson(metrics)).Bind(3, ArtifactsJson(artifacts)).Bind(4, parsedHash).Bind(5, id).Bind(6, worker)
+                    .Execute() != 1)
+                return false;
+            Supersede(id, parsedHash, now);
+            return true;
+        });
+        queuedHash = done && before is not null && before != parsedHash ? before : null;
+        return done;
     }
 
     public FailResult? Fail(long id, string? worker, string error, bool transient, IReadOnlyDictionary<string, long>? metrics = null)
@@ -512,11 +561,15 @@ internal sealed class SqliteJobStore : IJobStore
         throw StoreThrow.Input_WrongState(id, current.State, "cancel", "; only QUEUED or RUNNING jobs can be cancelled");
     });
 
+    /// <summary>What a retry resets: the job is as if just queued, keeping its id, priority and creation time.</summary>
+    private const string RetrySet =
+        "state = 'QUEUED', retry_count = 0, next_attempt_at = 0, error = NULL, metrics = NULL, artifacts = NULL, " +
+        "claimed_at = NULL, heartbeat_at = NULL, finished_at = NULL";
+
     public JobRecord Retry(long id) => InTransaction(() =>
     {
         var cmd = Prepare(ref _retry,
-            "UPDATE jobs SET state = 'QUEUED', retry_count = 0, next_attempt_at = 0, error = NULL, metrics = NULL, artifacts = NULL, " +
-            $"  claimed_at = NULL, heartbeat_at = NULL, finished_at = NULL WHERE id = $id AND state IN ('FAILED', 'CANCELLED') RETURNING {JobColumns}",
+            $"UPDATE jobs SET {RetrySet} WHERE id = $id AND state IN ('FAILED', 'CANCELLED') RETURNING {JobColumns}",
             "$id");
         cmd.Parameters[0].Value = id;
         if (ReadOneJob(cmd) is { } job) return job;
@@ -556,11 +609,7 @@ internal sealed class SqliteJobStore : IJobStore
             };
             cmd.Parameters.AddWithValue("$limit", limit);
             if (state is { } s) cmd.Parameters.AddWithValue("$state", s.Name());
-            var list = new List<JobRecord>();
-            using (var r = cmd.ExecuteReader())
-                while (r.Read()) list.Add(ReadJob(r));
-            list.Reverse();
-            return list;
+            return OldestFirst(cmd);
         }
         catch (SqliteException e)
         {
@@ -636,9 +685,9 @@ internal sealed class SqliteJobStore : IJobStore
             return new ParserRegistration(same ? RegisterOutcome.Unchanged : RegisterOutcome.Conflict, existing.Id, existing);
         }
         var cmd = Prepare(ref _insertParser,
-            "INSERT INTO parsers (name, version, source, lockfile, env_hash, source_hash, lockfile_hash, artifact_hash, archive, entry_module, created_at) " +
-            "VALUES ($name, $version, $source, $lockfile, $env, $sourceHash, $lockHash, $artifact, $archive, $entry, $now) RETURNING id",
-            "$name", "$version", "$source", "$lockfile", "$env", "$sourceHash", "$lockHash", "$artifact", "$archive", "$entry", "$now");
+            "INSERT INTO parsers (name, version, source, lockfile, env_hash, source_hash, lockfile_hash, artifact_hash, archive, entry_module, created_at, topics) " +
+            "VALUES ($name, $version, $source, $lockfile, $env, $sourceHash, $lockHash, $artifact, $archive, $entry, $now, $topics) RETURNING id",
+            "$name", "$version", "$source", "$lockfile", "$env", "$sourceHash", "$lockHash", "$artifact", "$archive", "$entry", "$now", "$topics");
         var p = cmd.Parameters;
         p[0].Value = parser.Name;
         p[1].Value = parser.Version;
@@ -651,6 +700,7 @@ internal sealed class SqliteJobStore : IJobStore
         p[8].Value = (object?)parser.Archive ?? DBNull.Value;
         p[9].Value = (object?)parser.EntryModule ?? DBNull.Value;
         p[10].Value = Now();
+        p[11].Value = (object?)parser.TopicsJson ?? DBNull.Value;
         long id = (long)cmd.ExecuteScalar()!;
         return new ParserRegistration(RegisterOutcome.Created, id, null);
     });
@@ -681,6 +731,7 @@ internal sealed class SqliteJobStore : IJobStore
                 Archive = r.IsDBNull(9) ? null : (byte[])r.GetValue(9),
                 EntryModule = r.IsDBNull(10) ? null : r.GetString(10),
                 CreatedAt = FromMs(r.GetInt64(11)),
+                TopicsJson = r.IsDBNull(12) ? null : r.GetString(12),
             };
         }
         catch (SqliteException e)
@@ -791,6 +842,16 @@ internal sealed class SqliteJobStore : IJobStore
         using var cmd = _db.CreateCommand();
         cmd.CommandText = sql;
         return Convert.ToInt64(cmd.ExecuteScalar(), CultureInfo.InvariantCulture);
+    }
+
+    /// <summary>The jobs a newest-first query returns, oldest first.</summary>
+    private static List<JobRecord> OldestFirst(SqliteCommand cmd)
+    {
+        var list = new List<JobRecord>();
+        using (var r = cmd.ExecuteReader())
+            while (r.Read()) list.Add(ReadJob(r));
+        list.Reverse();
+        return list;
     }
 
     private static JobRecord? ReadOneJob(SqliteCommand cmd)

@@ -40,7 +40,7 @@ internal static class JobStates
 internal readonly record struct NewJob(string ParserName, string ParserVersion, string InputPath, string ContentHash, int Priority = 0);
 
 /// <summary>What a claim hands the dispatcher: enough to build a DISPATCH.</summary>
-internal readonly record struct ClaimedJob(long Id, string ParserName, string ParserVersion, string InputPath, int Priority, int RetryCount);
+internal readonly record struct ClaimedJob(long Id, string ParserName, string ParserVersion, string InputPath, int Priority, int RetryCount, string ContentHash = "");
 
 internal sealed record JobRecord(
     long Id, string ParserName, string ParserVersion, string InputPath, string ContentHash, int Priority, JobState State,
@@ -65,6 +65,8 @@ internal sealed record ParserRecord
     public required string ArtifactHash { get; init; }
     public byte[]? Archive { get; init; }
     public string? EntryModule { get; init; }
+    /// <summary>The topics the entry module declares (its static TOPICS, Topics.cs), as JSON SinkConfigs with "" for no sink; null: none.</summary>
+    public string? TopicsJson { get; init; }
     public DateTimeOffset CreatedAt { get; init; }
 }
 
@@ -115,7 +117,8 @@ internal interface IJobStore : IDisposable
     bool Complete(long id, string? worker, IReadOnlyDictionary<string, long> metrics, IReadOnlyList<Dictionary<string, string>> artifacts) =>
         Complete(id, worker, metrics, artifacts, parsedHash: null, out _);
     /// <summary>
-    /// COMPLETED, recording <paramref name="parsedHash"/> (the hash of the bytes the worker parsed, when
+    /// RUNNING → COMPLETED, and in the same transaction the job becomes the current output of its
+    /// (parser, source) in the catalog, recording <paramref name="parsedHash"/> (the hash of the bytes the worker parsed, when
     /// it says) as the job's content hash; <paramref name="queuedHash"/> is the hash taken at queue time
     /// when it differed (the file changed between `job add` and the run), else null.
     /// </summary>
@@ -142,6 +145,29 @@ internal interface IJobStore : IDisposable
     bool IsCompleted(string parserName, string parserVersion, string contentHash);
     /// <summary>Whether any job, in any state, exists for this parser version and file content.</summary>
     bool HasJob(string parserName, string parserVersion, string contentHash);
+
+    /// <summary>Jobs matching <paramref name="query"/>, oldest first.</summary>
+    List<JobRecord> Find(JobQuery query);
+    /// <summary>Every FAILED or CANCELLED job matching <paramref name="query"/> back to QUEUED (as <see cref="Retry"/>), in one transaction; returns their ids.</summary>
+    List<long> RetryMany(JobQuery query);
+    /// <summary>Every QUEUED or RUNNING job matching <paramref name="query"/> to CANCELLED, in one transaction; returns their ids.</summary>
+    List<long> CancelMany(JobQuery query);
+
+    // ---- the file catalog (Store.Catalog.cs) ----
+    /// <summary>
+    /// The catalog's entries for those of <paramref name="paths"/> it holds, keyed by path, each with
+    /// <paramref name="parserName"/>'s current output and whether a job of <paramref name="parserVersion"/>
+    /// for the recorded content is pending.
+    /// </summary>
+    Dictionary<string, CatalogEntry> LookupSources(string parserName, string parserVersion, IReadOnlyList<string> paths);
+    /// <summary>Records what was seen on disk: new paths, new size and mtime, and a new version where the hash changed. Returns how many versions were added.</summary>
+    int RecordSources(IReadOnlyList<SourceObservation> files);
+    /// <summary>The content versions of a source, oldest first (empty for a path the catalog does not hold).</summary>
+    List<SourceVersion> SourceVersions(string path);
+    /// <summary>The current output of <paramref name="parserName"/> for a source, or null.</summary>
+    CurrentOutput? GetOutput(string parserName, string sourcePath);
+    /// <summary>Every source whose current output of <paramref name="parserName"/> came from a version other than <paramref name="parserVersion"/>, by path.</summary>
+    List<CurrentOutput> OutputsNotFrom(string parserName, string parserVersion);
 
     ParserRegistration RegisterParser(ParserRecord parser);
     /// <summary>The named version, or the highest by version order (ParserVersions) when <paramref name="version"/> is null.</summary>
@@ -240,4 +266,5 @@ internal static class StoreThrow
 [JsonSerializable(typeof(List<Dictionary<string, string>>))]
 [JsonSerializable(typeof(List<string>))]
 [JsonSerializable(typeof(List<long>))]
+[JsonSerializable(typeof(List<SinkConfig>))]
 internal sealed partial class StoreJson : JsonSerializerContext;

@@ -46,7 +46,9 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs)
         {
             GuestParser parser = ParserFor(dispatch);
             // Sinks are checked first: cheap, and a bad one should not wait for an environment build.
-            using var output = new JobOutput(options.Output, jobId, dispatch.FileVersionId, dispatch.Sinks);
+            // MERGE(faults, issue 11 item 7): the hash of the bytes parsed, once the worker computes it, is the better _source_hash.
+            var source = new OutputSource(dispatch.PluginName, dispatch.ParserVersion, dispatch.FilePath, dispatch.ContentHash ?? "");
+            using var output = new JobOutput(options.Output, jobId, source, dispatch.Sinks);
             using EnvLease env = await envs.AcquireAsync(dispatch.EnvHash, dispatch.LockfileContent, abort).ConfigureAwait(false);
             using var log = new JobLog(Path.Combine(options.LogsDir, $"job-{jobId}.log"), options.LogLimit);
             // Hashed while the guest reads it; the receipt names the content parsed, not the content queued.
@@ -96,7 +98,7 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs)
             switch (result.Outcome)
             {
                 case GuestOutcome.Success:
-                    OutputResult written = output.Commit();
+                    OutputResult written = output.Commit(dispatch.Supersedes);
                     foreach (var (k, value) in written.Metrics()) metrics[k] = value;
                     metrics[DurationMetric] = clock.ElapsedMilliseconds;
                     return new JobReceipt { Status = ReceiptStatus.Success, Metrics = metrics, Artifacts = written.ReceiptArtifacts(), ContentHash = parsedHash };

@@ -91,14 +91,14 @@ public class OutputBench
     [Target("peak RSS < 200 MB (printed at cleanup)")]
     public long Stream2GB()
     {
-        using var job = new JobOutput(Defaults.Output(_root) with { Lineage = true }, 1, 1, []);
+        using var job = new JobOutput(Defaults.Output(_root) with { Lineage = true }, 1, null, []);
         for (int i = 0; i < StreamBatches; i++) job.Write("stream", _numeric[i % _numeric.Length]);
         return job.Commit().Bytes;
     }
 
     private long WriteAll(RecordBatch[] batches, bool lineage)
     {
-        using var job = new JobOutput(Defaults.Output(_root) with { Lineage = lineage }, 1, 1, []);
+        using var job = new JobOutput(Defaults.Output(_root) with { Lineage = lineage }, 1, null, []);
         foreach (var b in batches) job.Write("output", b);
         return job.Commit().Bytes;
     }

@@ -165,6 +165,8 @@ public static class Program
             .AddColumn(BenchmarkDotNet.Columns.StatisticColumn.Median, BenchmarkDotNet.Columns.StatisticColumn.Q1, BenchmarkDotNet.Columns.StatisticColumn.Q3)
             .AddExporter(BenchmarkDotNet.Exporters.MarkdownExporter.GitHub)
             .AddFilter(filter)
+            // The default 2 minutes is too short to build a suite's child project on a busy 2-core machine.
+            .WithBuildTimeout(TimeSpan.FromMinutes(10))
             .WithOptions(ConfigOptions.JoinSummary | ConfigOptions.DisableLogFile);
     }
 }

@@ -44,13 +44,13 @@ public sealed class EndToEndTests : IDisposable
     }
 
     /// <summary>
-    /// The output root holds exactly one output/job-{id}.parquet per job and nothing else (no temp
+    /// The output root holds exactly one output/{parser}-{file}-{hash}.parquet per job's source and nothing else (no temp
     /// files); each file holds its own input's rows, value by value, stamped with its job id; so every
     /// input row is written exactly once. Returns the row total.
     /// </summary>
     private long AssertOutputIsExactlyTheInputs(List<StoredJob> jobs, Dictionary<string, List<(long File, long Row, string Value)>> inputs)
     {
-        var expectedFiles = jobs.Select(j => $"output/job-{j.Id}.parquet").Order(StringComparer.Ordinal).ToList();
+        var expectedFiles = jobs.Select(j => $"output/{SinkTarget.SourceFileName("e2e_csv", j.Input)}").Order(StringComparer.Ordinal).ToList();
         var actualFiles = Directory.EnumerateFiles(_c.Output, "*", SearchOption.AllDirectories)
             .Select(f => Path.GetRelativePath(_c.Output, f)).Order(StringComparer.Ordinal).ToList();
         Assert.Equal(expectedFiles, actualFiles);
@@ -59,7 +59,7 @@ public sealed class EndToEndTests : IDisposable
         var seen = new HashSet<(long, long)>();
         foreach (var job in jobs)
         {
-            var t = ParquetTable.Read(Path.Combine(_c.Output, "output", $"job-{job.Id}.parquet"));
+            var t = ParquetTable.Read(Path.Combine(_c.Output, "output", SinkTarget.SourceFileName("e2e_csv", job.Input)));
             var want = inputs[job.Input];
             Assert.Equal(want.Select(r => (object?)r.File), t.Columns["file"]);
             Assert.Equal(want.Select(r => (object?)r.Row), t.Columns["row"]);
@@ -88,7 +88,7 @@ public sealed class EndToEndTests : IDisposable
         var b = _c.StartWorker("w-b");
         WaitJoined(sentinel, "w-a", "w-b");
 
-        Assert.Equal("queued 100 job(s) for parser e2e_csv 1.0 (jobs 1-100)", _c.Ok("job", "add", "--parser", "e2e_csv", _c.Inputs).Stdout.Trim());
+        Assert.Equal("queued 100 job(s) for parser e2e_csv 1.0 (jobs 1-100); 100 new or changed file(s)", _c.Ok("job", "add", "--parser", "e2e_csv", _c.Inputs).Stdout.Trim());
         _c.WaitForJobs(100, Patience);
 
         var jobs = _c.Jobs();
@@ -166,7 +166,7 @@ public sealed class EndToEndTests : IDisposable
     private string[] TempFiles(long jobId)
     {
         string dir = Path.Combine(_c.Output, "output");
-        return Directory.Exists(dir) ? Directory.GetFiles(dir, $".job-{jobId}.parquet.tmp-{jobId}-*") : [];
+        return Directory.Exists(dir) ? Directory.GetFiles(dir, $".*.parquet.tmp-{jobId}-*") : [];
     }
 
     [Fact]

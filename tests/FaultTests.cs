@@ -371,15 +371,15 @@ public sealed class FaultTests : IDisposable
         var options = Defaults.Output(root);
 
         // An explicit sink through the link, and a topic whose default directory is the link.
-        var e = Assert.Throws<OutputException>(() => new JobOutput(options, 1, 1, [new SinkConfig { Topic = "t", Uri = "parquet://link/x" }]));
+        var e = Assert.Throws<OutputException>(() => new JobOutput(options, 1, null, [new SinkConfig { Topic = "t", Uri = "parquet://link/x" }]));
         Assert.Contains($"really {outside}", e.Message);
-        using (var output = new JobOutput(options, 2, 1, []))
+        using (var output = new JobOutput(options, 2, null, []))
         using (var batch = new Apache.Arrow.RecordBatch.Builder().Append("a", false, c => c.Int64(v => v.Append(1))).Build())
             Assert.Throws<OutputException>(() => output.Write("events", batch));
         Assert.Empty(FilesUnder(outside));
 
         // A link that stays inside the root is fine.
-        using (var output = new JobOutput(options, 3, 1, [new SinkConfig { Topic = "t", Uri = "parquet://fine/x" }]))
+        using (var output = new JobOutput(options, 3, null, [new SinkConfig { Topic = "t", Uri = "parquet://fine/x" }]))
         {
             using (var batch = new Apache.Arrow.RecordBatch.Builder().Append("a", false, c => c.Int64(v => v.Append(1))).Build())
                 output.Write("t", batch);

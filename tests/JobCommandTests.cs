@@ -70,7 +70,7 @@ public sealed class JobCommandTests : IDisposable
         string inputs = WriteInputs();
 
         var add = Ok("job", "add", "--parser", "csvp", inputs, "--priority", "3");
-        Assert.Equal("queued 3 job(s) for parser csvp 1.2 (jobs 1-3)", add.Stdout.Trim());
+        Assert.Equal("queued 3 job(s) for parser csvp 1.2 (jobs 1-3); 3 new or changed file(s)", add.Stdout.Trim());
 
         var jobs = Ok("jobs");
         string[] lines = jobs.Stdout.TrimEnd().Split('\n');
@@ -104,27 +104,67 @@ public sealed class JobCommandTests : IDisposable
     }
 
     [Fact]
-    public void JobCommands_Add_SkipsContentThisVersionCompletedUnlessForced()
+    public void JobCommands_Add_SkipsUnchangedSourcesAndNamesThem_QueuesChangedOnes_ForceQueuesAnyway()
     {
         Ok("parser", "register", WriteParser("csvp", "1.0"));
         string inputs = WriteInputs();
-        Ok("job", "add", "--parser", "csvp@1.0", Path.Combine(inputs, "a.csv"));
+        string a = Path.Combine(inputs, "a.csv");
+        Ok("job", "add", "--parser", "csvp@1.0", a);
         using (var store = Store())
         {
             var job = Assert.Single(store.Claim("w", ["*"], 1));
             Assert.True(store.Complete(job.Id, "w", new Dictionary<string, long>(), []));
         }
-        // Same content under another name is the same work.
-        File.Copy(Path.Combine(inputs, "a.csv"), Path.Combine(inputs, "copy-of-a.csv"));
+        // Same content under another name is another source: its own output, so its own job.
+        File.Copy(a, Path.Combine(inputs, "copy-of-a.csv"));
 
         var again = Ok("job", "add", "--parser", "csvp", inputs);
-        Assert.Equal("queued 2 job(s) for parser csvp 1.0 (jobs 2-3); skipped 2 file(s) this version already completed (--force queues them anyway)", again.Stdout.Trim());
-        var forced = Ok("job", "add", "--parser", "csvp", "--force", Path.Combine(inputs, "a.csv"));
-        Assert.Equal("queued 1 job(s) for parser csvp 1.0 (job 4)", forced.Stdout.Trim());
+        Assert.Equal("queued 3 job(s) for parser csvp 1.0 (jobs 2-4); 3 new or changed file(s); " +
+                     $"skipped 1 unchanged file(s) this version already processed or has queued (--force queues them anyway):\n  unchanged: {a}", again.Stdout.Trim());
+        // Queued but not yet run counts as done: adding the folder twice queues nothing twice.
+        Assert.StartsWith("queued 0 job(s) for parser csvp 1.0; skipped 4 unchanged file(s)", Ok("job", "add", "--parser", "csvp", inputs).Stdout);
 
-        // A new version has completed nothing yet.
+        File.AppendAllText(a, "4\n");
+        Assert.Equal("queued 1 job(s) for parser csvp 1.0 (job 5); 1 new or changed file(s)", Ok("job", "add", "--parser", "csvp", a).Stdout.Trim());
+        Assert.Equal("queued 1 job(s) for parser csvp 1.0 (job 6)", Ok("job", "add", "--parser", "csvp", "--force", Path.Combine(inputs, "b.csv")).Stdout.Trim());
+        using (var store = Store())
+            Assert.Equal([Hashes.Sha256Hex("x\n1\n"), Hashes.Sha256Hex("x\n1\n4\n")], store.SourceVersions(a).Select(v => v.ContentHash));
+
+        // A new version has processed nothing yet.
         Ok("parser", "register", WriteParser("csvp", "2.0"));
         Assert.StartsWith("queued 4 job(s) for parser csvp 2.0", Ok("job", "add", "--parser", "csvp", inputs).Stdout);
+    }
+
+    [Fact]
+    public void JobCommands_BulkCancelRetryAndJsonList_TouchOnlyMatchingJobsAndSayWhich()
+    {
+        Ok("parser", "register", WriteParser("csvp", "1.0"));
+        Ok("parser", "register", WriteParser("other", "1.0"));
+        string inputs = WriteInputs();
+        Ok("job", "add", "--parser", "csvp", inputs);
+        Ok("job", "add", "--parser", "other", inputs);
+
+        Assert.Equal("cancelled 3 QUEUED job(s) of parser csvp: 1-3", Ok("job", "cancel", "--state", "queued", "--parser", "csvp").Stdout.Trim());
+        Assert.Equal("no QUEUED jobs of parser csvp; nothing cancelled", Ok("job", "cancel", "--state", "queued", "--parser", "csvp").Stdout.Trim());
+        Assert.Equal("queued again 3 CANCELLED job(s): 1-3", Ok("job", "retry", "--state", "cancelled").Stdout.Trim());
+        var wrong = Cli("job", "retry", "--state", "queued");
+        Assert.True(wrong.ExitCode == 2, wrong.ToString());
+        Assert.Contains("failed or cancelled", wrong.Stderr);
+
+        var lines = Ok("jobs", "--parser", "other", "--json").Stdout.TrimEnd().Split('\n');
+        Assert.Equal(3, lines.Length);
+        var parsed = lines.Select(l => System.Text.Json.JsonDocument.Parse(l).RootElement).ToList();
+        Assert.Equal([4L, 5, 6], parsed.Select(j => j.GetProperty("id").GetInt64()));
+        Assert.All(parsed, j => Assert.Equal(("QUEUED", "other", "1.0"), (j.GetProperty("state").GetString(), j.GetProperty("parser").GetString(), j.GetProperty("version").GetString())));
+        Assert.Equal(Path.Combine(inputs, "a.csv"), parsed[0].GetProperty("input").GetString());
+        Assert.Equal(Hashes.Sha256Hex("x\n1\n"), parsed[0].GetProperty("content_hash").GetString());
+
+        var recent = Ok("jobs", "--parser", "csvp@1.0", "--since", "1h").Stdout.TrimEnd().Split('\n');
+        Assert.Equal(5, recent.Length); // header, 3 jobs, counts
+        Assert.All(recent[1..4], l => Assert.Contains("csvp 1.0", l));
+        Assert.Equal("", Ok("jobs", "--since", "2d", "--state", "failed", "--json").Stdout);
+        var since = Cli("jobs", "--since", "soon");
+        Assert.True(since.ExitCode == 2, since.ToString());
     }
 
     [Fact]

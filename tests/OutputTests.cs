@@ -17,7 +17,9 @@ public sealed class OutputTests : IDisposable
     private OutputOptions Options(bool lineage = false) => Defaults.Output(Root) with { Lineage = lineage };
 
     private JobOutput Job(ulong id = 7, IReadOnlyList<SinkConfig>? sinks = null, OutputOptions? options = null) =>
-        new(options ?? Options(), id, fileVersionId: 1000 + (long)id, sinks ?? []);
+        new(options ?? Options(), id, source: null, sinks ?? []);
+
+    private static readonly OutputSource SourceA = new("sales", "1.0", "/data/in/a.csv", new string('a', 64));
 
     // ---- values and types ------------------------------------------------------------------------
 
@@ -263,23 +265,75 @@ public sealed class OutputTests : IDisposable
     }
 
     [Fact]
-    public void Output_Lineage_AddsJobAndFileVersionColumnsAndFooter()
+    public void Output_Lineage_AddsJobSourceHashAndParserColumnsAndFooter()
     {
-        using (var job = Job(id: 42, options: Options(lineage: true)))
+        using (var job = new JobOutput(Options(lineage: true), 42, SourceA, []))
         {
             using (var a = Ints64("a", 1, 2)) job.Write("output", a);
-            using (var b = Ints64("a", 3)) job.Write("output", b);
+            // A longer batch after a shorter one: the cached string columns grow.
+            using (var b = Ints64("a", 3, 4, 5)) job.Write("output", b);
+            using (var c = Ints64("a", 6)) job.Write("output", c);
             job.Commit();
         }
-        string path = Path.Combine(Root, "output", "job-42.parquet");
+        string path = Path.Combine(Root, "output", SinkTarget.SourceFileName("sales", SourceA.Path));
         var file = Read(path);
-        Assert.Equal(["a", "_job_id", "_file_version_id"], file.Schema.FieldsList.Select(f => f.Name));
-        Assert.Equal([42L, 42, 42], file.Values("_job_id").Cast<long>());
-        Assert.Equal([1042L, 1042, 1042], file.Values("_file_version_id").Cast<long>());
-        Assert.IsType<Int64Type>(file.Schema.GetFieldByName("_job_id").DataType);
+        Assert.Equal(["a", "_job_id", "_source", "_source_hash", "_parser"], file.Schema.FieldsList.Select(f => f.Name));
+        Assert.Equal(Enumerable.Repeat(42L, 6), file.Values("_job_id").Cast<long>());
+        Assert.Equal(Enumerable.Repeat(SourceA.Path, 6), file.Values("_source").Cast<string>());
+        Assert.Equal(Enumerable.Repeat(SourceA.ContentHash, 6), file.Values("_source_hash").Cast<string>());
+        Assert.Equal(Enumerable.Repeat("sales@1.0", 6), file.Values("_parser").Cast<string>());
+        Assert.Equal(["int64", "int64", "utf8", "utf8", "utf8"], Types(file));
         using var reader = new ParquetFileReader(path);
-        Assert.Equal("42", reader.FileMetaData.KeyValueMetadata["casparian.job_id"]);
-        Assert.Equal("1042", reader.FileMetaData.KeyValueMetadata["casparian.file_version_id"]);
+        var footer = reader.FileMetaData.KeyValueMetadata;
+        Assert.Equal(("42", SourceA.Path, SourceA.ContentHash, "sales@1.0"),
+            (footer["casparian.job_id"], footer["casparian.source"], footer["casparian.source_hash"], footer["casparian.parser"]));
+    }
+
+    private static OutputResult WriteSource(OutputOptions options, ulong id, OutputSource source, IReadOnlyList<string>? supersedes, params string[] topics)
+    {
+        using var job = new JobOutput(options, id, source, []);
+        foreach (string topic in topics)
+            using (var a = Ints64("a", (long)id)) job.Write(topic, a);
+        return job.Commit(supersedes);
+    }
+
+    [Fact]
+    public void Output_Source_LaterJobForTheSameSourceReplacesItsFile_AndATopicItNoLongerWritesLosesTheOldOne()
+    {
+        var first = WriteSource(Options(), 1, SourceA, null, "orders", "totals");
+        var other = SourceA with { Path = "/data/in/b.csv" };
+        WriteSource(Options(), 2, other, null, "orders", "totals");
+        // Version 1.1 of the parser for source a writes orders only.
+        WriteSource(Options(), 3, SourceA with { ParserVersion = "1.1" }, [.. first.Artifacts.Select(a => a.Uri)], "orders");
+
+        string name = SinkTarget.SourceFileName("sales", SourceA.Path), otherName = SinkTarget.SourceFileName("sales", other.Path);
+        Assert.StartsWith("sales-a-", name);
+        Assert.Equal(new[] { name, otherName }.Order(StringComparer.Ordinal), Directory.GetFiles(Path.Combine(Root, "orders")).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+        Assert.Equal([3L], Read(Path.Combine(Root, "orders", name)).Values("a").Cast<long>());
+        Assert.Equal([otherName], Directory.GetFiles(Path.Combine(Root, "totals")).Select(Path.GetFileName));
+    }
+
+    [Theory]
+    // Outside the output root and every allowed root.
+    [InlineData("file://{outside}/x.parquet")]
+    // Not a Parquet file.
+    [InlineData("file://{root}/orders/notes.txt")]
+    // A hidden (temp) file.
+    [InlineData("file://{root}/orders/.x.parquet")]
+    // Climbing out with '..'.
+    [InlineData("file://{root}/orders/../../outside/x.parquet")]
+    // Not a local file.
+    [InlineData("http://example.com/{root}/orders/x.parquet")]
+    public void Output_Supersede_TouchesOnlyParquetFilesASinkCouldHaveWritten(string template)
+    {
+        string outside = _dir.File("outside");
+        Directory.CreateDirectory(outside);
+        Directory.CreateDirectory(Path.Combine(Root, "orders"));
+        var planted = new[] { Path.Combine(outside, "x.parquet"), Path.Combine(Root, "orders", "notes.txt"), Path.Combine(Root, "orders", ".x.parquet") };
+        foreach (var p in planted) File.WriteAllText(p, "keep");
+        string uri = template.Replace("{outside}", outside, StringComparison.Ordinal).Replace("{root}", Root, StringComparison.Ordinal);
+        WriteSource(Options(), 1, SourceA, [uri], "orders");
+        Assert.All(planted, p => Assert.True(File.Exists(p), p));
     }
 
     [Fact]
@@ -366,7 +420,7 @@ public sealed class OutputTests : IDisposable
             job.Commit();
         }
         var file = Read(Path.Combine(Root, "output", "job-7.parquet"));
-        Assert.Equal(["int64", "utf8", "timestamp[us, tz=UTC]", "int64", "int64"], file.Schema.FieldsList.Select(f => ArrowSchemas.Describe(f.DataType)));
+        Assert.Equal(["int64", "utf8", "timestamp[us, tz=UTC]", "int64", "utf8", "utf8", "utf8"], file.Schema.FieldsList.Select(f => ArrowSchemas.Describe(f.DataType)));
         Assert.Equal([1L, null, null, 3L], file.Values("x"));
         Assert.Equal(["a", null, null, "c"], file.Values("s"));
         Assert.Equal([5L, null, null, 6L], file.Values("t"));
@@ -386,7 +440,7 @@ public sealed class OutputTests : IDisposable
             Assert.Equal(3, result.Batches);
         }
         var file = Read(Path.Combine(Root, "output", "job-7.parquet"));
-        Assert.Equal(["int64", "utf8", "timestamp[us, tz=America/New_York]", "int64", "int64"], file.Schema.FieldsList.Select(f => ArrowSchemas.Describe(f.DataType)));
+        Assert.Equal(["int64", "utf8", "timestamp[us, tz=America/New_York]", "int64", "utf8", "utf8", "utf8"], file.Schema.FieldsList.Select(f => ArrowSchemas.Describe(f.DataType)));
         Assert.Equal([1L, 2L, 3L, 4L, 5L], file.Values("x"));
         Assert.Equal([null, null, null, "m", null], file.Values("maybe"));
         Assert.Equal([null, null, null, null, 9L], file.Values("later"));
@@ -435,12 +489,12 @@ public sealed class OutputTests : IDisposable
             Assert.Equal(10, result.Rows);
         }
         var file = Read(Path.Combine(Root, "output", "job-7.parquet"));
-        Assert.Equal(["double", "utf8", "int64", "int64"], Types(file));
+        Assert.Equal(["double", "utf8", "int64", "utf8", "utf8", "utf8"], Types(file));
         // 2^53 + 1 has no double: it rounds to 2^53 (ties to even), as the header comment documents.
         Assert.Equal([1.0, null, -3.0, 9007199254740992.0, 9007199254740992.0, 9223372036854775807.0, 2.5, null, double.NaN, 7.0], file.Values("v"));
         Assert.Equal(["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"], file.Values("s"));
         Assert.Equal(Enumerable.Repeat(7L, 10), file.Values("_job_id").Cast<long>());
-        Assert.Equal(Enumerable.Repeat(1007L, 10), file.Values("_file_version_id").Cast<long>());
+        Assert.Equal(Enumerable.Repeat("", 10), file.Values("_parser").Cast<string>());
         Assert.Equal(["job-7.parquet"], Directory.GetFiles(Path.Combine(Root, "output")).Select(Path.GetFileName));
     }
 
@@ -772,7 +826,7 @@ public sealed class OutputTests : IDisposable
     public void Output_FileStem_NamesDefaultLayoutAndDirectoryDatasetsButNotSingleFiles()
     {
         OutputResult result;
-        using (var job = new JobOutput(Options(), 7, 1007, [Sink("orders", "parquet://ds"), Sink("totals", "parquet://one.parquet", SinkMode.Replace)], fileStem: "sales_2024-01"))
+        using (var job = new JobOutput(Options(), 7, null, [Sink("orders", "parquet://ds"), Sink("totals", "parquet://one.parquet", SinkMode.Replace)], fileStem: "sales_2024-01"))
         {
             using (var a = Ints64("a", 1)) job.Write("output", a);
             using (var b = Ints64("a", 2)) job.Write("orders", b);
@@ -795,7 +849,7 @@ public sealed class OutputTests : IDisposable
     {
         void Run(ulong id, string stem, long value)
         {
-            using var job = new JobOutput(Options(), id, 1, [], stem);
+            using var job = new JobOutput(Options(), id, null, [], stem);
             using var a = Ints64("a", value);
             job.Write("output", a);
             job.Commit();
@@ -815,7 +869,7 @@ public sealed class OutputTests : IDisposable
     {
         void Run(string stem, SinkMode mode)
         {
-            using var job = new JobOutput(Options(), 7, 1, [Sink("output", "parquet://ds", mode)], stem);
+            using var job = new JobOutput(Options(), 7, null, [Sink("output", "parquet://ds", mode)], stem);
             using var a = Ints64("a", 1);
             job.Write("output", a);
             job.Commit();
@@ -836,7 +890,7 @@ public sealed class OutputTests : IDisposable
         File.WriteAllText(Path.Combine(dir, ".x.parquet.tmp-7-deadbeef0000"), "partial");
         // The temp file a job with stem "x.parquet.tmp-7-y" may be writing right now.
         File.WriteAllText(Path.Combine(dir, ".x.parquet.tmp-7-y.parquet.tmp-7-deadbeef0000"), "partial");
-        using (var job = new JobOutput(Options(), 7, 1, [], "x"))
+        using (var job = new JobOutput(Options(), 7, null, [], "x"))
         using (var a = Ints64("a", 1))
         {
             job.Write("output", a);
@@ -861,7 +915,7 @@ public sealed class OutputTests : IDisposable
     public void Output_FileStem_SanitisedToTheNameItIsWrittenUnder(string stem, string expected)
     {
         Assert.Equal(expected, SinkTarget.SanitizeStem(stem));
-        using (var job = new JobOutput(Options(), 7, 1, [], stem))
+        using (var job = new JobOutput(Options(), 7, null, [], stem))
         using (var a = Ints64("a", 1))
         {
             job.Write("output", a);
@@ -875,7 +929,7 @@ public sealed class OutputTests : IDisposable
     {
         string stem = new('s', 300);
         Assert.Equal(new string('s', SinkTarget.MaxStemLength), SinkTarget.SanitizeStem(stem));
-        using (var job = new JobOutput(Options(), ulong.MaxValue, 1, [], stem))
+        using (var job = new JobOutput(Options(), ulong.MaxValue, null, [], stem))
         using (var a = Ints64("a", 1))
         {
             job.Write("output", a);
@@ -895,7 +949,7 @@ public sealed class OutputTests : IDisposable
         Assert.Equal(SinkTarget.SanitizeStem("a b"), SinkTarget.SanitizeStem("a_b"));
         foreach (var (stem, value) in new[] { ("a b", 1L), ("a_b", 2L) })
         {
-            using var job = new JobOutput(Options(), 7, 1, [], stem);
+            using var job = new JobOutput(Options(), 7, null, [], stem);
             using var a = Ints64("a", value);
             job.Write("output", a);
             job.Commit();
@@ -958,6 +1012,28 @@ public sealed class OutputTests : IDisposable
         Assert.Contains("/etc/x", e.Message);
         Assert.Contains("/data/lake", e.Message);
         Assert.Contains(Root, e.Message);
+    }
+
+    [Fact]
+    public void Output_SinkThroughASymlinkLeavingTheRoot_IsRefused_OneInsideIsFine()
+    {
+        string outside = _dir.File("outside");
+        Directory.CreateDirectory(outside);
+        Directory.CreateDirectory(Root);
+        Directory.CreateSymbolicLink(Path.Combine(Root, "escape"), outside);
+        Directory.CreateDirectory(Path.Combine(Root, "real"));
+        Directory.CreateSymbolicLink(Path.Combine(Root, "alias"), Path.Combine(Root, "real"));
+        var e = Assert.Throws<OutputException>(() => Job(sinks: [Sink("output", "parquet://escape/sales")]));
+        Assert.Contains($"really {outside}/sales", e.Message);
+        Assert.Throws<OutputException>(() => Job(sinks: [Sink("output", "parquet://escape")]));
+        using (var job = Job(sinks: [Sink("output", "parquet://alias/sales")]))
+        using (var a = Ints64("a", 1))
+        {
+            job.Write("output", a);
+            job.Commit();
+        }
+        Assert.Single(Directory.GetFiles(Path.Combine(Root, "real", "sales"), "*.parquet"));
+        Assert.Empty(Directory.GetFileSystemEntries(outside));
     }
 
     [Fact]

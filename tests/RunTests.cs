@@ -53,6 +53,27 @@ public sealed class RunTests : IDisposable
     }
 
     [Fact]
+    public void Run_WhatIf_ListsFilesTopicsSinksAndInterpreter_AndRunsNothing()
+    {
+        Write("p.py", CsvParser.Replace("def parse(path):", "TOPICS = {\"people\": {\"sink\": \"parquet://crm/people\"}}\ndef parse(path):", StringComparison.Ordinal));
+        Write("casparian.toml", "[topics.audit]\nmode = \"replace\"\n");
+        string a = Write("in/a.csv", "name,age\nAna,31\n");
+        string b = Write("in/sub/b.csv", "name,age\nBo,7\n");
+        var r = Run("p.py", "in", "--whatif");
+
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Contains($"parser people ({_dir.File("p.py")})", r.Stdout);
+        Assert.Matches(@"(?m)^interpreter /\S+$", r.Stdout);
+        Assert.Contains($"output under {_dir.File("output")}", r.Stdout);
+        Assert.Contains($"2 file(s):\n  {a} -> {{topic}}/a.parquet\n  {b} -> {{topic}}/sub_b.parquet\n", r.Stdout);
+        Assert.Matches(@"people +parquet://crm/people +append +parser", r.Stdout);
+        Assert.Matches(@"audit +parquet://audit +replace +config \S+casparian.toml:1", r.Stdout);
+        Assert.EndsWith("what if: nothing was run and nothing written\n", r.Stdout);
+        Assert.False(Directory.Exists(_dir.File("output")));
+        Assert.DoesNotContain("read 1 rows", r.Stdout);
+    }
+
+    [Fact]
     public void Run_Folder_EveryFileRunsAndOneFailureFailsTheRun()
     {
         Write("p.py", CsvParser);

@@ -193,7 +193,7 @@ public sealed class SentinelTests : IDisposable
         {
             // SPEC §2.4: these names, in this order, then our extensions.
             Assert.Equal(["plugin_name", "file_path", "sinks", "file_version_id", "env_hash", "source_code", "artifact_hash",
-                          "parser_archive", "lockfile_content", "parser_version", "timeout_seconds"],
+                          "parser_archive", "lockfile_content", "parser_version", "timeout_seconds", "content_hash"],
                 doc.RootElement.EnumerateObject().Select(p => p.Name));
             Assert.Equal(JsonValueKind.Array, doc.RootElement.GetProperty("sinks").ValueKind);
             Assert.Equal(0, doc.RootElement.GetProperty("sinks").GetArrayLength());

@@ -35,7 +35,7 @@ public sealed class StartTests : IDisposable
         Assert.Matches(@"^5 job\(s\) completed, 0 failed in this session \(\d+\.\d s\); store: 0 queued, 0 running, 5 completed, 0 failed$", lines[0]);
         Assert.Equal($"Parquet written under {output}:", lines[1]);
         for (int id = 1; id <= 5; id++)
-            Assert.Matches($@"^  output/job-{id}\.parquet +4 rows$", lines[1 + id]);
+            Assert.Matches($@"^  output/e2e_csv-in-00{id - 1}-[0-9a-f]{{16}}\.parquet +4 rows$", lines[1 + id]);
         Assert.Equal("  output: 5 file(s), 20 rows", lines[7]);
         Assert.Equal(8, lines.Length);
 
@@ -43,7 +43,7 @@ public sealed class StartTests : IDisposable
         Assert.All(jobs, j => Assert.Equal("COMPLETED", j.State));
         foreach (var j in jobs)
         {
-            var t = ParquetTable.Read(Path.Combine(output, "output", $"job-{j.Id}.parquet"));
+            var t = ParquetTable.Read(Path.Combine(output, "output", SinkTarget.SourceFileName("e2e_csv", j.Input)));
             Assert.Equal(inputs[j.Input].Select(x => (object?)x.Value), t.Columns["value"]);
         }
         // Nothing is left queued, so a second drain has nothing to do and says so.
@@ -83,7 +83,7 @@ public sealed class StartTests : IDisposable
         Assert.True(start.WaitForExit(TimeSpan.FromSeconds(30)) == 0, start.ToString());
         Assert.StartsWith("1 job(s) completed, 0 failed in this session", start.Stdout);
         Assert.Contains("  output: 1 file(s), 5 rows", start.Stdout);
-        var t = ParquetTable.Read(Path.Combine(_c.Home, "output", "output", "job-1.parquet"));
+        var t = ParquetTable.Read(Path.Combine(_c.Home, "output", "output", SinkTarget.SourceFileName("e2e_csv", dropped)));
         Assert.Equal(inputs[staged].Select(x => (object?)x.Value), t.Columns["value"]);
         Assert.Single(_c.Jobs());
     }

@@ -41,6 +41,134 @@ public abstract class JobStoreContract : IDisposable
         Assert.True(store.HasJob("p", "1.0", "hash-/in/a"));
     }
 
+    private static readonly Dictionary<string, long> NoMetrics = [];
+
+    private static List<Dictionary<string, string>> Artifact(string topic, string uri) => [new() { ["topic"] = topic, ["uri"] = uri, ["rows"] = "1", ["bytes"] = "1" }];
+
+    /// <summary>Claims the one due job and completes it with one artifact; returns its id.</summary>
+    private static long RunOne(IJobStore store, string topic = "t", string? parsedHash = null)
+    {
+        var job = Assert.Single(store.Claim("w", Any, 1));
+        Assert.True(store.Complete(job.Id, "w", NoMetrics, Artifact(topic, $"file:///out/{topic}/{job.Id}.parquet"), parsedHash, out _));
+        return job.Id;
+    }
+
+    [Fact]
+    public void Store_Complete_MakesTheJobTheCurrentOutputOfItsParserAndSource()
+    {
+        using var store = Open();
+        store.Enqueue(Job("/in/a"));
+        long first = RunOne(store);
+        Assert.Equal(new CurrentOutput("p", "/in/a", first, "1.0", "hash-/in/a", store.Get(first)!.ArtifactsJson), store.GetOutput("p", "/in/a"));
+        store.Enqueue(Job("/in/a") with { ParserVersion = "1.1", ContentHash = "hash-2" });
+        store.Enqueue(Job("/in/a", parser: "q"));
+        long second = RunOne(store, "u");
+        long other = RunOne(store);
+        var current = store.GetOutput("p", "/in/a")!;
+        Assert.Equal((second, "1.1", "hash-2"), (current.JobId, current.ParserVersion, current.ContentHash));
+        Assert.Equal([$"file:///out/u/{second}.parquet"], current.Uris());
+        Assert.Equal(other, store.GetOutput("q", "/in/a")!.JobId);
+        Assert.Null(store.GetOutput("p", "/in/b"));
+    }
+
+    [Fact]
+    public void Store_Complete_OfAJobNotRunning_LeavesTheCurrentOutputAlone()
+    {
+        using var store = Open();
+        store.Enqueue(Job("/in/a"));
+        long first = RunOne(store);
+        long id = store.Enqueue(Job("/in/a"));
+        store.Cancel(id);
+        Assert.False(store.Complete(id, null, NoMetrics, Artifact("t", "file:///late.parquet")));
+        Assert.Equal(first, store.GetOutput("p", "/in/a")!.JobId);
+    }
+
+    [Fact]
+    public void Store_RecordSources_AddsAVersionOnlyWhenTheContentChanges()
+    {
+        using var store = Open();
+        var a = new SourceStat("/in/a", 10, 1000);
+        Assert.Equal(2, store.RecordSources([new(a, "h1"), new(new SourceStat("/in/b", 5, 1000), "hb")]));
+        // Touched (new mtime), same content: no version; edited: one.
+        Assert.Equal(0, store.RecordSources([new(a with { MtimeUs = 2000 }, "h1")]));
+        Assert.Equal(1, store.RecordSources([new(a with { Size = 11, MtimeUs = 3000 }, "h2")]));
+        Assert.Equal(["h1", "h2"], store.SourceVersions("/in/a").Select(v => v.ContentHash));
+        Assert.Empty(store.SourceVersions("/in/none"));
+
+        var found = store.LookupSources("p", "1.0", ["/in/a", "/in/none", "/in/b"]);
+        Assert.Equal(["/in/a", "/in/b"], found.Keys.Order());
+        var entry = found["/in/a"];
+        Assert.Equal(("h2", 11L, 3000L, 2L, false), (entry.ContentHash, entry.Size, entry.MtimeUs, entry.Versions, entry.Pending));
+        Assert.Null(entry.Output);
+    }
+
+    [Fact]
+    public void Store_LookupSources_ReportsPendingJobsOfThatVersionAndTheCurrentOutput()
+    {
+        using var store = Open();
+        store.RecordSources([new(new SourceStat("/in/a", 1, 1), "hash-/in/a"), new(new SourceStat("/in/b", 1, 1), "hash-/in/b")]);
+        store.Enqueue(Job("/in/a"));
+        store.Enqueue(Job("/in/b"));
+        long a = RunOne(store);
+        var found = store.LookupSources("p", "1.0", ["/in/a", "/in/b"]);
+        Assert.Equal((a, false), (found["/in/a"].Output!.JobId, found["/in/a"].Pending));
+        Assert.Equal((null, true), (found["/in/b"].Output, found["/in/b"].Pending));
+        Assert.False(store.LookupSources("p", "2.0", ["/in/b"])["/in/b"].Pending);
+        Assert.Null(store.LookupSources("q", "1.0", ["/in/a"])["/in/a"].Output);
+    }
+
+    [Fact]
+    public void Store_Complete_ParsedHashIsTheVersionOfRecord()
+    {
+        using var store = Open();
+        store.RecordSources([new(new SourceStat("/in/a", 4, 100), "hash-/in/a")]);
+        store.Enqueue(Job("/in/a"));
+        RunOne(store, parsedHash: "parsed");
+        Assert.Equal("parsed", store.GetOutput("p", "/in/a")!.ContentHash);
+        var entry = store.LookupSources("p", "1.0", ["/in/a"])["/in/a"];
+        // Size and mtime no longer describe the recorded content: the next `job add` hashes the file.
+        Assert.Equal(("parsed", -1L, -1L), (entry.ContentHash, entry.Size, entry.MtimeUs));
+        Assert.Equal(["hash-/in/a", "parsed"], store.SourceVersions("/in/a").Select(v => v.ContentHash));
+        // A job queued without `job add` (no catalog row yet) still enters the catalog.
+        store.Enqueue(Job("/in/b"));
+        RunOne(store);
+        Assert.Equal("hash-/in/b", Assert.Single(store.SourceVersions("/in/b")).ContentHash);
+    }
+
+    [Fact]
+    public void Store_OutputsNotFrom_ListsTheSourcesAnotherVersionMade()
+    {
+        using var store = Open();
+        store.Enqueue(Job("/in/a"));
+        store.Enqueue(Job("/in/b") with { ParserVersion = "1.1" });
+        store.Enqueue(Job("/in/c", parser: "q"));
+        for (int i = 0; i < 3; i++) RunOne(store);
+        Assert.Equal(["/in/a"], store.OutputsNotFrom("p", "1.1").Select(o => o.SourcePath));
+        Assert.Equal(["/in/a", "/in/b"], store.OutputsNotFrom("p", "2.0").Select(o => o.SourcePath));
+        Assert.Empty(store.OutputsNotFrom("q", "1.0"));
+    }
+
+    [Fact]
+    public void Store_RetryManyAndCancelMany_TouchOnlyMatchingJobs()
+    {
+        using var store = Open(retryLimit: 0);
+        long a = store.Enqueue(Job("/in/a"));
+        long b = store.Enqueue(Job("/in/b", parser: "q"));
+        long c = store.Enqueue(Job("/in/c"));
+        long d = store.Enqueue(Job("/in/d"));
+        foreach (var j in store.Claim("w", Any, 2)) store.Fail(j.Id, "w", "boom", transient: false);
+        Assert.Equal([a], store.RetryMany(new JobQuery(JobState.Failed, "p")));
+        Assert.Equal(JobState.Failed, store.Get(b)!.State);
+        Assert.Equal([a, c, d], store.CancelMany(new JobQuery(JobState.Queued, "p")));
+        Assert.Empty(store.CancelMany(new JobQuery(JobState.Queued, "p")));
+        Assert.Equal([b], store.RetryMany(new JobQuery(JobState.Failed)));
+        Assert.Equal(JobState.Queued, store.Get(b)!.State);
+        Assert.Equal([a, c, d], store.Find(new JobQuery(JobState.Cancelled, "p")).Select(j => j.Id));
+        Clock.Advance(TimeSpan.FromHours(2));
+        long e = store.Enqueue(Job("/in/e"));
+        Assert.Equal([e], store.Find(new JobQuery(ParserName: "p", Since: Clock.GetUtcNow() - TimeSpan.FromHours(1))).Select(j => j.Id));
+    }
+
     [Fact]
     public void Store_Claim_EveryJobExactlyOnce_WithConcurrentClaimers()
     {
@@ -110,7 +238,7 @@ public abstract class JobStoreContract : IDisposable
         long id = store.Enqueue(Job("/x"));
         Clock.Advance(TimeSpan.FromSeconds(3));
         var job = Assert.Single(store.Claim("w7", Any, 1));
-        Assert.Equal(new ClaimedJob(id, "p", "1.0", "/x", 0, 0), job);
+        Assert.Equal(new ClaimedJob(id, "p", "1.0", "/x", 0, 0, "hash-/x"), job);
         var row = store.Get(id)!;
         Assert.Equal(JobState.Running, row.State);
         Assert.Equal("w7", row.Worker);

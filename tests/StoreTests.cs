@@ -93,6 +93,36 @@ public sealed class StoreTests : IDisposable
     }
 
     [Fact]
+    public void Store_Open_MigratingAVersion2File_FillsTheCatalogFromTheJobs()
+    {
+        // Version 2: two COMPLETED jobs of one parser for /in/a (the old naming kept both files), one
+        // of another version for /in/b, and a FAILED one for /in/c.
+        using (var v2 = new SqliteConnection($"Data Source={DbPath};Pooling=False"))
+        {
+            v2.Open();
+            using var cmd = v2.CreateCommand();
+            string Row(string parser, string version, string path, string hash, string state, string? artifacts) =>
+                $"INSERT INTO jobs (parser_name, parser_version, input_path, content_hash, state, created_at, artifacts) VALUES ('{parser}', '{version}', '{path}', '{hash}', '{state}', 0, {(artifacts is null ? "NULL" : $"'{artifacts}'")});";
+            cmd.CommandText = SqliteJobStore.SchemaSql.Split("CREATE TABLE sources")[0] +
+                Row("p", "1.0", "/in/a", "h1", "COMPLETED", """[{"topic":"t","uri":"file:///o/t/job-1.parquet"}]""") +
+                Row("p", "1.0", "/in/a", "h2", "COMPLETED", """[{"topic":"t","uri":"file:///o/t/job-2.parquet"}]""") +
+                Row("p", "0.9", "/in/b", "hb", "COMPLETED", "[]") +
+                Row("p", "1.0", "/in/c", "hc", "FAILED", null) +
+                "PRAGMA user_version = 2;";
+            cmd.ExecuteNonQuery();
+        }
+        using var store = Open();
+        var a = store.GetOutput("p", "/in/a")!;
+        Assert.Equal((2L, "1.0", "h2"), (a.JobId, a.ParserVersion, a.ContentHash));
+        Assert.Equal(["file:///o/t/job-1.parquet", "file:///o/t/job-2.parquet"], a.Uris());
+        Assert.Null(store.GetOutput("p", "/in/c"));
+        Assert.Equal(["/in/b"], store.OutputsNotFrom("p", "1.0").Select(o => o.SourcePath));
+        var known = store.LookupSources("p", "1.0", ["/in/a", "/in/c"]);
+        Assert.Equal(("h2", -1L), (known["/in/a"].ContentHash, known["/in/a"].Size));
+        Assert.Equal("hc", known["/in/c"].ContentHash);
+    }
+
+    [Fact]
     public void Store_Lookups_UseIndexesNotScans()
     {
         using var store = Open();

@@ -222,7 +222,9 @@ public sealed class WorkerTests
         Assert.Equal(["a", "é", null], t.Columns["s"]);
         Assert.Equal([true, false, null], t.Columns["b"]);
         Assert.Equal([41L, 41L, 41L], t.Columns["_job_id"]);
-        Assert.Equal([9L, 9L, 9L], t.Columns["_file_version_id"]);
+        Assert.Equal([input, input, input], t.Columns["_source"]);
+        Assert.Equal(["t", "t", "t"], t.Columns["_parser"]);
+        Assert.Equal(SinkTarget.SourceFileName("t", input), Path.GetFileName(path));
         Assert.Contains($"parsing {input}", File.ReadAllText(Path.Combine(w.Logs, "job-41.log")));
     }
 

@@ -1,0 +1,200 @@
+// Sinks users set (issue 13). A parser declares its topics in its entry module, in a static form read
+// at register time without running the parser:
+//
+//   TOPICS = {"sales": {"sink": "parquet://sales", "mode": "append"}}
+//
+// a dict literal at column 0 (it may span lines) whose keys are topic names and whose values are dicts
+// of string literals: "sink" (a uri, SPEC §7; default parquet://TOPIC) and "mode" (append, replace,
+// error; default append). Anything else (a name, a call, an f-string, a number) is refused at
+// register time, naming the line. The config file overrides a topic, whatever the parser:
+//
+//   [topics.sales]
+//   sink = "parquet://warehouse/sales"
+//   mode = "replace"
+//
+// The sentinel sends the effective table in DISPATCH `sinks`; the worker resolves and checks every
+// uri against its own output root and allowed roots, so nothing here can make it write elsewhere.
+using System.Text;
+
+namespace Casparian;
+
+/// <summary>A topic's sink as a parser or the config file sets it; a null field leaves the other layer's (or the default).</summary>
+internal sealed record TopicSetting(string Topic, string? Sink, SinkMode? Mode, string Origin);
+
+internal static class Topics
+{
+    public const string ConfigTable = "topics";
+
+    /// <summary>The <c>TOPICS</c> literal of <paramref name="source"/> (none: empty); <paramref name="origin"/> names the file in errors.</summary>
+    public static List<TopicSetting> Read(string source, string origin)
+    {
+        var lines = source.TrimStart('\uFEFF').Split('\n');
+        int start = Array.FindLastIndex(lines, l => l.StartsWith("TOPICS", StringComparison.Ordinal) && l[6..].TrimStart().StartsWith('='));
+        if (start < 0) return [];
+        string text = string.Join("\n", lines[start..]);
+        var reader = new LiteralReader(text[(text.IndexOf('=') + 1)..], origin, start + 1);
+        var topics = new List<TopicSetting>();
+        reader.Expect('{');
+        while (!reader.TryTake('}'))
+        {
+            string topic = reader.String();
+            if (!Bridge.IsValidTopic(topic)) throw reader.Error($"topic name '{topic}' is invalid; topic names match [a-z][a-z0-9_]*");
+            reader.Expect(':');
+            reader.Expect('{');
+            string? sink = null;
+            SinkMode? mode = null;
+            while (!reader.TryTake('}'))
+            {
+                string key = reader.String();
+                reader.Expect(':');
+                string value = reader.String();
+                switch (key)
+                {
+                    case "sink": sink = value; break;
+                    case "mode": mode = Mode(value) ?? throw reader.Error($"topic '{topic}': mode '{value}' is not append, replace or error"); break;
+                    default: throw reader.Error($"topic '{topic}': unknown key '{key}'; a topic takes \"sink\" and \"mode\"");
+                }
+                if (!reader.TryTake(',')) { reader.Expect('}'); break; }
+            }
+            if (topics.Exists(t => t.Topic == topic)) throw reader.Error($"topic '{topic}' is declared twice");
+            topics.Add(new TopicSetting(topic, sink, mode, origin));
+            if (!reader.TryTake(',')) { reader.Expect('}'); break; }
+        }
+        foreach (var t in topics) Check(t, $"{origin}:{start + 1}");
+        return topics;
+    }
+
+    /// <summary>The config file's <c>[topics.NAME]</c> tables.</summary>
+    public static List<TopicSetting> FromConfig(IEnumerable<ConfigTable> tables)
+    {
+        var list = new List<TopicSetting>();
+        foreach (var table in tables)
+        {
+            string origin = $"{table.File}:{table.Line}";
+            string[] parts = table.Name.Split('.');
+            if (parts.Length != 2 || table.ArrayItem || !Bridge.IsValidTopic(parts[1]))
+                throw new InputException($"{origin}: [{table.Name}] is not a topic table; write [topics.NAME] with NAME matching [a-z][a-z0-9_]*");
+            string? sink = null;
+            SinkMode? mode = null;
+            foreach (var e in table.Entries)
+            {
+                string where = $"{table.File}:{e.Line}";
+                if (e.Value.Text is not { } text || e.Value.Items is not null || e.Value.Table is not null)
+                    throw new InputException($"{where}: [{table.Name}] {e.Key} must be a string");
+                switch (e.Key)
+                {
+                    case "sink": sink = text; break;
+                    case "mode": mode = Mode(text) ?? throw new InputException($"{where}: [{table.Name}] mode '{text}' is not append, replace or error"); break;
+                    default: throw new InputException($"{where}: [{table.Name}] has unknown key '{e.Key}'; a topic takes sink and mode");
+                }
+            }
+            var setting = new TopicSetting(parts[1], sink, mode, origin);
+            Check(setting, origin);
+            list.Add(setting);
+        }
+        return list;
+    }
+
+    /// <summary>The sinks DISPATCH carries: every topic the parser declares or the config names, the config winning field by field.</summary>
+    public static List<SinkConfig> Effective(IReadOnlyList<TopicSetting> declared, IReadOnlyList<TopicSetting> overrides)
+    {
+        var names = declared.Select(t => t.Topic).Concat(overrides.Select(t => t.Topic)).Distinct().ToList();
+        var sinks = new List<SinkConfig>(names.Count);
+        foreach (string name in names)
+        {
+            var mine = declared.FirstOrDefault(t => t.Topic == name);
+            var theirs = overrides.LastOrDefault(t => t.Topic == name);
+            sinks.Add(new SinkConfig
+            {
+                Topic = name,
+                Uri = theirs?.Sink ?? mine?.Sink ?? "parquet://" + name,
+                Mode = theirs?.Mode ?? mine?.Mode ?? SinkMode.Append,
+            });
+        }
+        return sinks;
+    }
+
+    /// <summary>Where each effective field came from, for <c>parser show</c>.</summary>
+    public static string OriginOf(string topic, IReadOnlyList<TopicSetting> declared, IReadOnlyList<TopicSetting> overrides) =>
+        overrides.LastOrDefault(t => t.Topic == topic) is { } o ? $"config {o.Origin}"
+        : declared.Any(t => t.Topic == topic) ? "parser" : "default";
+
+    private static SinkMode? Mode(string text) => text switch
+    {
+        "append" => SinkMode.Append,
+        "replace" => SinkMode.Replace,
+        "error" => SinkMode.Error,
+        _ => null,
+    };
+
+    /// <summary>The uri's form, checked as a worker would but against a placeholder root: scheme, '..', empty, append to a file.</summary>
+    private static void Check(TopicSetting t, string origin)
+    {
+        if (t.Sink is null) return;
+        var probe = new OutputOptions { Root = "/casparian-check", AllowedRoots = ["/"], Lineage = false, RowGroupRows = 1, RowGroupBytes = 1 };
+        try
+        {
+            SinkTarget.Resolve(probe, 0, t.Topic, t.Sink, t.Mode ?? SinkMode.Append);
+        }
+        catch (OutputException e)
+        {
+            throw new InputException($"{origin}: {e.Message.Replace("job 0: ", "", StringComparison.Ordinal)}");
+        }
+    }
+
+    /// <summary>Topic settings as stored with the parser (JSON), and back.</summary>
+    public static string ToJson(IReadOnlyList<TopicSetting> topics) =>
+        System.Text.Json.JsonSerializer.Serialize(topics.Select(t => new SinkConfig { Topic = t.Topic, Uri = t.Sink ?? "", Mode = t.Mode ?? SinkMode.Append }).ToList(), StoreJson.Default.ListSinkConfig);
+
+    public static List<TopicSetting> FromJson(string? json, string origin) =>
+        json is null ? [] : [.. (System.Text.Json.JsonSerializer.Deserialize(json, StoreJson.Default.ListSinkConfig) ?? [])
+            .Select(s => new TopicSetting(s.Topic, s.Uri.Length == 0 ? null : s.Uri, s.Mode, origin))];
+
+    /// <summary>Reads a dict literal of string keys and string values: strings, braces, colons, commas, comments.</summary>
+    private sealed class LiteralReader(string text, string origin, int firstLine)
+    {
+        private int _at;
+
+        public InputException Error(string what) =>
+            new($"{origin}:{firstLine + text[..Math.Min(_at, text.TrimEnd().Length)].Count(c => c == '\n')}: TOPICS: {what}; TOPICS must be a literal dict of string literals, e.g. TOPICS = {{\"sales\": {{\"sink\": \"parquet://sales\", \"mode\": \"append\"}}}}");
+
+        private void Skip()
+        {
+            while (_at < text.Length)
+            {
+                char c = text[_at];
+                if (c == '#') { while (_at < text.Length && text[_at] != '\n') _at++; }
+                else if (char.IsWhiteSpace(c) || c == '\\') _at++;
+                else break;
+            }
+        }
+
+        public bool TryTake(char c)
+        {
+            Skip();
+            if (_at < text.Length && text[_at] == c) { _at++; return true; }
+            return false;
+        }
+
+        public void Expect(char c)
+        {
+            if (!TryTake(c)) throw Error(_at < text.Length ? $"expected '{c}', found '{text[_at]}'" : $"expected '{c}', found the end of the file");
+        }
+
+        public string String()
+        {
+            Skip();
+            if (_at >= text.Length || text[_at] is not ('"' or '\'')) throw Error(_at < text.Length ? $"expected a string literal, found '{text[_at]}'" : "expected a string literal");
+            char quote = text[_at++];
+            var sb = new StringBuilder();
+            while (_at < text.Length && text[_at] != quote)
+            {
+                if (text[_at] is '\\' or '\n') throw Error("escapes and line breaks are not allowed in TOPICS strings");
+                sb.Append(text[_at++]);
+            }
+            if (_at >= text.Length) throw Error("a string is not closed");
+            _at++;
+            return sb.ToString();
+        }
+    }
+}
