@@ -55,6 +55,7 @@ internal static partial class Bridge
         private bool _totalTimedOut;
 
         private long _tables, _batches, _rows, _bytes, _logLines;
+        private TimeSpan? _connectedAfter;
 
         public async Task ExecuteAsync(CancellationToken abort)
         {
@@ -66,6 +67,7 @@ internal static partial class Bridge
             {
                 if (!Prepare() || !Start()) return;
                 if (!await ConnectAsync(job).ConfigureAwait(false)) return;
+                _connectedAfter = Stopwatch.GetElapsedTime(_started);
                 await ReadFramesAsync().ConfigureAwait(false);
                 await WaitForExitAsync(job).ConfigureAwait(false);
             }
@@ -574,6 +576,7 @@ internal static partial class Bridge
                 Bytes = _bytes,
                 LogLines = _logLines,
                 Duration = Stopwatch.GetElapsedTime(_started),
+                ConnectedAfter = _connectedAfter,
             };
         }
 

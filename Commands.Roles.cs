@@ -14,7 +14,7 @@ internal static partial class Commands
     private static readonly Command SentinelCommand = new("sentinel", "control plane: job store, worker tracking, dispatch",
         "sentinel [--bind ADDR] [--db PATH] [--heartbeat-timeout S] [--retry-limit N] [--retry-backoff S] [--job-timeout S] [--quiet]",
         [.. Config.Flags(Config.Bind, Config.Db, Config.HeartbeatTimeout, Config.RetryLimit, Config.RetryBackoff, Config.RetryBackoffMax,
-            Config.JobTimeout, Config.PollInterval, Config.LockTimeout), QuietFlag],
+            Config.JobTimeout, Config.PollInterval, Config.LockTimeout, Config.Http, Config.HttpInsecure), QuietFlag],
         args =>
         {
             args.RequirePositionals(0, 0);
@@ -23,6 +23,7 @@ internal static partial class Commands
             using var signal = new ShutdownSignal(log.Info);
             using var sentinel = new Sentinel(SentinelOptions(config, log));
             sentinel.Start();
+            using var status = StatusServerOptions(config, fallback: null, jobLogs: null, log) is { } page ? new StatusServer(page, sentinel.Metrics) : null;
             sentinel.Run(signal.Token);
             return 0;
         });
@@ -46,7 +47,7 @@ internal static partial class Commands
             string id = WorkerId(config);
             var log = new RoleLog(Console.Error, $"worker {id}", quiet: false, TimeProvider.System);
             using var host = WorkerHost.Create(VenvOptions(config), ExecutorOptions(config));
-            using var worker = new Worker(WorkerOptions(config, id, log), host.Executor.RunAsync, host.PrepareEnv);
+            using var worker = new Worker(WorkerOptions(config, id, log), host.Executor.RunAsync, host.PrepareEnv, host.Executor.Figures);
             using var signal = new ShutdownSignal(log.Info);
             log.Info($"output under {config.Get(Config.Output)}");
             worker.Run(signal.Token);
@@ -62,7 +63,7 @@ internal static partial class Commands
     private static readonly Command StartCommand = new("start", "sentinel and worker in one process: the local default",
         "start [--watch DIR --parser NAME] [--drain] [--slots N]",
         [WatchFlag, WatchParserFlag, DrainFlag, .. Config.Flags([Config.Db, Config.Bind, .. WorkerSettings, Config.HeartbeatTimeout,
-            Config.RetryLimit, Config.RetryBackoff, Config.RetryBackoffMax, Config.PollInterval, Config.LockTimeout])],
+            Config.RetryLimit, Config.RetryBackoff, Config.RetryBackoffMax, Config.PollInterval, Config.LockTimeout, Config.Http, Config.HttpInsecure])],
         args =>
         {
             args.RequirePositionals(0, 0);
@@ -101,6 +102,7 @@ internal static partial class Commands
                 Executor = ExecutorOptions(config),
                 Drain = args.Has(DrainFlag.Name),
                 LogPath = logPath,
+                Status = StatusServerOptions(config, Config.StartHttp, config.LogsDir, sentinel.Log),
             };
             using var signal = new ShutdownSignal();
             return Start.Run(options, store, watch, signal.Token, Console.Error);

@@ -47,6 +47,7 @@ internal sealed partial class Sentinel
     private void Malformed(byte[]? identity, string detail)
     {
         long count = Interlocked.Increment(ref _malformed);
+        Metrics.Dropped("malformed");
         string from = identity is null ? "" : $" from {Describe(identity)}";
         _log.Limited("malformed", $"dropped malformed message{from}: {detail} ({count} so far)");
     }
@@ -102,6 +103,7 @@ internal sealed partial class Sentinel
         if (worker is null)
         {
             _log.Limited("unknown-worker", $"HEARTBEAT from unknown peer {Convert.ToHexStringLower(m.Identity!)}; asked it to IDENTIFY");
+            Metrics.Dropped("unknown_peer");
             SendErr(m.Identity!, 0, UnknownWorker);
             return;
         }
@@ -112,6 +114,7 @@ internal sealed partial class Sentinel
             _work.Touch.Add(worker.Id);
         }
         if (beat is not null) Reconcile(worker, beat);
+        if (beat?.Figures is { } figures) Metrics.Figures(figures);
     }
 
     internal const string UnknownWorker = "unknown worker: send IDENTIFY first (the sentinel may have restarted)";

@@ -118,6 +118,7 @@ internal sealed partial class Sentinel : IDisposable
             long now = NowMs();
             CheckWorkers(now);
             Step(now, final: false);
+            PublishWorkers(now);
         }
         Step(NowMs(), final: true);
         _log.Info($"stopped; {_inFlight.Count} job(s) still RUNNING on {_workers.Count} worker(s) stay in the store for their workers to conclude");
@@ -127,6 +128,7 @@ internal sealed partial class Sentinel : IDisposable
     {
         _router.Dispose();
         _store.Dispose();
+        Metrics.Dispose();
     }
 
     private long NowMs() => _clock.GetUtcNow().ToUnixTimeMilliseconds();

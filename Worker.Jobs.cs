@@ -32,6 +32,9 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs)
     /// <summary>The job's whole time on the worker, bundle to receipt.</summary>
     public const string DurationMetric = "duration_ms";
 
+    /// <summary>Guest start times for the worker's HEARTBEAT (the job's start to its parser connecting).</summary>
+    public WorkerFigureCollector Figures { get; } = new();
+
     public async Task<JobReceipt> RunAsync(ulong jobId, Dispatch dispatch, CancellationToken abort)
     {
         JobReceipt receipt = await ExecuteAsync(jobId, dispatch, abort).ConfigureAwait(false);
@@ -61,7 +64,9 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs)
                 Timeout = dispatch.TimeoutSeconds is > 0 and var s ? TimeSpan.FromSeconds(s) : options.DefaultTimeout,
                 Options = options.Bridge,
             };
+            TimeSpan launchedAt = clock.Elapsed;
             GuestResult result = await Bridge.RunAsync(request, new OutputSink(output, log), abort).ConfigureAwait(false);
+            if (result.ConnectedAfter is { } connected) Figures.GuestStarted(launchedAt + connected, cold: !env.Cached);
             var metrics = new Dictionary<string, long>
             {
                 ["tables"] = result.Tables,
