@@ -205,11 +205,14 @@ public sealed partial class StatusTests(ITestOutputHelper output) : IDisposable
         using var start = Start("0");
         string url = UrlOf(start);
 
+        string browser = Path.Combine(Repo.Root, "tests", "browser");
+        Assert.True(Directory.Exists(Path.Combine(browser, "node_modules", "playwright-core")),
+            $"playwright-core is not installed in {browser}: run 'npm ci' there (./build.sh test does)");
         string shots = Path.Combine(Repo.Root, "tests", "bin", "browser-output");
         Directory.CreateDirectory(shots);
         foreach (var old in Directory.GetFiles(shots, "*.png")) File.Delete(old);
-        var r = Proc.Run("node", [Path.Combine(Repo.Root, "tests", "browser", "dashboard.mjs"), url, shots, "200", failedId.ToString(CultureInfo.InvariantCulture),
-            "ValueError: boom in z-boom.csv", "status-test parsing z-boom.csv"], TimeSpan.FromMinutes(5), Path.Combine(Repo.Root, "tests", "browser"));
+        var r = Proc.Run("node", [Path.Combine(browser, "dashboard.mjs"), url, shots, "200", failedId.ToString(CultureInfo.InvariantCulture),
+            "ValueError: boom in z-boom.csv", "status-test parsing z-boom.csv"], TimeSpan.FromMinutes(5), browser);
         output.WriteLine(r.ToString());
         Assert.True(r.ExitCode == 0, $"{r}\nscreenshots in {shots}\n{start}");
         foreach (var png in new[] { "dashboard.png", "job-detail.png" })
