@@ -77,8 +77,8 @@ internal sealed class StatusServer : IDisposable
         _export = metrics.Export();
         var meter = metrics.Meter;
         meter.CreateObservableGauge("casparian.jobs", ObserveJobs, description: "Jobs in the store by state.");
-        meter.CreateObservableGauge("casparian.queue.oldest_age", () => _oldestQueuedSeconds is { } s ? [new Measurement<double>(s)] : Array.Empty<Measurement<double>>(),
-            unit: "s", description: "How long the oldest QUEUED job has been queued (absent when the queue is empty).");
+        meter.CreateObservableGauge("casparian.queue.oldest_age", () => _oldestQueuedSeconds ?? 0,
+            unit: "s", description: "How long the oldest QUEUED job has been queued (0 when the queue is empty).");
         _export.BeforeCollect(RefreshStore);
         Sample(null);
         _sampler = new Timer(Sample, null, SampleEveryMs, SampleEveryMs);

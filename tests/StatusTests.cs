@@ -94,20 +94,25 @@ public sealed partial class StatusTests(ITestOutputHelper output) : IDisposable
     {
         RegisterParser();
         long failedId = Queue(good: 12);
-        using var start = Start("0.3");
+        var start = Start("0.3");
         string url = UrlOf(start);
 
         // Scrape while the run goes on: the success counter climbs through intermediate values to 12.
         var seen = new List<double>();
+        var ages = new List<double?>();
         string last = "";
         Eventually.True(() =>
         {
             last = Get(url + "metrics");
             seen.Add(Sample(last, "casparian_jobs_concluded_total{status=\"success\"}") ?? -1);
+            if (Sample(last, "casparian_jobs{state=\"queued\"}") > 0) ages.Add(Sample(last, "casparian_queue_oldest_age_seconds"));
             return seen[^1] == 12 && Sample(last, "casparian_jobs_concluded_total{status=\"failed\"}") == 1;
         }, TimeSpan.FromSeconds(120), "12 successes and 1 failure in /metrics", () => last + start, every: TimeSpan.FromMilliseconds(100));
         Assert.True(seen.Distinct().Count(v => v >= 0) >= 3, $"the counter should move during the run; saw {string.Join(", ", seen)}");
         for (int i = 1; i < seen.Count; i++) Assert.True(seen[i] >= seen[i - 1], $"a counter went down: {string.Join(", ", seen)}");
+        // While jobs wait, the oldest one's age is reported (they were queued before start).
+        Assert.NotEmpty(ages);
+        Assert.All(ages, a => Assert.True(a > 0, $"queue age {a}"));
 
         // Guest start times reach the sentinel in HEARTBEATs (every 0.2 s here): one per job.
         Eventually.True(() =>
@@ -129,7 +134,7 @@ public sealed partial class StatusTests(ITestOutputHelper output) : IDisposable
         Assert.Matches(@"casparian_worker_slots\{worker=""[^""]+""\} 2\n", last);
         Assert.True(Sample(last, "casparian_store_step_duration_seconds_count") > 0, last);
         Assert.Equal(0, Sample(last, "casparian_messages_dropped_total{reason=\"malformed\"}"));
-        Assert.Null(Sample(last, "casparian_queue_oldest_age_seconds"));
+        Assert.Equal(0, Sample(last, "casparian_queue_oldest_age_seconds"));
         Assert.Contains("# TYPE casparian_jobs_dispatched_total counter", last);
         Assert.Contains("# TYPE casparian_job_duration_seconds histogram", last);
 
@@ -182,7 +187,7 @@ public sealed partial class StatusTests(ITestOutputHelper output) : IDisposable
         Assert.Equal($"error: http address 0.0.0.0:{port} is not loopback, and the status page has no authentication; bind 127.0.0.1, " +
                      "or set http_insecure = true (--http-insecure true) to serve it to the network anyway", refused.Stderr.Trim().Split('\n')[^1]);
 
-        using var sentinel = _c.Spawn("sentinel", ["sentinel", "--bind", _c.Address, "--http", $"0.0.0.0:{port}", "--http-insecure", "true"]);
+        var sentinel = _c.Spawn("sentinel", ["sentinel", "--bind", _c.Address, "--http", $"0.0.0.0:{port}", "--http-insecure", "true"]);
         string metrics = Eventually.Value(() =>
         {
             if (sentinel.HasExited) throw new XunitException(sentinel.ToString());
@@ -202,7 +207,7 @@ public sealed partial class StatusTests(ITestOutputHelper output) : IDisposable
     {
         RegisterParser();
         long failedId = Queue(good: 200);
-        using var start = Start("0");
+        var start = Start("0");
         string url = UrlOf(start);
 
         string browser = Path.Combine(Repo.Root, "tests", "browser");
