@@ -81,7 +81,10 @@ internal static partial class Commands
                 for (int i = failed.Count - 1; i >= 0; i--)
                 {
                     var j = failed[i];
-                    sb.Append(inv, $"  job {j.Id} {j.ParserName} {j.ParserVersion} {j.InputPath}: {Text.FirstLine(j.Error ?? "failed")}\n");
+                    string error = Text.FirstLine(j.Error ?? "failed");
+                    // A worker's error names the parser and the file already; the store's own ones (a lost worker) do not.
+                    if (error.Contains(j.InputPath, StringComparison.Ordinal)) sb.Append(inv, $"  job {j.Id}: {error}\n");
+                    else sb.Append(inv, $"  job {j.Id} {j.ParserName} {j.ParserVersion} {j.InputPath}: {error}\n");
                 }
             }
         }

@@ -151,7 +151,7 @@ public sealed partial class StatusTests(ITestOutputHelper output) : IDisposable
             Assert.Equal(2, worker.GetProperty("slots").GetInt32());
             var failure = Assert.Single(root.GetProperty("recent_failures").EnumerateArray());
             Assert.Equal(failedId, failure.GetProperty("id").GetInt64());
-            Assert.StartsWith("ValueError: boom in z-boom.csv", failure.GetProperty("error").GetString());
+            Assert.Equal($"parser status_csv@1.0 on {Path.Combine(_c.Inputs, "z-boom.csv")}: ValueError: boom in z-boom.csv", failure.GetProperty("error").GetString());
             Assert.Equal(36, Assert.Single(root.GetProperty("topics").EnumerateArray()).GetProperty("rows").GetInt64());
             Assert.Equal(12, root.GetProperty("rates").GetProperty("completed").GetInt64());
         }
@@ -168,7 +168,7 @@ public sealed partial class StatusTests(ITestOutputHelper output) : IDisposable
         var cli = _c.Ok("status");
         Assert.Contains("jobs: 0 queued, 0 running, 12 completed, 1 failed, 0 cancelled\n", cli.Stdout);
         Assert.Contains($"sentinel at {url}: 1 worker(s), 0/2 slot(s) busy;", cli.Stdout);
-        Assert.Contains($"  job {failedId} status_csv 1.0 {Path.Combine(_c.Inputs, "z-boom.csv")}: ValueError: boom in z-boom.csv\n", cli.Stdout);
+        Assert.Contains($"  job {failedId}: parser status_csv@1.0 on {Path.Combine(_c.Inputs, "z-boom.csv")}: ValueError: boom in z-boom.csv\n", cli.Stdout);
         Assert.Contains("  topic output: 36 rows,", cli.Stdout);
 
         start.Signal(Posix.SigInt);
@@ -200,6 +200,18 @@ public sealed partial class StatusTests(ITestOutputHelper output) : IDisposable
         // Read-only: anything but GET or HEAD is refused.
         using var post = Http.PostAsync($"http://127.0.0.1:{port}/api/status", new StringContent("")).GetAwaiter().GetResult();
         Assert.Equal(HttpStatusCode.MethodNotAllowed, post.StatusCode);
+    }
+
+    [Fact]
+    public void Status_Watch_RedrawsUntilInterrupted()
+    {
+        var watch = _c.Spawn("status", ["status", "--watch"]);
+        string frame = $"no job store at {_c.Db} yet\nsentinel: no status page known";
+        _c.WaitUntil("two frames of status --watch", TimeSpan.FromSeconds(30),
+            () => watch.Stdout.Split(frame).Length >= 3 || watch.HasExited);
+        Assert.False(watch.HasExited, watch.ToString());
+        watch.Signal(Posix.SigInt);
+        Assert.Equal(0, watch.WaitForExit(TimeSpan.FromSeconds(30)));
     }
 
     [Fact]

@@ -25,21 +25,23 @@ try {
   await page.goto(url, { waitUntil: "load" });
 
   // The completed count reaches the expected number while the run goes on (the page refreshes itself).
-  await page.waitForFunction(n => document.getElementById("count-completed").textContent.replace(/,/g, "") === n,
-    completed, { timeout, polling: 250 });
+  // Locators, not waitForFunction: the page's Content-Security-Policy forbids eval, which that needs.
+  const exactly = text => new RegExp("^" + text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&") + "$");
+  await page.locator("#count-completed").filter({ hasText: exactly(Number(completed).toLocaleString("en-US")) }).waitFor({ timeout });
 
   // The failed job is listed with its error's first line.
   const row = page.locator(`#failures tr[data-job="${failedJob}"]`);
   await row.waitFor({ timeout });
   const shown = await row.locator("td.err").textContent();
   if (!shown.includes(errorText)) throw new Error(`failure row of job ${failedJob} shows '${shown}', expected it to contain '${errorText}'`);
-  await page.waitForFunction(() => document.getElementById("count-failed").textContent !== "0", null, { timeout });
-  await page.screenshot({ path: join(outDir, "dashboard.png"), fullPage: true });
+  await page.locator("#count-failed").filter({ hasText: /^[1-9]/ }).waitFor({ timeout });
+  await page.screenshot({ path: join(outDir, "dashboard.png") });
+  await page.screenshot({ path: join(outDir, "dashboard-full.png"), fullPage: true });
 
   // Its detail view, with the log tail.
   await row.click();
   await page.locator("#detail.open").waitFor({ timeout });
-  await page.waitForFunction(t => document.getElementById("log-tail").textContent.includes(t), logText, { timeout, polling: 250 });
+  await page.locator("#log-tail").filter({ hasText: logText }).waitFor({ timeout });
   const title = await page.locator("#detail-title").textContent();
   if (!title.includes(`Job ${failedJob}`)) throw new Error(`detail title is '${title}'`);
   const error = await page.locator("#detail-error").textContent();
