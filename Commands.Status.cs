@@ -117,13 +117,13 @@ internal static partial class Commands
         _ => string.Create(CultureInfo.InvariantCulture, $"{t.TotalHours:0.#} h"),
     };
 
-    private static readonly HttpClient StatusClient = new() { Timeout = TimeSpan.FromSeconds(2) };
-
     private static StatusReport? FetchStatus(string url, out string? why)
     {
         try
         {
-            using var response = StatusClient.GetAsync(new Uri(new Uri(url), "api/status")).GetAwaiter().GetResult();
+            // Made here, not as a static: every command would pay for it at start-up.
+            using var client = new HttpClient { Timeout = TimeSpan.FromSeconds(2) };
+            using var response = client.GetAsync(new Uri(new Uri(url), "api/status")).GetAwaiter().GetResult();
             if (!response.IsSuccessStatusCode)
             {
                 why = $"HTTP {(int)response.StatusCode}";

@@ -162,7 +162,10 @@ public static class Program
             .AddColumn(BenchmarkDotNet.Columns.StatisticColumn.Median, BenchmarkDotNet.Columns.StatisticColumn.Q1, BenchmarkDotNet.Columns.StatisticColumn.Q3)
             .AddExporter(BenchmarkDotNet.Exporters.MarkdownExporter.GitHub)
             .AddFilter(filter)
-            .WithOptions(ConfigOptions.JoinSummary | ConfigOptions.DisableLogFile);
+            .WithOptions(ConfigOptions.JoinSummary | ConfigOptions.DisableLogFile)
+            // The out-of-process build compiles the whole binary's sources; on a shared 2-core machine
+            // that can exceed BenchmarkDotNet's 2-minute default.
+            .WithBuildTimeout(TimeSpan.FromMinutes(15));
     }
 }
 
