@@ -56,6 +56,7 @@ internal static partial class Bridge
         private bool _missingEnd;
 
         private long _tables, _batches, _rows, _bytes, _logLines;
+        private TimeSpan? _connectedAfter;
 
         public async Task ExecuteAsync(CancellationToken abort)
         {
@@ -67,6 +68,7 @@ internal static partial class Bridge
             {
                 if (!Prepare() || !Start()) return;
                 if (!await ConnectAsync(job).ConfigureAwait(false)) return;
+                _connectedAfter = Stopwatch.GetElapsedTime(_started);
                 await ReadFramesAsync().ConfigureAwait(false);
                 await WaitForExitAsync(job).ConfigureAwait(false);
             }
@@ -583,6 +585,7 @@ internal static partial class Bridge
                 Bytes = _bytes,
                 LogLines = _logLines,
                 Duration = Stopwatch.GetElapsedTime(_started),
+                ConnectedAfter = _connectedAfter,
             };
         }
 

@@ -144,6 +144,8 @@ internal sealed record GuestResult
     public long Bytes { get; init; }
     public long LogLines { get; init; }
     public TimeSpan Duration { get; init; }
+    /// <summary>From the guest's launch to its connecting back (its start time); null if it never connected.</summary>
+    public TimeSpan? ConnectedAfter { get; init; }
 
     public bool Succeeded => Outcome == GuestOutcome.Success;
 }

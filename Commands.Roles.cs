@@ -14,7 +14,7 @@ internal static partial class Commands
     private static readonly Command SentinelCommand = new("sentinel", "control plane: job store, worker tracking, dispatch",
         "sentinel [--bind ADDR] [--db PATH] [--heartbeat-timeout S] [--retry-limit N] [--retry-backoff S] [--job-timeout S] [--insecure] [--quiet]",
         [.. Config.Flags(Config.Bind, Config.Db, Config.HeartbeatTimeout, Config.RetryLimit, Config.RetryBackoff, Config.RetryBackoffMax,
-            Config.JobTimeout, Config.DeadlineGrace, Config.PollInterval, Config.LockTimeout, Config.Insecure, Config.LinkLimit), QuietFlag],
+            Config.JobTimeout, Config.DeadlineGrace, Config.PollInterval, Config.LockTimeout, Config.Insecure, Config.LinkLimit, Config.Http, Config.HttpInsecure), QuietFlag],
         args =>
         {
             args.RequirePositionals(0, 0);
@@ -30,6 +30,7 @@ internal static partial class Commands
                 log.Info("  " + JoinLine(config, keys));
             }
             else log.Info($"`casparian keys` prints the line a worker joins with (keys under {keys.Dir})");
+            using var status = StatusServerOptions(config, fallback: null, jobLogs: null, log) is { } page ? new StatusServer(page, sentinel.Metrics) : null;
             sentinel.Run(signal.Token);
             return 0;
         });
@@ -54,7 +55,7 @@ internal static partial class Commands
             string id = WorkerId(config);
             var log = new RoleLog(Console.Error, $"worker {id}", quiet: false, TimeProvider.System);
             using var host = WorkerHost.Create(VenvOptions(config), ExecutorOptions(config));
-            using var worker = new Worker(WorkerOptions(config, id, log), host.Executor.RunAsync, host.PrepareEnv);
+            using var worker = new Worker(WorkerOptions(config, id, log), host.Executor.RunAsync, host.PrepareEnv, host.Executor.Figures);
             using var signal = new ShutdownSignal(log.Info);
             log.Info($"output under {config.Get(Config.Output)}");
             if (config.Get(Config.Insecure)) log.Warn("plaintext link (--insecure): the sentinel is not authenticated and the join token travels in the clear");
@@ -71,7 +72,7 @@ internal static partial class Commands
     private static readonly Command StartCommand = new("start", "sentinel and worker in one process: the local default",
         "start [--watch DIR --parser NAME] [--drain] [--slots N]",
         [WatchFlag, WatchParserFlag, DrainFlag, .. Config.Flags([Config.Db, Config.Bind, Config.Insecure, .. WorkerSettings, Config.HeartbeatTimeout,
-            Config.RetryLimit, Config.RetryBackoff, Config.RetryBackoffMax, Config.DeadlineGrace, Config.PollInterval, Config.LockTimeout])],
+            Config.RetryLimit, Config.RetryBackoff, Config.RetryBackoffMax, Config.DeadlineGrace, Config.PollInterval, Config.LockTimeout, Config.Http, Config.HttpInsecure])],
         args =>
         {
             args.RequirePositionals(0, 0);
@@ -116,6 +117,7 @@ internal static partial class Commands
                 Executor = ExecutorOptions(config),
                 Drain = args.Has(DrainFlag.Name),
                 LogPath = logPath,
+                Status = StatusServerOptions(config, Config.StartHttp, config.LogsDir, sentinel.Log),
             };
             using var signal = new ShutdownSignal();
             return Start.Run(options, store, watch, signal.Token, Console.Error);

@@ -132,13 +132,21 @@ internal sealed class Config
         Parsers.Text, c => SentinelKeys.ReadJoinToken(c.KeysDir) ?? "", Parsers.Hidden) { FlagName = "--token", EnvName = "CASPARIAN_TOKEN" };
     public static readonly Setting<long> LinkLimit = new("link_message_limit", "SIZE", "largest message on the sentinel-worker link (a DISPATCH with its parser bundle, a DEPLOY); a peer sending more is disconnected",
         Parsers.SizeUpTo(1L << 30), _ => 64L << 20, Parsers.FormatSize);
+    public static readonly Setting<string> Http = new("http", "HOST:PORT",
+        "serve /metrics, /api and the dashboard here (port 0: a free one; off: none). sentinel: off unless set; start: " + StartHttp + " unless set",
+        Parsers.HttpAddress, _ => "off");
+    public static readonly Setting<bool> HttpInsecure = new("http_insecure", "BOOL", "allow a non-loopback http address (the status page has no authentication)",
+        Parsers.Bool, _ => false, v => v ? "true" : "false");
+
+    /// <summary>Where `start` serves its status page when <see cref="Http"/> is not set: loopback, a free port.</summary>
+    public const string StartHttp = "127.0.0.1:0";
 
     public static readonly Setting[] All =
     [
         Home, Db, Bind, Connect, Output, AllowedRoots, Lineage, Venvs, VenvBudget, Wheelhouse, Python, Slots, WorkerId,
         HeartbeatInterval, HeartbeatTimeout, RetryLimit, RetryBackoff, RetryBackoffMax, LockTimeout, PollInterval, Capabilities, JobTimeout,
         DeadlineGrace, ConnectTimeout, IdleTimeout, ShutdownGrace, LogLimit, MessageLimit, BuildTimeout, RowGroupRows, RowGroupSize,
-        Insecure, SentinelKey, JoinToken, LinkLimit,
+        Insecure, SentinelKey, JoinToken, LinkLimit, Http, HttpInsecure,
     ];
 
     /// <summary>
@@ -173,6 +181,8 @@ internal sealed class Config
     public string ParsersDir => Path.Combine(HomeDir, "parsers");
     /// <summary>Per-job guest logs, and `start`'s log.</summary>
     public string LogsDir => Path.Combine(HomeDir, "logs");
+    /// <summary>The address of the status page a running `start` or `sentinel --http` serves (`casparian status` reads it).</summary>
+    public string StatusUrlFile => Path.Combine(HomeDir, "status.url");
     /// <summary>The worker's persistent id.</summary>
     public string WorkerDir => Path.Combine(HomeDir, "worker");
     /// <summary>The sentinel's CURVE key pair and its tokens (Keys.cs).</summary>
@@ -372,6 +382,17 @@ internal static class Parsers
                 return (true, t, "");
         }
         return (false, "", Expected);
+    }
+
+    /// <summary>HOST:PORT for the status page, or "" / off for none.</summary>
+    public static (bool, string, string) HttpAddress(ConfigValue raw, string baseDir)
+    {
+        const string Expected = "HOST:PORT (e.g. 127.0.0.1:8080), or off";
+        if (raw.Items is not null || raw.Text is not { } t) return (false, "", Expected);
+        t = t.Trim();
+        if (t is "" or "off") return (true, "off", "");
+        int colon = t.LastIndexOf(':');
+        return colon > 0 && ushort.TryParse(t.AsSpan(colon + 1), NumberStyles.None, CultureInfo.InvariantCulture, out _) ? (true, t, "") : (false, "", Expected);
     }
 
     public static (bool, bool, string) Bool(ConfigValue raw, string baseDir) => raw.Text?.ToLowerInvariant() switch

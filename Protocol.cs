@@ -245,6 +245,22 @@ internal sealed record Heartbeat
     /// <summary>Left out of the JSON when empty: an empty list reads back as null.</summary>
     [JsonPropertyName("active_job_ids")]
     public List<long>? ActiveJobIds { get; init => field = value is { Count: > 0 } ? value : null; }
+
+    /// <summary>Our extension: the worker's own figures since its previous heartbeat (docs/protocol.md).</summary>
+    [JsonPropertyName("figures")] public WorkerFigures? Figures { get; init; }
+}
+
+/// <summary>
+/// A worker's figures that no receipt carries, gathered since its previous HEARTBEAT: the start time
+/// of each guest in seconds, cold when the job had to build its environment, warm otherwise. Each
+/// list holds at most <see cref="MaxObservations"/> values (the rest are dropped by the worker).
+/// </summary>
+internal sealed record WorkerFigures
+{
+    public const int MaxObservations = 1024;
+
+    [JsonPropertyName("guest_start_cold")] public List<double>? GuestStartCold { get; init; }
+    [JsonPropertyName("guest_start_warm")] public List<double>? GuestStartWarm { get; init; }
 }
 
 internal sealed record ErrorPayload

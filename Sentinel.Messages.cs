@@ -58,6 +58,7 @@ internal sealed partial class Sentinel
     private void Refuse(WireMessage m)
     {
         long count = Interlocked.Increment(ref _refused);
+        Metrics.Dropped("unknown_peer");
         string job = m.JobId == 0 ? "" : $" for job {m.JobId}";
         _log.Limited("refused", $"dropped {m.Op.ToWireName()}{job} from peer {Convert.ToHexStringLower(m.Identity!)}, which has not identified ({count} refused so far)");
         if (m.Op is OpCode.Heartbeat or OpCode.Conclude) SendErr(m.Identity!, m.JobId, UnknownWorker);
@@ -66,6 +67,7 @@ internal sealed partial class Sentinel
     private void Malformed(byte[]? identity, string detail)
     {
         long count = Interlocked.Increment(ref _malformed);
+        Metrics.Dropped("malformed");
         string from = identity is null ? "" : $" from {Describe(identity)}";
         _log.Limited("malformed", $"dropped malformed message{from}: {detail} ({count} so far)");
     }
@@ -83,6 +85,7 @@ internal sealed partial class Sentinel
         if (_options.Keys is { } keys && !Tokens.Matches(hello.AuthToken, keys.JoinToken))
         {
             long count = Interlocked.Increment(ref _refused);
+            Metrics.Dropped("unauthenticated");
             string claimed = hello.WorkerId is { Length: > 0 } w ? $" as worker {Text.Clip(w, MaxIdLength)}" : "";
             _log.Limited("refused", $"refused IDENTIFY{claimed} from peer {peer}: {(hello.AuthToken is null ? "no join token" : "wrong join token")} ({count} refused so far)");
             SendErr(identity, 0, hello.AuthToken is null ? IdentifyNoToken : IdentifyWrongToken);
@@ -155,6 +158,7 @@ internal sealed partial class Sentinel
             _work.Touch.Add(worker.Id);
         }
         if (beat is not null) Reconcile(worker, beat);
+        if (beat?.Figures is { } figures) Metrics.Figures(figures);
     }
 
     /// <summary>How an ERR to a peer the sentinel does not know starts; a worker answers it with IDENTIFY.</summary>
@@ -240,6 +244,7 @@ internal sealed partial class Sentinel
         {
             // Code from this message would run on every worker: without the admin token nothing is stored.
             long count = Interlocked.Increment(ref _refused);
+            Metrics.Dropped("unauthenticated");
             string why = _options.Keys is null ? "this sentinel takes no DEPLOY (in-process link)" : d.AuthToken is null ? "no admin token (auth_token)" : "wrong admin token (auth_token)";
             _log.Limited("refused", $"refused {what} from peer {Convert.ToHexStringLower(m.Identity!)}: {why} ({count} refused so far)");
             Wire.Send(_router, m.Identity!, OpCode.Ack, m.JobId,

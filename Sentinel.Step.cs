@@ -1,5 +1,6 @@
 // The store step: everything a turn produced, in one transaction (group commit), then the messages
 // that depend on it. Pending work survives a failed step and is retried on a later turn.
+using System.Diagnostics;
 using System.Globalization;
 
 namespace Casparian;
@@ -100,6 +101,7 @@ internal sealed partial class Sentinel
         }
 
         _work.ClearProduced();
+        long stepStarted = Stopwatch.GetTimestamp();
         try
         {
             _store.InTransaction(() =>
@@ -122,6 +124,7 @@ internal sealed partial class Sentinel
         _work.ClearGathered();
         if (poll) _work.NextPoll = now + (long)_options.PollInterval.TotalMilliseconds;
         if (sweep) _work.NextSweep = now + Math.Max(1000, (long)_options.HeartbeatTimeout.TotalMilliseconds / 2);
+        RecordTurn(stepStarted);
         AfterCommit(now);
     }
 

@@ -186,6 +186,7 @@ internal sealed partial class Sentinel : IDisposable
             CheckWorkers(now);
             CheckDeadlines(now);
             Step(now, final: false);
+            PublishWorkers(now);
         }
         Step(NowMs(), final: true);
         _log.Info($"stopped; {_inFlight.Count} job(s) still RUNNING on {_workers.Count} worker(s) stay in the store for their workers to conclude");
@@ -196,6 +197,7 @@ internal sealed partial class Sentinel : IDisposable
         _router.Dispose();
         _store.Dispose();
         _storeLock?.Dispose();
+        Metrics.Dispose();
     }
 
     private long NowMs() => _clock.GetUtcNow().ToUnixTimeMilliseconds();

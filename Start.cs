@@ -22,6 +22,8 @@ internal sealed record StartOptions
     public required bool Drain { get; init; }
     /// <summary>The log file the sentinel and worker write to (for the banner).</summary>
     public required string LogPath { get; init; }
+    /// <summary>The status page (/metrics, /api, the dashboard); null for none.</summary>
+    public required StatusServerOptions? Status { get; init; }
 }
 
 internal static class Start
@@ -39,7 +41,8 @@ internal static class Start
         using var host = WorkerHost.Create(options.Venvs, executor);
         using var sentinel = new Sentinel(options.Sentinel);
         sentinel.Start();
-        using var worker = new Worker(options.Worker with { Connect = sentinel.Endpoint }, host.Executor.RunAsync, host.PrepareEnv);
+        using var status = options.Status is { } page ? new StatusServer(page, sentinel.Metrics) : null;
+        using var worker = new Worker(options.Worker with { Connect = sentinel.Endpoint }, host.Executor.RunAsync, host.PrepareEnv, host.Executor.Figures);
 
         var progress = new Progress(terminal, interactive: !Console.IsErrorRedirected);
         using var stopSentinel = new CancellationTokenSource();
@@ -58,6 +61,7 @@ internal static class Start
         string outputRoot = options.Executor.Output.Root;
         terminal.WriteLine($"casparian {Program.Version}: store {store.Location}, {options.Worker.Slots} slot(s), output under {outputRoot}");
         terminal.WriteLine($"  sentinel on {sentinel.Endpoint}; logs in {options.LogPath}");
+        if (status is not null) terminal.WriteLine($"  status page {status.Url} (metrics at {status.Url}metrics)");
         if (watch is not null)
             foreach (var dir in watch.Folders) terminal.WriteLine($"  watching {dir} for parser {watch.Parser.Name} {watch.Parser.Version}");
 

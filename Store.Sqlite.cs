@@ -650,6 +650,21 @@ internal sealed partial class SqliteJobStore : IJobStore
         }
     }
 
+    public DateTimeOffset? OldestQueuedAt()
+    {
+        try
+        {
+            // Ids grow with creation, so the oldest QUEUED job is the smallest id in the queue index.
+            using var cmd = _db.CreateCommand();
+            cmd.CommandText = "SELECT created_at FROM jobs WHERE id = (SELECT min(id) FROM jobs INDEXED BY jobs_queue WHERE state = 'QUEUED')";
+            return cmd.ExecuteScalar() is long ms ? FromMs(ms) : null;
+        }
+        catch (SqliteException e)
+        {
+            throw Translate(e);
+        }
+    }
+
     public bool HasJob(string parserName, string parserVersion, string contentHash) =>
         JobExists(ref _hasJob, "", parserName, parserVersion, contentHash);
 

@@ -142,6 +142,8 @@ internal interface IJobStore : IDisposable
     JobRecord? Get(long id);
     List<JobRecord> List(JobState? state, int limit);
     Dictionary<JobState, long> Counts();
+    /// <summary>When the oldest QUEUED job was queued (retries keep their first queueing time); null when none is.</summary>
+    DateTimeOffset? OldestQueuedAt();
     bool IsCompleted(string parserName, string parserVersion, string contentHash);
     /// <summary>Whether any job, in any state, exists for this parser version and file content.</summary>
     bool HasJob(string parserName, string parserVersion, string contentHash);

@@ -32,6 +32,9 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs)
     /// <summary>The job's whole time on the worker, bundle to receipt.</summary>
     public const string DurationMetric = "duration_ms";
 
+    /// <summary>Guest start times for the worker's HEARTBEAT (the job's start to its parser connecting).</summary>
+    public WorkerFigureCollector Figures { get; } = new();
+
     public async Task<JobReceipt> RunAsync(ulong jobId, Dispatch dispatch, CancellationToken abort)
     {
         JobReceipt receipt = await ExecuteAsync(jobId, dispatch, abort).ConfigureAwait(false);
@@ -68,7 +71,9 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs)
                 Options = options.Bridge,
             };
             var sink = new OutputSink(output, log);
+            TimeSpan launchedAt = clock.Elapsed;
             GuestResult result = await Bridge.RunAsync(request, sink, abort).ConfigureAwait(false);
+            if (result.ConnectedAfter is { } connected) Figures.GuestStarted(launchedAt + connected, cold: !env.Cached);
             string? parsedHash = null;
             if (result.Outcome == GuestOutcome.Success)
             {

@@ -69,9 +69,13 @@ internal sealed class Worker : IDisposable
         public bool AbortRequested { get; set; }
     }
 
-    public Worker(WorkerOptions options, JobRunner runJob, EnvPreparer prepareEnv)
+    private readonly WorkerFigureCollector? _figures;
+
+    /// <param name="figures">Sent in each HEARTBEAT when given (the executor's guest start times).</param>
+    public Worker(WorkerOptions options, JobRunner runJob, EnvPreparer prepareEnv, WorkerFigureCollector? figures = null)
     {
         _options = options;
+        _figures = figures;
         _runJob = runJob;
         _prepareEnv = prepareEnv;
         _log = options.Log;
@@ -186,6 +190,7 @@ internal sealed class Worker : IDisposable
             CurrentJobId = ids.Count == 0 ? null : ids[0],
             ActiveJobCount = ids.Count,
             ActiveJobIds = ids,
+            Figures = _figures?.Take(),
         }, ProtocolJson.Default.Heartbeat);
     }
 

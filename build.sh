@@ -60,6 +60,13 @@ test_all() {
   # The tests use the real python3 (standard library only), and Debian's python3 with pandas/pyzmq
   # for the optional-library paths.
   apt_need python3 python3-pandas python3-zmq
+  # promtool checks the scraped /metrics; the dashboard test drives Debian's Chromium headless
+  # through playwright-core (tests/browser, pinned by its package-lock.json).
+  apt_need prometheus chromium chromium-driver
+  # A NodeSource nodejs carries its own npm (and conflicts with Debian's npm package).
+  command -v npm >/dev/null || apt_need nodejs npm
+  step "installing the browser test's node packages"
+  (cd tests/browser && run npm ci --no-audit --no-fund --loglevel=error)
   step "running the tests"
   CASPARIAN_BIN="$root/casparian" run dotnet test tests/tests.csproj -c Release -nologo "$@"
   # The whole run (no test filter given) also proves every benchmark still runs and verifies its

@@ -64,6 +64,7 @@ public class SentinelBench
         _sentinelThread = new Thread(() => _sentinel.Run(_stop.Token)) { Name = "sentinel", IsBackground = true };
         _sentinelThread.Start();
         for (int i = 0; i < workers; i++) _workers.Add(new BenchWorker(_sentinel.Endpoint, $"bench-{i}", slots, Curve));
+        Started(_sentinel, db);
 
         // Checked before every run: a small batch goes through and lands COMPLETED with its receipt.
         var first = _store.EnqueueMany(_jobs[..100]);
@@ -72,9 +73,15 @@ public class SentinelBench
             throw new InvalidOperationException("jobs did not complete through the sentinel");
     }
 
+    /// <summary>For a variant that adds something beside the running sentinel (StatusBench: its status page).</summary>
+    private protected virtual void Started(Sentinel sentinel, string db) { }
+
+    private protected virtual void Stopping() { }
+
     [GlobalCleanup]
     public void Cleanup()
     {
+        Stopping();
         foreach (var w in _workers) w.Dispose();
         _stop.Cancel();
         _sentinelThread.Join();

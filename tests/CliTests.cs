@@ -10,7 +10,7 @@ public sealed class CliTests
     {
         var r = Proc.Casparian("--help");
         Assert.True(r.ExitCode == 0, r.ToString());
-        foreach (var name in new[] { "sentinel", "worker", "start", "run", "parser", "job", "jobs", "keys", "config", "version" })
+        foreach (var name in new[] { "sentinel", "worker", "start", "run", "parser", "job", "jobs", "status", "keys", "config", "version" })
             Assert.Contains($"  {name} ", r.Stdout);
         Assert.Contains("exit codes:", r.Stdout);
         Assert.Empty(r.Stderr);
@@ -38,7 +38,7 @@ public sealed class CliTests
     {
         var r = Proc.Casparian("frobnicate");
         Assert.Equal(2, r.ExitCode);
-        Assert.Equal("error: unknown command 'frobnicate'; expected one of: sentinel, worker, start, run, parser, job, jobs, keys, config, version (see 'casparian --help')",
+        Assert.Equal("error: unknown command 'frobnicate'; expected one of: sentinel, worker, start, run, parser, job, jobs, status, keys, config, version (see 'casparian --help')",
             r.Stderr.TrimEnd());
         Assert.Empty(r.Stdout);
     }

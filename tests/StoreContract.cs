@@ -384,6 +384,25 @@ public abstract class JobStoreContract : IDisposable
     }
 
     [Fact]
+    public void Store_OldestQueuedAt_IsTheQueueingTimeOfTheOldestJobStillQueued()
+    {
+        using var store = Open();
+        Assert.Null(store.OldestQueuedAt());
+        var first = Clock.GetUtcNow();
+        long a = store.Enqueue(Job("/a"));
+        Clock.Advance(TimeSpan.FromSeconds(30));
+        store.Enqueue(Job("/b", priority: 9));
+        Assert.Equal(first, store.OldestQueuedAt());
+
+        // Claimed, it is no longer waiting; the next oldest is.
+        Assert.Equal(a, store.Claim("w", Any, 2).Single(j => j.Id == a).Id);
+        Assert.Null(store.OldestQueuedAt());
+        // A retried job keeps the time it was first queued.
+        store.Fail(a, "w", "flaky", transient: true);
+        Assert.Equal(first, store.OldestQueuedAt());
+    }
+
+    [Fact]
     public void Store_RequeueWorker_ReturnsOnlyThatWorkersJobs()
     {
         using var store = Open(retryLimit: 1);
