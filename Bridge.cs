@@ -116,6 +116,8 @@ internal sealed record GuestRequest
     /// <summary>Extra environment for the guest (null value removes a variable).</summary>
     public IReadOnlyDictionary<string, string?>? Environment { get; init; }
     public required BridgeOptions Options { get; init; }
+    /// <summary>Where warm guests come from; null (or disabled) runs every job on a cold guest.</summary>
+    public WarmGuests? Warm { get; init; }
 }
 
 internal sealed record GuestResult
@@ -134,6 +136,10 @@ internal sealed record GuestResult
     public long Bytes { get; init; }
     public long LogLines { get; init; }
     public TimeSpan Duration { get; init; }
+    /// <summary>The guest was a child forked by a warm zygote.</summary>
+    public bool Warm { get; init; }
+    /// <summary>The zygote died under the job: run it again on a cold guest (<see cref="GuestOutcome.Transient"/>).</summary>
+    public bool WarmLost { get; init; }
 
     public bool Succeeded => Outcome == GuestOutcome.Success;
 }

@@ -34,6 +34,7 @@ internal static partial class Commands
         Config.Output, Config.WorkerId, Config.Slots, Config.Capabilities, Config.Venvs, Config.VenvBudget, Config.Wheelhouse, Config.Python,
         Config.AllowedRoots, Config.Lineage, Config.HeartbeatInterval, Config.ShutdownGrace, Config.JobTimeout, Config.ConnectTimeout,
         Config.IdleTimeout, Config.LogLimit, Config.MessageLimit, Config.BuildTimeout, Config.RowGroupRows, Config.RowGroupSize,
+        Config.WarmGuests, Config.WarmIdle,
     ];
 
     private static readonly Command WorkerCommand = new("worker", "data plane: run parsers, write Parquet, report receipts",
@@ -45,7 +46,7 @@ internal static partial class Commands
             var config = Config.Load(args);
             string id = WorkerId(config);
             var log = new RoleLog(Console.Error, $"worker {id}", quiet: false, TimeProvider.System);
-            using var host = WorkerHost.Create(VenvOptions(config), ExecutorOptions(config));
+            using var host = WorkerHost.Create(VenvOptions(config), ExecutorOptions(config), WarmOptions(config), log.Info);
             using var worker = new Worker(WorkerOptions(config, id, log), host.Executor.RunAsync, host.PrepareEnv);
             using var signal = new ShutdownSignal(log.Info);
             log.Info($"output under {config.Get(Config.Output)}");
@@ -99,6 +100,7 @@ internal static partial class Commands
                 Worker = WorkerOptions(config, workerId, new RoleLog(log, $"worker {workerId}", quiet: false, TimeProvider.System)),
                 Venvs = VenvOptions(config),
                 Executor = ExecutorOptions(config),
+                Warm = WarmOptions(config),
                 Drain = args.Has(DrainFlag.Name),
                 LogPath = logPath,
             };
@@ -113,7 +115,7 @@ internal static partial class Commands
     private static readonly Command RunCommand = new("run", "dev mode: one parser over a file or folder, no store",
         "run PARSER INPUT [--output DIR] [--topic T] [--slots N]",
         [TopicFlag, .. Config.Flags(Config.Output, Config.Slots, Config.Python, Config.Lineage, Config.JobTimeout, Config.ConnectTimeout,
-            Config.IdleTimeout, Config.MessageLimit, Config.RowGroupRows, Config.RowGroupSize)],
+            Config.IdleTimeout, Config.MessageLimit, Config.RowGroupRows, Config.RowGroupSize, Config.WarmGuests, Config.WarmIdle)],
         args =>
         {
             var positionals = args.RequirePositionals(2, 2);
@@ -143,6 +145,7 @@ internal static partial class Commands
                 Timeout = config.Get(Config.JobTimeout),
                 Topics = args.GetAll(TopicFlag.Name) is { Count: > 0 } t ? t.ToHashSet(StringComparer.Ordinal) : null,
                 Slots = config.Get(Config.Slots),
+                Warm = WarmOptions(config),
             };
             using var signal = new ShutdownSignal();
             return DevRun.Run(options, signal.Token);

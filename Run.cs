@@ -27,6 +27,8 @@ internal sealed record DevRunOptions
     /// <summary>Topics to write (--topic); null writes every topic.</summary>
     public required IReadOnlySet<string>? Topics { get; init; }
     public required int Slots { get; init; }
+    /// <summary>Warm guests for a folder; a single file always runs cold, attached to the terminal.</summary>
+    public required WarmOptions Warm { get; init; }
 }
 
 internal static class DevRun
@@ -44,9 +46,10 @@ internal static class DevRun
         string[] stems = Stems(inputs, o.InputRoot);
         var results = new FileResult[inputs.Count];
         var parallel = new ParallelOptions { MaxDegreeOfParallelism = Math.Min(o.Slots, inputs.Count) };
+        using var warm = new WarmGuests(inputs.Count > 1 ? o.Warm : o.Warm with { MaxZygotes = 0 }, line => terminal.Line("warm", GuestLogLevel.Stderr, line));
         Parallel.ForEachAsync(Enumerable.Range(0, inputs.Count), parallel, async (i, _) =>
         {
-            results[i] = await RunOne(o, (ulong)(i + 1), inputs[i], stems[i], terminal, interactive: inputs.Count == 1, stop);
+            results[i] = await RunOne(o, (ulong)(i + 1), inputs[i], stems[i], terminal, interactive: inputs.Count == 1, warm, stop);
         }).GetAwaiter().GetResult();
 
         Console.Out.Write(Summary(results));
@@ -59,13 +62,14 @@ internal static class DevRun
         return failed == 0 ? 0 : (int)results.Where(r => r.Error is not null).Max(r => r.Code);
     }
 
-    private static async Task<FileResult> RunOne(DevRunOptions o, ulong jobId, string input, string stem, Terminal terminal, bool interactive, CancellationToken stop)
+    private static async Task<FileResult> RunOne(DevRunOptions o, ulong jobId, string input, string stem, Terminal terminal, bool interactive, WarmGuests warm, CancellationToken stop)
     {
         var clock = Stopwatch.StartNew();
         var skipped = new Dictionary<string, long>(StringComparer.Ordinal);
         try
         {
-            using var output = new JobOutput(o.Output, jobId, 0, [], stem);
+            var output = new JobOutput(o.Output, jobId, 0, [], stem);
+            using var outputs = new DisposeLast(() => output.Dispose());
             var request = new GuestRequest
             {
                 Interpreter = o.Interpreter,
@@ -77,9 +81,19 @@ internal static class DevRun
                 Timeout = o.Timeout,
                 Interactive = interactive,
                 Options = o.Bridge,
+                Warm = warm,
             };
             var sink = new TerminalSink(output, terminal, Path.GetFileName(input), o.Topics, skipped);
             GuestResult guest = await Bridge.RunAsync(request, sink, stop).ConfigureAwait(false);
+            if (guest.WarmLost)
+            {
+                // The zygote died under this file: its output is dropped and it runs once more, cold.
+                terminal.Line(Path.GetFileName(input), GuestLogLevel.Warning, "the warm guest's fork server died; running this file again on a cold guest");
+                output.Dispose();
+                output = new JobOutput(o.Output, jobId, 0, [], stem);
+                sink = new TerminalSink(output, terminal, Path.GetFileName(input), o.Topics, skipped);
+                guest = await Bridge.RunAsync(request with { Warm = null }, sink, stop).ConfigureAwait(false);
+            }
             if (!guest.Succeeded)
             {
                 if (sink.Refused is { } refused)
