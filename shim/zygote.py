@@ -18,6 +18,7 @@
 # A parser runs cold instead when its module sets WARM = False, when importing it fails (the cold
 # guest then reports the error exactly as it always does), or when it started a thread at import
 # (fork copies only the forking thread, so such a parser would break in the child).
+import gc
 import json
 import os
 import select
@@ -41,13 +42,24 @@ def _send(sock, obj):
     sock.sendall(json.dumps(obj, separators=(",", ":")).encode("utf-8") + b"\n")
 
 
+def _libc():
+    """Loaded once in the zygote, so a child pays nothing for it."""
+    try:
+        import ctypes
+        return ctypes.CDLL(None, use_errno=True)
+    except (ImportError, OSError):
+        return None
+
+
+_LIBC = _libc()
+
+
 def _die_with_parent():
     """The child gets SIGKILL when the zygote dies (the zygote is single-threaded, so its one thread
     is the parent the kernel watches). Linux only; elsewhere the bridge watcher still ends it."""
     try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if _LIBC is not None:
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         pass
 
@@ -244,6 +256,10 @@ def main(argv):
     if reason is not None:
         _send(control, {"cold": reason})
         return 0
+    # Everything imported so far moves to the collector's permanent generation: a child's collections
+    # then never walk (and so never copy-on-write) the pages it shares with the zygote.
+    gc.collect()
+    gc.freeze()
     _send(control, {"ready": os.getpid()})
     sys.stdout.flush()
     sys.stderr.flush()
