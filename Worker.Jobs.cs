@@ -218,6 +218,7 @@ internal sealed class WorkerHost : IDisposable
     {
         var envs = new EnvManager(venvs);
         var zygotes = new WarmGuests(warm, log);
+        envs.Evicted += zygotes.EvictUnder;
         return new WorkerHost { Envs = envs, Warm = zygotes, Executor = new JobExecutor(executor, envs, zygotes) };
     }
 

@@ -241,6 +241,20 @@ public sealed class WarmTests : IDisposable
     }
 
     [Fact]
+    public async Task Warm_EnvironmentOrBundleEvicted_ItsZygoteIsStopped()
+    {
+        var (r, s) = await Warm(Counter);
+        using (s) Assert.True(r.Warm, Guest.Describe(r, s));
+        int zygote = Zygotes().Single();
+        _warm.EvictUnder(Path.Combine(_dir.Path, "elsewhere"));
+        Assert.Equal(1, _warm.Count);
+        // The parser lives under the test directory, as a bundle lives under HOME/parsers/{hash}.
+        _warm.EvictUnder(_dir.Path);
+        Assert.Equal(0, _warm.Count);
+        Assert.Empty(Guest.WaitGone([zygote], TimeSpan.FromSeconds(10)));
+    }
+
+    [Fact]
     public async Task Warm_IdleZygoteIsStopped()
     {
         using var warm = new WarmGuests(Defaults.Warm with { IdleTimeout = TimeSpan.FromSeconds(1) }, _ => { });
