@@ -40,6 +40,10 @@ internal static partial class Bridge
         private Socket? _connection;
         private Stream? _stream;
         private Process? _process;
+        // A warm guest: a child forked by a zygote instead of _process (WarmGuests.cs, Zygote.cs).
+        private WarmLease? _lease;
+        private WarmChild? _child;
+        private bool _warmLost;
         private Task[] _pumps = [];
         private bool _closed;
         private bool _killedByUs;
@@ -66,7 +70,7 @@ internal static partial class Bridge
             CancellationToken job = _job.Token;
             try
             {
-                if (!Prepare() || !Start()) return;
+                if (!Prepare() || !await StartAsync(job).ConfigureAwait(false)) return;
                 if (!await ConnectAsync(job).ConfigureAwait(false)) return;
                 _connectedAfter = Stopwatch.GetElapsedTime(_started);
                 await ReadFramesAsync().ConfigureAwait(false);
@@ -134,19 +138,11 @@ internal static partial class Bridge
 
         private string SocketPath => Path.Combine(_directory!, "s.sock");
 
-        private bool Start()
+        /// <summary>The shim's arguments and environment: the same for a cold guest and a warm child.</summary>
+        private (List<string> Argv, Dictionary<string, string?> Env) Invocation()
         {
-            var psi = new ProcessStartInfo(request.Interpreter)
-            {
-                UseShellExecute = false,
-                RedirectStandardOutput = true,
-                RedirectStandardError = true,
-                RedirectStandardInput = !request.Interactive,
-                WorkingDirectory = request.WorkingDirectory ?? "",
-            };
-            psi.ArgumentList.Add(request.ShimPath);
-            var env = psi.Environment;
-            env.Remove("BRIDGE_PLUGIN_CODE");
+            var argv = new List<string>();
+            var env = new Dictionary<string, string?>(StringComparer.Ordinal) { ["BRIDGE_PLUGIN_CODE"] = null };
             switch (request.Parser.Kind)
             {
                 case GuestParserKind.Source:
@@ -158,16 +154,16 @@ internal static partial class Bridge
                     }
                     string file = Path.Combine(_directory!, "parser.py");
                     File.WriteAllText(file, request.Parser.Value);
-                    psi.ArgumentList.Add("--parser-path");
-                    psi.ArgumentList.Add(file);
+                    argv.Add("--parser-path");
+                    argv.Add(file);
                     break;
                 case GuestParserKind.Path:
-                    psi.ArgumentList.Add("--parser-path");
-                    psi.ArgumentList.Add(request.Parser.Value);
+                    argv.Add("--parser-path");
+                    argv.Add(request.Parser.Value);
                     break;
                 case GuestParserKind.Archive:
-                    psi.ArgumentList.Add("--parser-archive");
-                    psi.ArgumentList.Add(request.Parser.Value);
+                    argv.Add("--parser-archive");
+                    argv.Add(request.Parser.Value);
                     break;
             }
             env["BRIDGE_SOCKET"] = SocketPath;
@@ -175,11 +171,55 @@ internal static partial class Bridge
             env["BRIDGE_JOB_ID"] = request.JobId.ToString(System.Globalization.CultureInfo.InvariantCulture);
             env["BRIDGE_FILE_VERSION_ID"] = request.FileVersionId.ToString(System.Globalization.CultureInfo.InvariantCulture);
             env["BRIDGE_MAX_MESSAGE_BYTES"] = _options.MaxMessageBytes.ToString(System.Globalization.CultureInfo.InvariantCulture);
-            if (request.ParserName is { } name) env["BRIDGE_PARSER_NAME"] = name; else env.Remove("BRIDGE_PARSER_NAME");
-            if (request.SharesGroup) env["BRIDGE_INTERACTIVE"] = "1"; else env.Remove("BRIDGE_INTERACTIVE");
+            env["BRIDGE_PARSER_NAME"] = request.ParserName;
+            env["BRIDGE_INTERACTIVE"] = request.SharesGroup ? "1" : null;
             if (request.Environment is { } extra)
-                foreach (var (k, v) in extra)
-                    if (v is null) env.Remove(k); else env[k] = v;
+                foreach (var (k, v) in extra) env[k] = v;
+            return (argv, env);
+        }
+
+        private async Task<bool> StartAsync(CancellationToken job)
+        {
+            var (argv, env) = Invocation();
+            // Dev mode keeps its terminal, and a source parser has no file to import ahead: both run cold.
+            if (request.Warm is { Enabled: true } warm && !request.Interactive && request.Parser.Kind != GuestParserKind.Source)
+            {
+                var key = ZygoteKey.For(request);
+                string script = Path.Combine(Path.GetDirectoryName(request.ShimPath)!, Shim.ZygoteFile);
+                if (await warm.AcquireAsync(key, script, job).ConfigureAwait(false) is { } lease)
+                {
+                    _lease = lease;
+                    try
+                    {
+                        _child = await lease.Zygote.ForkAsync(env, request.WorkingDirectory, argv, _options.ConnectTimeout, job).ConfigureAwait(false);
+                        return true;
+                    }
+                    catch (ZygoteLostException)
+                    {
+                        // Nothing ran yet: this job simply goes cold.
+                        warm.Release(lease);
+                        _lease = null;
+                    }
+                }
+            }
+            return Start(argv, env);
+        }
+
+        private bool Start(List<string> argv, Dictionary<string, string?> environment)
+        {
+            var psi = new ProcessStartInfo(request.Interpreter)
+            {
+                UseShellExecute = false,
+                RedirectStandardOutput = true,
+                RedirectStandardError = true,
+                RedirectStandardInput = !request.Interactive,
+                WorkingDirectory = request.WorkingDirectory ?? "",
+            };
+            psi.ArgumentList.Add(request.ShimPath);
+            foreach (string a in argv) psi.ArgumentList.Add(a);
+            var env = psi.Environment;
+            foreach (var (k, v) in environment)
+                if (v is null) env.Remove(k); else env[k] = v;
 
             try
             {
@@ -199,12 +239,38 @@ internal static partial class Bridge
             return true;
         }
 
+        // ---------------------------------------------------------------------------------------
+        // The guest process, cold (our child) or warm (the zygote's child, reaped by the zygote).
+
+        private int GuestPid => _child?.Pid ?? _process!.Id;
+
+        private bool GuestExited => _child is { } c ? c.Exited.IsCompleted : _process!.HasExited;
+
+        /// <summary>Completes when the guest has exited and <see cref="_exitCode"/> is set (null if its zygote died).</summary>
+        private async Task ExitedAsync(CancellationToken cancel)
+        {
+            if (_child is { } child)
+            {
+                try
+                {
+                    _exitCode = await child.Exited.WaitAsync(cancel).ConfigureAwait(false);
+                }
+                catch (ZygoteLostException)
+                {
+                    _warmLost = true;
+                }
+                return;
+            }
+            await _process!.WaitForExitAsync(cancel).ConfigureAwait(false);
+            _exitCode = _process.ExitCode;
+        }
+
         private async Task<bool> ConnectAsync(CancellationToken job)
         {
             using var connect = CancellationTokenSource.CreateLinkedTokenSource(job);
             connect.CancelAfter(_options.ConnectTimeout);
             Task<Socket> accept = _listener!.AcceptAsync(connect.Token).AsTask();
-            Task exited = _process!.WaitForExitAsync(connect.Token);
+            Task exited = ExitedAsync(connect.Token);
             await Task.WhenAny(accept, exited).ConfigureAwait(false);
             // An exit seen first does not mean the guest never connected: one that connected, wrote
             // everything and exited is still in the backlog (the accept completes at once), or already
@@ -215,8 +281,8 @@ internal static partial class Bridge
             if (!accept.IsCompleted && exited.IsCompletedSuccessfully)
             {
                 connect.Cancel();
-                _exitCode = _process.ExitCode;
-                _setupError = $"guest exited with code {_process.ExitCode} before connecting to the bridge{StderrTail()}";
+                _setupError = _warmLost ? "the warm guest's fork server died before the guest connected"
+                    : $"guest exited with code {_exitCode} before connecting to the bridge{StderrTail()}";
                 return false;
             }
             try
@@ -490,8 +556,7 @@ internal static partial class Bridge
             wait.CancelAfter(_options.IdleTimeout);
             try
             {
-                await _process!.WaitForExitAsync(wait.Token).ConfigureAwait(false);
-                _exitCode = _process.ExitCode;
+                await ExitedAsync(wait.Token).ConfigureAwait(false);
             }
             catch (OperationCanceledException) when (!job.IsCancellationRequested)
             {
@@ -501,12 +566,11 @@ internal static partial class Bridge
 
         private async Task WaitForExitAsync(TimeSpan limit)
         {
-            if (_process is null) return;
+            if (_process is null && _child is null) return;
             using var wait = new CancellationTokenSource(limit);
             try
             {
-                await _process.WaitForExitAsync(wait.Token).ConfigureAwait(false);
-                _exitCode = _process.ExitCode;
+                await ExitedAsync(wait.Token).ConfigureAwait(false);
             }
             catch (OperationCanceledException)
             {
@@ -515,18 +579,19 @@ internal static partial class Bridge
 
         public async Task CleanupAsync()
         {
-            if (_process is { } p)
+            if (_process is not null || _child is not null)
             {
-                int pid = p.Id;
-                bool exited = p.HasExited;
+                int pid = GuestPid;
+                bool exited = GuestExited;
                 if (!exited) _killedByUs = true;
                 // The group first: it holds what the parser spawned even after the guest itself is gone.
                 if (!request.SharesGroup) KillGroup(pid);
-                if (!exited)
+                if (!exited && _process is { } p)
                 {
                     try { p.Kill(entireProcessTree: true); }
                     catch (Exception e) when (e is InvalidOperationException or Win32Exception) { }
                 }
+                else if (!exited) SysKill(pid, SigKill);
                 await WaitForExitAsync(ReapTimeout).ConfigureAwait(false);
                 if (!request.SharesGroup) KillGroup(pid);
                 // The pipes reach EOF once every holder is dead; a daemon that escaped the group keeps
@@ -543,6 +608,7 @@ internal static partial class Bridge
                 catch (DirectoryNotFoundException) { }
             }
             _process?.Dispose();
+            if (_lease is { } lease) request.Warm!.Release(lease);
             _read?.Dispose();
             _job?.Dispose();
             _idle.Dispose();
@@ -561,6 +627,7 @@ internal static partial class Bridge
             {
                 _ when abort.IsCancellationRequested => (GuestOutcome.Aborted, $"job {request.JobId} was aborted; the guest was killed", null),
                 _ when _totalTimedOut => (GuestOutcome.TimedOut, $"job {request.JobId} exceeded its time limit of {Seconds(request.Timeout!.Value)}; the guest was killed", null),
+                _ when _warmLost => (GuestOutcome.Transient, $"the warm guest's fork server died during job {request.JobId}", null),
                 _ when _setupError is not null => (GuestOutcome.Failed, _setupError, null),
                 _ when _timeout is not null => (GuestOutcome.TimedOut, _timeout, null),
                 _ when sinkError is not null => (GuestOutcome.Failed, sinkError, null),
@@ -586,6 +653,8 @@ internal static partial class Bridge
                 LogLines = _logLines,
                 Duration = Stopwatch.GetElapsedTime(_started),
                 ConnectedAfter = _connectedAfter,
+                Warm = _child is not null,
+                WarmLost = _warmLost,
             };
         }
 

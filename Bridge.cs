@@ -126,6 +126,8 @@ internal sealed record GuestRequest
     /// <summary>Extra environment for the guest (null value removes a variable).</summary>
     public IReadOnlyDictionary<string, string?>? Environment { get; init; }
     public required BridgeOptions Options { get; init; }
+    /// <summary>Where warm guests come from; null (or disabled) runs every job on a cold guest.</summary>
+    public WarmGuests? Warm { get; init; }
 }
 
 internal sealed record GuestResult
@@ -146,6 +148,10 @@ internal sealed record GuestResult
     public TimeSpan Duration { get; init; }
     /// <summary>From the guest's launch to its connecting back (its start time); null if it never connected.</summary>
     public TimeSpan? ConnectedAfter { get; init; }
+    /// <summary>The guest was a child forked by a warm zygote.</summary>
+    public bool Warm { get; init; }
+    /// <summary>The zygote died under the job: run it again on a cold guest (<see cref="GuestOutcome.Transient"/>).</summary>
+    public bool WarmLost { get; init; }
 
     public bool Succeeded => Outcome == GuestOutcome.Success;
 }

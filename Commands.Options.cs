@@ -66,6 +66,13 @@ internal static partial class Commands
         MaxMessageBytes = checked((int)c.Get(Config.MessageLimit)),
     };
 
+    public static WarmOptions WarmOptions(Config c) => new()
+    {
+        MaxZygotes = c.Get(Config.WarmGuests),
+        IdleTimeout = c.Get(Config.WarmIdle),
+        StartTimeout = c.Get(Config.ConnectTimeout),
+    };
+
     public static VenvOptions VenvOptions(Config c) => new()
     {
         Root = c.Get(Config.Venvs),

@@ -42,6 +42,7 @@ internal static partial class Commands
         Config.Output, Config.WorkerId, Config.Slots, Config.Capabilities, Config.Venvs, Config.VenvBudget, Config.Wheelhouse, Config.Python,
         Config.AllowedRoots, Config.Lineage, Config.HeartbeatInterval, Config.ShutdownGrace, Config.JobTimeout, Config.ConnectTimeout,
         Config.IdleTimeout, Config.LogLimit, Config.MessageLimit, Config.BuildTimeout, Config.RowGroupRows, Config.RowGroupSize, Config.LinkLimit,
+        Config.WarmGuests, Config.WarmIdle,
     ];
 
     private static readonly Command WorkerCommand = new("worker", "data plane: run parsers, write Parquet, report receipts",
@@ -54,7 +55,7 @@ internal static partial class Commands
             if (!config.Get(Config.Insecure) && config.Get(Config.SentinelKey).Length == 0) throw CliThrow.Usage_NoSentinelKey(config.Get(Config.Connect));
             string id = WorkerId(config);
             var log = new RoleLog(Console.Error, $"worker {id}", quiet: false, TimeProvider.System);
-            using var host = WorkerHost.Create(VenvOptions(config), ExecutorOptions(config));
+            using var host = WorkerHost.Create(VenvOptions(config), ExecutorOptions(config), WarmOptions(config), log.Info);
             using var worker = new Worker(WorkerOptions(config, id, log), host.Executor.RunAsync, host.PrepareEnv, host.Executor.Figures);
             using var signal = new ShutdownSignal(log.Info);
             log.Info($"output under {config.Get(Config.Output)}");
@@ -115,6 +116,7 @@ internal static partial class Commands
                     : worker with { SentinelKey = config.Get(Config.Insecure) ? null : keys.PublicKey, JoinToken = keys.JoinToken },
                 Venvs = VenvOptions(config),
                 Executor = ExecutorOptions(config),
+                Warm = WarmOptions(config),
                 Drain = args.Has(DrainFlag.Name),
                 LogPath = logPath,
                 Status = StatusServerOptions(config, Config.StartHttp, config.LogsDir, sentinel.Log),
@@ -132,7 +134,7 @@ internal static partial class Commands
     private static readonly Command RunCommand = new("run", "dev mode: one parser over a file or folder, no store",
         "run PARSER INPUT [--output DIR] [--topic T] [--slots N] [--whatif]",
         [TopicFlag, WhatIfFlag, .. Config.Flags(Config.Output, Config.Slots, Config.Python, Config.Lineage, Config.JobTimeout, Config.ConnectTimeout,
-            Config.IdleTimeout, Config.MessageLimit, Config.RowGroupRows, Config.RowGroupSize)],
+            Config.IdleTimeout, Config.MessageLimit, Config.RowGroupRows, Config.RowGroupSize, Config.WarmGuests, Config.WarmIdle)],
         args =>
         {
             var positionals = args.RequirePositionals(2, 2);
@@ -174,6 +176,7 @@ internal static partial class Commands
                 Timeout = config.Get(Config.JobTimeout),
                 Topics = args.GetAll(TopicFlag.Name) is { Count: > 0 } t ? t.ToHashSet(StringComparer.Ordinal) : null,
                 Slots = config.Get(Config.Slots),
+                Warm = WarmOptions(config),
             };
             using var signal = new ShutdownSignal();
             return DevRun.Run(options, signal.Token);

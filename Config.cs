@@ -123,6 +123,10 @@ internal sealed class Config
         Parsers.Int(1, int.MaxValue), _ => 1 << 20);
     public static readonly Setting<long> RowGroupSize = new("row_group_size", "SIZE", "most Arrow data in one Parquet row group: bounds the writer's memory per topic",
         Parsers.SizeUpTo(1L << 30), _ => 16L << 20, Parsers.FormatSize);
+    public static readonly Setting<int> WarmGuests = new("warm_guests", "N", "most warm parser processes (fork servers) a worker keeps; 0 starts every job cold",
+        Parsers.Int(0, 256), _ => 8);
+    public static readonly Setting<TimeSpan> WarmIdle = new("warm_idle", "SECONDS", "a warm parser process unused this long is stopped",
+        Parsers.Duration, _ => TimeSpan.FromMinutes(10), Parsers.FormatDuration);
 
     public static readonly Setting<bool> Insecure = new("insecure", null, "allow a plaintext tcp:// link (no CURVE); for debugging on a trusted network only",
         Parsers.Bool, _ => false, v => v ? "true" : "false");
@@ -147,6 +151,7 @@ internal sealed class Config
         HeartbeatInterval, HeartbeatTimeout, RetryLimit, RetryBackoff, RetryBackoffMax, LockTimeout, PollInterval, Capabilities, JobTimeout,
         DeadlineGrace, ConnectTimeout, IdleTimeout, ShutdownGrace, LogLimit, MessageLimit, BuildTimeout, RowGroupRows, RowGroupSize,
         Insecure, SentinelKey, JoinToken, LinkLimit, Http, HttpInsecure,
+        WarmGuests, WarmIdle,
     ];
 
     /// <summary>

@@ -29,6 +29,8 @@ internal sealed record DevRunOptions
     public required int Slots { get; init; }
     /// <summary>The parser's declared topics with the config file's [topics.NAME] overrides (Topics.cs).</summary>
     public required IReadOnlyList<SinkConfig> Sinks { get; init; }
+    /// <summary>Warm guests for a folder; a single file always runs cold, attached to the terminal.</summary>
+    public required WarmOptions Warm { get; init; }
 }
 
 internal static class DevRun
@@ -46,9 +48,10 @@ internal static class DevRun
         string[] stems = Stems(inputs, o.InputRoot);
         var results = new FileResult[inputs.Count];
         var parallel = new ParallelOptions { MaxDegreeOfParallelism = Math.Min(o.Slots, inputs.Count) };
+        using var warm = new WarmGuests(inputs.Count > 1 ? o.Warm : o.Warm with { MaxZygotes = 0 }, line => terminal.Line("warm", GuestLogLevel.Stderr, line));
         Parallel.ForEachAsync(Enumerable.Range(0, inputs.Count), parallel, async (i, _) =>
         {
-            results[i] = await RunOne(o, (ulong)(i + 1), inputs[i], stems[i], terminal, interactive: inputs.Count == 1, stop);
+            results[i] = await RunOne(o, (ulong)(i + 1), inputs[i], stems[i], terminal, interactive: inputs.Count == 1, warm, stop);
         }).GetAwaiter().GetResult();
 
         Console.Out.Write(Summary(results));
@@ -61,14 +64,15 @@ internal static class DevRun
         return failed == 0 ? 0 : (int)results.Where(r => r.Error is not null).Max(r => r.Code);
     }
 
-    private static async Task<FileResult> RunOne(DevRunOptions o, ulong jobId, string input, string stem, Terminal terminal, bool interactive, CancellationToken stop)
+    private static async Task<FileResult> RunOne(DevRunOptions o, ulong jobId, string input, string stem, Terminal terminal, bool interactive, WarmGuests warm, CancellationToken stop)
     {
         var clock = Stopwatch.StartNew();
         var skipped = new Dictionary<string, long>(StringComparer.Ordinal);
         try
         {
             var source = new OutputSource(o.ParserName, null, input, Commands.HashFile(input));
-            using var output = new JobOutput(o.Output, jobId, source, o.Sinks, stem);
+            var output = new JobOutput(o.Output, jobId, source, o.Sinks, stem);
+            using var outputs = new DisposeLast(() => output.Dispose());
             var request = new GuestRequest
             {
                 Interpreter = o.Interpreter,
@@ -83,9 +87,19 @@ internal static class DevRun
                 // group of its own is killed whole at the end, children included (issue 11 item 13).
                 TerminalGroup = !Console.IsInputRedirected,
                 Options = o.Bridge,
+                Warm = warm,
             };
             var sink = new TerminalSink(output, terminal, Path.GetFileName(input), o.Topics, skipped);
             GuestResult guest = await Bridge.RunAsync(request, sink, stop).ConfigureAwait(false);
+            if (guest.WarmLost)
+            {
+                // The zygote died under this file: its output is dropped and it runs once more, cold.
+                terminal.Line(Path.GetFileName(input), GuestLogLevel.Warning, "the warm guest's fork server died; running this file again on a cold guest");
+                output.Dispose();
+                output = new JobOutput(o.Output, jobId, source, o.Sinks, stem);
+                sink = new TerminalSink(output, terminal, Path.GetFileName(input), o.Topics, skipped);
+                guest = await Bridge.RunAsync(request with { Warm = null }, sink, stop).ConfigureAwait(false);
+            }
             if (!guest.Succeeded)
             {
                 if (sink.Refused is { } refused)

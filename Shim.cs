@@ -10,6 +10,8 @@ namespace Casparian;
 internal static class Shim
 {
     public const string EntryFile = "bridge_shim.py";
+    /// <summary>The warm guests' fork server, beside the entry file.</summary>
+    public const string ZygoteFile = "zygote.py";
 
     // Logical resource names are "shim/<file>" (casparian.csproj).
     private static readonly Lazy<(string Name, byte[] Content)[]> Files = new(Load);

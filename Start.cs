@@ -18,6 +18,7 @@ internal sealed record StartOptions
     public required WorkerOptions Worker { get; init; }
     public required VenvOptions Venvs { get; init; }
     public required JobExecutorOptions Executor { get; init; }
+    public required WarmOptions Warm { get; init; }
     /// <summary>Exit once nothing is queued or running (and every watched file is queued).</summary>
     public required bool Drain { get; init; }
     /// <summary>The log file the sentinel and worker write to (for the banner).</summary>
@@ -38,7 +39,7 @@ internal static class Start
     {
         var finished = new System.Collections.Concurrent.ConcurrentQueue<Finished>();
         var executor = options.Executor with { Finished = (id, dispatch, receipt) => finished.Enqueue(new Finished(id, dispatch.FilePath, receipt)) };
-        using var host = WorkerHost.Create(options.Venvs, executor);
+        using var host = WorkerHost.Create(options.Venvs, executor, options.Warm, options.Worker.Log.Info);
         using var sentinel = new Sentinel(options.Sentinel);
         sentinel.Start();
         using var status = options.Status is { } page ? new StatusServer(page, sentinel.Metrics) : null;

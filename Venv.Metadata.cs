@@ -126,6 +126,7 @@ internal sealed partial class EnvManager
             if (exclusive is not null) DeleteDir(dir);
         }
         foreach (var dir in trash.Distinct(StringComparer.Ordinal)) DeleteDir(dir);
+        foreach (string hash in evicted) Evicted?.Invoke(EnvDir(hash));
         return evicted;
     }
 }

@@ -147,6 +147,9 @@ internal sealed partial class EnvManager(VenvOptions options) : IDisposable
     public const string LockfileName = "casparian.lock";
 
     private readonly string _root = Path.GetFullPath(options.Root);
+
+    /// <summary>Told the directory of every environment evicted (warm guests running from it are stopped).</summary>
+    public event Action<string>? Evicted;
     private readonly Dictionary<string, Task> _building = new(StringComparer.Ordinal);
     private readonly CancellationTokenSource _stopping = new();
     private int _builds;

@@ -26,7 +26,7 @@ internal sealed record JobExecutorOptions
     public Action<ulong, Dispatch, JobReceipt>? Finished { get; init; }
 }
 
-internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs)
+internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs, WarmGuests? warm = null)
 {
     public const string TransientMetric = "transient";
     /// <summary>The job's whole time on the worker, bundle to receipt.</summary>
@@ -49,9 +49,11 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs)
         {
             GuestParser parser = ParserFor(dispatch);
             // Sinks are checked first: cheap, and a bad one should not wait for an environment build.
-            // MERGE(faults, issue 11 item 7): the hash of the bytes parsed, once the worker computes it, is the better _source_hash.
+            // The lineage column _source_hash carries the hash taken when the job was queued; the receipt
+            // reports the hash of the bytes actually parsed (below), which the store records as the version.
             var source = new OutputSource(dispatch.PluginName, dispatch.ParserVersion, dispatch.FilePath, dispatch.ContentHash ?? "");
-            using var output = new JobOutput(options.Output, jobId, source, dispatch.Sinks);
+            var output = new JobOutput(options.Output, jobId, source, dispatch.Sinks);
+            using var outputs = new DisposeLast(() => output.Dispose());
             using EnvLease env = await envs.AcquireAsync(dispatch.EnvHash, dispatch.LockfileContent, abort).ConfigureAwait(false);
             using var log = new JobLog(Path.Combine(options.LogsDir, $"job-{jobId}.log"), options.LogLimit);
             // Hashed while the guest reads it; the receipt names the content parsed, not the content queued.
@@ -69,11 +71,22 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs)
                 ParserName = dispatch.ParserVersion is { } v ? $"{dispatch.PluginName}@{v}" : dispatch.PluginName,
                 Timeout = dispatch.TimeoutSeconds is > 0 and var s ? TimeSpan.FromSeconds(s) : options.DefaultTimeout,
                 Options = options.Bridge,
+                Warm = warm,
             };
             var sink = new OutputSink(output, log);
             TimeSpan launchedAt = clock.Elapsed;
             GuestResult result = await Bridge.RunAsync(request, sink, abort).ConfigureAwait(false);
-            if (result.ConnectedAfter is { } connected) Figures.GuestStarted(launchedAt + connected, cold: !env.Cached);
+            if (result.WarmLost)
+            {
+                // The zygote died under the job: what it wrote is dropped and the job runs once more, cold.
+                log.Write(GuestLogLevel.Warning, "casparian: the warm guest's fork server died during the job; running it again on a cold guest");
+                output.Dispose();
+                output = new JobOutput(options.Output, jobId, source, dispatch.Sinks);
+                sink = new OutputSink(output, log);
+                launchedAt = clock.Elapsed;
+                result = await Bridge.RunAsync(request with { Warm = null }, sink, abort).ConfigureAwait(false);
+            }
+            if (result.ConnectedAfter is { } connected) Figures.GuestStarted(launchedAt + connected, cold: !result.Warm);
             string? parsedHash = null;
             if (result.Outcome == GuestOutcome.Success)
             {
@@ -99,6 +112,7 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs)
                 ["guest_ms"] = (long)result.Duration.TotalMilliseconds,
             };
             if (result.ExitCode is { } code) metrics["exit_code"] = code;
+            if (result.Warm) metrics["warm"] = 1;
 
             switch (result.Outcome)
             {
@@ -255,10 +269,15 @@ internal sealed class WorkerHost : IDisposable
     public required EnvManager Envs { get; init; }
     public required JobExecutor Executor { get; init; }
 
-    public static WorkerHost Create(VenvOptions venvs, JobExecutorOptions executor)
+    /// <summary>The zygotes of this host's warm guests.</summary>
+    public required WarmGuests Warm { get; init; }
+
+    public static WorkerHost Create(VenvOptions venvs, JobExecutorOptions executor, WarmOptions warm, Action<string> log)
     {
         var envs = new EnvManager(venvs);
-        return new WorkerHost { Envs = envs, Executor = new JobExecutor(executor, envs) };
+        var zygotes = new WarmGuests(warm, log);
+        envs.Evicted += zygotes.EvictUnder;
+        return new WorkerHost { Envs = envs, Warm = zygotes, Executor = new JobExecutor(executor, envs, zygotes) };
     }
 
     /// <summary>PREPARE_ENV: build (or find) the environment and say where its interpreter is.</summary>
@@ -268,5 +287,15 @@ internal sealed class WorkerHost : IDisposable
         return new EnvReady { EnvHash = request.EnvHash, InterpreterPath = lease.InterpreterPath, Cached = lease.Cached };
     }
 
-    public void Dispose() => Envs.Dispose();
+    public void Dispose()
+    {
+        Warm.Dispose();
+        Envs.Dispose();
+    }
+}
+
+/// <summary>Runs an action at the end of a using scope (for a resource the scope may replace).</summary>
+internal sealed class DisposeLast(Action dispose) : IDisposable
+{
+    public void Dispose() => dispose();
 }

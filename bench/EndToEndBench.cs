@@ -28,6 +28,7 @@ namespace Casparian.Bench;
 public partial class EndToEndBench
 {
     private const string Suite = nameof(EndToEndBench);
+    private WarmGuests _warm = null!;
     private const int BigRows = 1_000_000;
     private const int SmallFiles = 100;
     private const int SmallRows = 100;
@@ -109,12 +110,14 @@ public partial class EndToEndBench
         _toolHome = Path.Combine(_dir, "tool-home");
         _shim = Shim.Ensure(Path.Combine(_toolHome, "shim"));
         File.WriteAllText(Path.Combine(_dir, "empty.csv"), "");
+        _warm = new WarmGuests(Defaults.Warm, _ => { });
     }
 
     [GlobalCleanup]
     public void Cleanup()
     {
         if (_queueToDone.Count > 0) RecordLatencies();
+        _warm.Dispose();
         Directory.Delete(_dir, recursive: true);
     }
 
@@ -181,6 +184,12 @@ public partial class EndToEndBench
     [Benchmark]
     public long EmptyGuestJob() => EmptyGuest();
 
+    /// <summary>The same job on a warm zygote: fork, socket, end of stream, exit (the zygote started in the first call).</summary>
+    [Benchmark]
+    [Versus(nameof(EmptyGuestJob))]
+    [Target("under 5 ms from request to end (issue 12)")]
+    public long EmptyGuestJobWarm() => EmptyGuest(_warm);
+
     [Benchmark]
     [Throughput(BigRows)]
     public long AloneBig() => Alone(_big, _bigRows);
@@ -203,7 +212,14 @@ public partial class EndToEndBench
     [Benchmark]
     [Throughput(SmallFiles, Unit = "jobs")]
     [Versus(nameof(AloneSmall))]
+    [Target("within 5x of AloneSmall with warm guests (issue 12)")]
     public long RunSmall() => DevRun(_small, _smallFiles, _smallFiles * SmallRows);
+
+    /// <summary>RunSmall with warm guests off: one interpreter per file, the way before issue 12.</summary>
+    [Benchmark]
+    [Throughput(SmallFiles, Unit = "jobs")]
+    [Versus(nameof(AloneSmall))]
+    public long RunSmallCold() => DevRun(_small, _smallFiles, _smallFiles * SmallRows, "--warm-guests", "0");
 
     [Benchmark]
     [Throughput(SmallFiles, Unit = "jobs")]
@@ -218,9 +234,9 @@ public partial class EndToEndBench
         return rows;
     }
 
-    private long DevRun(string input, int files, long rows)
+    private long DevRun(string input, int files, long rows, params string[] extra)
     {
-        string output = Exec(_binary, ["run", _parser, input, "--output", _output], _toolHome);
+        string output = Exec(_binary, ["run", _parser, input, "--output", _output, .. extra], _toolHome);
         long written = RunRows().Matches(output).Sum(m => long.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture));
         if (!output.Contains($"{files} of {files} file(s) succeeded", StringComparison.Ordinal) || written != rows)
             throw new InvalidOperationException($"casparian run wrote {written} rows, expected {rows} over {files} file(s):\n{output}");
@@ -239,10 +255,11 @@ public partial class EndToEndBench
         return rows;
     }
 
-    private long EmptyGuest()
+    private long EmptyGuest(WarmGuests? warm = null)
     {
         var request = new GuestRequest
         {
+            Warm = warm,
             Interpreter = _python,
             ShimPath = _shim,
             Parser = GuestParser.Path(_emptyParser),
@@ -252,6 +269,7 @@ public partial class EndToEndBench
         };
         var sink = new NullSink();
         var result = Bridge.RunAsync(request, sink, CancellationToken.None).GetAwaiter().GetResult();
+        if (warm is not null && !result.Warm) throw new InvalidOperationException("the warm empty job ran on a cold guest");
         if (!result.Succeeded || sink.Tables != 0) throw new InvalidOperationException($"empty guest job: {result.Outcome} {result.ErrorMessage}; {sink.Tables} table(s)");
         return sink.Tables;
     }

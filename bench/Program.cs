@@ -180,6 +180,8 @@ internal static class Defaults
 
     public static BridgeOptions Bridge { get; } = Commands.BridgeOptions(Settings);
 
+    public static WarmOptions Warm { get; } = Commands.WarmOptions(Settings);
+
     /// <summary>The real interpreter behind the python setting's default.</summary>
     public static string Python { get; } = Casparian.Python.ResolveReal(Settings.Get(Config.Python));
 

@@ -565,7 +565,9 @@ def _watch_worker(sock, finishing):
     os._exit(1)
 
 
-def main(argv):
+def main(argv, warm=None):
+    """Runs the guest. `warm` is given by the fork server (zygote.py) in a child it forked: the
+    parser is already imported, and raw stdout/stderr become log frames there."""
     if os.environ.get("BRIDGE_INTERACTIVE") != "1":
         try:
             os.setpgid(0, 0)  # one process group: the worker kills it whole, children included
@@ -591,6 +593,8 @@ def main(argv):
     finishing = threading.Event()
     threading.Thread(target=_watch_worker, args=(sock, finishing), name="casparian-watch-worker", daemon=True).start()
     channel = Channel(sock, max_message)
+    if warm is not None:
+        warm.attach(channel)
     real_stdout, real_stderr = sys.stdout, sys.stderr
     sys.stdout = LogStream(channel, STDOUT, 1)
     sys.stderr = LogStream(channel, STDERR, 2)
@@ -599,7 +603,10 @@ def main(argv):
     sys.argv = [parser_archive or parser_path or display]
     code = 0
     try:
-        module = load_parser(parser_path, parser_archive, os.environ.get("BRIDGE_PLUGIN_CODE"))
+        if warm is not None:
+            module = warm.module
+        else:
+            module = load_parser(parser_path, parser_archive, os.environ.get("BRIDGE_PLUGIN_CODE"))
         check_input(file_path)
         try:
             run_parser(module, Emitter(channel), job_id, file_id, file_path)
@@ -611,6 +618,8 @@ def main(argv):
         finishing.set()
         sys.stdout.flush()
         sys.stderr.flush()
+        if warm is not None:
+            warm.drain()
         channel.end()
         if channel.broken:
             raise BrokenStream("the worker closed the bridge socket")
@@ -632,6 +641,8 @@ def main(argv):
         try:
             sys.stdout.flush()
             sys.stderr.flush()
+            if warm is not None:
+                warm.drain()
             channel.error(text)
         except BrokenStream:
             real_stderr.write(text + "\n")

@@ -27,6 +27,20 @@ internal static class Posix
         if (SysKill(pid, signal) != 0) throw new InvalidOperationException($"kill({pid}, {signal}) failed: errno {Marshal.GetLastPInvokeError()}");
     }
 
+    /// <summary>The parent of <paramref name="pid"/>, or 0 when it is gone.</summary>
+    public static int Parent(int pid)
+    {
+        try
+        {
+            string stat = File.ReadAllText($"/proc/{pid}/stat");
+            return int.Parse(stat[(stat.LastIndexOf(')') + 2)..].Split(' ')[1], CultureInfo.InvariantCulture);
+        }
+        catch (IOException)
+        {
+            return 0;
+        }
+    }
+
     /// <summary>Every live descendant of <paramref name="pid"/>, from /proc (parent links).</summary>
     public static List<int> Descendants(int pid)
     {
@@ -115,7 +129,14 @@ internal sealed class Daemon : IDisposable
     }
 
     /// <summary>The guest interpreters running under this process now.</summary>
-    public List<int> Guests() => [.. Posix.Descendants(Pid).Where(p => Posix.CommandLine(p).Contains("bridge_shim", StringComparison.Ordinal))];
+    /// <summary>The worker's guests: cold ones (bridge_shim.py) and warm ones (children of a zygote, whose command line they share).</summary>
+    public List<int> Guests() => [.. Posix.Descendants(Pid).Where(p => Posix.CommandLine(p).Contains("bridge_shim", StringComparison.Ordinal)
+        || (IsZygote(p) && IsZygote(Posix.Parent(p))))];
+
+    /// <summary>The worker's warm fork servers (shim/zygote.py, started by the worker itself).</summary>
+    public List<int> Zygotes() => [.. Posix.Descendants(Pid).Where(p => IsZygote(p) && Posix.Parent(p) == Pid)];
+
+    private static bool IsZygote(int pid) => Posix.CommandLine(pid).Contains("zygote.py", StringComparison.Ordinal);
 
     public void Dispose()
     {

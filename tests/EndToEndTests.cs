@@ -128,13 +128,14 @@ public sealed class EndToEndTests : IDisposable
         // Provably mid-job: the store says RUNNING on it, its guests are alive, and each held job has a
         // half-written temp file in the output directory.
         List<StoredJob> held = [];
-        List<int> guests = [], children = [];
+        List<int> guests = [], children = [], zygotes = [];
         _c.WaitUntil("w-doomed to hold two half-written jobs", TimeSpan.FromSeconds(30), () =>
         {
             held = [.. _c.Jobs().Where(j => j.State == "RUNNING" && j.Worker == "w-doomed")];
             var tree = Posix.Descendants(doomed.Pid);
             _c.Track(tree);
             guests = doomed.Guests();
+            zygotes = doomed.Zygotes();
             children = [.. tree.Where(p => Posix.CommandLine(p) == "sleep 120")];
             return held.Count == 2 && guests.Count == 2 && children.Count == 2 && held.All(j => TempFiles(j.Id).Length == 1);
         });
@@ -157,7 +158,9 @@ public sealed class EndToEndTests : IDisposable
 
         // The killed worker's guests, and what their parsers started, do not outlive it (they would
         // otherwise sleep on for minutes).
-        int[] left = Guest.WaitGone([.. guests, .. children], TimeSpan.FromSeconds(10));
+        // Warm guests: the fork server goes too.
+        Assert.Single(zygotes);
+        int[] left = Guest.WaitGone([.. guests, .. children, .. zygotes], TimeSpan.FromSeconds(10));
         Assert.True(left.Length == 0, $"processes of the killed worker still running: {string.Join(", ", left.Select(p => $"{p} {Posix.CommandLine(p)}"))}");
         Stop(survivor);
         Stop(sentinel);

@@ -17,6 +17,8 @@ internal sealed class RecordingSink : IGuestSink, IDisposable
     public Func<string, RecordBatch, Exception?>? Refuse { get; init; }
     /// <summary>Called on every table, e.g. to release a waiting test.</summary>
     public Action<string, RecordBatch>? OnTable { get; init; }
+    /// <summary>Called on every log line, e.g. to release a waiting test.</summary>
+    public Action<GuestLogLevel, string>? OnLog { get; init; }
 
     public void Table(string topic, RecordBatch batch)
     {
@@ -36,6 +38,7 @@ internal sealed class RecordingSink : IGuestSink, IDisposable
             Logs.Add((level, text));
             Events.Add(("log:" + level, text));
         }
+        OnLog?.Invoke(level, text);
     }
 
     public IEnumerable<string> Lines(GuestLogLevel level) => Logs.Where(l => l.Level == level).Select(l => l.Text);
@@ -106,10 +109,11 @@ internal static class Guest
     public static async Task<(GuestResult Result, RecordingSink Sink)> RunAsync(
         TempDir dir, string source, string? input = null, BridgeOptions? options = null, string? interpreter = null,
         RecordingSink? sink = null, TimeSpan? timeout = null, CancellationToken abort = default, string? shim = null,
-        GuestParser? parser = null, string? parserName = null)
+        GuestParser? parser = null, string? parserName = null, WarmGuests? warm = null)
     {
         string parserFile = dir.File("p.py");
-        File.WriteAllText(parserFile, source);
+        // Rewritten only when it changes: a warm zygote is keyed by the parser file's last change.
+        if (!File.Exists(parserFile) || File.ReadAllText(parserFile) != source) File.WriteAllText(parserFile, source);
         if (input is null)
         {
             input = dir.File("input.txt");
@@ -127,6 +131,7 @@ internal static class Guest
             FileVersionId = 7,
             Timeout = timeout,
             Options = options ?? Defaults.Bridge,
+            Warm = warm,
         };
         var result = await Bridge.RunAsync(request, sink, abort);
         return (result, sink);

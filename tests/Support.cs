@@ -117,6 +117,8 @@ internal static class Defaults
     public static VenvOptions Venv(string root) => Commands.VenvOptions(Settings(Scratch)) with { Root = root, Uv = null };
 
     /// <summary>A job executor's options with its state (output, parsers, logs) under <paramref name="home"/> and the tests' shared shim.</summary>
+    public static WarmOptions Warm { get; } = Commands.WarmOptions(Settings(Scratch));
+
     public static JobExecutorOptions Executor(string home) =>
         Commands.ExecutorOptions(Settings(home)) with { ShimPath = Guest.ShimPath };
 

@@ -120,7 +120,7 @@ internal sealed class WorkerRun : IDisposable
         _envs = new EnvManager(Defaults.Venv(Dir.File("venvs")) with { Wheelhouse = Wheelhouse });
         // Output, parsers and logs under Dir: Output, Dir/parsers, Logs.
         var executor = new JobExecutor(Defaults.Executor(Dir.Path) with { LogLimit = logLimit }, _envs);
-        var host = new WorkerHost { Envs = _envs, Executor = executor };
+        var host = new WorkerHost { Envs = _envs, Executor = executor, Warm = new WarmGuests(Defaults.Warm with { MaxZygotes = 0 }, _ => { }) };
         var options = Defaults.Worker(connect, "test-worker", new RoleLog(TextWriter.Synchronized(_log), "worker", quiet: false, TimeProvider.System)) with
         {
             Slots = slots,
