@@ -188,7 +188,8 @@ internal sealed partial class SqliteJobStore : IJobStore
             if (version == 0 && Scalar("SELECT count(*) FROM sqlite_master") > 0)
                 throw StoreThrow.Input_NotAStore(path, "it is an SQLite database but not a Casparian job store");
             // Damage is found here, in one line, rather than as a failing statement later (issue 11 item 5).
-            // quick_check reads every page once (about 50 ms per 100 MB) and skips index-content checks.
+            // quick_check reads every page once (about 1 s for 116 MB, 500,000 jobs, on the 2-core dev
+            // machine) and skips the index-content checks of integrity_check.
             if (version > 0 && TextScalar("PRAGMA quick_check(1)") is var check && check != "ok") throw StoreThrow.Damaged_Check(path, check);
             if (options.ReadOnly) return;
             Exec("PRAGMA journal_mode = WAL");
