@@ -235,19 +235,26 @@ internal sealed class Cluster : IDisposable
         }
     }
 
-    /// <summary>A worker process with its own home (id file, shim, bundles, logs) writing to the shared output root.</summary>
-    public Daemon StartWorker(string id, string? sleep = null, int slots = 2, bool child = false)
+    /// <summary>
+    /// How a worker joins: the sentinel's keys are in the cluster's home, and a worker has its own home,
+    /// so it is told (as `casparian keys` would print) through the environment.
+    /// </summary>
+    public Dictionary<string, string?> JoinEnvironment()
     {
-        // The sentinel's keys are in the cluster's home; a worker has its own home, so it is told (as
-        // `casparian keys` would print) through the environment.
         string keys = Path.Combine(Home, "keys");
-        var env = new Dictionary<string, string?>
+        return new Dictionary<string, string?>
         {
-            ["E2E_SLEEP"] = sleep,
-            ["E2E_CHILD"] = child ? "1" : null,
             ["CASPARIAN_SENTINEL_KEY"] = SentinelKeys.ReadPublicKey(keys),
             ["CASPARIAN_TOKEN"] = SentinelKeys.ReadJoinToken(keys),
         };
+    }
+
+    /// <summary>A worker process with its own home (id file, shim, bundles, logs) writing to the shared output root.</summary>
+    public Daemon StartWorker(string id, string? sleep = null, int slots = 2, bool child = false)
+    {
+        var env = JoinEnvironment();
+        env["E2E_SLEEP"] = sleep;
+        env["E2E_CHILD"] = child ? "1" : null;
         return Spawn(id, ["worker", "--connect", Address, "--output", Output, "--worker-id", id, "--slots", slots.ToString(CultureInfo.InvariantCulture),
             "--heartbeat-interval", "0.2s", "--shutdown-grace", "10s"], home: _dir.File("home-" + id), env: env);
     }

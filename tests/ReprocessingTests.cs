@@ -230,7 +230,7 @@ public sealed class ReprocessingTests : IDisposable
         _c.Ok("parser", "register", WriteParser("1.1.0"));
         _c.Ok("parser", "backfill", Parser);
         var doomed = _c.Spawn("doomed", ["worker", "--connect", _c.Address, "--output", _c.Output, "--worker-id", "doomed", "--slots", "1",
-            "--heartbeat-interval", "0.2s"], home: _c.File("home-doomed"), env: new Dictionary<string, string?> { [FaultPoint.Variable] = point });
+            "--heartbeat-interval", "0.2s"], home: _c.File("home-doomed"), env: new Dictionary<string, string?>(_c.JoinEnvironment()) { [FaultPoint.Variable] = point });
         Assert.Equal(137, doomed.WaitForExit(Patience));
         Assert.Contains($"fault point {point}", doomed.Stderr);
 
