@@ -64,7 +64,7 @@ public class CatalogBench
         "    db.executemany(ENQUEUE, jobs)\n" +
         $"    for _ in range({Batch}):\n" +
         "        (jid, *_r) = db.execute(CLAIM, dict(worker='w', now=ms(), any=1, caps='[]')).fetchone()\n" +
-        "        db.execute(COMPLETE, dict(now=ms(), metrics='{}', artifacts='[]', id=jid, worker='w'))\n" +
+        "        db.execute(COMPLETE, dict(now=ms(), metrics='{}', artifacts='[]', hash=None, id=jid, worker='w'))\n" +
         "        db.execute(SUPERSEDE, dict(parsed=None, now=ms(), id=jid))\n" +
         "        db.execute(SUPERSEDE_SOURCE, dict(parsed=None, now=ms(), id=jid))\n" +
         "    db.executemany(ENQUEUE, jobs)\n" +
@@ -78,7 +78,7 @@ public class CatalogBench
         "    i = _next[0]; _next[0] += 1\n" +
         "    jid = _claimed[i]; now = ms()\n" +
         "    db.execute('BEGIN IMMEDIATE')\n" +
-        "    db.execute(COMPLETE, dict(now=now, metrics='{\"rows\":100}', artifacts='[]', id=jid, worker='w'))\n" +
+        "    db.execute(COMPLETE, dict(now=now, metrics='{\"rows\":100}', artifacts='[]', hash=None, id=jid, worker='w'))\n" +
         "    db.execute(SUPERSEDE, dict(parsed=None, now=now, id=jid))\n" +
         "    db.execute(SUPERSEDE_SOURCE, dict(parsed=None, now=now, id=jid))\n" +
         "    db.execute('COMMIT')\n" +
