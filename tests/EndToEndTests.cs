@@ -30,8 +30,19 @@ public sealed class EndToEndTests : IDisposable
             TimeSpan.FromSeconds(30), $"workers {string.Join(", ", workers)} to join", sentinel.ToString);
     }
 
-    /// <summary>How often each job id concluded SUCCESS, from the workers' own log lines.</summary>
-    private static Dictionary<long, int> Successes(params Daemon[] workers)
+    /// <summary>
+    /// How often each of <paramref name="jobs"/> concluded SUCCESS, from the workers' own log lines. The
+    /// store can show COMPLETED a moment before the test has read the worker's line off its stderr pipe,
+    /// so this waits until every job has at least one line before counting.
+    /// </summary>
+    private Dictionary<long, int> Successes(IReadOnlyList<StoredJob> jobs, params Daemon[] workers)
+    {
+        _c.WaitUntil("the workers to log each job's SUCCESS", TimeSpan.FromSeconds(30),
+            () => Count(workers) is var c && jobs.All(j => c.ContainsKey(j.Id)));
+        return Count(workers);
+    }
+
+    private static Dictionary<long, int> Count(Daemon[] workers)
     {
         var counts = new Dictionary<long, int>();
         foreach (var w in workers)
@@ -95,8 +106,8 @@ public sealed class EndToEndTests : IDisposable
         Assert.All(jobs, j => Assert.True(j.State == "COMPLETED" && j.Retries == 0, $"job {j.Id}: {j.State}, {j.Retries} retries, {j.Error}"));
         // Spread over both workers, and each job concluded exactly once by the worker the store names.
         Assert.Equal(["w-a", "w-b"], jobs.Select(j => j.Worker!).Distinct().Order(StringComparer.Ordinal));
-        var byA = Successes(a);
-        var byB = Successes(b);
+        var byA = Successes(jobs.Where(j => j.Worker == "w-a").ToList(), a);
+        var byB = Successes(jobs.Where(j => j.Worker == "w-b").ToList(), b);
         foreach (var j in jobs)
         {
             Assert.Equal(1, byA.GetValueOrDefault(j.Id) + byB.GetValueOrDefault(j.Id));
@@ -151,7 +162,7 @@ public sealed class EndToEndTests : IDisposable
         Assert.Equal(held.Select(j => j.Id), jobs.Where(j => j.Retries == 1).Select(j => j.Id));
         Assert.All(jobs.Where(j => !held.Any(h => h.Id == j.Id)), j => Assert.Equal(0, j.Retries));
         Assert.Contains("worker w-doomed: 2 job(s) requeued, 0 FAILED", sentinel.Stderr);
-        var successes = Successes(survivor);
+        var successes = Successes(jobs, survivor);
         Assert.All(jobs, j => Assert.Equal(1, successes.GetValueOrDefault(j.Id)));
         // No input lost or written twice, and the killed attempts' temp files are gone.
         Assert.Equal(36, AssertOutputIsExactlyTheInputs(jobs, inputs));
@@ -202,7 +213,7 @@ public sealed class EndToEndTests : IDisposable
         // Both workers are known to the new sentinel, and both kept working.
         Assert.Matches("worker w-a (joined|identified again)", again.Stderr);
         Assert.Matches("worker w-b (joined|identified again)", again.Stderr);
-        var successes = Successes(a, b);
+        var successes = Successes(jobs, a, b);
         Assert.All(jobs, j => Assert.True(successes.GetValueOrDefault(j.Id) >= 1, $"job {j.Id} never succeeded on a worker"));
         Stop(a);
         Stop(b);

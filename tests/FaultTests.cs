@@ -107,7 +107,7 @@ public sealed class FaultTests : IDisposable
         _c.Ok("job", "add", "--parser", "e2e_csv", _c.Inputs);
         _c.WaitForJobs(3, Patience);
         Assert.All(_c.Jobs(), j => Assert.Equal("COMPLETED", j.State));
-        Assert.Contains("identifying again", worker.Stderr);
+        _c.WaitUntil("the worker's log to say it identified again", Patience, () => worker.Stderr.Contains("identifying again", StringComparison.Ordinal));
     }
 
     // ---- 4. an idle sentinel does not spin -------------------------------------------------------

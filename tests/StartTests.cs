@@ -77,7 +77,9 @@ public sealed class StartTests : IDisposable
         File.Move(staged, dropped);
         _c.WaitUntil("the dropped file's job to complete", TimeSpan.FromSeconds(60), () =>
             _c.Jobs() is [{ State: "COMPLETED" } j] && j.Input == dropped);
-        Assert.Contains("queued 1 new file(s) for e2e_csv 1.0", start.Stderr);
+        // The line is written before the job runs, but the test reads it off a pipe, so it may trail the store.
+        _c.WaitUntil("start to log the queued file", TimeSpan.FromSeconds(30),
+            () => start.Stderr.Contains("queued 1 new file(s) for e2e_csv 1.0", StringComparison.Ordinal));
 
         start.Signal(Posix.SigInt);
         Assert.True(start.WaitForExit(TimeSpan.FromSeconds(30)) == 0, start.ToString());
