@@ -14,6 +14,10 @@
 // leading '.', never empty, at most 200 characters); two inputs whose sanitised stems are equal
 // (a/x.csv and b/x.csv) would write the same file, the later winning, so the caller must pass stems
 // that are unique after sanitising and can check that up front with SanitizeStem.
+//   - an sqlite://FILE?table=NAME uri: a table of an SQLite database under the root; its topic writer is
+//     Output.Sqlite.cs's (rows staged, then swapped per (parser, source) in one transaction).
+// Ordering (NewestWins, workers): a commit never replaces, or removes as superseded, a file whose footer
+// names a later job of the same source; the footer check and the rename hold the directory's flock.
 // Modes (SinkConfig.mode):
 //   - append (default): directory: add/overwrite this job's file, leave every other file alone.
 //     File uri: refused when the job starts (a Parquet file cannot be appended to, and appending would
