@@ -26,7 +26,7 @@ namespace Casparian;
 internal sealed partial class SqliteJobStore : IJobStore
 {
     /// <summary>The schema this build reads and writes (PRAGMA user_version).</summary>
-    public const int SchemaVersion = 3;
+    public const int SchemaVersion = 4;
 
     // Migrations by target version: Migrations[0] takes an empty file to version 1.
     private static readonly string[] Migrations =
@@ -124,6 +124,7 @@ internal sealed partial class SqliteJobStore : IJobStore
                    coalesce(j.finished_at, j.created_at)
             FROM jobs j WHERE j.id IN (SELECT max(id) FROM jobs WHERE state = 'COMPLETED' GROUP BY parser_name, input_path);
         """,
+        SourcesMigration,
     ];
 
     private const string JobColumns =
