@@ -177,6 +177,22 @@ public sealed class SourcesTests : IDisposable
     }
 
     [Fact]
+    public void Sources_ASentinelPicksUpASourceAddedWhileItRuns_AndQueuesItsFilesForAWorker()
+    {
+        RegisterParsers();
+        var sentinel = _c.StartSentinel();
+        AddSourceWithTwoRules();
+        string jsonl = Path.Combine(Drop, "logs", "late.jsonl");
+        File.WriteAllText(jsonl, "{\"level\": \"warn\", \"msg\": \"late\"}\n");
+        _c.WaitUntil("the sentinel to queue the dropped file", TimeSpan.FromSeconds(30),
+            () => sentinel.Stderr.Contains("queued 1 new file(s) for src_jsonl 1.0 (source drop, rule 2: **/*.jsonl)", StringComparison.Ordinal));
+        _c.StartWorker("w1");
+        _c.WaitUntil("the job to complete", TimeSpan.FromSeconds(60), () => _c.Jobs() is [{ State: "COMPLETED" } j] && j.Input == jsonl);
+        var events = ParquetTable.Read(Path.Combine(_c.Output, "events", SinkTarget.SourceFileName("src_jsonl", jsonl)));
+        Assert.Equal(["late"], events.Columns["msg"]);
+    }
+
+    [Fact]
     public void Sources_RuleChangeThenScan_RoutesNewAndUnmatchedFilesOnly_RerouteIsExplicit()
     {
         RegisterParsers();
