@@ -58,7 +58,11 @@ internal sealed class SourceScan(WatchSource source, ScanSettings settings)
     {
         public long Size = size, MtimeUs = mtimeUs, FirstSeenMs = firstSeenMs;
         public Outcome Outcome = Outcome.Settling;
+        /// <summary>The last pass that found the file: an entry a pass did not stamp is a deleted file.</summary>
+        public long Pass;
     }
+
+    private long _pass;
 
     private readonly Dictionary<string, Entry> _files = new(StringComparer.Ordinal);
     private List<RoutingRule>? _rules;
@@ -106,12 +110,12 @@ internal sealed class SourceScan(WatchSource source, ScanSettings settings)
 
         long nowMs = now.ToUnixTimeMilliseconds();
         long settleMs = (long)settings.Settle.TotalMilliseconds;
-        var present = new HashSet<string>(listing.Count, StringComparer.Ordinal);
+        long pass = ++_pass;
         var candidates = new List<(string Path, long Size, long MtimeUs)>();
         foreach (var file in listing)
         {
-            present.Add(file.Path);
-            if (_files.TryGetValue(file.Path, out var entry) && entry.Size == file.Size && entry.MtimeUs == file.MtimeUs)
+            if (_files.TryGetValue(file.Path, out var entry)) entry.Pass = pass;
+            if (entry is not null && entry.Size == file.Size && entry.MtimeUs == file.MtimeUs)
             {
                 switch (entry.Outcome)
                 {
@@ -122,19 +126,23 @@ internal sealed class SourceScan(WatchSource source, ScanSettings settings)
             }
             else
             {
-                entry = new Entry(file.Size, file.MtimeUs, nowMs);
+                entry = new Entry(file.Size, file.MtimeUs, nowMs) { Pass = pass };
                 _files[file.Path] = entry;
             }
             bool settled = nowMs - entry.FirstSeenMs >= settleMs || nowMs - file.MtimeUs / 1000 >= settleMs;
             if (!settled) report.Settling.Add(file.Path);
             else candidates.Add(file);
         }
-        if (_files.Count > present.Count)
-            foreach (var gone in _files.Keys.Where(p => !present.Contains(p)).ToList()) _files.Remove(gone);
+        if (_files.Count > listing.Count)
+            foreach (var gone in _files.Where(f => f.Value.Pass != pass).Select(f => f.Key).ToList()) _files.Remove(gone);
 
+        // The walk's order is the file system's; what is queued and reported goes by path.
+        candidates.Sort((a, b) => string.CompareOrdinal(a.Path, b.Path));
         if (candidates.Count > 0) Route(store, candidates, report, dryRun, reroute);
 
         report.Unmatched.Sort(StringComparer.Ordinal);
+        report.Settling.Sort(StringComparer.Ordinal);
+        report.Ignored.Sort(StringComparer.Ordinal);
         if (!dryRun && (_unmatchedWritten is null || !_unmatchedWritten.SequenceEqual(report.Unmatched)))
         {
             var sizes = report.Unmatched.Select(p => (p, _files[p].Size)).ToList();
@@ -149,6 +157,7 @@ internal sealed class SourceScan(WatchSource source, ScanSettings settings)
     public List<(string Path, RoutingRule? Rule, bool Ignored)> Preview(IReadOnlyList<RoutingRule> rules)
     {
         var listing = List(out _);
+        listing.Sort((a, b) => string.CompareOrdinal(a.Path, b.Path));
         var relative = listing.Select(f => Relative(f.Path)).ToList();
         var ignored = new HashSet<string>(Sources.Matches(source.Ignore, relative), StringComparer.Ordinal);
         var routed = Sources.Route(rules, relative);
@@ -159,6 +168,8 @@ internal sealed class SourceScan(WatchSource source, ScanSettings settings)
     {
         var relative = candidates.Select(c => Relative(c.Path)).ToList();
         var ignored = new HashSet<string>(Sources.Matches(source.Ignore, relative), StringComparer.Ordinal);
+        // Routed before: the catalog holds the path with this size and mtime (whatever parser; no
+        // parser is named, so only the recorded size and mtime are read).
         var known = reroute ? [] : store.LookupSources("", "", [.. candidates.Select(c => c.Path)]);
         var toRoute = new List<int>();
         for (int i = 0; i < candidates.Count; i++)
@@ -256,7 +267,7 @@ internal sealed class SourceScan(WatchSource source, ScanSettings settings)
 
     private string Relative(string path) => Path.GetRelativePath(source.Dir, path).Replace(Path.DirectorySeparatorChar, '/');
 
-    /// <summary>The source's files by path: hidden entries and symlinks skipped, subfolders only when recursive, at most the file limit (the first found).</summary>
+    /// <summary>The source's files in the walk's order: hidden entries and symlinks skipped, subfolders only when recursive, at most the file limit (the first found).</summary>
     private List<(string Path, long Size, long MtimeUs)> List(out bool capped)
     {
         var options = new EnumerationOptions
@@ -284,7 +295,6 @@ internal sealed class SourceScan(WatchSource source, ScanSettings settings)
             }
             list.Add(f);
         }
-        list.Sort((a, b) => string.CompareOrdinal(a.Path, b.Path));
         return list;
     }
 }

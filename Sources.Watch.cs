@@ -58,8 +58,19 @@ internal sealed class SourceWatch(IJobStore store, WatchSettings settings, TimeP
                 || (Volatile.Read(ref slot.Dirty) != 0 || !slot.Scan.Idle) && now - slot.LastPass >= settlePoll;
             if (!due) continue;
             Interlocked.Exchange(ref slot.Dirty, 0);
-            var report = slot.Scan.Pass(store, _set.RulesOf(slot.Scan.Source.Name), now);
             slot.LastPass = now;
+            ScanReport report;
+            try
+            {
+                report = slot.Scan.Pass(store, _set.RulesOf(slot.Scan.Source.Name), now);
+            }
+            catch (StoreUnavailableException e)
+            {
+                // Busy (another writer held the lock past lock_timeout): the next pass takes the same files.
+                Interlocked.Exchange(ref slot.Dirty, 1);
+                messages.Add($"source {slot.Scan.Source.Name}: {e.Message}; scanning again shortly");
+                continue;
+            }
             slot.Passed = true;
             Tell(slot, report, messages);
         }
@@ -164,7 +175,8 @@ internal sealed class SourceWatch(IJobStore store, WatchSettings settings, TimeP
                         foreach (var line in watch.Poll()) log.Info(line);
                         lastError = null;
                     }
-                    catch (Exception e) when (e is CasparianException or IOException)
+                    // Whatever goes wrong here (a damaged store, a bug) stops the watching for a while, never the sentinel.
+                    catch (Exception e)
                     {
                         if (e.Message != lastError) log.Warn($"watching sources: {e.Message}; trying again");
                         lastError = e.Message;
