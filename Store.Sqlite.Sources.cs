@@ -8,7 +8,7 @@ namespace Casparian;
 
 internal sealed partial class SqliteJobStore
 {
-    // 4: sources and routing rules (issue 19). No foreign keys: a rule may name a source declared in
+    // 5: sources and routing rules (issue 19). No foreign keys: a rule may name a source declared in
     // the config file, and a stored source's rules are removed with it by RemoveSource.
     private const string SourcesMigration =
         """
