@@ -123,10 +123,20 @@ internal sealed class Config
         Parsers.Int(1, int.MaxValue), _ => 1 << 20);
     public static readonly Setting<long> RowGroupSize = new("row_group_size", "SIZE", "most Arrow data in one Parquet row group: bounds the writer's memory per topic",
         Parsers.SizeUpTo(1L << 30), _ => 16L << 20, Parsers.FormatSize);
+    public static readonly Setting<long> MaxQuarantineRows = new("max_quarantine_rows", "N", "most rows one job may send to quarantine (all topics) before it fails",
+        Parsers.Long(0, long.MaxValue), _ => 10_000);
+    public static readonly Setting<double> MaxQuarantine = new("max_quarantine", "FRACTION", "fraction of a topic's rows a job may quarantine before it fails, unless the topic sets its own",
+        Parsers.Fraction, _ => 0.5, v => v.ToString(CultureInfo.InvariantCulture));
     public static readonly Setting<int> WarmGuests = new("warm_guests", "N", "most warm parser processes (fork servers) a worker keeps; 0 starts every job cold",
         Parsers.Int(0, 256), _ => 8);
     public static readonly Setting<TimeSpan> WarmIdle = new("warm_idle", "SECONDS", "a warm parser process unused this long is stopped",
         Parsers.Duration, _ => TimeSpan.FromMinutes(10), Parsers.FormatDuration);
+    public static readonly Setting<TimeSpan> SettleInterval = new("settle_interval", "SECONDS", "a new or changed file in a source is queued once its size and mtime have not changed for this long",
+        Parsers.Duration, _ => TimeSpan.FromSeconds(2), Parsers.FormatDuration);
+    public static readonly Setting<TimeSpan> RescanInterval = new("rescan_interval", "SECONDS", "every source is rescanned this often, whatever its file-change events say",
+        Parsers.Duration, _ => TimeSpan.FromSeconds(30), Parsers.FormatDuration);
+    public static readonly Setting<int> ScanFileLimit = new("scan_file_limit", "N", "most files one scan of a source takes; the rest wait, with a warning",
+        Parsers.Int(1, 100_000_000), _ => 1_000_000);
 
     public static readonly Setting<bool> Insecure = new("insecure", null, "allow a plaintext tcp:// link (no CURVE); for debugging on a trusted network only",
         Parsers.Bool, _ => false, v => v ? "true" : "false");
@@ -151,7 +161,8 @@ internal sealed class Config
         HeartbeatInterval, HeartbeatTimeout, RetryLimit, RetryBackoff, RetryBackoffMax, LockTimeout, PollInterval, Capabilities, JobTimeout,
         DeadlineGrace, ConnectTimeout, IdleTimeout, ShutdownGrace, LogLimit, MessageLimit, BuildTimeout, RowGroupRows, RowGroupSize,
         Insecure, SentinelKey, JoinToken, LinkLimit, Http, HttpInsecure,
-        WarmGuests, WarmIdle,
+        WarmGuests, WarmIdle, MaxQuarantineRows, MaxQuarantine,
+        SettleInterval, RescanInterval, ScanFileLimit,
     ];
 
     /// <summary>
@@ -159,7 +170,7 @@ internal sealed class Config
     /// they come): ConfigFile accepts them and <see cref="TablesOf"/> hands their contents to the owner.
     /// Any other table in the file is an error.
     /// </summary>
-    public static readonly string[] Tables = [Topics.ConfigTable];
+    public static readonly string[] Tables = [Topics.ConfigTable, Sources.SourcesTable, Sources.RulesTable];
 
     public static readonly Flag ConfigFlag = new("--config", "FILE", "config file (default ./casparian.toml, else HOME/casparian.toml)");
 
@@ -406,6 +417,16 @@ internal static class Parsers
         "false" or "0" or "no" or "off" => (true, false, ""),
         _ => (false, false, "true or false"),
     };
+
+    public static Func<ConfigValue, string, (bool, long, string)> Long(long min, long max) => (raw, _) =>
+        raw.Items is null && long.TryParse(raw.Text, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out long v) && v >= min && v <= max
+            ? (true, v, "")
+            : (false, 0, $"an integer from {min} to {max}");
+
+    public static (bool, double, string) Fraction(ConfigValue raw, string baseDir) =>
+        raw.Items is null && double.TryParse(raw.Text, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) && v >= 0 && v <= 1
+            ? (true, v, "")
+            : (false, 0, "a fraction from 0 to 1 (0.5 is half)");
 
     public static Func<ConfigValue, string, (bool, int, string)> Int(int min, int max) => (raw, _) =>
         raw.Items is null && int.TryParse(raw.Text, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out int v) && v >= min && v <= max

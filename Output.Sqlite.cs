@@ -290,6 +290,9 @@ internal sealed partial class JobOutput
     {
         public string Name { get; } = name;
 
+        /// <summary>The first batch's columns, all nullable (a table's columns are fixed by its first batch).</summary>
+        public Schema? Schema { get; private set; }
+
         // The parser's columns in the order of the first batch, each with its declared SQLite type; then the lineage columns.
         private List<(string Name, string Declared)>? _columns;
         private SqliteConnection? _stage;
@@ -311,7 +314,11 @@ internal sealed partial class JobOutput
             }
             try
             {
-                if (_columns is null) Start(fields);
+                if (_columns is null)
+                {
+                    Start(fields);
+                    Schema = ArrowSchemas.Nullable(batch.Schema);
+                }
                 int[] map = Map(fields);
                 using var tx = _stage!.BeginTransaction();
                 _insert!.Transaction = tx;

@@ -13,9 +13,15 @@ namespace Casparian;
 
 internal sealed partial class JobOutput
 {
-    private sealed class TopicWriter(JobOutput job, string name, SinkTarget target) : ITopicWriter
+    /// <summary><paramref name="plain"/>: no lineage columns (a quarantine file has its own).</summary>
+    private sealed class TopicWriter(JobOutput job, string name, SinkTarget target, bool plain = false) : ITopicWriter
     {
         public string Name { get; } = name;
+
+        /// <summary>The parser's columns as written so far (null before the first batch).</summary>
+        public Schema? Schema => _schema;
+
+        private bool Lineage => Options.Lineage && !plain;
 
         // The parser's columns (all nullable), in the order of the topic's first batch.
         private Schema? _schema;
@@ -52,7 +58,7 @@ internal sealed partial class JobOutput
             var fields = _schema.FieldsList;
             var arrays = new IArrowArray[_writerSchema!.FieldsList.Count];
             for (int i = 0; i < fields.Count; i++) arrays[i] = Conform(batch.Column(map[i]), fields[i], scratch);
-            if (Options.Lineage) job._lineage.Fill(arrays, fields.Count, batch.Length, scratch);
+            if (Lineage) job._lineage.Fill(arrays, fields.Count, batch.Length, scratch);
             WriteRows(arrays, batch.Length, ArrowSchemas.Bytes(batch));
             _rows += batch.Length;
         }
@@ -144,7 +150,7 @@ internal sealed partial class JobOutput
         private void OpenWriter()
         {
             var fields = new List<Field>(_schema!.FieldsList);
-            if (Options.Lineage) fields.AddRange(LineageColumns.Fields());
+            if (Lineage) fields.AddRange(LineageColumns.Fields());
             var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
             if (_schema.HasMetadata) foreach (var (k, v) in _schema.Metadata) metadata[k] = v;
             job._lineage.AddMetadata(metadata);
@@ -190,7 +196,7 @@ internal sealed partial class JobOutput
             for (int i = 0; i < fields.Count; i++)
             {
                 string n = fields[i].Name;
-                if (Options.Lineage && LineageColumns.IsReserved(n)) throw OutputThrow.Schema_ReservedColumn(JobId, Name, n);
+                if (Lineage && LineageColumns.IsReserved(n)) throw OutputThrow.Schema_ReservedColumn(JobId, Name, n);
                 for (int j = 0; j < i; j++)
                     if (fields[j].Name == n) throw OutputThrow.Schema_DuplicateColumn(JobId, Name, n);
             }

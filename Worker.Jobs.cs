@@ -53,6 +53,7 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs, W
             // reports the hash of the bytes actually parsed (below), which the store records as the version.
             var source = new OutputSource(dispatch.PluginName, dispatch.ParserVersion, dispatch.FilePath, dispatch.ContentHash ?? "");
             var output = new JobOutput(options.Output, jobId, source, dispatch.Sinks) { NewestWins = true };
+            output.ExpectSchemas(dispatch.TopicSchemas);
             using var outputs = new DisposeLast(() => output.Dispose());
             using EnvLease env = await envs.AcquireAsync(dispatch.EnvHash, dispatch.LockfileContent, abort).ConfigureAwait(false);
             using var log = new JobLog(Path.Combine(options.LogsDir, $"job-{jobId}.log"), options.LogLimit);
@@ -82,6 +83,7 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs, W
                 log.Write(GuestLogLevel.Warning, "casparian: the warm guest's fork server died during the job; running it again on a cold guest");
                 output.Dispose();
                 output = new JobOutput(options.Output, jobId, source, dispatch.Sinks) { NewestWins = true };
+                output.ExpectSchemas(dispatch.TopicSchemas);
                 sink = new OutputSink(output, log);
                 launchedAt = clock.Elapsed;
                 result = await Bridge.RunAsync(request with { Warm = null }, sink, abort).ConfigureAwait(false);
