@@ -156,7 +156,7 @@ internal sealed partial class JobOutput
             return artifact with { Quarantined = 0, DroppedColumns = dropped };
         }
         var q = writer.Commit();
-        return artifact with { Quarantined = contract.Quarantined, QuarantineUri = q.Uri, QuarantineReasons = contract.ReasonsText, DroppedColumns = dropped };
+        return artifact with { Quarantined = contract.Quarantined, QuarantineUri = q?.Uri, QuarantineReasons = contract.ReasonsText, DroppedColumns = dropped };
     }
 }
 

@@ -14,6 +14,10 @@
 // leading '.', never empty, at most 200 characters); two inputs whose sanitised stems are equal
 // (a/x.csv and b/x.csv) would write the same file, the later winning, so the caller must pass stems
 // that are unique after sanitising and can check that up front with SanitizeStem.
+//   - an sqlite://FILE?table=NAME uri: a table of an SQLite database under the root; its topic writer is
+//     Output.Sqlite.cs's (rows staged, then swapped per (parser, source) in one transaction).
+// Ordering (NewestWins, workers): a commit never replaces, or removes as superseded, a file whose footer
+// names a later job of the same source; the footer check and the rename hold the directory's flock.
 // Modes (SinkConfig.mode):
 //   - append (default): directory: add/overwrite this job's file, leave every other file alone.
 //     File uri: refused when the job starts (a Parquet file cannot be appended to, and appending would
@@ -188,13 +192,15 @@ internal sealed partial class JobOutput : IDisposable
     // This job's file name in every dataset directory.
     private readonly string _fileName;
     private readonly Dictionary<string, SinkTarget> _sinks;
+    // Topics whose sink is an SQLite table (Output.Sqlite.cs).
+    private readonly Dictionary<string, SqliteTarget> _tables;
     private readonly OutputSource? _source;
     // Topics with a schema contract (a handful): searched linearly.
     private readonly List<TopicContract> _contracts = [];
     // The registry's current schema of each topic (DISPATCH topic_schemas): checked at commit (Output.Drift.cs).
     private IReadOnlyList<TopicSchemaDef> _registered = [];
     // Topics in first-write order: a handful per job, searched linearly.
-    private readonly List<TopicWriter> _topics = [];
+    private readonly List<ITopicWriter> _topics = [];
     private readonly Stopwatch _clock = Stopwatch.StartNew();
     private readonly ArrowWriterProperties _arrowProperties;
     private long _batches;
@@ -215,13 +221,21 @@ internal sealed partial class JobOutput : IDisposable
         _options = options;
         _jobId = jobId;
         _lineage = new LineageColumns(jobId, source);
-        _source = source;
         _fileName = SinkTarget.DatasetFileName(jobId, source, fileStem);
+        _source = source;
         _sinks = new Dictionary<string, SinkTarget>(StringComparer.Ordinal);
+        _tables = new Dictionary<string, SqliteTarget>(StringComparer.Ordinal);
         foreach (var sink in sinks)
         {
+            if (SqliteTarget.Is(sink.Uri))
+            {
+                var table = SqliteTarget.Resolve(options, jobId, sink.Topic, sink.Uri, sink.Mode);
+                if (_sinks.ContainsKey(sink.Topic) || !_tables.TryAdd(sink.Topic, table)) throw OutputThrow.Sink_DuplicateTopic(jobId, sink.Topic);
+                if (table.Mode == SinkMode.Error) table.CheckNoOtherData(jobId);
+                continue;
+            }
             var target = SinkTarget.Resolve(options, jobId, sink.Topic, sink.Uri, sink.Mode, _fileName);
-            if (!_sinks.TryAdd(sink.Topic, target)) throw OutputThrow.Sink_DuplicateTopic(jobId, sink.Topic);
+            if (_tables.ContainsKey(sink.Topic) || !_sinks.TryAdd(sink.Topic, target)) throw OutputThrow.Sink_DuplicateTopic(jobId, sink.Topic);
             if (target.Mode == SinkMode.Error) target.CheckNoOtherData(jobId);
             if (sink.SchemaDef is { } def) _contracts.Add(ContractOf(sink.Topic, def));
         }
@@ -230,6 +244,13 @@ internal sealed partial class JobOutput : IDisposable
     }
 
     public ulong JobId => _jobId;
+
+    /// <summary>
+    /// Job ids order the jobs of one (parser, source): a commit never replaces output that a job with a
+    /// higher id wrote, nor removes it as superseded (a store's ids grow with queue time, so the later
+    /// queued job wins however the two race). Off for <c>casparian run</c>, whose ids are positions.
+    /// </summary>
+    public bool NewestWins { get; init; }
 
     /// <summary>
     /// Appends <paramref name="batch"/> to <paramref name="topic"/>'s file, creating it on the topic's
@@ -280,7 +301,7 @@ internal sealed partial class JobOutput : IDisposable
             var t = _topics[i];
             try
             {
-                artifacts.Add(CommitQuarantine(t.Commit()) with { Schema = schemas[i] });
+                if (t.Commit() is { } artifact) artifacts.Add(CommitQuarantine(artifact) with { Schema = schemas[i] });
             }
             catch (ParquetException e)
             {
@@ -290,7 +311,12 @@ internal sealed partial class JobOutput : IDisposable
         }
         FaultPoint.Hit(FaultPoint.BeforeSupersede);
         if (supersedes is { Count: > 0 })
-            RemoveSuperseded(_options, _jobId, supersedes, [.. artifacts.SelectMany(a => a.QuarantineUri is { } q ? [a.Uri, q] : new[] { a.Uri }).Select(u => new Uri(u).LocalPath)]);
+        {
+            // Kept: this job's files, and its quarantine files (also Parquet when the topic's sink is a table).
+            string[] kept = [.. artifacts.SelectMany(a => new[] { a.Uri, a.QuarantineUri }).OfType<string>().Where(u => !SqliteTarget.Is(u)).Select(u => new Uri(u).LocalPath)];
+            RemoveSuperseded(_options, _jobId, supersedes, kept, NewestWins);
+            SqliteTarget.RemoveSuperseded(_options, _jobId, _source, supersedes, [.. artifacts.Select(a => a.Uri)], NewestWins);
+        }
         FaultPoint.Hit(FaultPoint.AfterSupersede);
         _clock.Stop();
         return new OutputResult(artifacts, artifacts.Sum(a => a.Rows), artifacts.Sum(a => a.Bytes), _batches, _clock.ElapsedMilliseconds);
@@ -311,9 +337,11 @@ internal sealed partial class JobOutput : IDisposable
     /// Deletes each superseded file this commit did not overwrite, then syncs its directory. Only a
     /// local *.parquet file inside the output root or an allowed root is touched (what a sink could
     /// name anyway); anything else in the list is ignored. Missing files are fine: a retry of a job
-    /// killed after this step finds them gone.
+    /// killed after this step finds them gone. With <paramref name="newestWins"/>, a file whose footer
+    /// names a later job is kept (that job superseded the same output first), the check and the delete
+    /// made under the directory's lock (<see cref="DirectoryLock"/>).
     /// </summary>
-    internal static void RemoveSuperseded(OutputOptions options, ulong jobId, IReadOnlyList<string> supersedes, IReadOnlyCollection<string> kept)
+    internal static void RemoveSuperseded(OutputOptions options, ulong jobId, IReadOnlyList<string> supersedes, IReadOnlyCollection<string> kept, bool newestWins = false)
     {
         var directories = new List<string>();
         foreach (string uri in supersedes)
@@ -322,7 +350,11 @@ internal sealed partial class JobOutput : IDisposable
             try
             {
                 if (!File.Exists(path)) continue;
-                File.Delete(path);
+                using (newestWins ? DirectoryLock.Take(Path.GetDirectoryName(path)!) : null)
+                {
+                    if (newestWins && SinkTarget.WrittenBy(path) is { } writer && writer > jobId) continue;
+                    File.Delete(path);
+                }
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
@@ -338,9 +370,29 @@ internal sealed partial class JobOutput : IDisposable
         }
     }
 
-    private TopicWriter Topic(string name)
+    /// <summary>One topic's destination: a Parquet file (TopicWriter) or an SQLite table (SqliteTopicWriter).</summary>
+    private interface ITopicWriter : IDisposable
+    {
+        string Name { get; }
+
+        /// <summary>The parser's columns as written so far (null before the first batch): the schema registry's drift check reads it.</summary>
+        Schema? Schema { get; }
+
+        void Write(RecordBatch batch);
+
+        /// <summary>Makes the topic's rows the current output; null when a later job's output is already there (<see cref="NewestWins"/>).</summary>
+        OutputArtifact? Commit();
+    }
+
+    private ITopicWriter Topic(string name)
     {
         foreach (var t in _topics) if (t.Name == name) return t;
+        if (_tables.TryGetValue(name, out var table))
+        {
+            var writer = new SqliteTopicWriter(this, name, table);
+            _topics.Add(writer);
+            return writer;
+        }
         if (!_sinks.TryGetValue(name, out var target))
         {
             if (!Bridge.IsValidTopic(name)) throw OutputThrow.Topic_BadName(_jobId, name);
@@ -359,7 +411,7 @@ internal static class OutputThrow
     public static OutputException Topic_BadName(ulong job, string topic) =>
         new(ExitCode.BadInput, $"job {job}: topic name '{topic}' is invalid; topic names match [a-z][a-z0-9_]* (at most {Bridge.MaxTopicLength} characters)");
     public static OutputException Sink_Scheme(ulong job, string topic, string uri) =>
-        new(ExitCode.BadInput, $"job {job}: sink uri '{uri}' of topic '{topic}' is not supported; use parquet://NAME, a relative path, or file:///ABSOLUTE/PATH");
+        new(ExitCode.BadInput, $"job {job}: sink uri '{uri}' of topic '{topic}' is not supported; use parquet://NAME, a relative path, file:///ABSOLUTE/PATH or sqlite://FILE.db?table=NAME");
     public static OutputException Sink_Empty(ulong job, string topic) =>
         new(ExitCode.BadInput, $"job {job}: sink uri of topic '{topic}' is empty; use parquet://NAME, a relative path, or file:///ABSOLUTE/PATH");
     public static OutputException Sink_ParentSegment(ulong job, string topic, string uri) =>

@@ -151,7 +151,8 @@ internal static partial class Topics
         var probe = new OutputOptions { Root = "/casparian-check", AllowedRoots = ["/"], Lineage = false, RowGroupRows = 1, RowGroupBytes = 1, MaxQuarantineRows = 0, MaxQuarantine = 0 };
         try
         {
-            SinkTarget.Resolve(probe, 0, t.Topic, t.Sink, t.Mode ?? SinkMode.Append);
+            if (SqliteTarget.Is(t.Sink)) SqliteTarget.Resolve(probe, 0, t.Topic, t.Sink, t.Mode ?? SinkMode.Append);
+            else SinkTarget.Resolve(probe, 0, t.Topic, t.Sink, t.Mode ?? SinkMode.Append);
         }
         catch (OutputException e)
         {

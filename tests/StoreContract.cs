@@ -84,6 +84,27 @@ public abstract class JobStoreContract : IDisposable
     }
 
     [Fact]
+    public void Store_Complete_OfAnOlderJobAfterANewerOne_LeavesTheNewerCurrent()
+    {
+        // Two jobs for one (parser, source) run at once (the file re-added while its first job runs):
+        // the newer concludes first, then the older; the newer stays current, and the older's parsed
+        // hash does not become the catalog's content.
+        using var store = Open();
+        store.RecordSources([new(new SourceStat("/in/a", 4, 100), "hash-/in/a")]);
+        long older = store.Enqueue(Job("/in/a"));
+        long newer = store.Enqueue(Job("/in/a") with { ContentHash = "hash-2" });
+        var claimed = store.Claim("w", Any, 2);
+        Assert.Equal([older, newer], claimed.Select(j => j.Id).Order());
+        Assert.True(store.Complete(newer, "w", NoMetrics, Artifact("t", "file:///out/t/new.parquet"), "hash-2", out _));
+        Assert.True(store.Complete(older, "w", NoMetrics, Artifact("t", "file:///out/t/old.parquet"), "hash-old", out _));
+        Assert.Equal(JobState.Completed, store.Get(older)!.State);
+        var current = store.GetOutput("p", "/in/a")!;
+        Assert.Equal((newer, "hash-2"), (current.JobId, current.ContentHash));
+        Assert.Equal(["file:///out/t/new.parquet"], current.Uris());
+        Assert.Equal("hash-2", store.LookupSources("p", "1.0", ["/in/a"])["/in/a"].ContentHash);
+    }
+
+    [Fact]
     public void Store_RecordSources_AddsAVersionOnlyWhenTheContentChanges()
     {
         using var store = Open();
