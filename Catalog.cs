@@ -26,8 +26,8 @@ internal static class Catalog
 
     public static long MtimeUs(DateTime utc) => (utc.Ticks - DateTime.UnixEpoch.Ticks) / 10;
 
-    /// <summary>Decides, for <paramref name="parser"/>, which of <paramref name="files"/> to queue, and records what it saw in the catalog.</summary>
-    public static SourcePlan Plan(IJobStore store, ParserRecord parser, IReadOnlyList<SourceStat> files, bool force)
+    /// <summary>Decides, for <paramref name="parser"/>, which of <paramref name="files"/> to queue, and records what it saw in the catalog (unless <paramref name="record"/> is false: a dry run).</summary>
+    public static SourcePlan Plan(IJobStore store, ParserRecord parser, IReadOnlyList<SourceStat> files, bool force, bool record = true)
     {
         var known = store.LookupSources(parser.Name, parser.Version, [.. files.Select(f => f.Path)]);
         var queue = new List<(string, string)>();
@@ -44,7 +44,7 @@ internal static class Catalog
             if (done && !force) unchanged.Add(file.Path);
             else queue.Add((file.Path, hash));
         }
-        int versions = seen.Count == 0 ? 0 : store.RecordSources(seen);
+        int versions = seen.Count == 0 || !record ? 0 : store.RecordSources(seen);
         return new SourcePlan(queue, unchanged, versions);
     }
 }
