@@ -57,6 +57,18 @@ internal static partial class Commands
         Lineage = c.Get(Config.Lineage),
         RowGroupRows = c.Get(Config.RowGroupRows),
         RowGroupBytes = c.Get(Config.RowGroupSize),
+        Staging = c.StagingDir,
+        S3 = S3Settings(c),
+    };
+
+    public static S3Settings S3Settings(Config c) => new()
+    {
+        Endpoint = c.Get(Config.S3Endpoint),
+        Region = c.Get(Config.S3Region),
+        PathStyle = c.Get(Config.S3PathStyle),
+        MultipartThreshold = c.Get(Config.S3MultipartThreshold),
+        PartSize = c.Get(Config.S3PartSize),
+        PartsInFlight = c.Get(Config.S3PartsInFlight),
     };
 
     public static BridgeOptions BridgeOptions(Config c) => new()

@@ -98,6 +98,12 @@ internal sealed record OutputOptions
 
     /// <summary>Most Arrow bytes (uncompressed column data) in one row group: bounds the writer's memory per topic.</summary>
     public required long RowGroupBytes { get; init; }
+
+    /// <summary>Where files bound for S3 sinks are written before their upload, one directory per topic.</summary>
+    public required string Staging { get; init; }
+
+    /// <summary>Endpoint, region and upload sizes for s3:// sinks.</summary>
+    public required S3Settings S3 { get; init; }
 }
 
 /// <summary>One committed file. <see cref="Bytes"/> is its size on disk.</summary>
@@ -154,6 +160,7 @@ internal sealed partial class JobOutput : IDisposable
     private readonly List<TopicWriter> _topics = [];
     private readonly Stopwatch _clock = Stopwatch.StartNew();
     private readonly ArrowWriterProperties _arrowProperties;
+    private S3Transfer? _s3;
     private long _batches;
     private bool _failed;
     private bool _committed;
@@ -178,13 +185,18 @@ internal sealed partial class JobOutput : IDisposable
         {
             var target = SinkTarget.Resolve(options, jobId, sink.Topic, sink.Uri, sink.Mode, _fileName);
             if (!_sinks.TryAdd(sink.Topic, target)) throw OutputThrow.Sink_DuplicateTopic(jobId, sink.Topic);
-            if (target.Mode == SinkMode.Error) target.CheckNoOtherData(jobId);
+            if (target.Mode != SinkMode.Error) continue;
+            if (target.Remote is null) target.CheckNoOtherData(jobId);
+            else target.CheckNoOtherObjects(S3, jobId);
         }
         // The stored Arrow schema brings back exact types on read (timestamp time zones, null columns).
         _arrowProperties = new ArrowWriterPropertiesBuilder().StoreSchema().Build();
     }
 
     public ulong JobId => _jobId;
+
+    /// <summary>The job's S3 client, made on first use by an S3 sink (or an S3 uri to supersede).</summary>
+    internal S3Transfer S3 => _s3 ??= new S3Transfer(_options.S3, _jobId);
 
     /// <summary>
     /// Appends <paramref name="batch"/> to <paramref name="topic"/>'s file, creating it on the topic's
@@ -241,7 +253,10 @@ internal sealed partial class JobOutput : IDisposable
         }
         FaultPoint.Hit(FaultPoint.BeforeSupersede);
         if (supersedes is { Count: > 0 })
-            RemoveSuperseded(_options, _jobId, supersedes, [.. artifacts.Select(a => new Uri(a.Uri).LocalPath)]);
+        {
+            RemoveSuperseded(_options, _jobId, supersedes, [.. artifacts.Where(a => !S3Location.IsS3(a.Uri)).Select(a => new Uri(a.Uri).LocalPath)]);
+            RemoveSupersededObjects(supersedes, [.. artifacts.Select(a => a.Uri)]);
+        }
         FaultPoint.Hit(FaultPoint.AfterSupersede);
         _clock.Stop();
         return new OutputResult(artifacts, artifacts.Sum(a => a.Rows), artifacts.Sum(a => a.Bytes), _batches, _clock.ElapsedMilliseconds);
@@ -253,6 +268,7 @@ internal sealed partial class JobOutput : IDisposable
         if (_disposed) return;
         _disposed = true;
         for (int i = _topics.Count - 1; i >= 0; i--) _topics[i].Dispose();
+        _s3?.Dispose();
         _lineage.Dispose();
         _arrowProperties.Dispose();
     }
@@ -288,6 +304,19 @@ internal sealed partial class JobOutput : IDisposable
         }
     }
 
+    /// <summary>
+    /// Deletes each superseded S3 object this commit did not overwrite, if it carries our job-id metadata
+    /// (an object we wrote); others, and objects already gone, are left alone.
+    /// </summary>
+    private void RemoveSupersededObjects(IReadOnlyList<string> supersedes, IReadOnlyCollection<string> kept)
+    {
+        foreach (string uri in supersedes)
+        {
+            if (SinkTarget.SupersededObject(uri) is not { } location || kept.Contains(location.Uri)) continue;
+            if (S3.TryHead("(superseded)", location, out ulong? writer) && writer is not null) S3.Delete("(superseded)", location);
+        }
+    }
+
     private TopicWriter Topic(string name)
     {
         foreach (var t in _topics) if (t.Name == name) return t;
@@ -309,13 +338,15 @@ internal static class OutputThrow
     public static OutputException Topic_BadName(ulong job, string topic) =>
         new(ExitCode.BadInput, $"job {job}: topic name '{topic}' is invalid; topic names match [a-z][a-z0-9_]* (at most {Bridge.MaxTopicLength} characters)");
     public static OutputException Sink_Scheme(ulong job, string topic, string uri) =>
-        new(ExitCode.BadInput, $"job {job}: sink uri '{uri}' of topic '{topic}' is not supported; use parquet://NAME, a relative path, or file:///ABSOLUTE/PATH");
+        new(ExitCode.BadInput, $"job {job}: sink uri '{uri}' of topic '{topic}' is not supported; use parquet://NAME, a relative path, file:///ABSOLUTE/PATH or s3://BUCKET/PREFIX");
     public static OutputException Sink_Empty(ulong job, string topic) =>
         new(ExitCode.BadInput, $"job {job}: sink uri of topic '{topic}' is empty; use parquet://NAME, a relative path, or file:///ABSOLUTE/PATH");
     public static OutputException Sink_ParentSegment(ulong job, string topic, string uri) =>
         new(ExitCode.BadInput, $"job {job}: sink uri '{uri}' of topic '{topic}' contains '..'; sinks may not climb out of their directory");
     public static OutputException Sink_AbsoluteParquet(ulong job, string topic, string uri) =>
         new(ExitCode.BadInput, $"job {job}: sink uri '{uri}' of topic '{topic}': parquet:// names a path under the output root; use file:///… for an absolute path");
+    public static OutputException Sink_BadS3(ulong job, string topic, string uri, string why) =>
+        new(ExitCode.BadInput, $"job {job}: sink uri '{uri}' of topic '{topic}' is not a valid S3 location: {why}; write s3://BUCKET/PREFIX");
     public static OutputException Sink_Host(ulong job, string topic, string uri) =>
         new(ExitCode.BadInput, $"job {job}: sink uri '{uri}' of topic '{topic}' names a host; only local paths are supported (file:///ABSOLUTE/PATH)");
     public static OutputException Sink_OutsideRoots(ulong job, string topic, string path, IEnumerable<string> roots) =>

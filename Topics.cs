@@ -131,7 +131,7 @@ internal static class Topics
     private static void Check(TopicSetting t, string origin)
     {
         if (t.Sink is null) return;
-        var probe = new OutputOptions { Root = "/casparian-check", AllowedRoots = ["/"], Lineage = false, RowGroupRows = 1, RowGroupBytes = 1 };
+        var probe = Commands.OutputOptions(Config.Defaults("/casparian-check")) with { Root = "/casparian-check", AllowedRoots = ["/"] };
         try
         {
             SinkTarget.Resolve(probe, 0, t.Topic, t.Sink, t.Mode ?? SinkMode.Append);
