@@ -191,7 +191,8 @@ internal sealed class S3Transfer(S3Settings settings, ulong jobId) : IDisposable
             var tasks = new List<Task>(parts);
             for (int i = 0; i < parts && !failed.IsCancellationRequested; i++)
             {
-                await slots.WaitAsync(failed.Token).ConfigureAwait(false);
+                try { await slots.WaitAsync(failed.Token).ConfigureAwait(false); }
+                catch (OperationCanceledException) { break; }
                 int number = i + 1;
                 long offset = i * partSize;
                 tasks.Add(Task.Run(async () =>
@@ -224,7 +225,16 @@ internal sealed class S3Transfer(S3Settings settings, ulong jobId) : IDisposable
                     }
                 }));
             }
-            await Task.WhenAll(tasks).ConfigureAwait(false);
+            var all = Task.WhenAll(tasks);
+            try
+            {
+                await all.ConfigureAwait(false);
+            }
+            catch when (all.Exception is { } e)
+            {
+                // The part that failed, not the ones its failure cancelled.
+                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(e.InnerExceptions.FirstOrDefault(x => x is not OperationCanceledException) ?? e.InnerExceptions[0]);
+            }
             await Client.CompleteMultipartUploadAsync(new CompleteMultipartUploadRequest
             {
                 BucketName = target.Bucket,
@@ -379,13 +389,14 @@ internal sealed partial record SinkTarget
     /// <summary>
     /// An S3 target: <paramref name="location"/> is a single object when it ends in .parquet (and the uri
     /// not in '/'), else a dataset prefix holding this job's <paramref name="fileName"/>. Staged under
-    /// STAGING/TOPIC, so topics sharing a file name never share a temp file.
+    /// STAGING/{first 16 hex of SHA-256 of the location}, one directory per destination prefix, so two
+    /// writers of one job (topics, a topic and its quarantine) never share a temp file's name.
     /// </summary>
     private static SinkTarget ResolveS3(OutputOptions options, ulong jobId, string topic, string uri, SinkMode mode, string? fileName, S3Location location)
     {
         bool singleFile = location.Key.EndsWith(".parquet", StringComparison.OrdinalIgnoreCase) && !uri.EndsWith('/');
         if (singleFile && mode == SinkMode.Append) throw OutputThrow.Sink_AppendToFile(jobId, topic, uri);
-        string staging = Path.Combine(options.Staging, topic);
+        string staging = Path.Combine(options.Staging, Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(location.Uri)))[..16]);
         return singleFile
             ? new SinkTarget(topic, uri, staging, location.Key[(location.Key.LastIndexOf('/') + 1)..], mode, SingleFile: true) { Remote = location }
             : new SinkTarget(topic, uri, staging, fileName ?? DatasetFileName(jobId, null, null), mode, SingleFile: false) { Remote = location };

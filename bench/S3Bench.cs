@@ -53,15 +53,10 @@ public class S3Bench
                 f.Write(buffer, 0, (int)Math.Min(buffer.Length, size - at));
             }
         _server = StartServer(Path.Combine(_dir, "s3"), out int port);
-        _settings = new S3Settings
-        {
-            Endpoint = $"http://127.0.0.1:{port}",
-            Region = "us-east-1",
-            PathStyle = true,
-            MultipartThreshold = 64L << 20,
-            PartSize = 32L << 20,
-            PartsInFlight = 4,
-        };
+        // The worker's defaults (64 MiB threshold, 32 MiB parts, 4 in flight); a --check pass shrinks the
+        // parts so its small file still goes up as a multipart upload.
+        _settings = Defaults.Output(_dir).S3 with { Endpoint = $"http://127.0.0.1:{port}", PathStyle = true };
+        if (Program.Checking) _settings = _settings with { MultipartThreshold = 8L << 20, PartSize = 5L << 20 };
         Environment.SetEnvironmentVariable("AWS_ACCESS_KEY_ID", "S3RVER");
         Environment.SetEnvironmentVariable("AWS_SECRET_ACCESS_KEY", "S3RVER");
         // Checked before every run, so --check proves the benchmarked upload lands whole.
@@ -117,9 +112,11 @@ public class S3Bench
         if (!Directory.Exists(Path.Combine(scripts, "node_modules", "s3rver")))
             throw new InvalidOperationException($"s3rver is not installed; run `npm ci` in {scripts} (./build.sh test does)");
         Directory.CreateDirectory(directory);
-        var psi = new ProcessStartInfo("node") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false, WorkingDirectory = scripts };
+        // stdin redirected and closed: a server left with a terminal's stdin is stopped (SIGTTIN) in a background job.
+        var psi = new ProcessStartInfo("node") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false, WorkingDirectory = scripts };
         foreach (string a in new[] { "server.mjs", directory, Bucket }) psi.ArgumentList.Add(a);
         var process = Process.Start(psi)!;
+        process.StandardInput.Close();
         process.ErrorDataReceived += (_, _) => { };
         process.BeginErrorReadLine();
         var read = process.StandardOutput.ReadLineAsync();

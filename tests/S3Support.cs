@@ -1,7 +1,6 @@
 // A real S3-protocol server on loopback for the S3 tests and the upload benchmark: s3rver (npm) over a
 // throwaway directory, started by tests/s3/server.mjs, and a second client (the AWS SDK for JavaScript,
 // tests/s3/client.mjs) that checks what the workers uploaded without sharing any code with them.
-using System.Diagnostics;
 using System.Globalization;
 using System.Text;
 using Xunit.Sdk;
@@ -20,8 +19,7 @@ internal sealed class S3Server : IDisposable
 
     private static readonly string Scripts = Path.Combine(Repo.Root, "tests", "s3");
     private readonly TempDir _dir = new();
-    private readonly Process _process;
-    private readonly StringBuilder _output = new();
+    private readonly Daemon _server;
 
     public string DataDir => _dir.File("data");
     public int Port { get; }
@@ -32,28 +30,20 @@ internal sealed class S3Server : IDisposable
         if (!Directory.Exists(Path.Combine(Scripts, "node_modules", "s3rver")))
             throw new InvalidOperationException($"s3rver is not installed; run `npm ci` in {Scripts} (./build.sh test does)");
         Directory.CreateDirectory(DataDir);
-        var psi = new ProcessStartInfo("node") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false, WorkingDirectory = Scripts };
-        foreach (string a in new[] { "server.mjs", DataDir, Bucket }) psi.ArgumentList.Add(a);
-        _process = Process.Start(psi)!;
-        var listening = new TaskCompletionSource<int>();
-        _process.OutputDataReceived += (_, e) =>
+        _server = new Daemon("s3rver", ["server.mjs", DataDir, Bucket], new Dictionary<string, string?>(), Scripts, program: "node");
+        try
         {
-            if (e.Data is null) return;
-            lock (_output) _output.AppendLine(e.Data);
-            if (e.Data.StartsWith("listening ", StringComparison.Ordinal)) listening.TrySetResult(int.Parse(e.Data[10..], CultureInfo.InvariantCulture));
-        };
-        _process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (_output) _output.AppendLine(e.Data); };
-        _process.BeginOutputReadLine();
-        _process.BeginErrorReadLine();
-        if (!listening.Task.Wait(TimeSpan.FromSeconds(60)))
+            Eventually.True(() => _server.Stdout.Contains("listening ", StringComparison.Ordinal) || _server.HasExited, TimeSpan.FromSeconds(60), "s3rver to listen", _server.ToString);
+            string line = _server.Stdout.Split('\n').FirstOrDefault(l => l.StartsWith("listening ", StringComparison.Ordinal))
+                ?? throw new XunitException($"s3rver did not start\n{_server}");
+            Port = int.Parse(line[10..].Trim(), CultureInfo.InvariantCulture);
+        }
+        catch
         {
             Dispose();
-            throw new XunitException($"s3rver did not start within 60 s\n{Log}");
+            throw;
         }
-        Port = listening.Task.Result;
     }
-
-    public string Log { get { lock (_output) return _output.ToString(); } }
 
     /// <summary>What a worker needs to reach the bucket: the endpoint and path style as settings, the credentials as AWS's variables.</summary>
     public Dictionary<string, string?> WorkerEnvironment(string accessKey = AccessKey) => new()
@@ -109,16 +99,7 @@ internal sealed class S3Server : IDisposable
 
     public void Dispose()
     {
-        try
-        {
-            if (!_process.HasExited)
-            {
-                _process.Kill(entireProcessTree: true);
-                _process.WaitForExit(10_000);
-            }
-        }
-        catch (InvalidOperationException) { }
-        _process.Dispose();
+        _server.Dispose();
         _dir.Dispose();
     }
 }

@@ -321,12 +321,23 @@ public sealed class S3LocationTests
     }
 
     [Fact]
+    public void S3Location_OutputSetting_TakesAnS3UriAsGivenAndRefusesABadOneInOneLine()
+    {
+        using var dir = new TempDir();
+        Dictionary<string, string?> Env(string output) => new() { ["CASPARIAN_HOME"] = dir.Path, ["CASPARIAN_OUTPUT"] = output };
+        Assert.Equal("s3://lake/casparian", Config.Load(null, Env("s3://lake/casparian/"), dir.Path).Get(Config.Output));
+        var e = Assert.Throws<InputException>(() => Config.Load(null, Env("s3://Lake/x"), dir.Path));
+        Assert.Equal("bad value 's3://Lake/x' for environment variable CASPARIAN_OUTPUT: expected s3://BUCKET/PREFIX (bucket name 'Lake' is not 3 to 63 lower-case letters, digits, '.' and '-')", e.Message);
+    }
+
+    [Fact]
     public void S3Location_SinkUnderAnS3Root_ResolvesParquetAndRelativeUrisToPrefixes()
     {
         var options = Defaults.Output("s3://lake/root");
         var t = SinkTarget.Resolve(options, 7, "sales", "parquet://warehouse/sales", SinkMode.Append, "f.parquet");
         Assert.Equal("s3://lake/root/warehouse/sales/f.parquet", t.RemoteObject.Uri);
-        Assert.Equal(Path.Combine(options.Staging, "sales"), t.Directory);
+        Assert.StartsWith(options.Staging + "/", t.Directory);
+        Assert.NotEqual(t.Directory, SinkTarget.Resolve(options, 7, "sales", "parquet://_quarantine/sales", SinkMode.Append, "f.parquet").Directory);
         var single = SinkTarget.Resolve(options, 7, "sales", "s3://other-bucket/one.parquet", SinkMode.Replace);
         Assert.True(single.SingleFile);
         Assert.Equal("s3://other-bucket/one.parquet", single.RemoteObject.Uri);
