@@ -270,11 +270,19 @@ public sealed class S3Tests : IDisposable
     }
 
     [Fact]
-    public void S3_RunWithAnS3Output_WritesEachTopicUnderThePrefixOrItsSink()
+    public void S3_RunWithAnS3OutputAndAProfileFile_WritesEachTopicUnderThePrefixOrItsSink()
     {
         string parser = WriteParser();
         var inputs = _c.WriteInputs(2);
+        // The credentials from a profile in a shared credentials file this time, not the variables.
+        string credentials = _c.File("aws-credentials");
+        File.WriteAllText(credentials, $"[casparian]\naws_access_key_id = {S3Server.AccessKey}\naws_secret_access_key = {S3Server.SecretKey}\n");
         var env = _s3.WorkerEnvironment();
+        env["AWS_ACCESS_KEY_ID"] = null;
+        env["AWS_SECRET_ACCESS_KEY"] = null;
+        env["AWS_PROFILE"] = "casparian";
+        env["AWS_SHARED_CREDENTIALS_FILE"] = credentials;
+        env["AWS_CONFIG_FILE"] = _c.File("no-aws-config");
         env["CASPARIAN_HOME"] = _c.Home;
         env["CASPARIAN_PYTHON"] = Cluster.Python;
         var r = Proc.Run(Repo.Binary, ["run", parser, _c.Inputs, "--output", $"s3://{S3Server.Bucket}/dev"], TimeSpan.FromSeconds(120), _c.Root, env);
