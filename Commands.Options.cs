@@ -57,6 +57,8 @@ internal static partial class Commands
         Lineage = c.Get(Config.Lineage),
         RowGroupRows = c.Get(Config.RowGroupRows),
         RowGroupBytes = c.Get(Config.RowGroupSize),
+        MaxQuarantineRows = c.Get(Config.MaxQuarantineRows),
+        MaxQuarantine = c.Get(Config.MaxQuarantine),
         Staging = c.StagingDir,
         S3 = S3Settings(c),
     };

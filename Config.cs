@@ -135,6 +135,10 @@ internal sealed class Config
         Parsers.SizeBetween(5L << 20, 5L << 30), _ => 32L << 20, Parsers.FormatSize);
     public static readonly Setting<int> S3PartsInFlight = new("s3_parts_in_flight", "N", "parts of one multipart upload sent at once",
         Parsers.Int(1, 64), _ => 4);
+    public static readonly Setting<long> MaxQuarantineRows = new("max_quarantine_rows", "N", "most rows one job may send to quarantine (all topics) before it fails",
+        Parsers.Long(0, long.MaxValue), _ => 10_000);
+    public static readonly Setting<double> MaxQuarantine = new("max_quarantine", "FRACTION", "fraction of a topic's rows a job may quarantine before it fails, unless the topic sets its own",
+        Parsers.Fraction, _ => 0.5, v => v.ToString(CultureInfo.InvariantCulture));
     public static readonly Setting<int> WarmGuests = new("warm_guests", "N", "most warm parser processes (fork servers) a worker keeps; 0 starts every job cold",
         Parsers.Int(0, 256), _ => 8);
     public static readonly Setting<TimeSpan> WarmIdle = new("warm_idle", "SECONDS", "a warm parser process unused this long is stopped",
@@ -163,7 +167,7 @@ internal sealed class Config
         HeartbeatInterval, HeartbeatTimeout, RetryLimit, RetryBackoff, RetryBackoffMax, LockTimeout, PollInterval, Capabilities, JobTimeout,
         DeadlineGrace, ConnectTimeout, IdleTimeout, ShutdownGrace, LogLimit, MessageLimit, BuildTimeout, RowGroupRows, RowGroupSize,
         Insecure, SentinelKey, JoinToken, LinkLimit, Http, HttpInsecure,
-        WarmGuests, WarmIdle,
+        WarmGuests, WarmIdle, MaxQuarantineRows, MaxQuarantine,
         S3Endpoint, S3Region, S3PathStyle, S3MultipartThreshold, S3PartSize, S3PartsInFlight,
     ];
 
@@ -201,7 +205,7 @@ internal sealed class Config
     public string LogsDir => Path.Combine(HomeDir, "logs");
     /// <summary>The address of the status page a running `start` or `sentinel --http` serves (`casparian status` reads it).</summary>
     public string StatusUrlFile => Path.Combine(HomeDir, "status.url");
-    /// <summary>Parquet files bound for s3:// sinks, written here before their upload: {StagingDir}/{topic}/.</summary>
+    /// <summary>Parquet files bound for s3:// sinks, written here before their upload, one directory per destination prefix.</summary>
     public string StagingDir => Path.Combine(HomeDir, "staging");
     /// <summary>The worker's persistent id.</summary>
     public string WorkerDir => Path.Combine(HomeDir, "worker");
@@ -429,6 +433,16 @@ internal static class Parsers
         "false" or "0" or "no" or "off" => (true, false, ""),
         _ => (false, false, "true or false"),
     };
+
+    public static Func<ConfigValue, string, (bool, long, string)> Long(long min, long max) => (raw, _) =>
+        raw.Items is null && long.TryParse(raw.Text, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out long v) && v >= min && v <= max
+            ? (true, v, "")
+            : (false, 0, $"an integer from {min} to {max}");
+
+    public static (bool, double, string) Fraction(ConfigValue raw, string baseDir) =>
+        raw.Items is null && double.TryParse(raw.Text, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) && v >= 0 && v <= 1
+            ? (true, v, "")
+            : (false, 0, "a fraction from 0 to 1 (0.5 is half)");
 
     public static Func<ConfigValue, string, (bool, int, string)> Int(int min, int max) => (raw, _) =>
         raw.Items is null && int.TryParse(raw.Text, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out int v) && v >= min && v <= max

@@ -424,6 +424,21 @@ internal sealed partial record SinkTarget
     }
 
     /// <summary>
+    /// For an s3:// sink, where its topic's quarantine goes: <c>_quarantine/TOPIC</c> beside the dataset
+    /// prefix (or beside the single object), in the same bucket, as OUTPUT/_quarantine/TOPIC lies beside
+    /// OUTPUT/TOPIC. Null for any other sink, including a root-relative one under an s3:// root, whose
+    /// quarantine is ROOT/_quarantine/TOPIC like a local root's.
+    /// </summary>
+    public string? QuarantineUri(string quarantineDirectory)
+    {
+        if (Remote is not { } remote || !S3Location.IsS3(Uri)) return null;
+        string key = remote.Key;
+        int slash = key.LastIndexOf('/');
+        var parent = new S3Location(remote.Bucket, slash < 0 ? "" : key[..slash]);
+        return parent.Child($"{quarantineDirectory}/{Topic}").Uri;
+    }
+
+    /// <summary>
     /// A superseded uri that is an object a sink could have written: s3://, a visible *.parquet name, and
     /// carrying our job-id metadata (checked by the caller before it deletes). Else null.
     /// </summary>
