@@ -274,6 +274,20 @@ public sealed class SourcesTests : IDisposable
     }
 
     [Fact]
+    public void Sources_IgnoreGlobsAndTopLevelOnly_LeaveFilesOutOfRouting()
+    {
+        RegisterParsers();
+        Directory.CreateDirectory(Path.Combine(Drop, "sub"));
+        foreach (string name in new[] { "a.csv", "a.csv.part", "sub/b.csv", ".hidden.csv" }) File.WriteAllText(Path.Combine(Drop, name), "n,word\n1,x\n");
+        Assert.Equal($"added source drop: {Drop}, ignoring *.part; route its files with 'casparian rule add drop GLOB PARSER'\n",
+            _c.Ok("source", "add", "drop", Drop, "--ignore", "*.part").Stdout);
+        _c.Ok("rule", "add", "drop", "**/*", "src_csv");
+        string test = _c.Ok("rule", "test", "drop").Stdout;
+        // Not recursive: sub/ is not looked at; hidden files never are; *.part is ignored, not unmatched.
+        Assert.Matches(@"^FILE +RULE +GLOB +PARSER\na\.csv +1 +\*\*/\* +src_csv 1\.0\na\.csv\.part +- +- +\(ignored\)\n2 file\(s\): 1 routed, 0 unmatched, 1 ignored\n$", test);
+    }
+
+    [Fact]
     public void Sources_DeclaredInCasparianToml_AreListedWithTheirLine_AndScanned()
     {
         RegisterParsers();
