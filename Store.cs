@@ -175,11 +175,24 @@ internal interface IJobStore : IDisposable
     /// <summary>The named version, or the highest by version order (ParserVersions) when <paramref name="version"/> is null.</summary>
     ParserRecord? GetParser(string name, string? version = null);
     List<ParserSummary> ListParsers();
+
+    // ---- several sentinels on one store (Store.Postgres.Cluster.cs); a file store has one sentinel ----
+    /// <summary>
+    /// Renews the lease of this store's sentinel (<see cref="StoreOptions.Sentinel"/>) for <paramref name="ttl"/>
+    /// and takes or keeps the maintenance lead if it is free; returns whether this sentinel leads.
+    /// </summary>
+    bool RenewLease(TimeSpan ttl) => true;
+    /// <summary>Gives up this sentinel's lease and lead (a clean stop), so the others adopt its jobs at once.</summary>
+    void EndLease() { }
+    /// <summary>Whether the store tells its sentinels when jobs are queued (<see cref="QueueSignalled"/>), so polling can be slow.</summary>
+    bool Notifies => false;
+    /// <summary>Whether a job was queued since the last call (LISTEN/NOTIFY); false when the store does not notify.</summary>
+    bool QueueSignalled() => false;
 }
 
 internal sealed record StoreOptions
 {
-    /// <summary>Where the store is: a file path (SQLite). See <see cref="JobStores.Open"/>.</summary>
+    /// <summary>Where the store is: a file path (SQLite) or a postgresql:// URL. See <see cref="JobStores.Open"/>.</summary>
     public required string Db { get; init; }
     /// <summary>Retries of a transient failure or a lost worker before the job is FAILED.</summary>
     public required int RetryLimit { get; init; }
@@ -196,6 +209,12 @@ internal sealed record StoreOptions
     /// journal mode or a migration, so it works on a read-only directory or file.
     /// </summary>
     public bool ReadOnly { get; init; }
+    /// <summary>
+    /// The sentinel this store acts for (null for a command). On a store shared by several sentinels
+    /// (PostgreSQL) its claims are marked with this name, and it touches a worker's RUNNING jobs only
+    /// when they are its own or their sentinel's lease has expired.
+    /// </summary>
+    public string? Sentinel { get; init; }
 }
 
 /// <summary>
@@ -216,6 +235,7 @@ internal static class JobStores
     public static IJobStore Open(StoreOptions options) => Scheme(options.Db) switch
     {
         null => new SqliteJobStore(options),
+        _ when PostgresUrl.IsPostgres(options.Db) => new PostgresJobStore(options),
         var scheme => throw StoreThrow.Input_UnsupportedScheme(options.Db, scheme),
     };
 
@@ -223,9 +243,9 @@ internal static class JobStores
     public static bool Exists(StoreOptions options) => Scheme(options.Db) is not null || File.Exists(options.Db);
 
     /// <summary>
-    /// One sentinel per store (issue 11 item 6): two would dispatch the same queue and requeue each
+    /// One sentinel per file store (issue 11 item 6): two would dispatch the same queue and requeue each
     /// other's jobs as orphans. A file store is locked by {db}.lock, the holder's pid in {db}.pid; a
-    /// server store (none yet) orders its sentinels itself, so there is nothing to take.
+    /// server store (PostgreSQL) orders its sentinels itself with leases, so there is nothing to take.
     /// </summary>
     public static IDisposable? LockForSentinel(StoreOptions options)
     {
@@ -243,7 +263,7 @@ internal static class StoreThrow
     public static StoreException Corrupt_UnknownState(string state) =>
         new(ExitCode.BadInput, $"the job store holds a job in state '{state}', which this casparian does not know; was it written by a newer one?");
     public static InputException Input_UnsupportedScheme(string db, string scheme) =>
-        new($"job store '{db}': {scheme}:// stores are not supported yet; give a file path for an SQLite store");
+        new($"job store '{db}': {scheme}:// stores are not supported; give a file path for an SQLite store or postgresql://USER[:PASS]@HOST[:PORT]/DB");
     public static StoreException Input_NotAStore(string location, string cause, Exception? inner = null) =>
         new(ExitCode.BadInput, $"cannot open job store {location}: {cause}", inner);
     public static StoreException Input_NewerSchema(string location, long found, int supported) =>
