@@ -61,7 +61,7 @@ internal sealed partial class PostgresJobStore
     private volatile bool _stopListening;
     private int _signalled;
 
-    public bool Notifies => true;
+    public bool Shared => true;
 
     public bool QueueSignalled()
     {

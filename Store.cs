@@ -176,6 +176,18 @@ internal interface IJobStore : IDisposable
     ParserRecord? GetParser(string name, string? version = null);
     List<ParserSummary> ListParsers();
 
+    // ---- `store copy` and `store check` (Store.Copy.cs) ----
+    /// <summary>Every row of the store, in chunks of about <paramref name="chunk"/>: parsers first, then jobs, sources, versions, outputs.</summary>
+    IEnumerable<StoreRows> Export(int chunk);
+    /// <summary>Inside a transaction: refuses a store that holds anything (an SQLite store refuses always: it is copied as a file).</summary>
+    void BeginImport();
+    /// <summary>Writes rows read by <see cref="Export"/>, keeping their ids.</summary>
+    void Import(StoreRows rows);
+    /// <summary>Moves the id sequences past the imported ids, so new rows follow them.</summary>
+    void EndImport();
+    /// <summary>The store's own consistency checks; lines describing it (schema, leases). Damage throws <see cref="StoreException"/>.</summary>
+    List<string> Check();
+
     // ---- several sentinels on one store (Store.Postgres.Cluster.cs); a file store has one sentinel ----
     /// <summary>
     /// Renews the lease of this store's sentinel (<see cref="StoreOptions.Sentinel"/>) for <paramref name="ttl"/>
@@ -184,8 +196,11 @@ internal interface IJobStore : IDisposable
     bool RenewLease(TimeSpan ttl) => true;
     /// <summary>Gives up this sentinel's lease and lead (a clean stop), so the others adopt its jobs at once.</summary>
     void EndLease() { }
-    /// <summary>Whether the store tells its sentinels when jobs are queued (<see cref="QueueSignalled"/>), so polling can be slow.</summary>
-    bool Notifies => false;
+    /// <summary>
+    /// Whether several sentinels may share this store: then each renews its lease, one leads the
+    /// maintenance, and the store tells them when jobs are queued (<see cref="QueueSignalled"/>), so polling can be slow.
+    /// </summary>
+    bool Shared => false;
     /// <summary>Whether a job was queued since the last call (LISTEN/NOTIFY); false when the store does not notify.</summary>
     bool QueueSignalled() => false;
 }
