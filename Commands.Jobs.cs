@@ -222,9 +222,9 @@ internal static partial class Commands
                 if (jobs.Count == 0) Console.Out.WriteLine(state is null ? "no jobs" : $"no {state.Value.Name()} jobs");
                 else
                 {
-                    var table = new Table("ID", "STATE", "PRI", "RETRIES", "PARSER", "WORKER", "UPDATED", "INPUT");
+                    var table = new Table("ID", "STATE", "PRI", "RETRIES", "QUARANTINED", "PARSER", "WORKER", "UPDATED", "INPUT");
                     foreach (var j in jobs)
-                        table.Add(Num(j.Id), j.State.Name(), Num(j.Priority), Num(j.RetryCount), $"{j.ParserName} {j.ParserVersion}", j.Worker ?? "-",
+                        table.Add(Num(j.Id), j.State.Name(), Num(j.Priority), Num(j.RetryCount), Quarantined(j) is > 0 and var q ? Num(q) : "-", $"{j.ParserName} {j.ParserVersion}", j.Worker ?? "-",
                             Time(j.FinishedAt ?? j.HeartbeatAt ?? j.ClaimedAt ?? j.CreatedAt), j.InputPath);
                     Console.Out.Write(table.Render());
                 }
@@ -285,6 +285,7 @@ internal static partial class Commands
         Line("finished", j.FinishedAt is { } f ? Time(f) : null);
         Line("next try", j.State == JobState.Queued && j.NextAttemptAt is { } n ? Time(n) : null);
         Line("error", j.Error?.ReplaceLineEndings("\n" + new string(' ', 14)));
+        Line("quarantine", Quarantined(j) is > 0 and var q ? $"{Num(q)} row(s) (casparian quarantine show {j.Id})" : null);
         if (j.MetricsJson is { } mj && JsonSerializer.Deserialize(mj, StoreJson.Default.DictionaryStringInt64) is { Count: > 0 } metrics)
             Line("metrics", string.Join(" ", metrics.Select(kv => $"{kv.Key}={kv.Value.ToString(CultureInfo.InvariantCulture)}")));
         if (j.ArtifactsJson is { } aj && JsonSerializer.Deserialize(aj, StoreJson.Default.ListDictionaryStringString) is { Count: > 0 } artifacts)
@@ -294,6 +295,11 @@ internal static partial class Commands
                     : string.Join(" ", a.Select(kv => $"{kv.Key}={kv.Value}")));
         return sb.ToString();
     }
+
+    /// <summary>Rows the job's contracts quarantined (its receipt's metrics), 0 when none or unknown.</summary>
+    private static long Quarantined(JobRecord j) =>
+        j.MetricsJson is { } mj && mj.Contains("\"quarantined\"", StringComparison.Ordinal)
+        && JsonSerializer.Deserialize(mj, StoreJson.Default.DictionaryStringInt64) is { } m ? m.GetValueOrDefault("quarantined") : 0;
 
     private static string Num(long n) => n.ToString(CultureInfo.InvariantCulture);
 

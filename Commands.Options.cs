@@ -58,6 +58,8 @@ internal static partial class Commands
         Lineage = c.Get(Config.Lineage),
         RowGroupRows = c.Get(Config.RowGroupRows),
         RowGroupBytes = c.Get(Config.RowGroupSize),
+        MaxQuarantineRows = c.Get(Config.MaxQuarantineRows),
+        MaxQuarantine = c.Get(Config.MaxQuarantine),
     };
 
     public static BridgeOptions BridgeOptions(Config c) => new()

@@ -20,7 +20,7 @@ internal static partial class Commands
     /// <summary>The roles and command groups, in the order --help lists them.</summary>
     // A property, not a field: the commands are fields of the partial files, whose initialisation
     // order across files C# leaves unspecified.
-    public static Command[] All => [SentinelCommand, WorkerCommand, StartCommand, RunCommand, ParserGroup, JobGroup, JobsCommand, StoreGroup, StatusCommand, KeysCommand, ConfigCommand, VersionCommand];
+    public static Command[] All => [SentinelCommand, WorkerCommand, StartCommand, RunCommand, ParserGroup, JobGroup, JobsCommand, QuarantineGroup, TopicGroup, StoreGroup, StatusCommand, KeysCommand, ConfigCommand, VersionCommand];
 
     public static readonly Command VersionCommand = new("version", "print the version and build", "version", [], _ =>
     {
@@ -235,6 +235,15 @@ internal sealed class Table(params string[] headers)
     }
 
     public void Add(params string[] cells) => _rows.Add(cells);
+
+    /// <summary>Leaves out column <paramref name="column"/> (one the caller turned out not to need).</summary>
+    public void DropColumn(int column)
+    {
+        for (int r = 0; r < _rows.Count; r++) _rows[r] = [.. _rows[r][..column], .. _rows[r][(column + 1)..]];
+        var right = _right.Where(i => i != column).Select(i => i > column ? i - 1 : i).ToList();
+        _right.Clear();
+        _right.UnionWith(right);
+    }
 
     public string Render()
     {

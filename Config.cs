@@ -125,6 +125,10 @@ internal sealed class Config
         Parsers.Int(1, int.MaxValue), _ => 1 << 20);
     public static readonly Setting<long> RowGroupSize = new("row_group_size", "SIZE", "most Arrow data in one Parquet row group: bounds the writer's memory per topic",
         Parsers.SizeUpTo(1L << 30), _ => 16L << 20, Parsers.FormatSize);
+    public static readonly Setting<long> MaxQuarantineRows = new("max_quarantine_rows", "N", "most rows one job may send to quarantine (all topics) before it fails",
+        Parsers.Long(0, long.MaxValue), _ => 10_000);
+    public static readonly Setting<double> MaxQuarantine = new("max_quarantine", "FRACTION", "fraction of a topic's rows a job may quarantine before it fails, unless the topic sets its own",
+        Parsers.Fraction, _ => 0.5, v => v.ToString(CultureInfo.InvariantCulture));
     public static readonly Setting<int> WarmGuests = new("warm_guests", "N", "most warm parser processes (fork servers) a worker keeps; 0 starts every job cold",
         Parsers.Int(0, 256), _ => 8);
     public static readonly Setting<TimeSpan> WarmIdle = new("warm_idle", "SECONDS", "a warm parser process unused this long is stopped",
@@ -153,7 +157,7 @@ internal sealed class Config
         HeartbeatInterval, HeartbeatTimeout, RetryLimit, RetryBackoff, RetryBackoffMax, LockTimeout, LeaseTtl, PollInterval, Capabilities, JobTimeout,
         DeadlineGrace, ConnectTimeout, IdleTimeout, ShutdownGrace, LogLimit, MessageLimit, BuildTimeout, RowGroupRows, RowGroupSize,
         Insecure, SentinelKey, JoinToken, LinkLimit, Http, HttpInsecure,
-        WarmGuests, WarmIdle,
+        WarmGuests, WarmIdle, MaxQuarantineRows, MaxQuarantine,
     ];
 
     /// <summary>
@@ -418,6 +422,16 @@ internal static class Parsers
         "false" or "0" or "no" or "off" => (true, false, ""),
         _ => (false, false, "true or false"),
     };
+
+    public static Func<ConfigValue, string, (bool, long, string)> Long(long min, long max) => (raw, _) =>
+        raw.Items is null && long.TryParse(raw.Text, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out long v) && v >= min && v <= max
+            ? (true, v, "")
+            : (false, 0, $"an integer from {min} to {max}");
+
+    public static (bool, double, string) Fraction(ConfigValue raw, string baseDir) =>
+        raw.Items is null && double.TryParse(raw.Text, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) && v >= 0 && v <= 1
+            ? (true, v, "")
+            : (false, 0, "a fraction from 0 to 1 (0.5 is half)");
 
     public static Func<ConfigValue, string, (bool, int, string)> Int(int min, int max) => (raw, _) =>
         raw.Items is null && int.TryParse(raw.Text, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out int v) && v >= min && v <= max

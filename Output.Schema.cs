@@ -345,7 +345,7 @@ internal sealed class ScratchArrays : IDisposable
         return new ArrowBuffer(memory);
     }
 
-    private Memory<byte> Rent(int length)
+    internal Memory<byte> Rent(int length)
     {
         byte[] array = ArrayPool<byte>.Shared.Rent(length);
         _rented.Add(array);

@@ -134,7 +134,7 @@ internal sealed record SinkTarget(string Topic, string Uri, string Directory, st
             : new SinkTarget(topic, uri, path, fileName ?? DatasetFileName(jobId, null, null), mode, SingleFile: false);
     }
 
-    private static string UnderRoot(ulong jobId, string topic, string uri, string root, string relative)
+    internal static string UnderRoot(ulong jobId, string topic, string uri, string root, string relative)
     {
         if (relative.Trim().Length == 0) throw OutputThrow.Sink_Empty(jobId, topic);
         if (HasParentSegment(relative)) throw OutputThrow.Sink_ParentSegment(jobId, topic, uri);
@@ -160,25 +160,25 @@ internal sealed record SinkTarget(string Topic, string Uri, string Directory, st
     /// written: they hold no symlink ('..' was refused before), and the directory is checked again once
     /// it is created.
     /// </summary>
-    public static void CheckRealPath(OutputOptions options, ulong jobId, string topic, string directory)
+    public static void CheckRealPath(OutputOptions options, ulong jobId, string topic, string directory, string? real = null)
     {
-        string real = RealPath.Of(directory);
+        real ??= RealPath.Of(directory);
         if (IsInside(real, RealPath.Of(options.Root))) return;
         foreach (var allowed in options.AllowedRoots)
             if (IsInside(real, RealPath.Of(allowed))) return;
         throw OutputThrow.Sink_SymlinkEscape(jobId, topic, directory, real);
     }
 
-    private static bool HasParentSegment(string path)
+    internal static bool HasParentSegment(string path)
     {
         foreach (var segment in path.Split('/', '\\'))
             if (segment == "..") return true;
         return false;
     }
 
-    private static string Normalize(string path) => Path.TrimEndingDirectorySeparator(Path.GetFullPath(path));
+    internal static string Normalize(string path) => Path.TrimEndingDirectorySeparator(Path.GetFullPath(path));
 
-    private static bool IsInside(string path, string root) =>
+    internal static bool IsInside(string path, string root) =>
         path == root || (path.StartsWith(root, StringComparison.Ordinal) && (root.EndsWith('/') || path[root.Length] == '/'));
 
     /// <summary>
@@ -213,14 +213,15 @@ internal sealed record SinkTarget(string Topic, string Uri, string Directory, st
     }
 
     /// <summary>The job id in a Parquet file's footer (written by JobOutput), or null if absent or unreadable.</summary>
-    private static ulong? WrittenBy(string path)
+    public static ulong? WrittenBy(string path)
     {
+        if (!File.Exists(path)) return null;
         try
         {
             using var reader = new ParquetFileReader(path);
             return reader.FileMetaData.KeyValueMetadata.TryGetValue(JobIdKey, out var text) && ulong.TryParse(text, out var id) ? id : null;
         }
-        catch (ParquetException)
+        catch (Exception e) when (e is ParquetException or IOException)
         {
             return null;
         }

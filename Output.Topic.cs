@@ -13,9 +13,15 @@ namespace Casparian;
 
 internal sealed partial class JobOutput
 {
-    private sealed class TopicWriter(JobOutput job, string name, SinkTarget target) : IDisposable
+    /// <summary><paramref name="plain"/>: no lineage columns (a quarantine file has its own).</summary>
+    private sealed class TopicWriter(JobOutput job, string name, SinkTarget target, bool plain = false) : ITopicWriter
     {
         public string Name { get; } = name;
+
+        /// <summary>The parser's columns as written so far (null before the first batch).</summary>
+        public Schema? Schema => _schema;
+
+        private bool Lineage => Options.Lineage && !plain;
 
         // The parser's columns (all nullable), in the order of the topic's first batch.
         private Schema? _schema;
@@ -52,13 +58,16 @@ internal sealed partial class JobOutput
             var fields = _schema.FieldsList;
             var arrays = new IArrowArray[_writerSchema!.FieldsList.Count];
             for (int i = 0; i < fields.Count; i++) arrays[i] = Conform(batch.Column(map[i]), fields[i], scratch);
-            if (Options.Lineage) job._lineage.Fill(arrays, fields.Count, batch.Length, scratch);
+            if (Lineage) job._lineage.Fill(arrays, fields.Count, batch.Length, scratch);
             WriteRows(arrays, batch.Length, ArrowSchemas.Bytes(batch));
             _rows += batch.Length;
         }
 
-        /// <summary>Closes the file, makes it durable, applies the mode and renames it into place.</summary>
-        public OutputArtifact Commit()
+        /// <summary>
+        /// Closes the file, makes it durable, applies the mode and renames it into place; null (and the
+        /// temp file deleted) when the final file already holds a later job's output (NewestWins).
+        /// </summary>
+        public OutputArtifact? Commit()
         {
             _writer!.Close();
             _writer.Dispose();
@@ -69,7 +78,17 @@ internal sealed partial class JobOutput
             // The directory may have become a symlink since it was created: checked again before the rename.
             SinkTarget.CheckRealPath(Options, JobId, Name, target.Directory);
             string final = target.FinalPath;
-            File.Move(_tempPath!, final, overwrite: true);
+            // Under the directory's lock, a later job of the same source cannot rename between our look at the footer and our rename.
+            using (job.NewestWins ? DirectoryLock.Take(target.Directory) : null)
+            {
+                if (job.NewestWins && SinkTarget.WrittenBy(final) is { } writer && writer > JobId)
+                {
+                    TryDelete(_tempPath!);
+                    _tempPath = null;
+                    return null;
+                }
+                File.Move(_tempPath!, final, overwrite: true);
+            }
             _tempPath = null;
             SyncDirectories();
             if (target.Mode == SinkMode.Replace && !target.SingleFile && target.DeleteOtherData() > 0) Sync(target.Directory);
@@ -131,7 +150,7 @@ internal sealed partial class JobOutput
         private void OpenWriter()
         {
             var fields = new List<Field>(_schema!.FieldsList);
-            if (Options.Lineage) fields.AddRange(LineageColumns.Fields());
+            if (Lineage) fields.AddRange(LineageColumns.Fields());
             var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
             if (_schema.HasMetadata) foreach (var (k, v) in _schema.Metadata) metadata[k] = v;
             job._lineage.AddMetadata(metadata);
@@ -177,7 +196,7 @@ internal sealed partial class JobOutput
             for (int i = 0; i < fields.Count; i++)
             {
                 string n = fields[i].Name;
-                if (Options.Lineage && LineageColumns.IsReserved(n)) throw OutputThrow.Schema_ReservedColumn(JobId, Name, n);
+                if (Lineage && LineageColumns.IsReserved(n)) throw OutputThrow.Schema_ReservedColumn(JobId, Name, n);
                 for (int j = 0; j < i; j++)
                     if (fields[j].Name == n) throw OutputThrow.Schema_DuplicateColumn(JobId, Name, n);
             }
@@ -340,6 +359,56 @@ internal static class DirectorySync
 
     [DllImport("libc", SetLastError = true)]
     private static extern int fsync(int fd);
+
+    [DllImport("libc")]
+    private static extern int close(int fd);
+}
+
+/// <summary>
+/// An exclusive flock(2) on a directory, held until disposed: orders the commits of jobs that rename
+/// into (or delete from) the same dataset directory, on this machine or, where the file system passes
+/// flock on (NFSv4, most cluster file systems), on others. Blocks until the lock is free; commits hold
+/// it for a rename. Returns null off Linux, and where the directory cannot be opened for reading.
+/// </summary>
+internal sealed class DirectoryLock : IDisposable
+{
+    private const int OpenFlags = 0x80000; // O_RDONLY | O_CLOEXEC, as DirectorySync
+    private const int LockExclusive = 2, Unlock = 8, EINTR = 4;
+    private int _fd;
+
+    private DirectoryLock(int fd) => _fd = fd;
+
+    public static DirectoryLock? Take(string directory)
+    {
+        if (!OperatingSystem.IsLinux()) return null;
+        byte[] path = System.Text.Encoding.UTF8.GetBytes(directory + "\0");
+        int fd;
+        do fd = open(path, OpenFlags);
+        while (fd < 0 && Marshal.GetLastPInvokeError() == EINTR);
+        if (fd < 0) return null;
+        while (flock(fd, LockExclusive) < 0)
+        {
+            if (Marshal.GetLastPInvokeError() == EINTR) continue;
+            // A file system without flock: nothing to order with; the commit goes ahead as before.
+            _ = close(fd);
+            return null;
+        }
+        return new DirectoryLock(fd);
+    }
+
+    public void Dispose()
+    {
+        if (_fd < 0) return;
+        _ = flock(_fd, Unlock);
+        _ = close(_fd);
+        _fd = -1;
+    }
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern int open(byte[] path, int flags);
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern int flock(int fd, int operation);
 
     [DllImport("libc")]
     private static extern int close(int fd);

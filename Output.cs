@@ -14,6 +14,10 @@
 // leading '.', never empty, at most 200 characters); two inputs whose sanitised stems are equal
 // (a/x.csv and b/x.csv) would write the same file, the later winning, so the caller must pass stems
 // that are unique after sanitising and can check that up front with SanitizeStem.
+//   - an sqlite://FILE?table=NAME uri: a table of an SQLite database under the root; its topic writer is
+//     Output.Sqlite.cs's (rows staged, then swapped per (parser, source) in one transaction).
+// Ordering (NewestWins, workers): a commit never replaces, or removes as superseded, a file whose footer
+// names a later job of the same source; the footer check and the rename hold the directory's flock.
 // Modes (SinkConfig.mode):
 //   - append (default): directory: add/overwrite this job's file, leave every other file alone.
 //     File uri: refused when the job starts (a Parquet file cannot be appended to, and appending would
@@ -98,32 +102,70 @@ internal sealed record OutputOptions
 
     /// <summary>Most Arrow bytes (uncompressed column data) in one row group: bounds the writer's memory per topic.</summary>
     public required long RowGroupBytes { get; init; }
+
+    /// <summary>Most rows one job may send to quarantine, all topics together, before it fails (issue 14).</summary>
+    public required long MaxQuarantineRows { get; init; }
+
+    /// <summary>The fraction of a topic's rows a job may quarantine when the topic's contract sets no max_quarantine.</summary>
+    public required double MaxQuarantine { get; init; }
 }
 
 /// <summary>One committed file. <see cref="Bytes"/> is its size on disk.</summary>
 internal readonly record struct OutputArtifact(string Topic, string Uri, long Rows, long Bytes)
 {
-    /// <summary>The receipt's artifact map (SPEC §2.4): topic, uri, rows, bytes.</summary>
-    public Dictionary<string, string> ToReceipt() => new()
+    /// <summary>Rows the topic's contract sent to quarantine (Output.Quarantine.cs).</summary>
+    public long Quarantined { get; init; }
+    /// <summary>The quarantine file, when the topic quarantined any rows.</summary>
+    public string? QuarantineUri { get; init; }
+    /// <summary>Quarantined rows per reason, "type:3,null:1".</summary>
+    public string? QuarantineReasons { get; init; }
+    /// <summary>Columns not in the declared schema, dropped, ','-separated.</summary>
+    public string? DroppedColumns { get; init; }
+    /// <summary>The topic's schema after this job (the registry's columns JSON, Output.Drift.cs).</summary>
+    public string? Schema { get; init; }
+
+    /// <summary>The receipt's artifact map (SPEC §2.4): topic, uri, rows, bytes; and our extensions when set.</summary>
+    public Dictionary<string, string> ToReceipt()
     {
-        ["topic"] = Topic,
-        ["uri"] = Uri,
-        ["rows"] = Rows.ToString(CultureInfo.InvariantCulture),
-        ["bytes"] = Bytes.ToString(CultureInfo.InvariantCulture),
-    };
+        var map = new Dictionary<string, string>
+        {
+            ["topic"] = Topic,
+            ["uri"] = Uri,
+            ["rows"] = Rows.ToString(CultureInfo.InvariantCulture),
+            ["bytes"] = Bytes.ToString(CultureInfo.InvariantCulture),
+        };
+        if (Quarantined > 0) map[SentinelMetrics.QuarantinedArtifact] = Quarantined.ToString(CultureInfo.InvariantCulture);
+        if (QuarantineUri is { } q) map[QuarantineUriKey] = q;
+        if (QuarantineReasons is { } r) map[QuarantineReasonsKey] = r;
+        if (DroppedColumns is { } d) map["dropped_columns"] = d;
+        if (Schema is { } s) map[SchemaKey] = s;
+        return map;
+    }
+
+    public const string QuarantineUriKey = "quarantine_uri";
+    public const string QuarantineReasonsKey = "quarantine_reasons";
+    public const string SchemaKey = "schema";
 }
 
 /// <summary>What Commit wrote: one artifact per topic that received at least one batch.</summary>
 internal sealed record OutputResult(IReadOnlyList<OutputArtifact> Artifacts, long Rows, long Bytes, long Batches, long DurationMs)
 {
-    /// <summary>The receipt's metrics: rows, bytes (Parquet bytes on disk), batches, write_ms (from the output's creation to its commit).</summary>
-    public Dictionary<string, long> Metrics() => new()
+    /// <summary>
+    /// The receipt's metrics: rows, bytes (Parquet bytes on disk), batches, write_ms (from the output's
+    /// creation to its commit), and quarantined (rows the contracts rejected) when there are any.
+    /// </summary>
+    public Dictionary<string, long> Metrics()
     {
-        ["rows"] = Rows,
-        ["bytes"] = Bytes,
-        ["batches"] = Batches,
-        ["write_ms"] = DurationMs,
-    };
+        var metrics = new Dictionary<string, long>
+        {
+            ["rows"] = Rows,
+            ["bytes"] = Bytes,
+            ["batches"] = Batches,
+            ["write_ms"] = DurationMs,
+        };
+        if (Artifacts.Sum(a => a.Quarantined) is > 0 and var q) metrics["quarantined"] = q;
+        return metrics;
+    }
 
     public List<Dictionary<string, string>> ReceiptArtifacts() => Artifacts.Select(a => a.ToReceipt()).ToList();
 }
@@ -150,8 +192,15 @@ internal sealed partial class JobOutput : IDisposable
     // This job's file name in every dataset directory.
     private readonly string _fileName;
     private readonly Dictionary<string, SinkTarget> _sinks;
+    // Topics whose sink is an SQLite table (Output.Sqlite.cs).
+    private readonly Dictionary<string, SqliteTarget> _tables;
+    private readonly OutputSource? _source;
+    // Topics with a schema contract (a handful): searched linearly.
+    private readonly List<TopicContract> _contracts = [];
+    // The registry's current schema of each topic (DISPATCH topic_schemas): checked at commit (Output.Drift.cs).
+    private IReadOnlyList<TopicSchemaDef> _registered = [];
     // Topics in first-write order: a handful per job, searched linearly.
-    private readonly List<TopicWriter> _topics = [];
+    private readonly List<ITopicWriter> _topics = [];
     private readonly Stopwatch _clock = Stopwatch.StartNew();
     private readonly ArrowWriterProperties _arrowProperties;
     private long _batches;
@@ -173,18 +222,35 @@ internal sealed partial class JobOutput : IDisposable
         _jobId = jobId;
         _lineage = new LineageColumns(jobId, source);
         _fileName = SinkTarget.DatasetFileName(jobId, source, fileStem);
+        _source = source;
         _sinks = new Dictionary<string, SinkTarget>(StringComparer.Ordinal);
+        _tables = new Dictionary<string, SqliteTarget>(StringComparer.Ordinal);
         foreach (var sink in sinks)
         {
+            if (SqliteTarget.Is(sink.Uri))
+            {
+                var table = SqliteTarget.Resolve(options, jobId, sink.Topic, sink.Uri, sink.Mode);
+                if (_sinks.ContainsKey(sink.Topic) || !_tables.TryAdd(sink.Topic, table)) throw OutputThrow.Sink_DuplicateTopic(jobId, sink.Topic);
+                if (table.Mode == SinkMode.Error) table.CheckNoOtherData(jobId);
+                continue;
+            }
             var target = SinkTarget.Resolve(options, jobId, sink.Topic, sink.Uri, sink.Mode, _fileName);
-            if (!_sinks.TryAdd(sink.Topic, target)) throw OutputThrow.Sink_DuplicateTopic(jobId, sink.Topic);
+            if (_tables.ContainsKey(sink.Topic) || !_sinks.TryAdd(sink.Topic, target)) throw OutputThrow.Sink_DuplicateTopic(jobId, sink.Topic);
             if (target.Mode == SinkMode.Error) target.CheckNoOtherData(jobId);
+            if (sink.SchemaDef is { } def) _contracts.Add(ContractOf(sink.Topic, def));
         }
         // The stored Arrow schema brings back exact types on read (timestamp time zones, null columns).
         _arrowProperties = new ArrowWriterPropertiesBuilder().StoreSchema().Build();
     }
 
     public ulong JobId => _jobId;
+
+    /// <summary>
+    /// Job ids order the jobs of one (parser, source): a commit never replaces output that a job with a
+    /// higher id wrote, nor removes it as superseded (a store's ids grow with queue time, so the later
+    /// queued job wins however the two race). Off for <c>casparian run</c>, whose ids are positions.
+    /// </summary>
+    public bool NewestWins { get; init; }
 
     /// <summary>
     /// Appends <paramref name="batch"/> to <paramref name="topic"/>'s file, creating it on the topic's
@@ -199,7 +265,8 @@ internal sealed partial class JobOutput : IDisposable
         bool ok = false;
         try
         {
-            Topic(topic).Write(batch);
+            if (_contracts.Find(c => c.Topic == topic) is { Enforcer: not null } contract) WriteContracted(contract, batch);
+            else Topic(topic).Write(batch);
             ok = true;
         }
         catch (ParquetException e)
@@ -225,13 +292,16 @@ internal sealed partial class JobOutput : IDisposable
         if (_committed) throw new InvalidOperationException($"job {_jobId}: Commit called twice");
         if (_failed) throw new InvalidOperationException($"job {_jobId}: Commit after a failed Write; the job's output is incomplete, dispose it");
         _committed = true;
+        CheckQuarantineFractions();
+        var schemas = CheckDrift();
         var artifacts = new List<OutputArtifact>(_topics.Count);
         FaultPoint.Hit(FaultPoint.BeforeRename);
-        foreach (var t in _topics)
+        for (int i = 0; i < _topics.Count; i++)
         {
+            var t = _topics[i];
             try
             {
-                artifacts.Add(t.Commit());
+                if (t.Commit() is { } artifact) artifacts.Add(CommitQuarantine(artifact) with { Schema = schemas[i] });
             }
             catch (ParquetException e)
             {
@@ -241,7 +311,12 @@ internal sealed partial class JobOutput : IDisposable
         }
         FaultPoint.Hit(FaultPoint.BeforeSupersede);
         if (supersedes is { Count: > 0 })
-            RemoveSuperseded(_options, _jobId, supersedes, [.. artifacts.Select(a => new Uri(a.Uri).LocalPath)]);
+        {
+            // Kept: this job's files, and its quarantine files (also Parquet when the topic's sink is a table).
+            string[] kept = [.. artifacts.SelectMany(a => new[] { a.Uri, a.QuarantineUri }).OfType<string>().Where(u => !SqliteTarget.Is(u)).Select(u => new Uri(u).LocalPath)];
+            RemoveSuperseded(_options, _jobId, supersedes, kept, NewestWins);
+            SqliteTarget.RemoveSuperseded(_options, _jobId, _source, supersedes, [.. artifacts.Select(a => a.Uri)], NewestWins);
+        }
         FaultPoint.Hit(FaultPoint.AfterSupersede);
         _clock.Stop();
         return new OutputResult(artifacts, artifacts.Sum(a => a.Rows), artifacts.Sum(a => a.Bytes), _batches, _clock.ElapsedMilliseconds);
@@ -252,6 +327,7 @@ internal sealed partial class JobOutput : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
+        for (int i = _contracts.Count - 1; i >= 0; i--) _contracts[i].Quarantine?.Dispose();
         for (int i = _topics.Count - 1; i >= 0; i--) _topics[i].Dispose();
         _lineage.Dispose();
         _arrowProperties.Dispose();
@@ -261,9 +337,11 @@ internal sealed partial class JobOutput : IDisposable
     /// Deletes each superseded file this commit did not overwrite, then syncs its directory. Only a
     /// local *.parquet file inside the output root or an allowed root is touched (what a sink could
     /// name anyway); anything else in the list is ignored. Missing files are fine: a retry of a job
-    /// killed after this step finds them gone.
+    /// killed after this step finds them gone. With <paramref name="newestWins"/>, a file whose footer
+    /// names a later job is kept (that job superseded the same output first), the check and the delete
+    /// made under the directory's lock (<see cref="DirectoryLock"/>).
     /// </summary>
-    internal static void RemoveSuperseded(OutputOptions options, ulong jobId, IReadOnlyList<string> supersedes, IReadOnlyCollection<string> kept)
+    internal static void RemoveSuperseded(OutputOptions options, ulong jobId, IReadOnlyList<string> supersedes, IReadOnlyCollection<string> kept, bool newestWins = false)
     {
         var directories = new List<string>();
         foreach (string uri in supersedes)
@@ -272,7 +350,11 @@ internal sealed partial class JobOutput : IDisposable
             try
             {
                 if (!File.Exists(path)) continue;
-                File.Delete(path);
+                using (newestWins ? DirectoryLock.Take(Path.GetDirectoryName(path)!) : null)
+                {
+                    if (newestWins && SinkTarget.WrittenBy(path) is { } writer && writer > jobId) continue;
+                    File.Delete(path);
+                }
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
@@ -288,9 +370,29 @@ internal sealed partial class JobOutput : IDisposable
         }
     }
 
-    private TopicWriter Topic(string name)
+    /// <summary>One topic's destination: a Parquet file (TopicWriter) or an SQLite table (SqliteTopicWriter).</summary>
+    private interface ITopicWriter : IDisposable
+    {
+        string Name { get; }
+
+        /// <summary>The parser's columns as written so far (null before the first batch): the schema registry's drift check reads it.</summary>
+        Schema? Schema { get; }
+
+        void Write(RecordBatch batch);
+
+        /// <summary>Makes the topic's rows the current output; null when a later job's output is already there (<see cref="NewestWins"/>).</summary>
+        OutputArtifact? Commit();
+    }
+
+    private ITopicWriter Topic(string name)
     {
         foreach (var t in _topics) if (t.Name == name) return t;
+        if (_tables.TryGetValue(name, out var table))
+        {
+            var writer = new SqliteTopicWriter(this, name, table);
+            _topics.Add(writer);
+            return writer;
+        }
         if (!_sinks.TryGetValue(name, out var target))
         {
             if (!Bridge.IsValidTopic(name)) throw OutputThrow.Topic_BadName(_jobId, name);
@@ -309,7 +411,7 @@ internal static class OutputThrow
     public static OutputException Topic_BadName(ulong job, string topic) =>
         new(ExitCode.BadInput, $"job {job}: topic name '{topic}' is invalid; topic names match [a-z][a-z0-9_]* (at most {Bridge.MaxTopicLength} characters)");
     public static OutputException Sink_Scheme(ulong job, string topic, string uri) =>
-        new(ExitCode.BadInput, $"job {job}: sink uri '{uri}' of topic '{topic}' is not supported; use parquet://NAME, a relative path, or file:///ABSOLUTE/PATH");
+        new(ExitCode.BadInput, $"job {job}: sink uri '{uri}' of topic '{topic}' is not supported; use parquet://NAME, a relative path, file:///ABSOLUTE/PATH or sqlite://FILE.db?table=NAME");
     public static OutputException Sink_Empty(ulong job, string topic) =>
         new(ExitCode.BadInput, $"job {job}: sink uri of topic '{topic}' is empty; use parquet://NAME, a relative path, or file:///ABSOLUTE/PATH");
     public static OutputException Sink_ParentSegment(ulong job, string topic, string uri) =>
@@ -334,6 +436,16 @@ internal static class OutputThrow
         new(ExitCode.BadInput, $"job {job}: topic '{topic}' has a column named '{column}', which lineage reserves; rename the column or turn lineage off");
     public static OutputException Schema_CannotFillNulls(ulong job, string topic, string column, string type) =>
         new(ExitCode.BadInput, $"job {job}: topic '{topic}' column '{column}' is all null in a table, and nulls of type {type} cannot be filled in; send the column with its type");
+    public static OutputException Contract_BadDef(ulong job, string topic, string why) =>
+        new(ExitCode.BadInput, $"job {job}: topic '{topic}' has an unusable schema_def: {why}; fix the topic's schema in the parser's TOPICS or the config's [topics.{topic}]");
+    public static OutputException Contract_Frozen(ulong job, string topic, int count, IReadOnlyList<string> first) =>
+        new(ExitCode.BadInput, $"job {job}: topic '{topic}' has contract freeze and a table broke its schema in {count} value(s), first {string.Join("; ", first)}; fix the parser or the data, or use contract discard_row to quarantine such rows");
+    public static OutputException Contract_RowCap(ulong job, string topic, long rows, long cap) =>
+        new(ExitCode.BadInput, $"job {job}: {rows} rows quarantined (last in topic '{topic}'), over the cap of {cap} per job (max_quarantine_rows); fix the parser or the data, or raise max_quarantine_rows");
+    public static OutputException Contract_Fraction(ulong job, string topic, long quarantined, long rows, double max, string reasons) =>
+        new(ExitCode.BadInput, $"job {job}: topic '{topic}' quarantined {quarantined} of {rows} rows ({reasons}), more than its max_quarantine of {max.ToString("0.###", CultureInfo.InvariantCulture)}; fix the parser or the data, or raise the topic's max_quarantine");
+    public static OutputException Schema_Drift(ulong job, string topic, string column, string written, string current, long version) =>
+        new(ExitCode.BadInput, $"job {job}: topic '{topic}' column '{column}' is {written} in this job but {current} in the topic's current schema (version {version}); under contract evolve only new columns and int64 → float64 may change, so every file of the topic stays readable together; make the parser write {current}, or write to a new topic");
     public static OutputException Commit_DirectorySync(ulong job, string topic, string directory, int errno) =>
         new(ExitCode.Unavailable, $"job {job}: topic '{topic}' was renamed into {directory} but syncing that directory to disk failed ({System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(errno)}, errno {errno}); the file may not survive a power loss; check the disk, then retry the job");
     public static OutputException Commit_Supersede(ulong job, string path, Exception e) =>

@@ -70,6 +70,8 @@ internal static class CliThrow
     public static UsageException Usage_ParserNeedsWatch() =>
         new("'casparian start --parser NAME' applies to watched folders; add --watch DIR");
 
+    public static InputException Input_QuarantineGone(long job, string path) =>
+        new($"job {job}'s quarantine file {path} is gone: a later job for the same source superseded it, or the output is on another machine; see 'casparian quarantine ls'");
     public static InputException Input_NoWatchedFolder(string dir) =>
         new($"watched folder {dir} does not exist; create it or fix --watch");
     public static InputException Input_NoSuchPath(string path) =>

@@ -203,6 +203,8 @@ internal sealed record Dispatch
     [JsonPropertyName("content_hash")] public string? ContentHash { get; init; }
     /// <summary>File uris of this parser's current output for this source: removed once this job's output is in place.</summary>
     [JsonPropertyName("supersedes")] public List<string>? Supersedes { get; init; }
+    /// <summary>The schema registry's current schema of each topic this parser has written (issue 14): the job fails on a change readers cannot union.</summary>
+    [JsonPropertyName("topic_schemas")] public List<TopicSchemaDef>? TopicSchemas { get; init; }
 }
 
 [JsonConverter(typeof(JsonStringEnumConverter<ReceiptStatus>))]

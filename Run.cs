@@ -54,7 +54,7 @@ internal static class DevRun
             results[i] = await RunOne(o, (ulong)(i + 1), inputs[i], stems[i], terminal, interactive: inputs.Count == 1, warm, stop);
         }).GetAwaiter().GetResult();
 
-        Console.Out.Write(Summary(results));
+        Console.Out.Write(Summary(results, contracts: o.Sinks.Any(s => s.SchemaDef is not null)));
         int failed = results.Count(r => r.Error is not null);
         foreach (var r in results.Where(r => r.Error is not null))
             Console.Error.WriteLine($"error: {Text.FirstLine(r.Error!)}");
@@ -192,9 +192,10 @@ internal static class DevRun
 
     private static string Rel(string path) => Text.Rel(path, Directory.GetCurrentDirectory());
 
-    private static string Summary(FileResult[] results)
+    /// <summary>The summary table; <paramref name="contracts"/> (a topic has a schema contract) adds the quarantined column.</summary>
+    private static string Summary(FileResult[] results, bool contracts)
     {
-        var table = new Table("file", "topic", "rows", "output", "time").AlignRight(2, 4);
+        var table = new Table("file", "topic", "rows", "quarantined", "output", "time").AlignRight(2, 3, 5);
         foreach (var r in results)
         {
             string time = r.Elapsed.TotalSeconds.ToString("0.00", CultureInfo.InvariantCulture) + " s";
@@ -203,16 +204,17 @@ internal static class DevRun
                 string cause = Text.FirstLine(r.Error);
                 string prefix = $" on {r.Input}: ";
                 int at = cause.IndexOf(prefix, StringComparison.Ordinal);
-                table.Add(Rel(r.Input), "FAILED", "", at >= 0 ? cause[(at + prefix.Length)..] : cause, time);
+                table.Add(Rel(r.Input), "FAILED", "", "", at >= 0 ? cause[(at + prefix.Length)..] : cause, time);
                 continue;
             }
-            if (r.Output!.Artifacts.Count == 0 && r.Skipped.Count == 0) table.Add(Rel(r.Input), "(no tables)", "0", "", time);
+            if (r.Output!.Artifacts.Count == 0 && r.Skipped.Count == 0) table.Add(Rel(r.Input), "(no tables)", "0", "", "", time);
             foreach (var a in r.Output.Artifacts)
-                table.Add(Rel(r.Input), a.Topic, a.Rows.ToString(CultureInfo.InvariantCulture), Rel(new Uri(a.Uri).LocalPath), time);
+                table.Add(Rel(r.Input), a.Topic, a.Rows.ToString(CultureInfo.InvariantCulture), a.Quarantined > 0 ? a.Quarantined.ToString(CultureInfo.InvariantCulture) : "-", Rel(new Uri(a.Uri).LocalPath), time);
             foreach (var (topic, n) in r.Skipped)
-                table.Add(Rel(r.Input), topic, n.ToString(CultureInfo.InvariantCulture), "(not written: --topic)", time);
+                table.Add(Rel(r.Input), topic, n.ToString(CultureInfo.InvariantCulture), "", "(not written: --topic)", time);
         }
         int ok = results.Count(r => r.Error is null);
+        if (!contracts) table.DropColumn(3);
         return table.Render() + string.Create(CultureInfo.InvariantCulture, $"{ok} of {results.Length} file(s) succeeded\n");
     }
 

@@ -274,6 +274,17 @@ internal sealed partial class Sentinel
             SendErr(m.Identity!, m.JobId, $"{what}: artifact_hash mismatch: expected {artifact} (sha256 of source then lockfile), got {d.ArtifactHash}");
             return;
         }
+        // TOPICS is read statically, as `parser register` reads it, so a deployed parser's sinks reach DISPATCH too.
+        List<TopicSetting> topics;
+        try
+        {
+            topics = Topics.Read(d.SourceCode, what);
+        }
+        catch (InputException e)
+        {
+            SendErr(m.Identity!, m.JobId, e.Message);
+            return;
+        }
         // The signature is carried for compatibility and not verified: the admin token above is the proof.
         _work.Deploys.Add((m.Identity!, m.JobId, new ParserRecord
         {
@@ -285,6 +296,7 @@ internal sealed partial class Sentinel
             SourceHash = Hashes.Sha256Hex(d.SourceCode),
             LockfileHash = system ? null : lockHash,
             ArtifactHash = artifact,
+            TopicsJson = topics.Count == 0 ? null : Topics.ToJson(topics),
         }));
     }
 }

@@ -173,6 +173,8 @@ internal sealed partial class Sentinel
         {
             case ReceiptStatus.Success:
                 bool completed = _store.Complete(c.JobId, c.WorkerId, r.Metrics, r.Artifacts, r.ContentHash, out string? queuedHash);
+                // Quarantine counts and the topics' schemas (issue 14), in the same transaction.
+                if (completed && ContractRecords.Record(_store, c.JobId, r.Artifacts)) _topicSchemas = null;
                 return (c, completed, null, queuedHash);
             case ReceiptStatus.Failed:
                 // Contract with the worker: metrics["transient"] == 1 marks a failure worth retrying
@@ -253,8 +255,13 @@ internal sealed partial class Sentinel
             FileVersionId = job.Id,
             ContentHash = job.ContentHash,
             Supersedes = previous is { Count: > 0 } ? previous : null,
+            TopicSchemas = (_topicSchemas ??= _store.CurrentTopicSchemas()) is { Count: > 0 } schemas ? schemas : null,
         };
     }
+
+    // The schema registry's current versions, read once and again only after a completion changed one:
+    // this sentinel is the store's only writer of them (one sentinel per store).
+    private List<TopicSchemaDef>? _topicSchemas;
 
     private void AfterCommit(long now)
     {

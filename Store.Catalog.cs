@@ -26,12 +26,12 @@ internal sealed record CatalogEntry(string Path, string ContentHash, long Size, 
 /// <summary>The current output of a parser for a source: the job that made it, from which version and content, and its artifacts (JSON, as the receipt gave them).</summary>
 internal sealed record CurrentOutput(string ParserName, string SourcePath, long JobId, string ParserVersion, string ContentHash, string? ArtifactsJson)
 {
-    /// <summary>The artifacts' file uris, for DISPATCH's supersede list.</summary>
+    /// <summary>The artifacts' file uris (with their quarantine files, issue 14), for DISPATCH's supersede list.</summary>
     public List<string> Uris()
     {
         if (ArtifactsJson is null) return [];
         var list = System.Text.Json.JsonSerializer.Deserialize(ArtifactsJson, StoreJson.Default.ListDictionaryStringString) ?? [];
-        return [.. list.Select(a => a.GetValueOrDefault("uri")).OfType<string>()];
+        return [.. list.SelectMany(a => new[] { a.GetValueOrDefault("uri"), a.GetValueOrDefault(OutputArtifact.QuarantineUriKey) }).OfType<string>()];
     }
 }
 

@@ -25,7 +25,7 @@ namespace Casparian;
 internal sealed partial class PostgresJobStore : IJobStore
 {
     /// <summary>The schema this build reads and writes (casparian_schema.version).</summary>
-    public const int SchemaVersion = 1;
+    public const int SchemaVersion = 2;
 
     // Migrations by target version: Migrations[0] takes an empty database to version 1.
     private static readonly string[] Migrations =
@@ -115,6 +115,25 @@ internal sealed partial class PostgresJobStore : IJobStore
             id          integer PRIMARY KEY CHECK (id = 1),
             name        text NOT NULL,
             expires_at  bigint NOT NULL
+        );
+        """,
+        // 2: schema contracts and quarantine (Store.Contracts.cs), as SQLite's version 4.
+        """
+        CREATE TABLE quarantine (
+            job_id  bigint NOT NULL,
+            topic   text NOT NULL,
+            reason  text NOT NULL,
+            rows    bigint NOT NULL,
+            PRIMARY KEY (job_id, topic, reason)
+        );
+        CREATE TABLE topic_schemas (
+            topic       text NOT NULL,
+            version     bigint NOT NULL,
+            columns     text NOT NULL,
+            job_id      bigint NOT NULL,
+            parser_name text NOT NULL,
+            created_at  bigint NOT NULL,
+            PRIMARY KEY (topic, version)
         );
         """,
     ];

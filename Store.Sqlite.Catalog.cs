@@ -17,7 +17,8 @@ internal sealed partial class SqliteJobStore
     private const int LookupChunk = 5000;
 
     /// <summary>
-    /// The concluding job becomes its (parser, source)'s current output. Runs inside Complete's
+    /// The concluding job becomes its (parser, source)'s current output, unless a job with a higher id
+    /// (queued later) already is: a late commit of an older job changes nothing. Runs inside Complete's
     /// transaction. The catalog's hash of the source follows a parsed hash (size and mtime then unknown:
     /// the next <c>job add</c> hashes the file again); without one, the hash <c>job add</c> recorded stays.
     /// </summary>
@@ -32,13 +33,15 @@ internal sealed partial class SqliteJobStore
         "INSERT INTO outputs (parser_name, source_path, job_id, parser_version, content_hash, artifacts, updated_at) " +
         "SELECT parser_name, input_path, id, parser_version, coalesce($parsed, content_hash), artifacts, $now FROM jobs WHERE id = $id " +
         "ON CONFLICT (parser_name, source_path) DO UPDATE SET job_id = excluded.job_id, parser_version = excluded.parser_version, " +
-        "  content_hash = excluded.content_hash, artifacts = excluded.artifacts, updated_at = excluded.updated_at";
+        "  content_hash = excluded.content_hash, artifacts = excluded.artifacts, updated_at = excluded.updated_at " +
+        "  WHERE excluded.job_id >= outputs.job_id";
 
     internal const string SupersedeSourceSql =
         "INSERT INTO sources (path, content_hash, size, mtime, updated_at) " +
         "SELECT input_path, coalesce($parsed, content_hash), -1, -1, $now FROM jobs WHERE id = $id " +
         "ON CONFLICT (path) DO UPDATE SET content_hash = excluded.content_hash, size = -1, mtime = -1, updated_at = excluded.updated_at " +
-        "  WHERE $parsed IS NOT NULL AND sources.content_hash <> excluded.content_hash";
+        "  WHERE $parsed IS NOT NULL AND sources.content_hash <> excluded.content_hash " +
+        "  AND EXISTS (SELECT 1 FROM jobs j JOIN outputs o ON o.parser_name = j.parser_name AND o.source_path = j.input_path WHERE j.id = $id AND o.job_id = $id)";
 
     internal const string LookupSql =
         "SELECT s.path, s.content_hash, s.size, s.mtime, (SELECT count(*) FROM source_versions v WHERE v.path = s.path), " +

@@ -26,7 +26,7 @@ namespace Casparian;
 internal sealed partial class SqliteJobStore : IJobStore
 {
     /// <summary>The schema this build reads and writes (PRAGMA user_version).</summary>
-    public const int SchemaVersion = 3;
+    public const int SchemaVersion = 4;
 
     // Migrations by target version: Migrations[0] takes an empty file to version 1.
     private static readonly string[] Migrations =
@@ -123,6 +123,25 @@ internal sealed partial class SqliteJobStore : IJobStore
                     WHERE o.parser_name = j.parser_name AND o.input_path = j.input_path AND o.state = 'COMPLETED' AND json_valid(o.artifacts)),
                    coalesce(j.finished_at, j.created_at)
             FROM jobs j WHERE j.id IN (SELECT max(id) FROM jobs WHERE state = 'COMPLETED' GROUP BY parser_name, input_path);
+        """,
+        // 4: schema contracts and quarantine (Store.Contracts.cs).
+        """
+        CREATE TABLE quarantine (
+            job_id  INTEGER NOT NULL,
+            topic   TEXT NOT NULL,
+            reason  TEXT NOT NULL,
+            rows    INTEGER NOT NULL,
+            PRIMARY KEY (job_id, topic, reason)
+        ) WITHOUT ROWID;
+        CREATE TABLE topic_schemas (
+            topic       TEXT NOT NULL,
+            version     INTEGER NOT NULL,
+            columns     TEXT NOT NULL,
+            job_id      INTEGER NOT NULL,
+            parser_name TEXT NOT NULL,
+            created_at  INTEGER NOT NULL,
+            PRIMARY KEY (topic, version)
+        ) WITHOUT ROWID;
         """,
     ];
 

@@ -171,6 +171,18 @@ internal interface IJobStore : IDisposable
     /// <summary>Every source whose current output of <paramref name="parserName"/> came from a version other than <paramref name="parserVersion"/>, by path.</summary>
     List<CurrentOutput> OutputsNotFrom(string parserName, string parserVersion);
 
+    // ---- schema contracts and quarantine (Store.Contracts.cs) ----
+    /// <summary>A completed job's quarantined rows per (topic, reason); recording the same job again replaces its counts.</summary>
+    void RecordQuarantine(long jobId, IReadOnlyList<QuarantineCount> counts);
+    /// <summary>Quarantine counts of jobs that are still their source's current output, filtered by each argument that is set; by job, topic, reason.</summary>
+    List<QuarantinedJob> ListQuarantine(string? topic, string? parserName, long? jobId);
+    /// <summary>Adds a version of <paramref name="topic"/>'s schema when <paramref name="columns"/> differs from its current one; returns whether it did.</summary>
+    bool RecordTopicSchema(string topic, string columns, long jobId);
+    /// <summary>Every version of a topic's schema, oldest first (empty: never written).</summary>
+    List<TopicSchemaVersion> TopicSchemaHistory(string topic);
+    /// <summary>The current version of every topic's schema, by topic.</summary>
+    List<TopicSchemaDef> CurrentTopicSchemas();
+
     ParserRegistration RegisterParser(ParserRecord parser);
     /// <summary>The named version, or the highest by version order (ParserVersions) when <paramref name="version"/> is null.</summary>
     ParserRecord? GetParser(string name, string? version = null);

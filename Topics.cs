@@ -5,7 +5,8 @@
 //
 // a dict literal at column 0 (it may span lines) whose keys are topic names and whose values are dicts
 // of string literals: "sink" (a uri, SPEC §7; default parquet://TOPIC) and "mode" (append, replace,
-// error; default append). Anything else (a name, a call, an f-string, a number) is refused at
+// error; default append), and the schema contract's "schema", "contract", "max_quarantine"
+// (Topics.Contract.cs). Anything else (a name, a call, an f-string, a number) is refused at
 // register time, naming the line. The config file overrides a topic, whatever the parser:
 //
 //   [topics.sales]
@@ -19,9 +20,9 @@ using System.Text;
 namespace Casparian;
 
 /// <summary>A topic's sink as a parser or the config file sets it; a null field leaves the other layer's (or the default).</summary>
-internal sealed record TopicSetting(string Topic, string? Sink, SinkMode? Mode, string Origin);
+internal sealed record TopicSetting(string Topic, string? Sink, SinkMode? Mode, string Origin, SchemaContract? Contract = null);
 
-internal static class Topics
+internal static partial class Topics
 {
     public const string ConfigTable = "topics";
 
@@ -43,21 +44,30 @@ internal static class Topics
             reader.Expect('{');
             string? sink = null;
             SinkMode? mode = null;
+            var contract = new ContractDeclaration();
             while (!reader.TryTake('}'))
             {
                 string key = reader.String();
                 reader.Expect(':');
-                string value = reader.String();
-                switch (key)
+                if (ContractDeclaration.Keys.Contains(key))
                 {
-                    case "sink": sink = value; break;
-                    case "mode": mode = Mode(value) ?? throw reader.Error($"topic '{topic}': mode '{value}' is not append, replace or error"); break;
-                    default: throw reader.Error($"topic '{topic}': unknown key '{key}'; a topic takes \"sink\" and \"mode\"");
+                    contract.Read(topic, key, reader);
+                }
+                else
+                {
+                    string value = reader.String();
+                    switch (key)
+                    {
+                        case "sink": sink = value; break;
+                        case "mode": mode = Mode(value) ?? throw reader.Error($"topic '{topic}': mode '{value}' is not append, replace or error"); break;
+                        default: throw reader.Error($"topic '{topic}': unknown key '{key}'; a topic takes {ContractDeclaration.KeyList}");
+                    }
                 }
                 if (!reader.TryTake(',')) { reader.Expect('}'); break; }
             }
             if (topics.Exists(t => t.Topic == topic)) throw reader.Error($"topic '{topic}' is declared twice");
-            topics.Add(new TopicSetting(topic, sink, mode, origin));
+            var declared = contract.Build(topic, reader.Error, requireSchema: true);
+            topics.Add(new TopicSetting(topic, sink, mode, origin, declared));
             if (!reader.TryTake(',')) { reader.Expect('}'); break; }
         }
         foreach (var t in topics) Check(t, $"{origin}:{start + 1}");
@@ -76,19 +86,25 @@ internal static class Topics
                 throw new InputException($"{origin}: [{table.Name}] is not a topic table; write [topics.NAME] with NAME matching [a-z][a-z0-9_]*");
             string? sink = null;
             SinkMode? mode = null;
+            var contract = new ContractDeclaration();
             foreach (var e in table.Entries)
             {
                 string where = $"{table.File}:{e.Line}";
+                if (ContractDeclaration.Keys.Contains(e.Key))
+                {
+                    contract.Read(table.Name, e, where);
+                    continue;
+                }
                 if (e.Value.Text is not { } text || e.Value.Items is not null || e.Value.Table is not null)
                     throw new InputException($"{where}: [{table.Name}] {e.Key} must be a string");
                 switch (e.Key)
                 {
                     case "sink": sink = text; break;
                     case "mode": mode = Mode(text) ?? throw new InputException($"{where}: [{table.Name}] mode '{text}' is not append, replace or error"); break;
-                    default: throw new InputException($"{where}: [{table.Name}] has unknown key '{e.Key}'; a topic takes sink and mode");
+                    default: throw new InputException($"{where}: [{table.Name}] has unknown key '{e.Key}'; a topic takes {ContractDeclaration.KeyList.Replace("\"", "", StringComparison.Ordinal)}");
                 }
             }
-            var setting = new TopicSetting(parts[1], sink, mode, origin);
+            var setting = new TopicSetting(parts[1], sink, mode, origin, contract.Build(parts[1], m => new InputException($"{origin}: [{table.Name}] {m}"), requireSchema: false));
             Check(setting, origin);
             list.Add(setting);
         }
@@ -109,6 +125,7 @@ internal static class Topics
                 Topic = name,
                 Uri = theirs?.Sink ?? mine?.Sink ?? "parquet://" + name,
                 Mode = theirs?.Mode ?? mine?.Mode ?? SinkMode.Append,
+                SchemaDef = SchemaContract.Merge(mine?.Contract, theirs?.Contract)?.ToJson(),
             });
         }
         return sinks;
@@ -131,10 +148,11 @@ internal static class Topics
     private static void Check(TopicSetting t, string origin)
     {
         if (t.Sink is null) return;
-        var probe = new OutputOptions { Root = "/casparian-check", AllowedRoots = ["/"], Lineage = false, RowGroupRows = 1, RowGroupBytes = 1 };
+        var probe = new OutputOptions { Root = "/casparian-check", AllowedRoots = ["/"], Lineage = false, RowGroupRows = 1, RowGroupBytes = 1, MaxQuarantineRows = 0, MaxQuarantine = 0 };
         try
         {
-            SinkTarget.Resolve(probe, 0, t.Topic, t.Sink, t.Mode ?? SinkMode.Append);
+            if (SqliteTarget.Is(t.Sink)) SqliteTarget.Resolve(probe, 0, t.Topic, t.Sink, t.Mode ?? SinkMode.Append);
+            else SinkTarget.Resolve(probe, 0, t.Topic, t.Sink, t.Mode ?? SinkMode.Append);
         }
         catch (OutputException e)
         {
@@ -144,11 +162,11 @@ internal static class Topics
 
     /// <summary>Topic settings as stored with the parser (JSON), and back.</summary>
     public static string ToJson(IReadOnlyList<TopicSetting> topics) =>
-        System.Text.Json.JsonSerializer.Serialize(topics.Select(t => new SinkConfig { Topic = t.Topic, Uri = t.Sink ?? "", Mode = t.Mode ?? SinkMode.Append }).ToList(), StoreJson.Default.ListSinkConfig);
+        System.Text.Json.JsonSerializer.Serialize(topics.Select(t => new SinkConfig { Topic = t.Topic, Uri = t.Sink ?? "", Mode = t.Mode ?? SinkMode.Append, SchemaDef = t.Contract?.ToJson() }).ToList(), StoreJson.Default.ListSinkConfig);
 
     public static List<TopicSetting> FromJson(string? json, string origin) =>
         json is null ? [] : [.. (System.Text.Json.JsonSerializer.Deserialize(json, StoreJson.Default.ListSinkConfig) ?? [])
-            .Select(s => new TopicSetting(s.Topic, s.Uri.Length == 0 ? null : s.Uri, s.Mode, origin))];
+            .Select(s => new TopicSetting(s.Topic, s.Uri.Length == 0 ? null : s.Uri, s.Mode, origin, s.SchemaDef is { } d ? SchemaContract.FromJson(d) : null))];
 
     /// <summary>Reads a dict literal of string keys and string values: strings, braces, colons, commas, comments.</summary>
     private sealed class LiteralReader(string text, string origin, int firstLine)
@@ -156,7 +174,7 @@ internal static class Topics
         private int _at;
 
         public InputException Error(string what) =>
-            new($"{origin}:{firstLine + text[..Math.Min(_at, text.TrimEnd().Length)].Count(c => c == '\n')}: TOPICS: {what}; TOPICS must be a literal dict of string literals, e.g. TOPICS = {{\"sales\": {{\"sink\": \"parquet://sales\", \"mode\": \"append\"}}}}");
+            new($"{origin}:{firstLine + text[..Math.Min(_at, text.TrimEnd().Length)].Count(c => c == '\n')}: TOPICS: {what}; TOPICS must be a literal dict of string literals (numbers for max_quarantine, a dict of strings for schema), e.g. TOPICS = {{\"sales\": {{\"sink\": \"parquet://sales\", \"mode\": \"append\"}}}}");
 
         private void Skip()
         {
@@ -179,6 +197,21 @@ internal static class Topics
         public void Expect(char c)
         {
             if (!TryTake(c)) throw Error(_at < text.Length ? $"expected '{c}', found '{text[_at]}'" : $"expected '{c}', found the end of the file");
+        }
+
+        /// <summary>A number literal (digits, sign, '.', exponent).</summary>
+        public double Number()
+        {
+            Skip();
+            int start = _at;
+            while (_at < text.Length && (char.IsAsciiDigit(text[_at]) || text[_at] is '.' or '-' or '+' or 'e' or 'E' or '_')) _at++;
+            string literal = text[start.._at].Replace("_", "", StringComparison.Ordinal);
+            if (!double.TryParse(literal, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double value))
+            {
+                _at = start;
+                throw Error(_at < text.Length ? $"expected a number, found '{text[_at]}'" : "expected a number");
+            }
+            return value;
         }
 
         public string String()

@@ -52,7 +52,8 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs, W
             // The lineage column _source_hash carries the hash taken when the job was queued; the receipt
             // reports the hash of the bytes actually parsed (below), which the store records as the version.
             var source = new OutputSource(dispatch.PluginName, dispatch.ParserVersion, dispatch.FilePath, dispatch.ContentHash ?? "");
-            var output = new JobOutput(options.Output, jobId, source, dispatch.Sinks);
+            var output = new JobOutput(options.Output, jobId, source, dispatch.Sinks) { NewestWins = true };
+            output.ExpectSchemas(dispatch.TopicSchemas);
             using var outputs = new DisposeLast(() => output.Dispose());
             using EnvLease env = await envs.AcquireAsync(dispatch.EnvHash, dispatch.LockfileContent, abort).ConfigureAwait(false);
             using var log = new JobLog(Path.Combine(options.LogsDir, $"job-{jobId}.log"), options.LogLimit);
@@ -81,7 +82,8 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs, W
                 // The zygote died under the job: what it wrote is dropped and the job runs once more, cold.
                 log.Write(GuestLogLevel.Warning, "casparian: the warm guest's fork server died during the job; running it again on a cold guest");
                 output.Dispose();
-                output = new JobOutput(options.Output, jobId, source, dispatch.Sinks);
+                output = new JobOutput(options.Output, jobId, source, dispatch.Sinks) { NewestWins = true };
+                output.ExpectSchemas(dispatch.TopicSchemas);
                 sink = new OutputSink(output, log);
                 launchedAt = clock.Elapsed;
                 result = await Bridge.RunAsync(request with { Warm = null }, sink, abort).ConfigureAwait(false);

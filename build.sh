@@ -71,13 +71,49 @@ test_all() {
   step "installing the browser test's node packages"
   (cd tests/browser && run npm ci --no-audit --no-fund --loglevel=error)
   step "running the tests"
-  CASPARIAN_BIN="$root/casparian" run dotnet test tests/tests.csproj -c Release -nologo "$@"
+  if (($#)); then
+    CASPARIAN_BIN="$root/casparian" run dotnet test tests/tests.csproj -c Release -nologo "$@"
+  else
+    run_tests_once_more_on_failure
+  fi
   # The whole run (no test filter given) also proves every benchmark still runs and verifies its
   # results: one quick pass each, a few minutes, so the bench project never rots.
   if (($# == 0)); then
     step "checking the benchmarks (one quick pass each)"
     run_bench --check
   fi
+}
+
+# The whole suite, then, if some tests failed, those tests alone once more. The end-to-end tests drive
+# real processes against wall-clock limits, and a loaded CI machine has made one trail its deadline;
+# a test that fails again alone fails the run. Every test that needed the second pass is named in
+# the log (and in out/flaky-tests.txt), so a flake is seen and fixed, not hidden.
+run_tests_once_more_on_failure() {
+  local results="$root/out/test-results"
+  rm -rf "$results"
+  if CASPARIAN_BIN="$root/casparian" run dotnet test tests/tests.csproj -c Release -nologo \
+      --logger "trx;LogFileName=first.trx" --results-directory "$results"; then
+    return 0
+  fi
+  local failed
+  failed=$(/usr/bin/python3 - "$results/first.trx" <<'PY'
+import sys, xml.etree.ElementTree as ET
+ns = {"t": "http://microsoft.com/schemas/VisualStudio/TeamTest/2010"}
+names = {r.get("testName").split("(")[0] for r in ET.parse(sys.argv[1]).getroot().iterfind(".//t:UnitTestResult", ns)
+         if r.get("outcome") == "Failed"}
+print("\n".join(sorted(names)))
+PY
+)
+  # No list (the run broke before any result) or a long one (not a flake): the first verdict stands.
+  local count
+  count=$(grep -c . <<<"$failed" || true)
+  if ((count == 0 || count > 5)); then return 1; fi
+  step "running the $count failed test(s) once more, alone: $(tr '\n' ' ' <<<"$failed")"
+  local filter
+  filter=$(sed 's/^/FullyQualifiedName=/' <<<"$failed" | paste -sd'|')
+  CASPARIAN_BIN="$root/casparian" run dotnet test tests/tests.csproj -c Release -nologo --no-build --filter "$filter"
+  printf '%s\n' "$failed" >"$root/out/flaky-tests.txt"
+  step "FLAKY: passed only on the second pass (listed in out/flaky-tests.txt): $(tr '\n' ' ' <<<"$failed")"
 }
 
 bench() {

@@ -70,10 +70,11 @@ public sealed class BridgeTests
                     f.write("%d " % os.getpid())
                 while True:
                     pass
-            """, timeout: TimeSpan.FromSeconds(2));
+            """, timeout: TimeSpan.FromSeconds(5)); // long enough for a loaded machine to reach parse() and write the pid
+
         var r = await Bridge.RunAsync(request, sink, CancellationToken.None);
         Assert.Equal(GuestOutcome.TimedOut, r.Outcome);
-        Assert.Equal("job 9 exceeded its time limit of 2 s; the guest was killed", r.ErrorMessage);
+        Assert.Equal("job 9 exceeded its time limit of 5 s; the guest was killed", r.ErrorMessage);
         Assert.Empty(Guest.WaitGone(Guest.ReadPids(dir.File("pids")), TimeSpan.FromSeconds(1)));
     }
 
@@ -242,10 +243,11 @@ public sealed class BridgeTests
         using var dir = new TempDir();
         using var sink = new RecordingSink();
         File.WriteAllText(dir.File("sleeper.py"), "import os, sys, time\nopen(os.environ['PID_FILE'], 'w').write(str(os.getpid()))\nprint('starting up', file=sys.stderr, flush=True)\ntime.sleep(600)\n");
-        var request = Request(dir, "", shim: dir.File("sleeper.py"), options: Quick with { ConnectTimeout = TimeSpan.FromSeconds(1) });
+        var request = Request(dir, "", shim: dir.File("sleeper.py"), options: Quick with { ConnectTimeout = TimeSpan.FromSeconds(4) });
+        // 4 s: a loaded machine can take over a second to start an interpreter and print its first line.
         var r = await Bridge.RunAsync(request, sink, CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(30));
         Assert.Equal(GuestOutcome.TimedOut, r.Outcome);
-        Assert.Equal("guest did not connect to the bridge within 1 s; killed it: starting up", r.ErrorMessage);
+        Assert.Equal("guest did not connect to the bridge within 4 s; killed it: starting up", r.ErrorMessage);
         Assert.Empty(Guest.WaitGone(Guest.ReadPids(dir.File("pids")), TimeSpan.FromSeconds(1)));
     }
 

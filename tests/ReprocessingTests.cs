@@ -1,7 +1,7 @@
 // Issue 13 end to end, through the native binary: a topic's dataset is a function of its sources.
 // Editing a source and re-adding it, upgrading the parser and backfilling, and a version that stops
 // writing a topic each leave every source's rows exactly once in every topic (read back from the
-// Parquet files), while a reader polling the dataset never sees a source twice, nor, once it has
+// Parquet files, or the SQLite tables with Microsoft.Data.Sqlite), while a reader polling the dataset never sees a source twice, nor, once it has
 // committed, zero times. A worker killed with SIGKILL at each step of a commit leaves a dataset and a
 // store that agree once the job has run again.
 using System.Globalization;
@@ -69,6 +69,62 @@ public sealed class ReprocessingTests : IDisposable
         return rows;
     }
 
+    /// <summary>The same for table <paramref name="table"/> of the SQLite database <paramref name="db"/>, read in one statement (one snapshot).</summary>
+    private static Dictionary<(long File, long Row), (string Value, long Job, string Parser, string Source)> ReadTable(string db, string table)
+    {
+        var rows = new Dictionary<(long, long), (string, long, string, string)>();
+        if (!File.Exists(db)) return rows;
+        SqliteRuntime.EnsureInitialized();
+        using var conn = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={db};Mode=ReadOnly;Pooling=False;Default Timeout=30");
+        conn.Open();
+        using var cmd = conn.CreateCommand();
+        cmd.CommandText = $"SELECT * FROM {table}";
+        Microsoft.Data.Sqlite.SqliteDataReader r;
+        try
+        {
+            r = cmd.ExecuteReader();
+        }
+        catch (Microsoft.Data.Sqlite.SqliteException e) when (e.Message.Contains("no such table", StringComparison.Ordinal))
+        {
+            return rows;
+        }
+        using (r)
+        {
+            var at = Enumerable.Range(0, r.FieldCount).ToDictionary(r.GetName);
+            while (r.Read())
+            {
+                var key = (r.GetInt64(at["file"]), at.TryGetValue("row", out int row) ? r.GetInt64(row) : -1);
+                var value = (at.TryGetValue("value", out int v) ? r.GetString(v) : "", r.GetInt64(at["_job_id"]), r.GetString(at["_parser"]), r.GetString(at["_source"]));
+                Assert.True(rows.TryAdd(key, value), $"{db} table {table}: row {key} appears twice");
+            }
+        }
+        return rows;
+    }
+
+    private const string Sqlite = "sqlite";
+    private string LakeDb => Path.Combine(_c.Output, "lake.db");
+
+    /// <summary>Routes both topics to tables of OUTPUT/lake.db through the config file (sink kind "sqlite"); "parquet" keeps the default directories.</summary>
+    private void UseSinks(string kind)
+    {
+        if (kind == Sqlite)
+            File.WriteAllText(_c.File("casparian.toml"),
+                "[topics.rows]\nsink = \"sqlite://lake.db?table=rows\"\n\n[topics.summary]\nsink = \"sqlite://lake.db?table=summary\"\n");
+    }
+
+    /// <summary>Topic <paramref name="topic"/> as the sink kind stores it.</summary>
+    private Dictionary<(long File, long Row), (string Value, long Job, string Parser, string Source)> Read(string kind, string topic) =>
+        kind == Sqlite ? ReadTable(LakeDb, topic) : ReadDataset(Path.Combine(_c.Output, topic));
+
+    /// <summary>No staging or temp file is left anywhere under the output root.</summary>
+    private void AssertNoTempFiles() =>
+        Assert.Empty(Directory.GetFiles(_c.Output, ".*", SearchOption.AllDirectories));
+
+    /// <summary>The artifact uri of topic <paramref name="topic"/> for <paramref name="source"/>.</summary>
+    private string ArtifactUri(string kind, string topic, string source) =>
+        kind == Sqlite ? "sqlite://" + new Uri(LakeDb).AbsolutePath + "?table=" + topic
+        : new Uri(Path.Combine(_c.Output, topic, SinkTarget.SourceFileName(Parser, source))).AbsoluteUri;
+
     /// <summary>Writes inputs/in-NNN.csv with <paramref name="rows"/> rows for file <paramref name="f"/>; returns its path.</summary>
     private string WriteInput(int f, int rows, string tag = "")
     {
@@ -83,7 +139,7 @@ public sealed class ReprocessingTests : IDisposable
     private void WaitDrained() => _c.WaitUntil("every job COMPLETED", Patience, () => _c.Jobs() is var j && j.All(x => x.State == "COMPLETED"));
 
     /// <summary>
-    /// Reads the "rows" dataset in a loop until stopped: any source twice fails the read; a source seen
+    /// Reads the "rows" topic in a loop until stopped: any source twice fails the read; a source seen
     /// once and then missing is recorded. Files renamed or removed under the reader are normal: that
     /// snapshot is retried.
     /// </summary>
@@ -95,7 +151,7 @@ public sealed class ReprocessingTests : IDisposable
         public List<string> Problems { get; } = [];
         public int Snapshots { get; private set; }
 
-        public PollingReader(string dir)
+        public PollingReader(Func<Dictionary<(long File, long Row), (string Value, long Job, string Parser, string Source)>> read)
         {
             _thread = new Thread(() =>
             {
@@ -103,7 +159,7 @@ public sealed class ReprocessingTests : IDisposable
                 {
                     try
                     {
-                        var rows = ReadDataset(dir);
+                        var rows = read();
                         var sources = rows.Values.Select(v => v.Source).ToHashSet();
                         lock (Problems)
                         {
@@ -114,6 +170,10 @@ public sealed class ReprocessingTests : IDisposable
                     }
                     catch (Exception e) when (e is IOException or ParquetSharp.ParquetException)
                     {
+                    }
+                    catch (Microsoft.Data.Sqlite.SqliteException e) when (e.SqliteErrorCode is 5 or 6)
+                    {
+                        // SQLITE_BUSY / SQLITE_LOCKED: a reader may briefly wait on a checkpoint; that snapshot is retried.
                     }
                     catch (Exception e)
                     {
@@ -132,19 +192,22 @@ public sealed class ReprocessingTests : IDisposable
         }
     }
 
-    [Fact]
-    public void Reprocessing_EditReAdd_UpgradeBackfill_AndADroppedTopic_LeaveEachSourceExactlyOnce()
+    [Theory]
+    [InlineData("parquet")]
+    [InlineData(Sqlite)]
+    public void Reprocessing_EditReAdd_UpgradeBackfill_AndADroppedTopic_LeaveEachSourceExactlyOnce(string kind)
     {
+        UseSinks(kind);
         _c.Ok("parser", "register", WriteParser("1.0"));
         var inputs = Enumerable.Range(0, 3).Select(f => WriteInput(f, 3)).ToList();
         Assert.StartsWith("queued 3 job(s)", _c.Ok("job", "add", "--parser", Parser, _c.Inputs).Stdout);
         _c.StartSentinel();
         _c.StartWorker("w1", sleep: "0.2");
-        using var reader = new PollingReader(Rows);
+        using var reader = new PollingReader(() => Read(kind, "rows"));
         WaitDrained();
-        var rows = ReadDataset(Rows);
+        var rows = Read(kind, "rows");
         Assert.Equal(9, rows.Count);
-        Assert.Equal(3, ReadDataset(Summary).Count);
+        Assert.Equal(3, Read(kind, "summary").Count);
 
         // Edit one source (3 rows → 5) and re-add the folder: only it is queued; the others are named.
         WriteInput(1, 5, tag: "-edited");
@@ -153,11 +216,11 @@ public sealed class ReprocessingTests : IDisposable
         Assert.Contains($"unchanged: {inputs[0]}", add);
         Assert.Contains($"unchanged: {inputs[2]}", add);
         WaitDrained();
-        rows = ReadDataset(Rows);
+        rows = Read(kind, "rows");
         Assert.Equal(11, rows.Count);
         Assert.Equal(Enumerable.Range(0, 5).Select(r => $"f1r{r}-edited"), Enumerable.Range(0, 5).Select(r => rows[(1, r)].Value));
         Assert.All(Enumerable.Range(0, 5), r => Assert.Equal(4, rows[(1, r)].Job));
-        var summary = ReadDataset(Summary);
+        var summary = Read(kind, "summary");
         Assert.Equal(3, summary.Count);
 
         // Version 1.1.0 writes "rows" only: register tells about backfill, backfill queues every source.
@@ -170,14 +233,15 @@ public sealed class ReprocessingTests : IDisposable
             _c.Ok("parser", "backfill", Parser).Stdout);
         Assert.StartsWith("queued 0 source(s)", _c.Ok("parser", "backfill", Parser).Stdout);
         WaitDrained();
-        rows = ReadDataset(Rows);
+        rows = Read(kind, "rows");
         Assert.Equal(11, rows.Count);
         Assert.All(rows, kv => Assert.Equal(("e2e_rep@1.1.0", $"F{kv.Key.File}R{kv.Key.Row}" + (kv.Key.File == 1 ? "-EDITED" : "")), (kv.Value.Parser, kv.Value.Value)));
         Assert.All(rows, kv => Assert.Equal(inputs[(int)kv.Key.File], kv.Value.Source));
-        // The topic 1.1.0 no longer writes lost every source's old file.
-        Assert.Empty(Directory.GetFiles(Summary, "*.parquet"));
+        // The topic 1.1.0 no longer writes lost every source's old rows (Parquet: its old file).
+        Assert.Empty(Read(kind, "summary"));
+        if (kind != Sqlite) Assert.Empty(Directory.GetFiles(Summary, "*.parquet"));
         Assert.StartsWith("queued 0 source(s)", _c.Ok("parser", "backfill", Parser).Stdout);
-        Assert.Empty(Directory.GetFiles(Rows, ".*"));
+        AssertNoTempFiles();
 
         reader.Dispose();
         Assert.True(reader.Snapshots > 10, $"the reader took {reader.Snapshots} snapshots");
@@ -211,12 +275,17 @@ public sealed class ReprocessingTests : IDisposable
     }
 
     [Theory]
-    [InlineData("commit-before-rename")]
-    [InlineData("commit-after-first-rename")]
-    [InlineData("commit-before-supersede")]
-    [InlineData("commit-after-supersede")]
-    public void Reprocessing_WorkerKilledAtEachCommitStep_DatasetAndStoreAgreeAfterTheRetry(string point)
+    [InlineData("parquet", "commit-before-rename")]
+    [InlineData("parquet", "commit-after-first-rename")]
+    [InlineData("parquet", "commit-before-supersede")]
+    [InlineData("parquet", "commit-after-supersede")]
+    [InlineData(Sqlite, "commit-before-rename")]
+    [InlineData(Sqlite, "commit-after-first-rename")]
+    [InlineData(Sqlite, "commit-before-supersede")]
+    [InlineData(Sqlite, "commit-after-supersede")]
+    public void Reprocessing_WorkerKilledAtEachCommitStep_DatasetAndStoreAgreeAfterTheRetry(string kind, string point)
     {
+        UseSinks(kind);
         _c.Ok("parser", "register", WriteParser("1.0"));
         var inputs = Enumerable.Range(0, 2).Select(f => WriteInput(f, 4)).ToList();
         _c.Ok("job", "add", "--parser", Parser, _c.Inputs);
@@ -235,17 +304,17 @@ public sealed class ReprocessingTests : IDisposable
         Assert.Contains($"fault point {point}", doomed.Stderr);
 
         // At the instant of the kill: each source's rows exactly once, from one version or the other.
-        var during = ReadDataset(Rows);
+        var during = Read(kind, "rows");
         Assert.Equal(8, during.Count);
         Assert.All(inputs, s => Assert.Single(during.Values.Where(v => v.Source == s).Select(v => v.Parser).Distinct()));
 
         _c.StartWorker("w2");
         WaitDrained();
-        var rows = ReadDataset(Rows);
+        var rows = Read(kind, "rows");
         Assert.Equal(8, rows.Count);
         Assert.All(rows.Values, v => Assert.Equal("e2e_rep@1.1.0", v.Parser));
-        Assert.Empty(Directory.GetFiles(Summary, "*.parquet"));
-        Assert.Empty(Directory.GetFiles(Rows, ".*"));
+        Assert.Empty(Read(kind, "summary"));
+        AssertNoTempFiles();
         // The store names, per source, the job whose rows the dataset holds.
         using var store = JobStores.Open(Defaults.Store(_c.Db) with { Create = false });
         foreach (string source in inputs)
@@ -253,7 +322,7 @@ public sealed class ReprocessingTests : IDisposable
             var current = store.GetOutput(Parser, source)!;
             Assert.Equal("1.1.0", current.ParserVersion);
             Assert.All(rows.Values.Where(v => v.Source == source), v => Assert.Equal(current.JobId, v.Job));
-            Assert.Equal([new Uri(Path.Combine(Rows, SinkTarget.SourceFileName(Parser, source))).AbsoluteUri], current.Uris());
+            Assert.Equal([ArtifactUri(kind, "rows", source)], current.Uris());
         }
     }
 }

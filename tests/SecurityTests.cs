@@ -84,6 +84,29 @@ public sealed class SecurityTests : IDisposable
     }
 
     [Fact]
+    public void Sentinel_Deploy_StoresTheTopicsItsSourceDeclares_AndRefusesAMalformedTopics()
+    {
+        // A deployed parser's TOPICS reach the store (and so DISPATCH) as a registered one's do, read
+        // statically from the source; a TOPICS that is not a literal is an ERR naming the line, and nothing is stored.
+        const string code = "TOPICS = {\"sales\": {\"sink\": \"sqlite://lake.db?table=sales\", \"mode\": \"replace\"}}\n\ndef parse(path):\n    return []\n";
+        var deploy = RogueDeploy(TestKeys.Shared.AdminToken) with { PluginName = "topical", SourceCode = code, ArtifactHash = Hashes.ArtifactHash(code, "") };
+        using var host = new SentinelHost(Db);
+        using var client = new ScriptedWorker(host.Endpoint, identify: false);
+        client.Send(OpCode.Deploy, 7, Payload.Encode(deploy, ProtocolJson.Default.Deploy));
+        Assert.True(client.Expect(OpCode.Ack).Decode(ProtocolJson.Default.Ack).Success);
+        using (var store = Store())
+        {
+            var sink = Assert.Single(Topics.FromJson(store.GetParser("topical")!.TopicsJson, "test"));
+            Assert.Equal(("sales", "sqlite://lake.db?table=sales", SinkMode.Replace), (sink.Topic, sink.Sink, sink.Mode));
+        }
+
+        const string bad = "TOPICS = {\"sales\": {\"sink\": SINK}}\n\ndef parse(path):\n    return []\n";
+        client.Send(OpCode.Deploy, 8, Payload.Encode(deploy with { PluginName = "bad", SourceCode = bad, ArtifactHash = Hashes.ArtifactHash(bad, "") }, ProtocolJson.Default.Deploy));
+        Assert.Contains("DEPLOY of bad 9.9.9:1: TOPICS", Encoding.UTF8.GetString(client.Expect(OpCode.Err).Payload));
+        using (var store = Store()) Assert.Null(store.GetParser("bad"));
+    }
+
+    [Fact]
     public void Security_TakeoverWithoutToken_IsRefusedAndTheJobStaysWithItsWorker()
     {
         long id = Queue(1)[0];

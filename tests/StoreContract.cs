@@ -84,6 +84,27 @@ public abstract class JobStoreContract : IDisposable
     }
 
     [Fact]
+    public void Store_Complete_OfAnOlderJobAfterANewerOne_LeavesTheNewerCurrent()
+    {
+        // Two jobs for one (parser, source) run at once (the file re-added while its first job runs):
+        // the newer concludes first, then the older; the newer stays current, and the older's parsed
+        // hash does not become the catalog's content.
+        using var store = Open();
+        store.RecordSources([new(new SourceStat("/in/a", 4, 100), "hash-/in/a")]);
+        long older = store.Enqueue(Job("/in/a"));
+        long newer = store.Enqueue(Job("/in/a") with { ContentHash = "hash-2" });
+        var claimed = store.Claim("w", Any, 2);
+        Assert.Equal([older, newer], claimed.Select(j => j.Id).Order());
+        Assert.True(store.Complete(newer, "w", NoMetrics, Artifact("t", "file:///out/t/new.parquet"), "hash-2", out _));
+        Assert.True(store.Complete(older, "w", NoMetrics, Artifact("t", "file:///out/t/old.parquet"), "hash-old", out _));
+        Assert.Equal(JobState.Completed, store.Get(older)!.State);
+        var current = store.GetOutput("p", "/in/a")!;
+        Assert.Equal((newer, "hash-2"), (current.JobId, current.ContentHash));
+        Assert.Equal(["file:///out/t/new.parquet"], current.Uris());
+        Assert.Equal("hash-2", store.LookupSources("p", "1.0", ["/in/a"])["/in/a"].ContentHash);
+    }
+
+    [Fact]
     public void Store_RecordSources_AddsAVersionOnlyWhenTheContentChanges()
     {
         using var store = Open();
@@ -569,6 +590,56 @@ public abstract class JobStoreContract : IDisposable
         foreach (var v in new[] { "1.9", "10.0", "1.10", "10.0-rc1", "9.9.9" })
             store.RegisterParser(Parser("slow", v, "src " + v));
         Assert.Equal("10.0", store.GetParser("slow")!.Version);
+    }
+
+    // ---- schema contracts and quarantine (issue 14) -------------------------------------------
+
+    [Fact]
+    public void Store_Quarantine_ListsOnlyJobsThatAreStillTheirSourcesCurrentOutput()
+    {
+        using var store = Open();
+        store.Enqueue(Job("/in/a"));
+        store.Enqueue(Job("/in/b", parser: "q"));
+        long a = RunOne(store);
+        long b = RunOne(store, "u");
+        store.RecordQuarantine(a, [new QuarantineCount("t", "type", 2), new QuarantineCount("t", "null", 1)]);
+        store.RecordQuarantine(b, [new QuarantineCount("u", "missing", 5)]);
+        // Recording a job again replaces its counts.
+        store.RecordQuarantine(a, [new QuarantineCount("t", "type", 3), new QuarantineCount("t", "null", 1)]);
+
+        var all = store.ListQuarantine(null, null, null);
+        Assert.Equal([(a, "t", "null", 1L), (a, "t", "type", 3L), (b, "u", "missing", 5L)], all.Select(r => (r.JobId, r.Topic, r.Reason, r.Rows)));
+        Assert.Equal(("p", "1.0", "/in/a"), (all[0].ParserName, all[0].ParserVersion, all[0].InputPath));
+        Assert.Equal([b], store.ListQuarantine("u", null, null).Select(r => r.JobId));
+        Assert.Equal([a, a], store.ListQuarantine(null, "p", null).Select(r => r.JobId));
+        Assert.Equal([b], store.ListQuarantine(null, null, b).Select(r => r.JobId));
+        Assert.Empty(store.ListQuarantine("t", "q", null));
+
+        // A later job of the same parser and source supersedes a's quarantine in the listing.
+        store.Enqueue(Job("/in/a") with { ParserVersion = "1.1" });
+        RunOne(store);
+        Assert.Equal([b], store.ListQuarantine(null, null, null).Select(r => r.JobId));
+    }
+
+    [Fact]
+    public void Store_TopicSchema_AddsAVersionOnlyWhenTheColumnsChange()
+    {
+        using var store = Open();
+        Assert.Empty(store.CurrentTopicSchemas());
+        Assert.Empty(store.TopicSchemaHistory("t"));
+        store.Enqueue(Job("/in/a"));
+        store.Enqueue(Job("/in/b"));
+        store.Enqueue(Job("/in/c", parser: "q"));
+        long a = RunOne(store), b = RunOne(store), c = RunOne(store);
+        const string V1 = """[{"name":"id","type":"int64"}]""", V2 = """[{"name":"id","type":"double"}]""";
+        Assert.True(store.RecordTopicSchema("t", V1, a));
+        Assert.False(store.RecordTopicSchema("t", V1, b));
+        Assert.True(store.RecordTopicSchema("t", V2, c));
+        Assert.True(store.RecordTopicSchema("u", V1, b));
+
+        var history = store.TopicSchemaHistory("t");
+        Assert.Equal([(1L, V1, a, "p"), (2L, V2, c, "q")], history.Select(h => (h.Version, h.Columns, h.JobId, h.ParserName)));
+        Assert.Equal([("t", 2L, V2), ("u", 1L, V1)], store.CurrentTopicSchemas().Select(s => (s.Topic, s.Version, s.Columns)));
     }
 
     private static ParserRecord Parser(string name, string version, string source, byte[]? archive = null) => new()

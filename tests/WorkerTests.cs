@@ -508,7 +508,8 @@ public sealed class WorkerTests
         s.Receive(OpCode.Identify);
         string started = w.Dir.File("started");
         s.Dispatch(1, Job(Waiting(started, w.Dir.File("never")), Input(w)));
-        WaitFor(() => File.Exists(started), "the job to start");
+        // The file exists a moment before its pid is written in it.
+        WaitFor(() => File.Exists(started) && File.ReadAllText(started).EndsWith('\n'), "the job to start");
         int pid = Guest.ReadPids(started)[0];
 
         Assert.True(w.Stop(TimeSpan.FromSeconds(30)));
