@@ -1,5 +1,6 @@
 // `casparian store copy` (issue 16): every row of one store into another, empty one, keeping ids, so a
-// queue on SQLite moves to PostgreSQL with its parsers, jobs (in every state) and file catalog. Rows
+// queue on SQLite moves to PostgreSQL with its parsers, jobs (in every state), file catalog,
+// quarantine counts and schema registry. Rows
 // travel in chunks (StoreRows), so a large store is never held whole in memory. A store reads its rows
 // with Export and writes them with Import; Import refuses a store that holds anything already.
 namespace Casparian;
@@ -21,8 +22,12 @@ internal sealed record StoreRows
     public List<SourceRow> Sources { get; init; } = [];
     public List<SourceVersionRow> Versions { get; init; } = [];
     public List<OutputRow> Outputs { get; init; } = [];
+    /// <summary>Quarantine counts (Store.Contracts.cs), by job.</summary>
+    public List<(long JobId, QuarantineCount Count)> Quarantine { get; init; } = [];
+    /// <summary>The schema registry's versions.</summary>
+    public List<TopicSchemaVersion> Schemas { get; init; } = [];
 
-    public int Count => Parsers.Count + Jobs.Count + Sources.Count + Versions.Count + Outputs.Count;
+    public int Count => Parsers.Count + Jobs.Count + Sources.Count + Versions.Count + Outputs.Count + Quarantine.Count + Schemas.Count;
 }
 
 internal static class StoreCopy

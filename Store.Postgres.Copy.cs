@@ -51,6 +51,19 @@ internal sealed partial class PostgresJobStore
             after = (outputs[^1].Output.ParserName, outputs[^1].Output.SourcePath);
             yield return new StoreRows { Outputs = outputs };
         }
+        long lastJob = Run(() => { using var cmd = Command("SELECT coalesce(max(job_id), 0) FROM quarantine"); return (long)cmd.ExecuteScalar()!; });
+        for (long after = 0; after < lastJob; after += chunk)
+        {
+            long from = after;
+            var quarantine = Run(() => Rows("SELECT job_id, topic, reason, rows FROM quarantine WHERE job_id > @after AND job_id <= @after + @limit ORDER BY job_id",
+                c => c.Parameters.Add(Long("after", from)), chunk, r => (r.GetInt64(0), new QuarantineCount(r.GetString(1), r.GetString(2), r.GetInt64(3)))));
+            if (quarantine.Count > 0) yield return new StoreRows { Quarantine = quarantine };
+        }
+        yield return new StoreRows
+        {
+            Schemas = Run(() => Rows("SELECT topic, version, columns, job_id, parser_name, created_at FROM topic_schemas ORDER BY topic COLLATE \"C\", version LIMIT @limit",
+                _ => { }, int.MaxValue, r => new TopicSchemaVersion(r.GetString(0), r.GetInt64(1), r.GetString(2), r.GetInt64(3), r.GetString(4), FromMs(r.GetInt64(5))))),
+        };
     }
 
     private List<T> Rows<T>(string sql, Action<NpgsqlCommand> bind, int limit, Func<NpgsqlDataReader, T> read)
@@ -75,7 +88,7 @@ internal sealed partial class PostgresJobStore
         }
         if (jobs + parsers + sources > 0) throw StoreCopyThrow.Input_NotEmpty(Location, jobs, parsers);
         // No sentinel claims from a store half copied: the tables stay locked until the copy commits.
-        Exec("LOCK TABLE jobs, parsers, sources, source_versions, outputs IN EXCLUSIVE MODE");
+        Exec("LOCK TABLE jobs, parsers, sources, source_versions, outputs, quarantine, topic_schemas IN EXCLUSIVE MODE");
         // The catalog's history is copied as it was, not re-derived from the copied sources.
         Exec("ALTER TABLE sources DISABLE TRIGGER sources_version");
         return 0;
@@ -177,6 +190,34 @@ internal sealed partial class PostgresJobStore
                 copy.Write(o.ContentHash, NpgsqlDbType.Text);
                 Nullable(copy, o.ArtifactsJson);
                 copy.Write(updated, NpgsqlDbType.Bigint);
+            }
+            copy.Complete();
+        }
+        if (rows.Quarantine.Count > 0)
+        {
+            using var copy = conn.BeginBinaryImport("COPY quarantine (job_id, topic, reason, rows) FROM STDIN (FORMAT BINARY)");
+            foreach (var (job, c) in rows.Quarantine)
+            {
+                copy.StartRow();
+                copy.Write(job, NpgsqlDbType.Bigint);
+                copy.Write(c.Topic, NpgsqlDbType.Text);
+                copy.Write(c.Reason, NpgsqlDbType.Text);
+                copy.Write(c.Rows, NpgsqlDbType.Bigint);
+            }
+            copy.Complete();
+        }
+        if (rows.Schemas.Count > 0)
+        {
+            using var copy = conn.BeginBinaryImport("COPY topic_schemas (topic, version, columns, job_id, parser_name, created_at) FROM STDIN (FORMAT BINARY)");
+            foreach (var t in rows.Schemas)
+            {
+                copy.StartRow();
+                copy.Write(t.Topic, NpgsqlDbType.Text);
+                copy.Write(t.Version, NpgsqlDbType.Bigint);
+                copy.Write(t.Columns, NpgsqlDbType.Text);
+                copy.Write(t.JobId, NpgsqlDbType.Bigint);
+                copy.Write(t.ParserName, NpgsqlDbType.Text);
+                copy.Write(t.CreatedAt.ToUnixTimeMilliseconds(), NpgsqlDbType.Bigint);
             }
             copy.Complete();
         }

@@ -58,6 +58,19 @@ internal sealed partial class SqliteJobStore
             after = (outputs[^1].Output.ParserName, outputs[^1].Output.SourcePath);
             yield return new StoreRows { Outputs = outputs };
         }
+        long lastJob = Scalar("SELECT coalesce(max(job_id), 0) FROM quarantine");
+        for (long after = 0; after < lastJob; after += chunk)
+        {
+            var quarantine = Rows("SELECT job_id, topic, reason, rows FROM quarantine WHERE job_id > $after AND job_id <= $after + $limit ORDER BY job_id, topic, reason",
+                after, chunk, r => (r.GetInt64(0), new QuarantineCount(r.GetString(1), r.GetString(2), r.GetInt64(3))));
+            if (quarantine.Count > 0) yield return new StoreRows { Quarantine = quarantine };
+        }
+        // One row per topic and change of its schema: few.
+        yield return new StoreRows
+        {
+            Schemas = Rows("SELECT topic, version, columns, job_id, parser_name, created_at FROM topic_schemas WHERE $after = 0 ORDER BY topic, version LIMIT $limit",
+                0L, int.MaxValue, r => new TopicSchemaVersion(r.GetString(0), r.GetInt64(1), r.GetString(2), r.GetInt64(3), r.GetString(4), FromMs(r.GetInt64(5)))),
+        };
     }
 
     private List<T> Rows<T>(string sql, object after, int limit, Func<SqliteDataReader, T> read)
