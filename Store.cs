@@ -311,6 +311,36 @@ internal static class StoreThrow
         new($"job {id} is {state.Name()}; cannot {action} it{hint}");
 }
 
+/// <summary>What every store reads and writes the same way: a job row in JobColumns order, and the receipt's JSON columns.</summary>
+internal static class JobRows
+{
+    /// <summary>A job from a row of "id, parser_name, parser_version, input_path, content_hash, priority, state, worker, created_at, claimed_at, heartbeat_at, finished_at, retry_count, next_attempt_at, error, metrics, artifacts" (times in Unix ms).</summary>
+    public static JobRecord Read(System.Data.Common.DbDataReader r) => new(
+        Id: r.GetInt64(0),
+        ParserName: r.GetString(1),
+        ParserVersion: r.GetString(2),
+        InputPath: r.GetString(3),
+        ContentHash: r.GetString(4),
+        Priority: r.GetInt32(5),
+        State: JobStates.Parse(r.GetString(6)),
+        Worker: r.IsDBNull(7) ? null : r.GetString(7),
+        CreatedAt: DateTimeOffset.FromUnixTimeMilliseconds(r.GetInt64(8)),
+        ClaimedAt: r.IsDBNull(9) ? null : DateTimeOffset.FromUnixTimeMilliseconds(r.GetInt64(9)),
+        HeartbeatAt: r.IsDBNull(10) ? null : DateTimeOffset.FromUnixTimeMilliseconds(r.GetInt64(10)),
+        FinishedAt: r.IsDBNull(11) ? null : DateTimeOffset.FromUnixTimeMilliseconds(r.GetInt64(11)),
+        RetryCount: r.GetInt32(12),
+        NextAttemptAt: r.GetInt64(13) == 0 ? null : DateTimeOffset.FromUnixTimeMilliseconds(r.GetInt64(13)),
+        Error: r.IsDBNull(14) ? null : r.GetString(14),
+        MetricsJson: r.IsDBNull(15) ? null : r.GetString(15),
+        ArtifactsJson: r.IsDBNull(16) ? null : r.GetString(16));
+
+    public static string MetricsJson(IReadOnlyDictionary<string, long> metrics) =>
+        System.Text.Json.JsonSerializer.Serialize(metrics as Dictionary<string, long> ?? new Dictionary<string, long>(metrics), StoreJson.Default.DictionaryStringInt64);
+
+    public static string ArtifactsJson(IReadOnlyList<Dictionary<string, string>> artifacts) =>
+        System.Text.Json.JsonSerializer.Serialize(artifacts as List<Dictionary<string, string>> ?? [.. artifacts], StoreJson.Default.ListDictionaryStringString);
+}
+
 [JsonSerializable(typeof(Dictionary<string, long>))]
 [JsonSerializable(typeof(List<Dictionary<string, string>>))]
 [JsonSerializable(typeof(List<string>))]
