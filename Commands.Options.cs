@@ -33,6 +33,24 @@ internal static partial class Commands
         Log = log,
     };
 
+    /// <summary>How sources are watched; <paramref name="extra"/> are sources that are not in the config file (`start --watch`).</summary>
+    public static WatchSettings WatchSettings(Config c, SourceSet? extra = null)
+    {
+        var declared = SourceSet.FromConfig(c);
+        return new()
+        {
+            Scan = ScanSettings(c),
+            Rescan = c.Get(Config.RescanInterval),
+            Declared = extra is null ? declared : new SourceSet([.. declared.Sources, .. extra.Sources], [.. declared.Rules, .. extra.Rules]),
+        };
+    }
+
+    public static ScanSettings ScanSettings(Config c) => new()
+    {
+        Settle = c.Get(Config.SettleInterval),
+        FileLimit = c.Get(Config.ScanFileLimit),
+    };
+
     public static WorkerOptions WorkerOptions(Config c, string workerId, RoleLog log) => new()
     {
         Connect = c.Get(Config.Connect),

@@ -58,6 +58,8 @@ internal static partial class Commands
         {
             bool json = args.Has(RowsJsonFlag.Name);
             int limit = args.GetInt(RowsLimitFlag.Name, json ? int.MaxValue : 20, min: 1);
+            // The rows are read from Parquet: the native library must be in place first (NativeParquet.cs).
+            NativeParquet.Ensure(Config.Load(args).LibDir);
             return WithJob(args, (_, job) => QuarantineRows(job, limit, json), readOnly: true);
         });
 

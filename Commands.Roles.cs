@@ -14,7 +14,8 @@ internal static partial class Commands
     private static readonly Command SentinelCommand = new("sentinel", "control plane: job store, worker tracking, dispatch",
         "sentinel [--bind ADDR] [--db PATH] [--heartbeat-timeout S] [--retry-limit N] [--retry-backoff S] [--job-timeout S] [--insecure] [--quiet]",
         [.. Config.Flags(Config.Bind, Config.Db, Config.HeartbeatTimeout, Config.RetryLimit, Config.RetryBackoff, Config.RetryBackoffMax,
-            Config.JobTimeout, Config.DeadlineGrace, Config.PollInterval, Config.LockTimeout, Config.LeaseTtl, Config.Insecure, Config.LinkLimit, Config.Http, Config.HttpInsecure), QuietFlag],
+            Config.JobTimeout, Config.DeadlineGrace, Config.PollInterval, Config.LockTimeout, Config.LeaseTtl, Config.Insecure, Config.LinkLimit, Config.Http, Config.HttpInsecure,
+            Config.SettleInterval, Config.RescanInterval, Config.ScanFileLimit), QuietFlag],
         args =>
         {
             args.RequirePositionals(0, 0);
@@ -31,7 +32,10 @@ internal static partial class Commands
             }
             else log.Info($"`casparian keys` prints the line a worker joins with (keys under {keys.Dir})");
             using var status = StatusServerOptions(config, fallback: null, jobLogs: null, log) is { } page ? new StatusServer(page, sentinel.Metrics) : null;
+            // Sources (issue 19) are watched on a thread of their own, with their own store connection.
+            var sources = SourceWatch.RunInBackground(StoreOptions(config, create: true), WatchSettings(config), log, signal.Token);
             sentinel.Run(signal.Token);
+            sources.Join();
             return 0;
         });
 
@@ -66,6 +70,9 @@ internal static partial class Commands
 
     // ---- start ---------------------------------------------------------------------------------
 
+    /// <summary>The name of the session's source for `start --watch DIR`.</summary>
+    internal static string WatchedName(string dir) => "--watch " + dir;
+
     private static readonly Flag WatchFlag = new("--watch", "DIR", "queue files as they appear in DIR, recursively (repeatable; needs --parser)");
     private static readonly Flag WatchParserFlag = new("--parser", "NAME[@VERSION]", "parser for the watched folders");
     private static readonly Flag DrainFlag = new("--drain", null, "exit once nothing is queued or running (and watched files are queued); stopped by a signal first, exit 130");
@@ -73,7 +80,8 @@ internal static partial class Commands
     private static readonly Command StartCommand = new("start", "sentinel and worker in one process: the local default",
         "start [--watch DIR --parser NAME] [--drain] [--slots N]",
         [WatchFlag, WatchParserFlag, DrainFlag, .. Config.Flags([Config.Db, Config.Bind, Config.Insecure, .. WorkerSettings, Config.HeartbeatTimeout,
-            Config.RetryLimit, Config.RetryBackoff, Config.RetryBackoffMax, Config.DeadlineGrace, Config.PollInterval, Config.LockTimeout, Config.Http, Config.HttpInsecure])],
+            Config.RetryLimit, Config.RetryBackoff, Config.RetryBackoffMax, Config.DeadlineGrace, Config.PollInterval, Config.LockTimeout, Config.Http, Config.HttpInsecure,
+            Config.SettleInterval, Config.RescanInterval, Config.ScanFileLimit])],
         args =>
         {
             args.RequirePositionals(0, 0);
@@ -89,12 +97,16 @@ internal static partial class Commands
 
             using var instance = Start.LockHome(home);
             using var store = JobStores.Open(StoreOptions(config, create: true));
-            FolderWatch? watch = null;
+            // --watch DIR --parser NAME is a source of its own for this session, with one rule taking every file.
+            SourceSet? adHoc = null;
             if (parserSpec is not null)
             {
                 var (name, version) = ParserSpec("start", WatchParserFlag, parserSpec);
-                watch = new FolderWatch(store, FindParser(store, name, version), watched);
+                var parser = FindParser(store, name, version);
+                var folders = watched.Select(d => new WatchSource(WatchedName(d), Sources.RealDir(d), Recursive: true, [], "--watch")).ToList();
+                adHoc = new SourceSet(folders, [.. folders.Select(f => new RoutingRule(0, f.Name, "**/*", parser.Name, parser.Version, 0, "--watch"))]);
             }
+            var watch = WatchSettings(config, adHoc);
 
             // Both roles log to one file; the terminal is the progress line's.
             string logPath = Path.Combine(config.LogsDir, "casparian.log");

@@ -7,6 +7,7 @@
 //   Commands.Jobs.cs     parser register|ls, job add|show|retry|cancel, jobs
 //   Commands.Options.cs  settings → option records: the only place an option record is filled
 //   Commands.Keys.cs     keys [rotate-token]: the sentinel's public key, the worker line, token rotation
+//   Commands.Sources.cs  source add|ls|rm|show, rule add|ls|rm|test, scan
 using System.Globalization;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
@@ -20,7 +21,7 @@ internal static partial class Commands
     /// <summary>The roles and command groups, in the order --help lists them.</summary>
     // A property, not a field: the commands are fields of the partial files, whose initialisation
     // order across files C# leaves unspecified.
-    public static Command[] All => [SentinelCommand, WorkerCommand, StartCommand, RunCommand, ParserGroup, JobGroup, JobsCommand, QuarantineGroup, TopicGroup, StoreGroup, StatusCommand, KeysCommand, ConfigCommand, VersionCommand];
+    public static Command[] All => [SentinelCommand, WorkerCommand, StartCommand, RunCommand, ParserGroup, JobGroup, JobsCommand, QuarantineGroup, TopicGroup, SourceGroup, RuleGroup, ScanCommand, StoreGroup, StatusCommand, KeysCommand, ConfigCommand, VersionCommand];
 
     public static readonly Command VersionCommand = new("version", "print the version and build", "version", [], _ =>
     {
@@ -33,7 +34,9 @@ internal static partial class Commands
         "config [--config FILE]", Config.Flags([.. Config.All]), args =>
         {
             args.RequirePositionals(0, 0);
-            Console.Out.Write(Config.Load(args).Render());
+            var config = Config.Load(args);
+            Console.Out.Write(config.Render());
+            Console.Out.Write(SourcesText(config));
             return 0;
         });
 
@@ -296,74 +299,5 @@ internal static class Text
     {
         string rel = Path.GetRelativePath(root, path);
         return rel.StartsWith("..", StringComparison.Ordinal) ? path : rel;
-    }
-}
-
-/// <summary>
-/// Queues the files that appear in watched folders. A file is queued once its size and modification
-/// time are the same on two scans a second apart (so half-written files wait), and only if no job
-/// for this parser version and this content exists yet, in any state: restarting `start` or
-/// touching a file does not queue it twice, and a file rewritten with new content is queued again.
-/// </summary>
-internal sealed class FolderWatch(IJobStore store, ParserRecord parser, IReadOnlyList<string> folders)
-{
-    private readonly Dictionary<string, (long Size, DateTime Modified)> _seen = new(StringComparer.Ordinal);
-    private readonly Dictionary<string, (long Size, DateTime Modified)> _pending = new(StringComparer.Ordinal);
-    private static readonly EnumerationOptions Walk = new() { RecurseSubdirectories = true, IgnoreInaccessible = true };
-
-    public ParserRecord Parser => parser;
-    public IReadOnlyList<string> Folders => folders;
-
-    /// <summary>No file is waiting to settle.</summary>
-    public bool Idle => _pending.Count == 0;
-
-    /// <summary>One pass over the folders; returns lines worth telling the user.</summary>
-    public List<string> Scan()
-    {
-        var messages = new List<string>();
-        var ready = new List<(string Path, string Hash)>();
-        foreach (string folder in folders)
-        {
-            IEnumerable<string> files;
-            try
-            {
-                files = Directory.EnumerateFiles(folder, "*", Walk).ToList();
-            }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-            {
-                messages.Add($"cannot read watched folder {folder}: {e.Message}");
-                continue;
-            }
-            foreach (string file in files)
-            {
-                var info = new FileInfo(file);
-                if (!info.Exists) continue;
-                var state = (info.Length, info.LastWriteTimeUtc);
-                if (_seen.TryGetValue(file, out var done) && done == state) continue;
-                if (!_pending.TryGetValue(file, out var before) || before != state)
-                {
-                    _pending[file] = state;
-                    continue;
-                }
-                _pending.Remove(file);
-                _seen[file] = state;
-                try
-                {
-                    ready.Add((file, Commands.HashFile(file)));
-                }
-                catch (InputException e)
-                {
-                    messages.Add($"skipping {file}: {e.Message}");
-                }
-            }
-        }
-        // A file deleted while it settled is forgotten.
-        foreach (var gone in _pending.Keys.Where(f => !File.Exists(f)).ToList()) _pending.Remove(gone);
-        if (ready.Count > 0)
-        {
-            var r = Commands.Queue(store, parser, ready, priority: 0, skip: hash => store.HasJob(parser.Name, parser.Version, hash));
-            if (r.Queued > 0) messages.Add($"queued {r.Queued} new file(s) for {parser.Name} {parser.Version}" + (r.Skipped > 0 ? $" ({r.Skipped} already had a job)" : ""));
-        }
-        return messages;
     }
 }

@@ -133,6 +133,12 @@ internal sealed class Config
         Parsers.Int(0, 256), _ => 8);
     public static readonly Setting<TimeSpan> WarmIdle = new("warm_idle", "SECONDS", "a warm parser process unused this long is stopped",
         Parsers.Duration, _ => TimeSpan.FromMinutes(10), Parsers.FormatDuration);
+    public static readonly Setting<TimeSpan> SettleInterval = new("settle_interval", "SECONDS", "a new or changed file in a source is queued once its size and mtime have not changed for this long",
+        Parsers.Duration, _ => TimeSpan.FromSeconds(2), Parsers.FormatDuration);
+    public static readonly Setting<TimeSpan> RescanInterval = new("rescan_interval", "SECONDS", "every source is rescanned this often, whatever its file-change events say",
+        Parsers.Duration, _ => TimeSpan.FromSeconds(30), Parsers.FormatDuration);
+    public static readonly Setting<int> ScanFileLimit = new("scan_file_limit", "N", "most files one scan of a source takes; the rest wait, with a warning",
+        Parsers.Int(1, 100_000_000), _ => 1_000_000);
 
     public static readonly Setting<bool> Insecure = new("insecure", null, "allow a plaintext tcp:// link (no CURVE); for debugging on a trusted network only",
         Parsers.Bool, _ => false, v => v ? "true" : "false");
@@ -158,6 +164,7 @@ internal sealed class Config
         DeadlineGrace, ConnectTimeout, IdleTimeout, ShutdownGrace, LogLimit, MessageLimit, BuildTimeout, RowGroupRows, RowGroupSize,
         Insecure, SentinelKey, JoinToken, LinkLimit, Http, HttpInsecure,
         WarmGuests, WarmIdle, MaxQuarantineRows, MaxQuarantine,
+        SettleInterval, RescanInterval, ScanFileLimit,
     ];
 
     /// <summary>
@@ -165,7 +172,7 @@ internal sealed class Config
     /// they come): ConfigFile accepts them and <see cref="TablesOf"/> hands their contents to the owner.
     /// Any other table in the file is an error.
     /// </summary>
-    public static readonly string[] Tables = [Topics.ConfigTable];
+    public static readonly string[] Tables = [Topics.ConfigTable, Sources.SourcesTable, Sources.RulesTable];
 
     public static readonly Flag ConfigFlag = new("--config", "FILE", "config file (default ./casparian.toml, else HOME/casparian.toml)");
 

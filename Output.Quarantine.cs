@@ -14,6 +14,7 @@
 // store can list them and the next job of the same (parser, source) supersedes the file with the
 // topic's own. A topic that quarantines nothing deletes a quarantine file of its name left by an
 // earlier run (`run` reuses names), so what is there always belongs to the current output.
+using System.Buffers;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
@@ -87,7 +88,8 @@ internal sealed partial class JobOutput
     private void Quarantine(TopicContract contract, RecordBatch batch, ContractOutcome outcome)
     {
         var enforcer = contract.Enforcer!;
-        var ordered = outcome.Violations.OrderBy(v => v.Row).ThenBy(v => v.Column).ToList();
+        var ordered = new List<Violation>(outcome.Violations);
+        ordered.Sort((a, b) => a.Row != b.Row ? a.Row.CompareTo(b.Row) : a.Column.CompareTo(b.Column));
         var jobIds = new Int64Array.Builder();
         var sources = new StringArray.Builder();
         var rows = new Int64Array.Builder();
@@ -115,7 +117,7 @@ internal sealed partial class JobOutput
             {
                 int row = ordered[k].Row, end = k;
                 while (end < ordered.Count && ordered[end].Row == row) end++;
-                Add(row, ordered[k], string.Join("; ", ordered.Skip(k).Take(end - k).Select(v => v.Message)));
+                Add(row, ordered[k], end == k + 1 ? ordered[k].Message : string.Join("; ", ordered.GetRange(k, end - k).Select(v => v.Message)));
                 k = end;
             }
         }
@@ -165,31 +167,47 @@ internal static class RawJson
 {
     private const int PreviewLength = 60;
 
+    // One buffer and writer per thread, reset for each value or row: quarantining 100k rows must not
+    // cost 100k writers. Row and Preview never nest.
+    [ThreadStatic] private static ArrayBufferWriter<byte>? t_buffer;
+    [ThreadStatic] private static Utf8JsonWriter? t_writer;
+
+    private static Utf8JsonWriter Writer()
+    {
+        var buffer = t_buffer ??= new ArrayBufferWriter<byte>(256);
+        buffer.Clear();
+        if (t_writer is null) t_writer = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping });
+        else t_writer.Reset(buffer);
+        return t_writer;
+    }
+
+    private static string Text(Utf8JsonWriter w)
+    {
+        w.Flush();
+        return Encoding.UTF8.GetString(t_buffer!.WrittenSpan);
+    }
+
     /// <summary>Row <paramref name="row"/> of <paramref name="batch"/> as a JSON object of every column.</summary>
     public static string Row(RecordBatch batch, int row)
     {
-        using var buffer = new MemoryStream();
-        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
+        var w = Writer();
+        w.WriteStartObject();
+        var fields = batch.Schema.FieldsList;
+        for (int c = 0; c < fields.Count; c++)
         {
-            w.WriteStartObject();
-            var fields = batch.Schema.FieldsList;
-            for (int c = 0; c < fields.Count; c++)
-            {
-                w.WritePropertyName(fields[c].Name);
-                Value(w, (ArrowArray)batch.Column(c), row);
-            }
-            w.WriteEndObject();
+            w.WritePropertyName(fields[c].Name);
+            Value(w, (ArrowArray)batch.Column(c), row);
         }
-        return Encoding.UTF8.GetString(buffer.GetBuffer(), 0, (int)buffer.Length);
+        w.WriteEndObject();
+        return Text(w);
     }
 
     /// <summary>One value as JSON text, cut to about 60 characters: what a violation message quotes.</summary>
     public static string Preview(ArrowArray array, int row)
     {
-        using var buffer = new MemoryStream();
-        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
-            Value(w, array, row);
-        string text = Encoding.UTF8.GetString(buffer.GetBuffer(), 0, (int)buffer.Length);
+        var w = Writer();
+        Value(w, array, row);
+        string text = Text(w);
         return text.Length <= PreviewLength ? text : text[..PreviewLength] + "…";
     }
 

@@ -307,7 +307,8 @@ internal sealed partial class JobOutput
             var fields = batch.Schema.FieldsList;
             for (int i = 0; i < fields.Count; i++)
             {
-                if (LineageColumns.IsReserved(fields[i].Name)) throw OutputThrow.Schema_ReservedColumn(JobId, Name, fields[i].Name);
+                // SQLite compares column names ignoring case, so _SOURCE would clash with _source too.
+                if (LineageColumns.Names.Contains(fields[i].Name, StringComparer.OrdinalIgnoreCase)) throw SqliteThrow.Schema_ReservedColumn(JobId, Name, fields[i].Name);
                 for (int j = 0; j < i; j++)
                     if (string.Equals(fields[j].Name, fields[i].Name, StringComparison.OrdinalIgnoreCase)) throw OutputThrow.Schema_DuplicateColumn(JobId, Name, fields[i].Name);
             }
@@ -554,6 +555,8 @@ internal static class SqliteThrow
         new(ExitCode.BadInput, $"job {job}: sink uri '{uri}' of topic '{topic}': sqlite:// names a database file under the output root; write sqlite://FILE.db?table=NAME with a relative FILE");
     public static OutputException Sink_NoFile(ulong job, string topic, string uri) =>
         new(ExitCode.BadInput, $"job {job}: sink uri '{uri}' of topic '{topic}' names no database file; write sqlite://FILE.db?table=NAME");
+    public static OutputException Schema_ReservedColumn(ulong job, string topic, string column) =>
+        new(ExitCode.BadInput, $"job {job}: topic '{topic}' has a column named '{column}', which the SQLite sink reserves: it always writes {string.Join(", ", LineageColumns.Names)} (SQLite ignores case in column names); rename the column");
     public static OutputException Type_Unsupported(ulong job, string topic, string column, string type) =>
         new(ExitCode.BadInput, $"job {job}: topic '{topic}' column '{column}' is {type}, which the SQLite sink cannot store; convert it (to text, say) in the parser or use a Parquet sink");
     public static OutputException Failed(ulong job, string topic, string path, SqliteException e) =>

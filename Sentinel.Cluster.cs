@@ -28,8 +28,10 @@ internal sealed partial class Sentinel
     private void RenewLease(long now)
     {
         bool leading = _store.RenewLease(_options.LeaseTtl);
+        bool first = _nextRenew == 0;
         _nextRenew = now + Math.Max(250, (long)_options.LeaseTtl.TotalMilliseconds / 4);
-        if (leading != _leading) _log.Info(leading ? $"sentinel {Name} leads the store's maintenance (stale sweep)" : $"sentinel {Name} no longer leads the store's maintenance");
+        // The first renewal says only that this sentinel leads; one that never led has nothing to give up.
+        if (leading != _leading && (leading || !first)) _log.Info(leading ? $"sentinel {Name} leads the store's maintenance (stale sweep)" : $"sentinel {Name} no longer leads the store's maintenance");
         _leading = leading;
     }
 

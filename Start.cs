@@ -35,7 +35,7 @@ internal static class Start
     /// Serves until <paramref name="stop"/> fires (or, draining, until the queue is empty); returns the
     /// exit code. <paramref name="store"/> is the store the sentinel serves, read for progress.
     /// </summary>
-    public static int Run(StartOptions options, IJobStore store, FolderWatch? watch, CancellationToken stop, TextWriter terminal)
+    public static int Run(StartOptions options, IJobStore store, WatchSettings watchSettings, CancellationToken stop, TextWriter terminal)
     {
         var finished = new System.Collections.Concurrent.ConcurrentQueue<Finished>();
         var executor = options.Executor with { Finished = (id, dispatch, receipt) => finished.Enqueue(new Finished(id, dispatch.FilePath, receipt)) };
@@ -63,19 +63,23 @@ internal static class Start
         terminal.WriteLine($"casparian {Program.Version}: store {store.Location}, {options.Worker.Slots} slot(s), output under {outputRoot}");
         terminal.WriteLine($"  sentinel on {sentinel.Endpoint}; logs in {options.LogPath}");
         if (status is not null) terminal.WriteLine($"  status page {status.Url} (metrics at {status.Url}metrics)");
-        if (watch is not null)
-            foreach (var dir in watch.Folders) terminal.WriteLine($"  watching {dir} for parser {watch.Parser.Name} {watch.Parser.Version}");
+        // Sources (issue 19): the store's, the config file's and --watch's, passed on this thread.
+        using var watch = new SourceWatch(store, watchSettings, TimeProvider.System);
+        var firstPass = watch.Poll();
+        foreach (var source in watch.Sources)
+        {
+            var rules = watch.Set.RulesOf(source.Name);
+            terminal.WriteLine(source.Origin == "--watch" && rules is [{ } only]
+                ? $"  watching {source.Name["--watch ".Length..]} for parser {only.ParserName} {only.ParserVersion}"
+                : $"  watching source {source.Name} ({source.Dir}{(source.Recursive ? ", recursive" : "")}): {rules.Count} rule(s)");
+        }
+        foreach (var line in firstPass) progress.Message(line);
 
         var clock = Stopwatch.StartNew();
         var session = new List<Finished>();
-        long nextScan = 0;
         while (!stop.IsCancellationRequested && Volatile.Read(ref sentinelFailure) is null)
         {
-            if (watch is not null && clock.ElapsedMilliseconds >= nextScan)
-            {
-                foreach (var line in watch.Scan()) progress.Message(line);
-                nextScan = clock.ElapsedMilliseconds + ScanEveryMs;
-            }
+            foreach (var line in watch.Poll()) progress.Message(line);
             while (finished.TryDequeue(out var f))
             {
                 session.Add(f);
@@ -84,7 +88,7 @@ internal static class Start
             var counts = store.Counts();
             progress.Update(counts, session);
             if (options.Drain && counts.GetValueOrDefault(JobState.Queued) == 0 && counts.GetValueOrDefault(JobState.Running) == 0
-                && (watch is null || watch.Idle) && worker.ActiveJobs == 0)
+                && watch.Idle && worker.ActiveJobs == 0)
                 break;
             stop.WaitHandle.WaitOne(ProgressEveryMs);
         }
@@ -108,8 +112,6 @@ internal static class Start
         return session.Any(f => f.Receipt.Status == ReceiptStatus.Failed) ? (int)ExitCode.Failed : 0;
     }
 
-    // A watched file is queued once it looks the same on two scans this far apart.
-    private const int ScanEveryMs = 1000;
     private const int ProgressEveryMs = 250;
 
     /// <summary>

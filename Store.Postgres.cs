@@ -25,7 +25,7 @@ namespace Casparian;
 internal sealed partial class PostgresJobStore : IJobStore
 {
     /// <summary>The schema this build reads and writes (casparian_schema.version).</summary>
-    public const int SchemaVersion = 2;
+    public const int SchemaVersion = 3;
 
     // Migrations by target version: Migrations[0] takes an empty database to version 1.
     private static readonly string[] Migrations =
@@ -136,6 +136,8 @@ internal sealed partial class PostgresJobStore : IJobStore
             PRIMARY KEY (topic, version)
         );
         """,
+        // 3: sources and routing rules (Store.Postgres.Sources.cs), as SQLite's version 5.
+        SourcesMigration,
     ];
 
     private const string JobColumns =

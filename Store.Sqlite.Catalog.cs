@@ -44,10 +44,14 @@ internal sealed partial class SqliteJobStore
         "  AND EXISTS (SELECT 1 FROM jobs j JOIN outputs o ON o.parser_name = j.parser_name AND o.source_path = j.input_path WHERE j.id = $id AND o.job_id = $id)";
 
     internal const string LookupSql =
-        "SELECT s.path, s.content_hash, s.size, s.mtime, (SELECT count(*) FROM source_versions v WHERE v.path = s.path), " +
+        // p.key is the path's index in $paths: the caller has the string already, so none is decoded per row.
+        "SELECT p.key, s.content_hash, s.size, s.mtime, (SELECT count(*) FROM source_versions v WHERE v.path = s.path), " +
         "  o.job_id, o.parser_version, o.content_hash, o.artifacts, " +
-        "  EXISTS (SELECT 1 FROM jobs j WHERE j.content_hash = s.content_hash AND j.parser_name = $parser AND j.parser_version = $version " +
-        "          AND j.input_path = s.path AND j.state IN ('QUEUED', 'RUNNING')) " +
+        // The pending-job probe reads a jobs row per path (index jobs_file, then the table): skipped where the
+        // asked version's current output is already from the recorded content, which settles the file either way.
+        "  CASE WHEN o.parser_version = $version AND o.content_hash = s.content_hash THEN 0 " +
+        "  ELSE EXISTS (SELECT 1 FROM jobs j WHERE j.content_hash = s.content_hash AND j.parser_name = $parser AND j.parser_version = $version " +
+        "          AND j.input_path = s.path AND j.state IN ('QUEUED', 'RUNNING')) END " +
         "FROM json_each($paths) p JOIN sources s ON s.path = p.value " +
         "LEFT JOIN outputs o ON o.parser_name = $parser AND o.source_path = s.path";
 
@@ -75,7 +79,7 @@ internal sealed partial class SqliteJobStore
                 using var r = cmd.ExecuteReader();
                 while (r.Read())
                 {
-                    string path = r.GetString(0);
+                    string path = chunk[r.GetInt32(0)];
                     var output = r.IsDBNull(5) ? null
                         : new CurrentOutput(parserName, path, r.GetInt64(5), r.GetString(6), r.GetString(7), r.IsDBNull(8) ? null : r.GetString(8));
                     found[path] = new CatalogEntry(path, r.GetString(1), r.GetInt64(2), r.GetInt64(3), r.GetInt64(4), output, r.GetInt64(9) != 0);

@@ -26,7 +26,7 @@ namespace Casparian;
 internal sealed partial class SqliteJobStore : IJobStore
 {
     /// <summary>The schema this build reads and writes (PRAGMA user_version).</summary>
-    public const int SchemaVersion = 4;
+    public const int SchemaVersion = 5;
 
     // Migrations by target version: Migrations[0] takes an empty file to version 1.
     private static readonly string[] Migrations =
@@ -143,6 +143,7 @@ internal sealed partial class SqliteJobStore : IJobStore
             PRIMARY KEY (topic, version)
         ) WITHOUT ROWID;
         """,
+        SourcesMigration,
     ];
 
     private const string JobColumns =

@@ -93,7 +93,7 @@ internal readonly record struct RequeueResult(int Requeued, int Failed)
 /// Operations taking a <c>worker</c> only touch a job that is RUNNING on that worker, and report
 /// whether they did; a null worker matches whichever worker holds it.
 /// </summary>
-internal interface IJobStore : IDisposable
+internal partial interface IJobStore : IDisposable
 {
     /// <summary>Where the store is, as messages name it (a file path, a server without credentials).</summary>
     string Location { get; }

@@ -2,7 +2,9 @@
 // same work in Python (the same SQL text through sqlite3, the same file system calls):
 //   SupersedeStep      per job: the SUCCESS receipt's store transaction (COMPLETED, and the job made the
 //                      current output of its source) plus removing the earlier job's file of a topic
-//                      the new job no longer writes, and syncing that directory. Target < 1 ms.
+//                      the new job no longer writes (under the directory's flock, after reading the
+//                      file's footer to see it is no later job's, as a worker does), and syncing that
+//                      directory. Target < 1 ms.
 //   AddUnchanged100k   `job add` of a folder of 100,000 files that the catalog already holds, unchanged:
 //                      walk, stat, look each path up, skip all. Target < 2 s.
 using System.ComponentModel;
@@ -13,7 +15,7 @@ namespace Casparian.Bench;
 [Macro]
 [MemoryDiagnoser]
 [Description("SupersedeStep: each invocation completes 2,000 claimed jobs, each in its own transaction, for sources that already have a " +
-             "current output, and deletes one superseded file per job with a directory fsync; time per job. AddUnchanged100k: one " +
+             "current output, and deletes one superseded file per job (under the directory's flock, after reading its footer) with a directory fsync; time per job. AddUnchanged100k: one " +
              "`job add` plan over 100,000 unchanged files (walk + stat + catalog lookups, nothing hashed, nothing queued). Python runs " +
              "Casparian's own SQL through sqlite3 and the same os calls.")]
 public class CatalogBench
@@ -40,7 +42,7 @@ public class CatalogBench
     /// store per timing run stocked as the C# iteration setup stocks it.
     /// </summary>
     public static string PythonSetup =>
-        "import sqlite3, tempfile, os, time, shutil, atexit, json\n" +
+        "import sqlite3, tempfile, os, time, shutil, atexit, json, fcntl\n" +
         "_d = tempfile.mkdtemp(prefix='casparian-bench-')\n" +
         "atexit.register(shutil.rmtree, _d, True)\n" +
         "def connect(path):\n" +
@@ -82,7 +84,11 @@ public class CatalogBench
         "    db.execute(SUPERSEDE, dict(parsed=None, now=now, id=jid))\n" +
         "    db.execute(SUPERSEDE_SOURCE, dict(parsed=None, now=now, id=jid))\n" +
         "    db.execute('COMMIT')\n" +
-        "    os.remove(os.path.join(_sd, f'{i}.parquet'))\n" +
+        "    path = os.path.join(_sd, f'{i}.parquet')\n" +
+        "    lock = os.open(_sd, os.O_RDONLY); fcntl.flock(lock, fcntl.LOCK_EX)\n" +
+        "    with open(path, 'rb') as f: f.seek(0, 2); f.seek(max(0, f.tell() - 8)); f.read()\n" +
+        "    os.remove(path)\n" +
+        "    fcntl.flock(lock, fcntl.LOCK_UN); os.close(lock)\n" +
         "    fd = os.open(_sd, os.O_RDONLY); os.fsync(fd); os.close(fd)\n" +
         $"big = connect({PyString(Path.Combine(Root, "big.db"))})\n" +
         "def add_unchanged():\n" +
@@ -95,7 +101,7 @@ public class CatalogBench
         "    known = {}\n" +
         "    for i in range(0, len(files), 5000):\n" +
         "        for row in big.execute(LOOKUP, dict(paths=json.dumps(files[i:i + 5000]), parser='bench', version='1.0')):\n" +
-        "            known[row[0]] = row\n" +
+        "            known[files[i + row[0]]] = row\n" +
         "    unchanged = 0\n" +
         "    for p, st in stats:\n" +
         "        e = known.get(p)\n" +
@@ -170,7 +176,7 @@ public class CatalogBench
         for (int i = 0; i < Batch; i++)
         {
             if (!_store.Complete(_claimed[i], "w", Metrics, [], parsedHash: null, out _)) throw new InvalidOperationException($"job {_claimed[i]} did not complete");
-            JobOutput.RemoveSuperseded(_output, (ulong)_claimed[i], [new Uri(Path.Combine(Superseded, $"{i}.parquet")).AbsoluteUri], []);
+            JobOutput.RemoveSuperseded(_output, (ulong)_claimed[i], [new Uri(Path.Combine(Superseded, $"{i}.parquet")).AbsoluteUri], [], newestWins: true);
         }
         return Batch;
     }

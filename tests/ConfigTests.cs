@@ -141,7 +141,7 @@ public sealed class ConfigTests : IDisposable
         // A dotted key at the top level is not a setting.
         { "worker.slots = 2\n", "line 1: unknown key 'worker.slots'" },
         // An array of tables nobody registered.
-        { "[[sources]]\npath = \"/x\"\n", "line 1: tables such as [[sources]] are not used" },
+        { "[[inputs]]\npath = \"/x\"\n", "line 1: tables such as [[inputs]] are not used" },
     };
 
     [Theory]

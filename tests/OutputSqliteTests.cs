@@ -220,6 +220,20 @@ public sealed class OutputSqliteTests : IDisposable
         Assert.Contains(expected, e.Message);
     }
 
+    [Theory]
+    // A lineage column's name in another case: SQLite would see two columns of one name.
+    [InlineData("_SOURCE", "which the SQLite sink reserves")]
+    // Two columns differing only in case.
+    [InlineData("A", "two columns named 'A'")]
+    public void OutputSqlite_ColumnNamesEqualIgnoringCase_FailTheJobNamingTheColumn(string second, string expected)
+    {
+        using var job = new JobOutput(Options, 1, SourceA, [Sink("t", "sqlite://lake.db?table=t")]);
+        using var batch = Batch(("a", Longs(1)), (second, Longs(2)));
+        var e = Assert.Throws<OutputException>(() => job.Write("t", batch));
+        Assert.Equal(ExitCode.BadInput, e.Code);
+        Assert.Contains(expected, e.Message);
+    }
+
     [Fact]
     public void OutputSqlite_DatabaseThroughASymlinkOutsideTheRoot_IsRefused()
     {

@@ -159,7 +159,9 @@ public sealed class OutputTests : IDisposable
         Assert.Equal(Ints.Length, artifact.Rows);
         Assert.Equal(new FileInfo(Path.Combine(Root, "output", "job-7.parquet")).Length, artifact.Bytes);
         Assert.Equal(new Dictionary<string, long> { ["rows"] = Ints.Length, ["bytes"] = artifact.Bytes, ["batches"] = 1, ["write_ms"] = result.DurationMs }, result.Metrics());
-        Assert.Equal(new Dictionary<string, string> { ["topic"] = "output", ["uri"] = artifact.Uri, ["rows"] = "6", ["bytes"] = artifact.Bytes.ToString(System.Globalization.CultureInfo.InvariantCulture) },
+        // schema: the topic's columns after the job, for the store's schema registry (issue 14).
+        Assert.Equal(new Dictionary<string, string> { ["topic"] = "output", ["uri"] = artifact.Uri, ["rows"] = "6", ["bytes"] = artifact.Bytes.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                ["schema"] = SchemaDrift.ToJson(SchemaDrift.Columns(file.Schema)) },
             Assert.Single(result.ReceiptArtifacts()));
     }
 

@@ -18,11 +18,12 @@ public sealed class ScaleOutTests(ITestOutputHelper output) : IDisposable
     private PgServer? _ownServer;
 
     /// <summary>
-    /// Jobs in the two-sentinel run: 400 by default, so the test stays near a minute on a shared 2-core
-    /// machine where each job is a Python process; CASPARIAN_TEST_SCALEOUT_JOBS=2000 runs issue 16's size.
+    /// Jobs in the two-sentinel run: 200 by default, so the test stays near a minute on a shared 2-core
+    /// machine where each job is a Python process (measured: about 3.5 jobs/s under a load average of
+    /// 25); CASPARIAN_TEST_SCALEOUT_JOBS=2000 runs issue 16's size.
     /// </summary>
     private static int ScaleOutJobs =>
-        int.TryParse(Environment.GetEnvironmentVariable("CASPARIAN_TEST_SCALEOUT_JOBS"), out int n) && n > 0 ? n : 400;
+        int.TryParse(Environment.GetEnvironmentVariable("CASPARIAN_TEST_SCALEOUT_JOBS"), out int n) && n > 0 ? n : 200;
 
     public void Dispose()
     {
@@ -68,7 +69,7 @@ public sealed class ScaleOutTests(ITestOutputHelper output) : IDisposable
     }
 
     private void WaitForAll(string db, int count) =>
-        _c.WaitUntil($"{count} jobs COMPLETED", Patience, () => Jobs(db) is var j && j.Count == count && j.All(x => x.State == JobState.Completed));
+        _c.WaitUntil($"{count} jobs COMPLETED", Patience + TimeSpan.FromSeconds(count / 4.0), () => Jobs(db) is var j && j.Count == count && j.All(x => x.State == JobState.Completed));
 
     /// <summary>Each job's source has exactly one output file, holding that input's rows value by value (every <paramref name="every"/>-th read back); no other file.</summary>
     private void AssertOutputs(List<JobRecord> jobs, Dictionary<string, List<(long File, long Row, string Value)>> inputs, int every = 1)
@@ -125,7 +126,7 @@ public sealed class ScaleOutTests(ITestOutputHelper output) : IDisposable
         Assert.All(jobs, j => Assert.Equal(0, j.RetryCount));
         // Both sentinels dispatched (each to its own workers), and all four workers ran jobs.
         Assert.Equal(["w1", "w2", "w3", "w4"], jobs.Select(j => j.Worker!).Distinct().Order(StringComparer.Ordinal));
-        AssertOutputs(jobs, inputs, every: 20);
+        AssertOutputs(jobs, inputs, every: 10);
         // Both sentinels hold a lease; exactly one leads the maintenance.
         string check = _c.Ok("store", "check", "--db", db).Stdout;
         Assert.Equal(2, check.Split('\n').Count(l => l.Contains(": lease live for", StringComparison.Ordinal)));

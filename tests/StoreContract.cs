@@ -6,7 +6,7 @@ using Xunit;
 
 namespace Casparian.Tests;
 
-public abstract class JobStoreContract : IDisposable
+public abstract partial class JobStoreContract : IDisposable
 {
     private protected ManualClock Clock { get; } = new();
 

@@ -63,4 +63,21 @@ public sealed class TopicsTests
         Assert.Equal("parser", Topics.OriginOf("rejects", declared, config));
         Assert.Equal(declared, Topics.FromJson(Topics.ToJson(declared), "p"));
     }
+    [Fact]
+    public void Topics_ContractKeys_FromTopicsAndConfig_MergeFieldByField_IntoSchemaDef()
+    {
+        var declared = Topics.Read("TOPICS = {\"sales\": {\"schema\": {\"id\": \"int64\", \"amount\": \"decimal(10,2)?\"}, \"contract\": \"discard_row\", \"max_quarantine\": 0.25}}\n", "parser.py");
+        var config = Topics.FromConfig([new ConfigTable("c.toml", "topics.sales", 1, false, [new ConfigEntry("contract", new ConfigValue("freeze"), 2)])]);
+        var sink = Assert.Single(Topics.Effective(declared, config));
+        Assert.Equal("""{"columns":[{"name":"id","type":"int64","nullable":false},{"name":"amount","type":"decimal(10,2)","nullable":true}],"contract":"freeze","max_quarantine":0.25}""", sink.SchemaDef);
+        // Stored with the parser and read back.
+        Assert.Equal(declared[0].Contract!.ToJson(), Topics.FromJson(Topics.ToJson(declared), "p")[0].Contract!.ToJson());
+
+        // A schema as an inline table; a max_quarantine above 1 is refused naming the table.
+        var schema = new ConfigEntry("schema", new ConfigValue(null, Table: [new ConfigEntry("id", new ConfigValue("int64"), 2)]), 2);
+        Assert.Equal("""{"columns":[{"name":"id","type":"int64","nullable":false}]}""",
+            Topics.FromConfig([new ConfigTable("c.toml", "topics.x", 1, false, [schema])])[0].Contract!.ToJson());
+        var e = Assert.Throws<InputException>(() => Topics.FromConfig([new ConfigTable("c.toml", "topics.x", 1, false, [schema, new ConfigEntry("max_quarantine", new ConfigValue("2"), 3)])]));
+        Assert.Equal("c.toml:1: [topics.x] topic 'x': max_quarantine 2 is not a fraction from 0 to 1", e.Message);
+    }
 }

@@ -1,0 +1,321 @@
+// Sources and routing rules (issue 19) through the native binary: a watched folder of mixed files
+// routed by two rules to two parsers, the unknown file listed as unmatched, a file copied in slowly
+// parsed once and complete, rename/delete/re-add, a rule change followed by `scan` (new files only;
+// --reroute explicit), symlinks out of a source not followed, and sources declared in casparian.toml.
+using System.Globalization;
+using System.Text;
+using Xunit;
+
+namespace Casparian.Tests;
+
+public sealed class SourcesTests : IDisposable
+{
+    private readonly Cluster _c = new();
+
+    public void Dispose() => _c.Dispose();
+
+    private string Drop => _c.File("drop");
+
+    /// <summary>Two parsers as single files: CSV rows to topic csv_rows, JSON lines to topic events.</summary>
+    private void RegisterParsers()
+    {
+        string csv = _c.File("src_csv.py");
+        File.WriteAllText(csv, """
+            import csv
+            name = "src_csv"
+            version = "1.0"
+
+            def parse(path):
+                with open(path, newline="") as f:
+                    rows = [{"n": int(r["n"]), "word": r["word"]} for r in csv.DictReader(f)]
+                from casparian import Output
+                yield Output("csv_rows", rows)
+            """);
+        string jsonl = _c.File("src_jsonl.py");
+        File.WriteAllText(jsonl, """
+            import json
+            name = "src_jsonl"
+            version = "1.0"
+
+            def parse(path):
+                with open(path) as f:
+                    rows = [json.loads(line) for line in f if line.strip()]
+                from casparian import Output
+                yield Output("events", [{"level": r["level"], "msg": r["msg"]} for r in rows])
+            """);
+        _c.Ok("parser", "register", csv);
+        _c.Ok("parser", "register", jsonl);
+    }
+
+    private void AddSourceWithTwoRules()
+    {
+        Directory.CreateDirectory(Path.Combine(Drop, "logs"));
+        Assert.StartsWith($"added source drop: {Drop} and its subfolders", _c.Ok("source", "add", "drop", Drop, "--recursive").Stdout);
+        Assert.StartsWith("added rule 1: drop **/*.csv -> src_csv (now src_csv 1.0), priority 0", _c.Ok("rule", "add", "drop", "**/*.csv", "src_csv").Stdout);
+        Assert.StartsWith("added rule 2: drop **/*.jsonl -> src_jsonl@1.0", _c.Ok("rule", "add", "drop", "**/*.jsonl", "src_jsonl@1.0").Stdout);
+    }
+
+    private static void WriteCsv(string path, int rows, int start = 0)
+    {
+        var sb = new StringBuilder("n,word\n");
+        for (int i = start; i < start + rows; i++) sb.Append(CultureInfo.InvariantCulture, $"{i},w{i}\n");
+        File.WriteAllText(path, sb.ToString());
+    }
+
+    private static void Age(string path) => File.SetLastWriteTimeUtc(path, DateTime.UtcNow.AddMinutes(-5));
+
+    private string ParquetOf(string parser, string topic, string source) =>
+        Path.Combine(_c.Home, "output", topic, SinkTarget.SourceFileName(parser, source));
+
+    [Fact]
+    public void Sources_TwoRules_RouteEachFileToItsParser_TheUnknownFileIsListedAsUnmatched()
+    {
+        RegisterParsers();
+        AddSourceWithTwoRules();
+        string csv = Path.Combine(Drop, "sales.csv");
+        string jsonl = Path.Combine(Drop, "logs", "app.jsonl");
+        string unknown = Path.Combine(Drop, "dump.bin");
+        WriteCsv(csv, 3);
+        File.WriteAllText(jsonl, "{\"level\": \"info\", \"msg\": \"up\"}\n{\"level\": \"error\", \"msg\": \"down\"}\n");
+        File.WriteAllBytes(unknown, [1, 2, 3]);
+        foreach (var f in new[] { csv, jsonl, unknown }) Age(f);
+
+        // The preview: each file's rule and parser, the unknown one unmatched.
+        string test = _c.Ok("rule", "test", "drop").Stdout;
+        Assert.Matches(@"(?m)^dump\.bin +- +- +\(unmatched\)$", test);
+        Assert.Matches(@"(?m)^logs/app\.jsonl +2 +\*\*/\*\.jsonl +src_jsonl 1\.0$", test);
+        Assert.Matches(@"(?m)^sales\.csv +1 +\*\*/\*\.csv +src_csv 1\.0$", test);
+        Assert.Contains("3 file(s): 2 routed, 1 unmatched, 0 ignored", test);
+
+        // A dry run says what it would queue, per rule, and queues nothing.
+        string dry = _c.Ok("scan", "drop", "--dry-run").Stdout;
+        Assert.Contains($"source drop ({Drop}): 3 file(s); 0 unchanged since they were routed, 1 unmatched, 0 settling, 0 ignored (dry run: nothing queued or recorded)", dry);
+        Assert.Contains($"rule 1 **/*.csv -> src_csv 1.0: would queue 1, 0 with content this version already processed or has queued\n  {csv}\n", dry);
+        Assert.Contains($"rule 2 **/*.jsonl -> src_jsonl 1.0: would queue 1, 0 with content this version already processed or has queued\n  {jsonl}\n", dry);
+        Assert.Contains($"unmatched (no rule): 1\n  {unknown}\n", dry);
+        Assert.Empty(_c.Jobs());
+
+        // start watches the source: each file to its rule's parser, read back value by value.
+        var r = Proc.Run(Repo.Binary, ["start", "--drain", "--slots", "2"], TimeSpan.FromSeconds(90), _c.Root,
+            new Dictionary<string, string?> { ["CASPARIAN_HOME"] = _c.Home, ["CASPARIAN_PYTHON"] = Cluster.Python });
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Contains($"  watching source drop ({Drop}, recursive): 2 rule(s)", r.Stderr);
+        Assert.Contains("queued 1 new file(s) for src_csv 1.0 (source drop, rule 1: **/*.csv)", r.Stderr);
+        Assert.Contains("queued 1 new file(s) for src_jsonl 1.0 (source drop, rule 2: **/*.jsonl)", r.Stderr);
+        Assert.Contains("source drop: 1 file(s) match no rule ('casparian source show drop' lists them)", r.Stderr);
+        Assert.Equal(new[] { csv, jsonl }.Order(StringComparer.Ordinal), _c.Jobs().Select(j => j.Input).Order(StringComparer.Ordinal));
+        Assert.All(_c.Jobs(), j => Assert.Equal("COMPLETED", j.State));
+        var rows = ParquetTable.Read(ParquetOf("src_csv", "csv_rows", csv));
+        Assert.Equal([0L, 1L, 2L], rows.Columns["n"]);
+        Assert.Equal(["w0", "w1", "w2"], rows.Columns["word"]);
+        var events = ParquetTable.Read(ParquetOf("src_jsonl", "events", jsonl));
+        Assert.Equal(["info", "error"], events.Columns["level"]);
+        Assert.Equal(["up", "down"], events.Columns["msg"]);
+
+        string show = _c.Ok("source", "show", "drop").Stdout;
+        Assert.Contains($"unmatched files (no rule matched them at the last scan): 1\n  {unknown}\n", show);
+        Assert.Matches(@"(?m)^drop +2 +1 +yes +- +store +" + System.Text.RegularExpressions.Regex.Escape(Drop) + "$", _c.Ok("source", "ls").Stdout);
+
+        // Everything is routed now: a second scan has nothing new, and says the unknown file is still unmatched.
+        string again = _c.Ok("scan", "drop").Stdout;
+        Assert.Contains("3 file(s); 2 unchanged since they were routed, 1 unmatched", again);
+        Assert.Contains("nothing new or changed to queue", again);
+        Assert.Equal(2, _c.Jobs().Count);
+    }
+
+    [Fact]
+    public void Sources_AFileCopiedInSlowly_IsParsedOnceAndComplete_RenameDeleteAndReaddAreHandled()
+    {
+        RegisterParsers();
+        AddSourceWithTwoRules();
+        var start = _c.Spawn("start", ["start", "--slots", "2", "--settle-interval", "1.5s"]);
+        _c.WaitUntil("start to watch the source", TimeSpan.FromSeconds(30),
+            () => start.Stderr.Contains("  watching source drop", StringComparison.Ordinal) || start.HasExited);
+        Assert.False(start.HasExited, start.ToString());
+
+        // Written in 5 chunks over 2 s: each chunk changes size and mtime, so the file settles only after the last.
+        string slow = Path.Combine(Drop, "slow.csv");
+        using (var f = new FileStream(slow, FileMode.CreateNew, FileAccess.Write))
+        {
+            f.Write("n,word\n"u8);
+            for (int chunk = 0; chunk < 5; chunk++)
+            {
+                var sb = new StringBuilder();
+                for (int i = chunk * 20; i < chunk * 20 + 20; i++) sb.Append(CultureInfo.InvariantCulture, $"{i},w{i}\n");
+                f.Write(Encoding.UTF8.GetBytes(sb.ToString()));
+                f.Flush();
+                Thread.Sleep(500);
+            }
+        }
+        _c.WaitUntil("the slow file's job to complete", TimeSpan.FromSeconds(60), () => _c.Jobs() is [{ State: "COMPLETED" }]);
+        var t = ParquetTable.Read(ParquetOf("src_csv", "csv_rows", slow));
+        Assert.Equal(Enumerable.Range(0, 100).Select(i => (object?)(long)i), t.Columns["n"]);
+
+        // Renamed: a new path is a new source file, parsed under its new name.
+        string renamed = Path.Combine(Drop, "renamed.csv");
+        File.Move(slow, renamed);
+        _c.WaitUntil("the renamed file's job to complete", TimeSpan.FromSeconds(60),
+            () => _c.Jobs() is [_, { State: "COMPLETED" } j] && j.Input == renamed);
+        Assert.Equal(100, ParquetTable.Read(ParquetOf("src_csv", "csv_rows", renamed)).Rows);
+
+        // Deleted, then the same content added back: skipped as unchanged, no new job.
+        byte[] content = File.ReadAllBytes(renamed);
+        File.Delete(renamed);
+        Thread.Sleep(1500);
+        File.WriteAllBytes(renamed, content);
+        _c.WaitUntil("start to skip the re-added file", TimeSpan.FromSeconds(30),
+            () => start.Stderr.Contains("queued 0 new file(s) for src_csv 1.0 (source drop, rule 1: **/*.csv); 1 unchanged file(s) skipped", StringComparison.Ordinal));
+        Assert.Equal(2, _c.Jobs().Count);
+
+        // Edited: reprocessed, and its new rows replace the old ones in the same file.
+        WriteCsv(renamed, 2, start: 500);
+        _c.WaitUntil("the edited file's job to complete", TimeSpan.FromSeconds(60), () => _c.Jobs() is [_, _, { State: "COMPLETED" }]);
+        Assert.Equal([500L, 501L], ParquetTable.Read(ParquetOf("src_csv", "csv_rows", renamed)).Columns["n"]);
+
+        start.Signal(Posix.SigInt);
+        Assert.True(start.WaitForExit(TimeSpan.FromSeconds(30)) == 0, start.ToString());
+    }
+
+    [Fact]
+    public void Sources_ASentinelPicksUpASourceAddedWhileItRuns_AndQueuesItsFilesForAWorker()
+    {
+        RegisterParsers();
+        var sentinel = _c.StartSentinel();
+        AddSourceWithTwoRules();
+        string jsonl = Path.Combine(Drop, "logs", "late.jsonl");
+        File.WriteAllText(jsonl, "{\"level\": \"warn\", \"msg\": \"late\"}\n");
+        _c.WaitUntil("the sentinel to queue the dropped file", TimeSpan.FromSeconds(30),
+            () => sentinel.Stderr.Contains("queued 1 new file(s) for src_jsonl 1.0 (source drop, rule 2: **/*.jsonl)", StringComparison.Ordinal));
+        _c.StartWorker("w1");
+        _c.WaitUntil("the job to complete", TimeSpan.FromSeconds(60), () => _c.Jobs() is [{ State: "COMPLETED" } j] && j.Input == jsonl);
+        var events = ParquetTable.Read(Path.Combine(_c.Output, "events", SinkTarget.SourceFileName("src_jsonl", jsonl)));
+        Assert.Equal(["late"], events.Columns["msg"]);
+    }
+
+    [Fact]
+    public void Sources_RuleChangeThenScan_RoutesNewAndUnmatchedFilesOnly_RerouteIsExplicit()
+    {
+        RegisterParsers();
+        Directory.CreateDirectory(Drop);
+        _c.Ok("source", "add", "drop", Drop);
+        _c.Ok("rule", "add", "drop", "*.csv", "src_csv");
+        string a = Path.Combine(Drop, "a.csv"), notes = Path.Combine(Drop, "notes.txt");
+        WriteCsv(a, 1);
+        File.WriteAllText(notes, "n,word\n1,x\n");
+        Age(a);
+        Age(notes);
+        Assert.Contains("rule 1 *.csv -> src_csv 1.0: queued 1", _c.Ok("scan", "drop").Stdout);
+        Assert.Equal(["notes.txt"], _c.Ok("source", "show", "drop").Stdout.Split('\n').Where(l => l.StartsWith("  /", StringComparison.Ordinal)).Select(Path.GetFileName));
+
+        // A rule that takes every file, tried first: the unmatched file is new to routing and takes it;
+        // a.csv was routed already and keeps its parser until rerouted explicitly.
+        _c.Ok("rule", "add", "drop", "*", "src_jsonl", "--priority", "10");
+        string scan = _c.Ok("scan", "drop").Stdout;
+        Assert.Contains($"rule 2 * -> src_jsonl 1.0: queued 1, 0 with content this version already processed or has queued\n  {notes}\n", scan);
+        Assert.DoesNotContain(a, scan);
+        Assert.Equal([(a, "src_csv"), (notes, "src_jsonl")], Parsers());
+        Assert.Contains("unmatched files (no rule matched them at the last scan): 0", _c.Ok("source", "show", "drop").Stdout);
+
+        string dry = _c.Ok("scan", "drop", "--reroute", "--dry-run").Stdout;
+        Assert.Contains($"rule 2 * -> src_jsonl 1.0: would queue 1, 1 with content this version already processed or has queued\n  {a}\n", dry);
+        _c.Ok("scan", "drop", "--reroute");
+        Assert.Equal([(a, "src_csv"), (notes, "src_jsonl"), (a, "src_jsonl")], Parsers());
+
+        // Removing the rule leaves the jobs; rule ls shows what is left, in the order tried.
+        Assert.Equal("removed rule 2\n", _c.Ok("rule", "rm", "2").Stdout);
+        Assert.Matches(@"^ID +SOURCE +PRIORITY +GLOB +PARSER +FROM\n1 +drop +0 +\*\.csv +src_csv +store\n$", _c.Ok("rule", "ls").Stdout);
+        var gone = _c.Cli("rule", "rm", "2");
+        Assert.Equal(3, gone.ExitCode);
+        Assert.StartsWith("error: no rule 2 in ", gone.Stderr);
+    }
+
+    private List<(string Input, string Parser)> Parsers()
+    {
+        var lines = _c.Ok("jobs", "--json").Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        return [.. lines.Select(l => System.Text.Json.JsonDocument.Parse(l).RootElement)
+            .Select(e => (e.GetProperty("input").GetString()!, e.GetProperty("parser").GetString()!.Split(' ', '@')[0]))];
+    }
+
+    [Fact]
+    public void Sources_SymlinksOutOfTheFolderAreNotFollowed_TheFolderIsStoredByItsRealPath()
+    {
+        RegisterParsers();
+        string real = _c.File("real-drop");
+        Directory.CreateDirectory(real);
+        string link = _c.File("drop-link");
+        Directory.CreateSymbolicLink(link, real);
+        Assert.StartsWith($"added source drop: {real} and its subfolders;", _c.Ok("source", "add", "drop", link, "--recursive").Stdout);
+        _c.Ok("rule", "add", "drop", "**/*.csv", "src_csv");
+
+        string outside = _c.File("outside");
+        Directory.CreateDirectory(outside);
+        WriteCsv(Path.Combine(outside, "secret.csv"), 1);
+        File.CreateSymbolicLink(Path.Combine(real, "secret.csv"), Path.Combine(outside, "secret.csv"));
+        Directory.CreateSymbolicLink(Path.Combine(real, "elsewhere"), outside);
+        string mine = Path.Combine(real, "mine.csv");
+        WriteCsv(mine, 1);
+        Age(mine);
+        string dry = _c.Ok("scan", "drop", "--dry-run").Stdout;
+        Assert.Contains($"1 file(s);", dry);
+        Assert.Contains($"would queue 1, 0 with content this version already processed or has queued\n  {mine}\n", dry);
+        Assert.DoesNotContain("secret", dry);
+
+        var missing = _c.Cli("source", "add", "other", _c.File("nope"));
+        Assert.Equal(3, missing.ExitCode);
+        Assert.Equal($"error: source folder {_c.File("nope")} does not exist or is not a folder; create it first\n", missing.Stderr);
+        var twice = _c.Cli("source", "add", "drop", real);
+        Assert.Equal(3, twice.ExitCode);
+        Assert.StartsWith("error: a source named 'drop' exists already", twice.Stderr);
+        var badRule = _c.Cli("rule", "add", "drop", "../*.csv", "src_csv");
+        Assert.Equal(3, badRule.ExitCode);
+        Assert.StartsWith("error: rule add: glob '../*.csv' is invalid", badRule.Stderr);
+        var noParser = _c.Cli("rule", "add", "drop", "*.csv", "nosuch");
+        Assert.Equal(3, noParser.ExitCode);
+    }
+
+    [Fact]
+    public void Sources_DeclaredInCasparianToml_AreListedWithTheirLine_AndScanned()
+    {
+        RegisterParsers();
+        Directory.CreateDirectory(Drop);
+        string toml = Path.Combine(_c.Root, "casparian.toml");
+        File.WriteAllText(toml, """
+            [[sources]]
+            name = "kept_in_git"
+            dir = "drop"
+            ignore = ["*.tmp"]
+
+            [[rules]]
+            source = "kept_in_git"
+            glob = "*.jsonl"
+            parser = "src_jsonl"
+            priority = 3
+            """);
+        string events = Path.Combine(Drop, "e.jsonl");
+        File.WriteAllText(events, "{\"level\": \"info\", \"msg\": \"x\"}\n");
+        File.WriteAllText(Path.Combine(Drop, "skip.tmp"), "");
+        Age(events);
+        Age(Path.Combine(Drop, "skip.tmp"));
+
+        Assert.Matches(@"(?m)^kept_in_git +1 +0 +no +\*\.tmp +" + System.Text.RegularExpressions.Regex.Escape(toml) + ":1 +" + System.Text.RegularExpressions.Regex.Escape(Drop) + "$",
+            _c.Ok("source", "ls").Stdout);
+        Assert.Matches(@"(?m)^- +kept_in_git +3 +\*\.jsonl +src_jsonl +" + System.Text.RegularExpressions.Regex.Escape(toml) + ":6$", _c.Ok("rule", "ls").Stdout);
+        string config = _c.Ok("config").Stdout;
+        Assert.Contains($"# kept_in_git = {Drop} ignore *.tmp  # {toml}:1\n", config);
+        Assert.Contains($"# {toml}:6: kept_in_git *.jsonl -> src_jsonl priority 3  # {toml}:6\n", config);
+
+        string scan = _c.Ok("scan", "kept_in_git").Stdout;
+        Assert.Contains("2 file(s); 0 unchanged since they were routed, 0 unmatched, 0 settling, 1 ignored", scan);
+        Assert.Contains($"queued 1, 0 with content", scan);
+        Assert.Equal([events], _c.Jobs().Select(j => j.Input));
+
+        var rm = _c.Cli("source", "rm", "kept_in_git");
+        Assert.Equal(3, rm.ExitCode);
+        Assert.Equal($"error: source 'kept_in_git' is declared in the config file ({toml}:1); edit or remove it there\n", rm.Stderr);
+
+        File.AppendAllText(toml, "\n[[rules]]\nsource = \"kept_in_git\"\nglob = \"*\"\nparser = \"src_csv\"\ncolour = \"red\"\n");
+        var bad = _c.Cli("source", "ls");
+        Assert.Equal(3, bad.ExitCode);
+        Assert.Equal($"error: {toml}:11: unknown key 'colour'; known keys: source, glob, parser, priority\n", bad.Stderr);
+    }
+}
