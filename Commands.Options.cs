@@ -78,6 +78,18 @@ internal static partial class Commands
         RowGroupBytes = c.Get(Config.RowGroupSize),
         MaxQuarantineRows = c.Get(Config.MaxQuarantineRows),
         MaxQuarantine = c.Get(Config.MaxQuarantine),
+        Staging = c.StagingDir,
+        S3 = S3Settings(c),
+    };
+
+    public static S3Settings S3Settings(Config c) => new()
+    {
+        Endpoint = c.Get(Config.S3Endpoint),
+        Region = c.Get(Config.S3Region),
+        PathStyle = c.Get(Config.S3PathStyle),
+        MultipartThreshold = c.Get(Config.S3MultipartThreshold),
+        PartSize = c.Get(Config.S3PartSize),
+        PartsInFlight = c.Get(Config.S3PartsInFlight),
     };
 
     public static BridgeOptions BridgeOptions(Config c) => new()

@@ -47,6 +47,7 @@ internal static partial class Commands
         Config.AllowedRoots, Config.Lineage, Config.HeartbeatInterval, Config.ShutdownGrace, Config.JobTimeout, Config.ConnectTimeout,
         Config.IdleTimeout, Config.LogLimit, Config.MessageLimit, Config.BuildTimeout, Config.RowGroupRows, Config.RowGroupSize, Config.LinkLimit,
         Config.WarmGuests, Config.WarmIdle,
+        Config.S3Endpoint, Config.S3Region, Config.S3PathStyle, Config.S3MultipartThreshold, Config.S3PartSize, Config.S3PartsInFlight,
     ];
 
     private static readonly Command WorkerCommand = new("worker", "data plane: run parsers, write Parquet, report receipts",
@@ -146,7 +147,8 @@ internal static partial class Commands
     private static readonly Command RunCommand = new("run", "dev mode: one parser over a file or folder, no store",
         "run PARSER INPUT [--output DIR] [--topic T] [--slots N] [--whatif]",
         [TopicFlag, WhatIfFlag, .. Config.Flags(Config.Output, Config.Slots, Config.Python, Config.Lineage, Config.JobTimeout, Config.ConnectTimeout,
-            Config.IdleTimeout, Config.MessageLimit, Config.RowGroupRows, Config.RowGroupSize, Config.WarmGuests, Config.WarmIdle)],
+            Config.IdleTimeout, Config.MessageLimit, Config.RowGroupRows, Config.RowGroupSize, Config.WarmGuests, Config.WarmIdle,
+            Config.S3Endpoint, Config.S3Region, Config.S3PathStyle, Config.S3MultipartThreshold, Config.S3PartSize, Config.S3PartsInFlight)],
         args =>
         {
             var positionals = args.RequirePositionals(2, 2);

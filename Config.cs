@@ -68,8 +68,8 @@ internal sealed class Config
         Parsers.Address, _ => "tcp://127.0.0.1:5555");
     public static readonly Setting<string> Connect = new("connect", "ADDR", "sentinel address a worker connects to; several, ','-separated, are tried in turn (failover)",
         Parsers.AddressList, _ => "tcp://127.0.0.1:5555");
-    public static readonly Setting<string> Output = new("output", "DIR", "root directory for Parquet output",
-        Parsers.Dir, c => Path.Combine(c.HomeDir, "output"));
+    public static readonly Setting<string> Output = new("output", "DIR", "root directory for Parquet output, or s3://BUCKET/PREFIX",
+        Parsers.OutputRoot, c => Path.Combine(c.HomeDir, "output"));
     public static readonly Setting<IReadOnlyList<string>> AllowedRoots = new("allowed_roots", "DIRS",
         "absolute directories a sink's file:// uri may point into (':'-separated; TOML array)",
         Parsers.DirList, _ => [], v => string.Join(":", v));
@@ -125,6 +125,18 @@ internal sealed class Config
         Parsers.Int(1, int.MaxValue), _ => 1 << 20);
     public static readonly Setting<long> RowGroupSize = new("row_group_size", "SIZE", "most Arrow data in one Parquet row group: bounds the writer's memory per topic",
         Parsers.SizeUpTo(1L << 30), _ => 16L << 20, Parsers.FormatSize);
+    public static readonly Setting<string> S3Endpoint = new("s3_endpoint", "URL", "S3-compatible endpoint for s3:// sinks (http://HOST:PORT); empty: AWS S3 in s3_region",
+        Parsers.Text, _ => "");
+    public static readonly Setting<string> S3Region = new("s3_region", "REGION", "region s3:// requests are signed for",
+        Parsers.Text, _ => "us-east-1");
+    public static readonly Setting<bool> S3PathStyle = new("s3_path_style", "BOOL", "address buckets as ENDPOINT/BUCKET (most self-hosted S3 servers need it)",
+        Parsers.Bool, _ => false, v => v ? "true" : "false");
+    public static readonly Setting<long> S3MultipartThreshold = new("s3_multipart_threshold", "SIZE", "files above this size go to S3 as a multipart upload",
+        Parsers.SizeUpTo(5L << 30), _ => 64L << 20, Parsers.FormatSize);
+    public static readonly Setting<long> S3PartSize = new("s3_part_size", "SIZE", "size of one part of a multipart upload (5MB to 5GB)",
+        Parsers.SizeBetween(5L << 20, 5L << 30), _ => 32L << 20, Parsers.FormatSize);
+    public static readonly Setting<int> S3PartsInFlight = new("s3_parts_in_flight", "N", "parts of one multipart upload sent at once",
+        Parsers.Int(1, 64), _ => 4);
     public static readonly Setting<long> MaxQuarantineRows = new("max_quarantine_rows", "N", "most rows one job may send to quarantine (all topics) before it fails",
         Parsers.Long(0, long.MaxValue), _ => 10_000);
     public static readonly Setting<double> MaxQuarantine = new("max_quarantine", "FRACTION", "fraction of a topic's rows a job may quarantine before it fails, unless the topic sets its own",
@@ -165,6 +177,7 @@ internal sealed class Config
         Insecure, SentinelKey, JoinToken, LinkLimit, Http, HttpInsecure,
         WarmGuests, WarmIdle, MaxQuarantineRows, MaxQuarantine,
         SettleInterval, RescanInterval, ScanFileLimit,
+        S3Endpoint, S3Region, S3PathStyle, S3MultipartThreshold, S3PartSize, S3PartsInFlight,
     ];
 
     /// <summary>
@@ -201,6 +214,8 @@ internal sealed class Config
     public string LogsDir => Path.Combine(HomeDir, "logs");
     /// <summary>The address of the status page a running `start` or `sentinel --http` serves (`casparian status` reads it).</summary>
     public string StatusUrlFile => Path.Combine(HomeDir, "status.url");
+    /// <summary>Parquet files bound for s3:// sinks, written here before their upload, one directory per destination prefix.</summary>
+    public string StagingDir => Path.Combine(HomeDir, "staging");
     /// <summary>The worker's persistent id.</summary>
     public string WorkerDir => Path.Combine(HomeDir, "worker");
     /// <summary>The sentinel's CURVE key pair and its tokens (Keys.cs).</summary>
@@ -336,6 +351,14 @@ internal static class Parsers
     /// <summary>A store: a URL (scheme://…) as given, else a file path.</summary>
     public static (bool, string, string) Store(ConfigValue raw, string baseDir) =>
         raw.Items is null && raw.Text is { } t && t.Contains("://", StringComparison.Ordinal) ? (true, t, "") : PathValue(raw, baseDir, "a file path");
+
+    /// <summary>The output root: an s3://BUCKET/PREFIX uri as given, else a directory path.</summary>
+    public static (bool, string, string) OutputRoot(ConfigValue raw, string baseDir)
+    {
+        if (raw.Items is null && raw.Text is { } t && S3Location.IsS3(t))
+            return S3Location.TryParse(t, out string why) is not null ? (true, t.TrimEnd('/'), "") : (false, "", $"s3://BUCKET/PREFIX ({why})");
+        return PathValue(raw, baseDir, "a directory path or s3://BUCKET/PREFIX");
+    }
 
     public static (bool, string, string) OptionalDir(ConfigValue raw, string baseDir) =>
         raw.Items is null && raw.Text is "" ? (true, "", "") : PathValue(raw, baseDir, "a directory path");
@@ -492,6 +515,9 @@ internal static class Parsers
 
     public static Func<ConfigValue, string, (bool, long, string)> SizeUpTo(long max) => (raw, baseDir) =>
         Size(raw, baseDir) is (true, var v, _) && v >= 1 && v <= max ? (true, v, "") : (false, 0, $"a size from 1 byte to {FormatSize(max)} (e.g. 100MB)");
+
+    public static Func<ConfigValue, string, (bool, long, string)> SizeBetween(long min, long max) => (raw, baseDir) =>
+        Size(raw, baseDir) is (true, var v, _) && v >= min && v <= max ? (true, v, "") : (false, 0, $"a size from {FormatSize(min)} to {FormatSize(max)}");
 
     public static string FormatSize(long bytes) => bytes switch
     {

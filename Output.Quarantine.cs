@@ -133,9 +133,13 @@ internal sealed partial class JobOutput
 
     private TopicWriter QuarantineWriter(string topic)
     {
-        var target = SinkTarget.Resolve(_options, _jobId, topic, $"parquet://{QuarantineDirectory}/{topic}", SinkMode.Append, _fileName);
+        var target = SinkTarget.Resolve(_options, _jobId, topic, QuarantineSink(topic), SinkMode.Append, _fileName);
         return new TopicWriter(this, $"{QuarantineDirectory}/{topic}", target, plain: true);
     }
+
+    /// <summary>OUTPUT/_quarantine/TOPIC; for a topic whose sink is in S3, _quarantine/TOPIC beside that sink's prefix in its bucket.</summary>
+    private string QuarantineSink(string topic) =>
+        _sinks.TryGetValue(topic, out var sink) && sink.QuarantineUri(QuarantineDirectory) is { } remote ? remote : $"parquet://{QuarantineDirectory}/{topic}";
 
     /// <summary>Before anything is renamed: fails the job when a topic quarantined more than its fraction allows.</summary>
     private void CheckQuarantineFractions()
@@ -153,8 +157,9 @@ internal sealed partial class JobOutput
         string? dropped = contract.Dropped.Count == 0 ? null : string.Join(",", contract.Dropped);
         if (contract.Quarantine is not { } writer)
         {
-            var target = SinkTarget.Resolve(_options, _jobId, contract.Topic, $"parquet://{QuarantineDirectory}/{contract.Topic}", SinkMode.Append, _fileName);
-            if (File.Exists(target.FinalPath)) File.Delete(target.FinalPath);
+            var target = SinkTarget.Resolve(_options, _jobId, contract.Topic, QuarantineSink(contract.Topic), SinkMode.Append, _fileName);
+            if (target.Remote is not null) S3.Delete(contract.Topic, target.RemoteObject);
+            else if (File.Exists(target.FinalPath)) File.Delete(target.FinalPath);
             return artifact with { Quarantined = 0, DroppedColumns = dropped };
         }
         var q = writer.Commit();

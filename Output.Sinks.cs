@@ -14,7 +14,7 @@ namespace Casparian;
 /// A topic's resolved destination: <see cref="FileName"/> inside <see cref="Directory"/>.
 /// <see cref="SingleFile"/> when the uri named a .parquet file rather than a dataset directory.
 /// </summary>
-internal sealed record SinkTarget(string Topic, string Uri, string Directory, string FileName, SinkMode Mode, bool SingleFile)
+internal sealed partial record SinkTarget(string Topic, string Uri, string Directory, string FileName, SinkMode Mode, bool SingleFile)
 {
     public const string JobIdKey = LineageColumns.JobIdKey;
 
@@ -91,13 +91,25 @@ internal sealed record SinkTarget(string Topic, string Uri, string Directory, st
     }
 
     /// <summary>
-    /// Resolves <paramref name="uri"/>: <c>parquet://NAME</c> or a relative path under the root;
-    /// <c>file:///ABS</c> or <c>/ABS</c> only inside the root or an allowed root. A path ending in
+    /// Resolves <paramref name="uri"/>: <c>parquet://NAME</c> or a relative path under the root (a
+    /// prefix below it when the root is s3://); <c>file:///ABS</c> or <c>/ABS</c> only inside the root
+    /// or an allowed root; <c>s3://BUCKET/PREFIX</c> as given (Output.S3.cs). A path ending in
     /// <c>.parquet</c> is a single file, anything else a dataset directory, whose file for this job is
     /// <see cref="DatasetFileName"/>.
     /// </summary>
     public static SinkTarget Resolve(OutputOptions options, ulong jobId, string topic, string uri, SinkMode mode, string? fileName = null)
     {
+        if (S3Location.IsS3(uri)) return ResolveS3(options, jobId, topic, uri, mode, fileName, ParseS3(jobId, topic, uri));
+        // Under an s3:// output root, parquet://NAME and relative uris name prefixes below it (Output.S3.cs).
+        if (RemoteRoot(options) is { } remoteRoot && !uri.StartsWith("file://", StringComparison.OrdinalIgnoreCase) && !Path.IsPathRooted(uri))
+        {
+            string rel = uri.StartsWith("parquet://", StringComparison.OrdinalIgnoreCase) ? uri["parquet://".Length..] : uri;
+            if (rel.StartsWith('/')) throw OutputThrow.Sink_AbsoluteParquet(jobId, topic, uri);
+            if (uri.Contains("://", StringComparison.Ordinal) && !uri.StartsWith("parquet://", StringComparison.OrdinalIgnoreCase)) throw OutputThrow.Sink_Scheme(jobId, topic, uri);
+            if (rel.Trim().Length == 0) throw OutputThrow.Sink_Empty(jobId, topic);
+            if (HasParentSegment(rel)) throw OutputThrow.Sink_ParentSegment(jobId, topic, uri);
+            return ResolveS3(options, jobId, topic, uri, mode, fileName, ParseS3(jobId, topic, remoteRoot.Child(rel).Uri));
+        }
         string root = Normalize(options.Root);
         string path;
         if (uri.StartsWith("parquet://", StringComparison.OrdinalIgnoreCase))
@@ -163,7 +175,7 @@ internal sealed record SinkTarget(string Topic, string Uri, string Directory, st
     public static void CheckRealPath(OutputOptions options, ulong jobId, string topic, string directory, string? real = null)
     {
         real ??= RealPath.Of(directory);
-        if (IsInside(real, RealPath.Of(options.Root))) return;
+        if (!S3Location.IsS3(options.Root) && IsInside(real, RealPath.Of(options.Root))) return;
         foreach (var allowed in options.AllowedRoots)
             if (IsInside(real, RealPath.Of(allowed))) return;
         throw OutputThrow.Sink_SymlinkEscape(jobId, topic, directory, real);

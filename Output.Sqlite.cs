@@ -62,6 +62,8 @@ internal sealed record SqliteTarget(string Topic, string Uri, string DbPath, str
     /// <summary>Resolves <c>sqlite://FILE?table=NAME</c>: FILE relative to the output root, NAME an SQL identifier.</summary>
     public static SqliteTarget Resolve(OutputOptions options, ulong jobId, string topic, string uri, SinkMode mode)
     {
+        // A database file is local: under an s3:// output root there is no directory to put it in.
+        if (S3Location.IsS3(options.Root)) throw OutputThrow.Sink_SqliteUnderS3(jobId, topic, uri, options.Root);
         string rest = uri[Scheme.Length..];
         int q = rest.IndexOf('?');
         string file = q < 0 ? rest : rest[..q];

@@ -72,6 +72,7 @@ internal sealed partial class JobOutput
             _writer!.Close();
             _writer.Dispose();
             _writer = null;
+            if (target.Remote is not null) return CommitRemote();
             // fsync before rename: after a crash the final name holds the complete file or the old one.
             using (var fs = new FileStream(_tempPath!, FileMode.Open, FileAccess.Write)) fs.Flush(flushToDisk: true);
             if (target.Mode == SinkMode.Error) target.CheckNoOtherData(JobId);
@@ -93,6 +94,26 @@ internal sealed partial class JobOutput
             SyncDirectories();
             if (target.Mode == SinkMode.Replace && !target.SingleFile && target.DeleteOtherData() > 0) Sync(target.Directory);
             return new OutputArtifact(Name, new Uri(final).AbsoluteUri, _rows, new FileInfo(final).Length);
+        }
+
+        /// <summary>
+        /// An S3 sink: mode error checked again, then one PUT or CompleteMultipartUpload replaces the key
+        /// in one step; mode replace deletes the prefix's other objects only after that. The staged file
+        /// is deleted whatever happens (Dispose). Null when the object already names a later job
+        /// (NewestWins): S3 has no lock to hold between that look and the upload, so two jobs of one
+        /// source committing in the same instant can still end with the older's object, until the next run.
+        /// </summary>
+        private OutputArtifact? CommitRemote()
+        {
+            var s3 = job.S3;
+            if (target.Mode == SinkMode.Error) target.CheckNoOtherObjects(s3, JobId);
+            if (job.NewestWins && s3.TryHead(Name, target.RemoteObject, out ulong? writer) && writer > JobId) return null;
+            long bytes = new FileInfo(_tempPath!).Length;
+            s3.Upload(Name, _tempPath!, target.RemoteObject);
+            TryDelete(_tempPath!);
+            _tempPath = null;
+            if (target.Mode == SinkMode.Replace && !target.SingleFile) target.DeleteOtherObjects(s3);
+            return new OutputArtifact(Name, target.RemoteObject.Uri, _rows, bytes);
         }
 
         /// <summary>
@@ -138,7 +159,8 @@ internal sealed partial class JobOutput
             }
             for (string? d = target.Directory; d is not null && !Directory.Exists(d); d = Path.GetDirectoryName(d)) _created = d;
             Directory.CreateDirectory(target.Directory);
-            SinkTarget.CheckRealPath(Options, JobId, Name, target.Directory);
+            // A staging directory for S3 is the worker's own, not a destination a sink names.
+            if (target.Remote is null) SinkTarget.CheckRealPath(Options, JobId, Name, target.Directory);
             // A killed earlier attempt of this job may have left its temp file; nobody else writes this prefix.
             // The exact length check keeps the temp files of a longer stem that happens to share the prefix.
             string prefix = target.TempPrefix(JobId);

@@ -108,6 +108,12 @@ internal sealed record OutputOptions
 
     /// <summary>The fraction of a topic's rows a job may quarantine when the topic's contract sets no max_quarantine.</summary>
     public required double MaxQuarantine { get; init; }
+
+    /// <summary>Where files bound for S3 sinks are written before their upload, one directory per destination.</summary>
+    public required string Staging { get; init; }
+
+    /// <summary>Endpoint, region and upload sizes for s3:// sinks.</summary>
+    public required S3Settings S3 { get; init; }
 }
 
 /// <summary>One committed file. <see cref="Bytes"/> is its size on disk.</summary>
@@ -203,6 +209,7 @@ internal sealed partial class JobOutput : IDisposable
     private readonly List<ITopicWriter> _topics = [];
     private readonly Stopwatch _clock = Stopwatch.StartNew();
     private readonly ArrowWriterProperties _arrowProperties;
+    private S3Transfer? _s3;
     private long _batches;
     private bool _failed;
     private bool _committed;
@@ -236,7 +243,8 @@ internal sealed partial class JobOutput : IDisposable
             }
             var target = SinkTarget.Resolve(options, jobId, sink.Topic, sink.Uri, sink.Mode, _fileName);
             if (_tables.ContainsKey(sink.Topic) || !_sinks.TryAdd(sink.Topic, target)) throw OutputThrow.Sink_DuplicateTopic(jobId, sink.Topic);
-            if (target.Mode == SinkMode.Error) target.CheckNoOtherData(jobId);
+            if (target.Mode == SinkMode.Error && target.Remote is null) target.CheckNoOtherData(jobId);
+            else if (target.Mode == SinkMode.Error) target.CheckNoOtherObjects(S3, jobId);
             if (sink.SchemaDef is { } def) _contracts.Add(ContractOf(sink.Topic, def));
         }
         // The stored Arrow schema brings back exact types on read (timestamp time zones, null columns).
@@ -244,6 +252,9 @@ internal sealed partial class JobOutput : IDisposable
     }
 
     public ulong JobId => _jobId;
+
+    /// <summary>The job's S3 client, made on first use by an S3 sink (or an S3 uri to supersede).</summary>
+    internal S3Transfer S3 => _s3 ??= new S3Transfer(_options.S3, _jobId);
 
     /// <summary>
     /// Job ids order the jobs of one (parser, source): a commit never replaces output that a job with a
@@ -313,9 +324,11 @@ internal sealed partial class JobOutput : IDisposable
         if (supersedes is { Count: > 0 })
         {
             // Kept: this job's files, and its quarantine files (also Parquet when the topic's sink is a table).
-            string[] kept = [.. artifacts.SelectMany(a => new[] { a.Uri, a.QuarantineUri }).OfType<string>().Where(u => !SqliteTarget.Is(u)).Select(u => new Uri(u).LocalPath)];
+            string[] written = [.. artifacts.SelectMany(a => new[] { a.Uri, a.QuarantineUri }).OfType<string>()];
+            string[] kept = [.. written.Where(u => !SqliteTarget.Is(u) && !S3Location.IsS3(u)).Select(u => new Uri(u).LocalPath)];
             RemoveSuperseded(_options, _jobId, supersedes, kept, NewestWins);
             SqliteTarget.RemoveSuperseded(_options, _jobId, _source, supersedes, [.. artifacts.Select(a => a.Uri)], NewestWins);
+            RemoveSupersededObjects(supersedes, written);
         }
         FaultPoint.Hit(FaultPoint.AfterSupersede);
         _clock.Stop();
@@ -329,6 +342,7 @@ internal sealed partial class JobOutput : IDisposable
         _disposed = true;
         for (int i = _contracts.Count - 1; i >= 0; i--) _contracts[i].Quarantine?.Dispose();
         for (int i = _topics.Count - 1; i >= 0; i--) _topics[i].Dispose();
+        _s3?.Dispose();
         _lineage.Dispose();
         _arrowProperties.Dispose();
     }
@@ -367,6 +381,20 @@ internal sealed partial class JobOutput : IDisposable
         {
             int errno = DirectorySync.Flush(dir);
             if (errno != 0) throw OutputThrow.Commit_DirectorySync(jobId, "(superseded)", dir, errno);
+        }
+    }
+
+    /// <summary>
+    /// Deletes each superseded S3 object this commit did not overwrite, if it carries our job-id metadata
+    /// (an object we wrote) and, under <see cref="NewestWins"/>, no later job's id; others, and objects
+    /// already gone, are left alone.
+    /// </summary>
+    private void RemoveSupersededObjects(IReadOnlyList<string> supersedes, IReadOnlyCollection<string> kept)
+    {
+        foreach (string uri in supersedes)
+        {
+            if (SinkTarget.SupersededObject(uri) is not { } location || kept.Contains(location.Uri)) continue;
+            if (S3.TryHead("(superseded)", location, out ulong? writer) && writer is { } id && !(NewestWins && id > _jobId)) S3.Delete("(superseded)", location);
         }
     }
 
@@ -411,13 +439,17 @@ internal static class OutputThrow
     public static OutputException Topic_BadName(ulong job, string topic) =>
         new(ExitCode.BadInput, $"job {job}: topic name '{topic}' is invalid; topic names match [a-z][a-z0-9_]* (at most {Bridge.MaxTopicLength} characters)");
     public static OutputException Sink_Scheme(ulong job, string topic, string uri) =>
-        new(ExitCode.BadInput, $"job {job}: sink uri '{uri}' of topic '{topic}' is not supported; use parquet://NAME, a relative path, file:///ABSOLUTE/PATH or sqlite://FILE.db?table=NAME");
+        new(ExitCode.BadInput, $"job {job}: sink uri '{uri}' of topic '{topic}' is not supported; use parquet://NAME, a relative path, file:///ABSOLUTE/PATH, s3://BUCKET/PREFIX or sqlite://FILE.db?table=NAME");
     public static OutputException Sink_Empty(ulong job, string topic) =>
         new(ExitCode.BadInput, $"job {job}: sink uri of topic '{topic}' is empty; use parquet://NAME, a relative path, or file:///ABSOLUTE/PATH");
     public static OutputException Sink_ParentSegment(ulong job, string topic, string uri) =>
         new(ExitCode.BadInput, $"job {job}: sink uri '{uri}' of topic '{topic}' contains '..'; sinks may not climb out of their directory");
     public static OutputException Sink_AbsoluteParquet(ulong job, string topic, string uri) =>
         new(ExitCode.BadInput, $"job {job}: sink uri '{uri}' of topic '{topic}': parquet:// names a path under the output root; use file:///… for an absolute path");
+    public static OutputException Sink_SqliteUnderS3(ulong job, string topic, string uri, string root) =>
+        new(ExitCode.BadInput, $"job {job}: sink '{uri}' of topic '{topic}' is an SQLite file under the output root, which is {root}; an SQLite sink needs a local output root (give this worker a directory --output, or send the topic to an s3:// sink)");
+    public static OutputException Sink_BadS3(ulong job, string topic, string uri, string why) =>
+        new(ExitCode.BadInput, $"job {job}: sink uri '{uri}' of topic '{topic}' is not a valid S3 location: {why}; write s3://BUCKET/PREFIX");
     public static OutputException Sink_Host(ulong job, string topic, string uri) =>
         new(ExitCode.BadInput, $"job {job}: sink uri '{uri}' of topic '{topic}' names a host; only local paths are supported (file:///ABSOLUTE/PATH)");
     public static OutputException Sink_OutsideRoots(ulong job, string topic, string path, IEnumerable<string> roots) =>

@@ -209,7 +209,7 @@ internal static class DevRun
             }
             if (r.Output!.Artifacts.Count == 0 && r.Skipped.Count == 0) table.Add(Rel(r.Input), "(no tables)", "0", "", "", time);
             foreach (var a in r.Output.Artifacts)
-                table.Add(Rel(r.Input), a.Topic, a.Rows.ToString(CultureInfo.InvariantCulture), a.Quarantined > 0 ? a.Quarantined.ToString(CultureInfo.InvariantCulture) : "-", Rel(new Uri(a.Uri).LocalPath), time);
+                table.Add(Rel(r.Input), a.Topic, a.Rows.ToString(CultureInfo.InvariantCulture), a.Quarantined > 0 ? a.Quarantined.ToString(CultureInfo.InvariantCulture) : "-", S3Location.IsS3(a.Uri) ? a.Uri : Rel(new Uri(a.Uri).LocalPath), time);
             foreach (var (topic, n) in r.Skipped)
                 table.Add(Rel(r.Input), topic, n.ToString(CultureInfo.InvariantCulture), "", "(not written: --topic)", time);
         }

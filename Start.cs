@@ -133,7 +133,7 @@ internal static class Start
         var sb = new StringBuilder();
         var done = session.Where(f => f.Receipt.Status == ReceiptStatus.Success).ToList();
         var files = done.SelectMany(f => f.Receipt.Artifacts)
-            .Select(a => (Topic: a.GetValueOrDefault("topic", "?"), Path: Uri.TryCreate(a.GetValueOrDefault("uri", ""), UriKind.Absolute, out var u) ? u.LocalPath : a.GetValueOrDefault("uri", ""),
+            .Select(a => (Topic: a.GetValueOrDefault("topic", "?"), Path: Uri.TryCreate(a.GetValueOrDefault("uri", ""), UriKind.Absolute, out var u) && u.IsFile ? u.LocalPath : a.GetValueOrDefault("uri", ""),
                 Rows: long.TryParse(a.GetValueOrDefault("rows"), NumberStyles.None, inv, out long r) ? r : 0))
             .OrderBy(a => a.Topic, StringComparer.Ordinal).ThenBy(a => a.Path, StringComparer.Ordinal)
             .ToList();

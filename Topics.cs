@@ -148,7 +148,7 @@ internal static partial class Topics
     private static void Check(TopicSetting t, string origin)
     {
         if (t.Sink is null) return;
-        var probe = new OutputOptions { Root = "/casparian-check", AllowedRoots = ["/"], Lineage = false, RowGroupRows = 1, RowGroupBytes = 1, MaxQuarantineRows = 0, MaxQuarantine = 0 };
+        var probe = Commands.OutputOptions(Config.Defaults("/casparian-check")) with { Root = "/casparian-check", AllowedRoots = ["/"] };
         try
         {
             if (SqliteTarget.Is(t.Sink)) SqliteTarget.Resolve(probe, 0, t.Topic, t.Sink, t.Mode ?? SinkMode.Append);

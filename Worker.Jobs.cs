@@ -150,6 +150,17 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs, W
                 Metrics = new() { [TransientMetric] = 1, [DurationMetric] = clock.ElapsedMilliseconds },
             };
         }
+        catch (S3Exception e)
+        {
+            // The bucket refused or could not be reached (credentials, endpoint, network): nothing was
+            // committed for the topic that failed, and the job is retried with backoff (Output.S3.cs).
+            return new JobReceipt
+            {
+                Status = ReceiptStatus.Failed,
+                ErrorMessage = e.Message,
+                Metrics = new() { [TransientMetric] = 1, [DurationMetric] = clock.ElapsedMilliseconds },
+            };
+        }
         catch (CasparianException e)
         {
             // A bad sink, schema mismatch, unusable bundle or failed environment build: retrying will not fix it.

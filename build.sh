@@ -70,6 +70,9 @@ test_all() {
   command -v npm >/dev/null || apt_need nodejs npm
   step "installing the browser test's node packages"
   (cd tests/browser && run npm ci --no-audit --no-fund --loglevel=error)
+  # The S3 tests' loopback server (s3rver) and second client (@aws-sdk/client-s3), pinned by tests/s3's lock.
+  step "installing the S3 tests' node packages"
+  (cd tests/s3 && run npm ci --no-audit --no-fund --loglevel=error)
   step "running the tests"
   if (($#)); then
     CASPARIAN_BIN="$root/casparian" run dotnet test tests/tests.csproj -c Release -nologo "$@"

@@ -88,10 +88,11 @@ internal sealed class Daemon : IDisposable
     public string Name { get; }
     public int Pid { get; }
 
-    public Daemon(string name, IEnumerable<string> args, IDictionary<string, string?> environment, string workingDirectory)
+    /// <summary>Starts the native binary, or <paramref name="program"/> (a test's helper server).</summary>
+    public Daemon(string name, IEnumerable<string> args, IDictionary<string, string?> environment, string workingDirectory, string? program = null)
     {
         Name = name;
-        var psi = new ProcessStartInfo(Repo.Binary)
+        var psi = new ProcessStartInfo(program ?? Repo.Binary)
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,

@@ -996,7 +996,7 @@ public sealed class OutputTests : IDisposable
     [InlineData("file://{lake}/%2e%2e/etc")]           // '..' percent-encoded
     [InlineData("parquet:///etc/x")]                   // parquet:// is always under the root
     [InlineData("file://otherhost/data")]              // a remote host
-    [InlineData("s3://bucket/key")]                    // unsupported scheme
+    [InlineData("gs://bucket/key")]                    // unsupported scheme
     [InlineData("parquet://")]                         // empty name
     public void Sink_Resolve_RefusesEscapes(string uri)
     {
