@@ -25,6 +25,7 @@ internal static partial class Commands
         MessageLimit = c.Get(Config.LinkLimit),
         Store = StoreOptions(c, create: true),
         HeartbeatTimeout = c.Get(Config.HeartbeatTimeout),
+        LeaseTtl = c.Get(Config.LeaseTtl),
         JobTimeout = c.Get(Config.JobTimeout),
         PollInterval = c.Get(Config.PollInterval),
         DeadlineGrace = c.Get(Config.DeadlineGrace),

@@ -21,7 +21,7 @@ internal static partial class Commands
     /// <summary>The roles and command groups, in the order --help lists them.</summary>
     // A property, not a field: the commands are fields of the partial files, whose initialisation
     // order across files C# leaves unspecified.
-    public static Command[] All => [SentinelCommand, WorkerCommand, StartCommand, RunCommand, ParserGroup, JobGroup, JobsCommand, QuarantineGroup, TopicGroup, SourceGroup, RuleGroup, ScanCommand, StatusCommand, KeysCommand, ConfigCommand, VersionCommand];
+    public static Command[] All => [SentinelCommand, WorkerCommand, StartCommand, RunCommand, ParserGroup, JobGroup, JobsCommand, QuarantineGroup, TopicGroup, SourceGroup, RuleGroup, ScanCommand, StoreGroup, StatusCommand, KeysCommand, ConfigCommand, VersionCommand];
 
     public static readonly Command VersionCommand = new("version", "print the version and build", "version", [], _ =>
     {

@@ -62,12 +62,12 @@ internal sealed class Config
 
     public static readonly Setting<string> Home = new("home", "DIR", "state directory: store, environments, shim, logs, output",
         Parsers.Dir, _ => Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".casparian"));
-    public static readonly Setting<string> Db = new("db", "PATH", "job store: an SQLite file",
+    public static readonly Setting<string> Db = new("db", "PATH", "job store: an SQLite file, or postgresql://USER[:PASS]@HOST[:PORT]/DB shared by several sentinels",
         Parsers.Store, c => Path.Combine(c.HomeDir, "casparian.db"));
     public static readonly Setting<string> Bind = new("bind", "ADDR", "address the sentinel binds (tcp://HOST:PORT; PORT may be *)",
         Parsers.Address, _ => "tcp://127.0.0.1:5555");
-    public static readonly Setting<string> Connect = new("connect", "ADDR", "sentinel address a worker connects to",
-        Parsers.Address, _ => "tcp://127.0.0.1:5555");
+    public static readonly Setting<string> Connect = new("connect", "ADDR", "sentinel address a worker connects to; several, ','-separated, are tried in turn (failover)",
+        Parsers.AddressList, _ => "tcp://127.0.0.1:5555");
     public static readonly Setting<string> Output = new("output", "DIR", "root directory for Parquet output, or s3://BUCKET/PREFIX",
         Parsers.OutputRoot, c => Path.Combine(c.HomeDir, "output"));
     public static readonly Setting<IReadOnlyList<string>> AllowedRoots = new("allowed_roots", "DIRS",
@@ -98,6 +98,8 @@ internal sealed class Config
     public static readonly Setting<TimeSpan> RetryBackoffMax = new("retry_backoff_max", "SECONDS", "longest delay between retries",
         Parsers.Duration, _ => TimeSpan.FromMinutes(5), Parsers.FormatDuration);
     public static readonly Setting<TimeSpan> LockTimeout = new("lock_timeout", "SECONDS", "how long a store operation waits for another process's lock before it fails as busy",
+        Parsers.Duration, _ => TimeSpan.FromSeconds(10), Parsers.FormatDuration);
+    public static readonly Setting<TimeSpan> LeaseTtl = new("lease_ttl", "SECONDS", "a sentinel on a shared (PostgreSQL) store that has not renewed its lease this long is dead to the others, which take over its jobs",
         Parsers.Duration, _ => TimeSpan.FromSeconds(10), Parsers.FormatDuration);
     public static readonly Setting<TimeSpan> PollInterval = new("poll_interval", "SECONDS", "how often the sentinel asks the store for new jobs and cancellations",
         Parsers.Duration, _ => TimeSpan.FromMilliseconds(200), Parsers.FormatDuration);
@@ -170,7 +172,7 @@ internal sealed class Config
     public static readonly Setting[] All =
     [
         Home, Db, Bind, Connect, Output, AllowedRoots, Lineage, Venvs, VenvBudget, Wheelhouse, Python, Slots, WorkerId,
-        HeartbeatInterval, HeartbeatTimeout, RetryLimit, RetryBackoff, RetryBackoffMax, LockTimeout, PollInterval, Capabilities, JobTimeout,
+        HeartbeatInterval, HeartbeatTimeout, RetryLimit, RetryBackoff, RetryBackoffMax, LockTimeout, LeaseTtl, PollInterval, Capabilities, JobTimeout,
         DeadlineGrace, ConnectTimeout, IdleTimeout, ShutdownGrace, LogLimit, MessageLimit, BuildTimeout, RowGroupRows, RowGroupSize,
         Insecure, SentinelKey, JoinToken, LinkLimit, Http, HttpInsecure,
         WarmGuests, WarmIdle, MaxQuarantineRows, MaxQuarantine,
@@ -421,6 +423,16 @@ internal static class Parsers
                 return (true, t, "");
         }
         return (false, "", Expected);
+    }
+
+    /// <summary>One or more tcp:// addresses, ','-separated (a worker's sentinel list), each as <see cref="Address"/>.</summary>
+    public static (bool, string, string) AddressList(ConfigValue raw, string baseDir)
+    {
+        if (raw.Items is { } items) raw = new ConfigValue(string.Join(",", items), null);
+        if (raw.Text is not { } t) return Address(raw, baseDir);
+        foreach (var one in t.Split(',', StringSplitOptions.TrimEntries))
+            if (Address(new ConfigValue(one, null), baseDir) is (false, _, var expected)) return (false, "", expected + "; several are ','-separated");
+        return (true, string.Join(",", t.Split(',', StringSplitOptions.TrimEntries)), "");
     }
 
     /// <summary>HOST:PORT for the status page, or "" / off for none.</summary>

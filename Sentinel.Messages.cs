@@ -157,7 +157,11 @@ internal sealed partial class Sentinel
             worker.LastStoreHeartbeat = now;
             _work.Touch.Add(worker.Id);
         }
-        if (beat is not null) Reconcile(worker, beat);
+        if (beat is not null)
+        {
+            Reconcile(worker, beat);
+            AdoptReported(worker, beat);
+        }
         if (beat?.Figures is { } figures) Metrics.Figures(figures);
     }
 

@@ -88,15 +88,18 @@ internal sealed partial class Sentinel
     private void Step(long now, bool final)
     {
         if (!final && now < _work.RetryAt) return;
+        // A job queued on a store that notifies (PostgreSQL): claim now rather than at the next poll.
+        if (_store.QueueSignalled()) _work.ClaimWanted = true;
         bool poll = now >= _work.NextPoll;
         bool claim = !final && (_work.ClaimWanted || poll) && AnyClaimable(now);
         bool cancels = poll && _inFlight.Count > 0;
         bool sweep = !final && now >= _work.NextSweep;
-        if (!_work.HasStoreWork && !claim && !cancels && !sweep)
+        bool renew = !final && RenewDue(now);
+        if (!_work.HasStoreWork && !claim && !cancels && !sweep && !renew)
         {
             // Nothing to do at this poll (no worker, no job): the next poll still moves on, or the
             // loop would find the poll due again at once and spin (issue 11 item 4).
-            if (poll) _work.NextPoll = now + (long)_options.PollInterval.TotalMilliseconds;
+            if (poll) _work.NextPoll = now + PollEvery;
             return;
         }
 
@@ -106,7 +109,8 @@ internal sealed partial class Sentinel
         {
             _store.InTransaction(() =>
             {
-                StoreWork(now, claim, cancels, sweep);
+                if (renew) RenewLease(now);
+                StoreWork(now, claim, cancels, sweep && _leading);
                 return 0;
             });
         }
@@ -122,7 +126,7 @@ internal sealed partial class Sentinel
             return;
         }
         _work.ClearGathered();
-        if (poll) _work.NextPoll = now + (long)_options.PollInterval.TotalMilliseconds;
+        if (poll) _work.NextPoll = now + PollEvery;
         if (sweep) _work.NextSweep = now + Math.Max(1000, (long)_options.HeartbeatTimeout.TotalMilliseconds / 2);
         RecordTurn(stepStarted);
         AfterCommit(now);
@@ -138,12 +142,14 @@ internal sealed partial class Sentinel
         {
             // Adoption only reads, so applying it to memory now is safe even if the commit fails.
             if (FindById(id) is not { } w) continue;
+            int adopted = 0;
             foreach (long jobId in _store.RunningOn(id))
             {
                 if (!_inFlight.TryAdd(jobId, new InFlight(w, Adopted: true, Deadline: DeadlineFrom(now)))) continue;
                 w.Active++;
+                adopted++;
             }
-            if (w.Active > 0) _log.Info($"worker {id} holds {w.Active} job(s) from before this sentinel started; keeping them");
+            if (adopted > 0) _log.Info($"worker {id} holds {adopted} job(s) from before this sentinel started, or from a sentinel that stopped; keeping them");
         }
         foreach (var c in _work.Conclusions) _work.Concluded.Add(Apply(c));
         foreach (var (identity, request, parser) in _work.Deploys) _work.Deployed.Add((identity, request, parser, _store.RegisterParser(parser)));

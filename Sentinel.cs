@@ -38,6 +38,8 @@ internal sealed record SentinelOptions
     public required StoreOptions Store { get; init; }
     /// <summary>A worker silent this long is dropped and its jobs requeued.</summary>
     public required TimeSpan HeartbeatTimeout { get; init; }
+    /// <summary>On a store shared by several sentinels: how long this one's lease lasts unrenewed (Sentinel.Cluster.cs).</summary>
+    public required TimeSpan LeaseTtl { get; init; }
     /// <summary>Sent to workers as DISPATCH timeout_seconds; null leaves it to the worker.</summary>
     public required TimeSpan? JobTimeout { get; init; }
     /// <summary>How often the store is asked for newly queued or due jobs and for cancellations.</summary>
@@ -96,7 +98,7 @@ internal sealed partial class Sentinel : IDisposable
         _storeLock = JobStores.LockForSentinel(options.Store);
         try
         {
-            _store = JobStores.Open(options.Store with { LockTimeout = lockTimeout });
+            _store = JobStores.Open(options.Store with { LockTimeout = lockTimeout, Sentinel = Name });
         }
         catch
         {
@@ -189,6 +191,7 @@ internal sealed partial class Sentinel : IDisposable
             PublishWorkers(now);
         }
         Step(NowMs(), final: true);
+        EndLease();
         _log.Info($"stopped; {_inFlight.Count} job(s) still RUNNING on {_workers.Count} worker(s) stay in the store for their workers to conclude");
     }
 

@@ -826,11 +826,9 @@ internal sealed partial class SqliteJobStore : IJobStore
 
     private static DateTimeOffset FromMs(long ms) => DateTimeOffset.FromUnixTimeMilliseconds(ms);
 
-    private static string MetricsJson(IReadOnlyDictionary<string, long> metrics) =>
-        JsonSerializer.Serialize(metrics as Dictionary<string, long> ?? new Dictionary<string, long>(metrics), StoreJson.Default.DictionaryStringInt64);
+    private static string MetricsJson(IReadOnlyDictionary<string, long> metrics) => JobRows.MetricsJson(metrics);
 
-    private static string ArtifactsJson(IReadOnlyList<Dictionary<string, string>> artifacts) =>
-        JsonSerializer.Serialize(artifacts as List<Dictionary<string, string>> ?? [.. artifacts], StoreJson.Default.ListDictionaryStringString);
+    private static string ArtifactsJson(IReadOnlyList<Dictionary<string, string>> artifacts) => JobRows.ArtifactsJson(artifacts);
 
     private SqliteCommand Prepare(ref SqliteCommand? slot, string sql, params ReadOnlySpan<string> parameters)
     {
@@ -896,24 +894,7 @@ internal sealed partial class SqliteJobStore : IJobStore
         return r.Read() ? ReadJob(r) : null;
     }
 
-    private static JobRecord ReadJob(SqliteDataReader r) => new(
-        Id: r.GetInt64(0),
-        ParserName: r.GetString(1),
-        ParserVersion: r.GetString(2),
-        InputPath: r.GetString(3),
-        ContentHash: r.GetString(4),
-        Priority: r.GetInt32(5),
-        State: JobStates.Parse(r.GetString(6)),
-        Worker: r.IsDBNull(7) ? null : r.GetString(7),
-        CreatedAt: FromMs(r.GetInt64(8)),
-        ClaimedAt: r.IsDBNull(9) ? null : FromMs(r.GetInt64(9)),
-        HeartbeatAt: r.IsDBNull(10) ? null : FromMs(r.GetInt64(10)),
-        FinishedAt: r.IsDBNull(11) ? null : FromMs(r.GetInt64(11)),
-        RetryCount: r.GetInt32(12),
-        NextAttemptAt: r.GetInt64(13) == 0 ? null : FromMs(r.GetInt64(13)),
-        Error: r.IsDBNull(14) ? null : r.GetString(14),
-        MetricsJson: r.IsDBNull(15) ? null : r.GetString(15),
-        ArtifactsJson: r.IsDBNull(16) ? null : r.GetString(16));
+    private static JobRecord ReadJob(SqliteDataReader r) => JobRows.Read(r);
 }
 
 /// <summary>Points Microsoft.Data.Sqlite at SQLite once per process.</summary>

@@ -187,11 +187,39 @@ internal partial interface IJobStore : IDisposable
     /// <summary>The named version, or the highest by version order (ParserVersions) when <paramref name="version"/> is null.</summary>
     ParserRecord? GetParser(string name, string? version = null);
     List<ParserSummary> ListParsers();
+
+    // ---- `store copy` and `store check` (Store.Copy.cs) ----
+    /// <summary>Every row of the store, in chunks of about <paramref name="chunk"/>: parsers first, then jobs, sources, versions, outputs.</summary>
+    IEnumerable<StoreRows> Export(int chunk);
+    /// <summary>Inside a transaction: refuses a store that holds anything (an SQLite store refuses always: it is copied as a file).</summary>
+    void BeginImport();
+    /// <summary>Writes rows read by <see cref="Export"/>, keeping their ids.</summary>
+    void Import(StoreRows rows);
+    /// <summary>Moves the id sequences past the imported ids, so new rows follow them.</summary>
+    void EndImport();
+    /// <summary>The store's own consistency checks; lines describing it (schema, leases). Damage throws <see cref="StoreException"/>.</summary>
+    List<string> Check();
+
+    // ---- several sentinels on one store (Store.Postgres.Cluster.cs); a file store has one sentinel ----
+    /// <summary>
+    /// Renews the lease of this store's sentinel (<see cref="StoreOptions.Sentinel"/>) for <paramref name="ttl"/>
+    /// and takes or keeps the maintenance lead if it is free; returns whether this sentinel leads.
+    /// </summary>
+    bool RenewLease(TimeSpan ttl) => true;
+    /// <summary>Gives up this sentinel's lease and lead (a clean stop), so the others adopt its jobs at once.</summary>
+    void EndLease() { }
+    /// <summary>
+    /// Whether several sentinels may share this store: then each renews its lease, one leads the
+    /// maintenance, and the store tells them when jobs are queued (<see cref="QueueSignalled"/>), so polling can be slow.
+    /// </summary>
+    bool Shared => false;
+    /// <summary>Whether a job was queued since the last call (LISTEN/NOTIFY); false when the store does not notify.</summary>
+    bool QueueSignalled() => false;
 }
 
 internal sealed record StoreOptions
 {
-    /// <summary>Where the store is: a file path (SQLite). See <see cref="JobStores.Open"/>.</summary>
+    /// <summary>Where the store is: a file path (SQLite) or a postgresql:// URL. See <see cref="JobStores.Open"/>.</summary>
     public required string Db { get; init; }
     /// <summary>Retries of a transient failure or a lost worker before the job is FAILED.</summary>
     public required int RetryLimit { get; init; }
@@ -208,6 +236,12 @@ internal sealed record StoreOptions
     /// journal mode or a migration, so it works on a read-only directory or file.
     /// </summary>
     public bool ReadOnly { get; init; }
+    /// <summary>
+    /// The sentinel this store acts for (null for a command). On a store shared by several sentinels
+    /// (PostgreSQL) its claims are marked with this name, and it touches a worker's RUNNING jobs only
+    /// when they are its own or their sentinel's lease has expired.
+    /// </summary>
+    public string? Sentinel { get; init; }
 }
 
 /// <summary>
@@ -228,6 +262,7 @@ internal static class JobStores
     public static IJobStore Open(StoreOptions options) => Scheme(options.Db) switch
     {
         null => new SqliteJobStore(options),
+        _ when PostgresUrl.IsPostgres(options.Db) => new PostgresJobStore(options),
         var scheme => throw StoreThrow.Input_UnsupportedScheme(options.Db, scheme),
     };
 
@@ -235,9 +270,9 @@ internal static class JobStores
     public static bool Exists(StoreOptions options) => Scheme(options.Db) is not null || File.Exists(options.Db);
 
     /// <summary>
-    /// One sentinel per store (issue 11 item 6): two would dispatch the same queue and requeue each
+    /// One sentinel per file store (issue 11 item 6): two would dispatch the same queue and requeue each
     /// other's jobs as orphans. A file store is locked by {db}.lock, the holder's pid in {db}.pid; a
-    /// server store (none yet) orders its sentinels itself, so there is nothing to take.
+    /// server store (PostgreSQL) orders its sentinels itself with leases, so there is nothing to take.
     /// </summary>
     public static IDisposable? LockForSentinel(StoreOptions options)
     {
@@ -255,7 +290,7 @@ internal static class StoreThrow
     public static StoreException Corrupt_UnknownState(string state) =>
         new(ExitCode.BadInput, $"the job store holds a job in state '{state}', which this casparian does not know; was it written by a newer one?");
     public static InputException Input_UnsupportedScheme(string db, string scheme) =>
-        new($"job store '{db}': {scheme}:// stores are not supported yet; give a file path for an SQLite store");
+        new($"job store '{db}': {scheme}:// stores are not supported; give a file path for an SQLite store or postgresql://USER[:PASS]@HOST[:PORT]/DB");
     public static StoreException Input_NotAStore(string location, string cause, Exception? inner = null) =>
         new(ExitCode.BadInput, $"cannot open job store {location}: {cause}", inner);
     public static StoreException Input_NewerSchema(string location, long found, int supported) =>
@@ -274,6 +309,36 @@ internal static class StoreThrow
         new($"no job {id} in {location} (see 'casparian jobs')");
     public static InputException Input_WrongState(long id, JobState state, string action, string hint) =>
         new($"job {id} is {state.Name()}; cannot {action} it{hint}");
+}
+
+/// <summary>What every store reads and writes the same way: a job row in JobColumns order, and the receipt's JSON columns.</summary>
+internal static class JobRows
+{
+    /// <summary>A job from a row of "id, parser_name, parser_version, input_path, content_hash, priority, state, worker, created_at, claimed_at, heartbeat_at, finished_at, retry_count, next_attempt_at, error, metrics, artifacts" (times in Unix ms).</summary>
+    public static JobRecord Read(System.Data.Common.DbDataReader r) => new(
+        Id: r.GetInt64(0),
+        ParserName: r.GetString(1),
+        ParserVersion: r.GetString(2),
+        InputPath: r.GetString(3),
+        ContentHash: r.GetString(4),
+        Priority: r.GetInt32(5),
+        State: JobStates.Parse(r.GetString(6)),
+        Worker: r.IsDBNull(7) ? null : r.GetString(7),
+        CreatedAt: DateTimeOffset.FromUnixTimeMilliseconds(r.GetInt64(8)),
+        ClaimedAt: r.IsDBNull(9) ? null : DateTimeOffset.FromUnixTimeMilliseconds(r.GetInt64(9)),
+        HeartbeatAt: r.IsDBNull(10) ? null : DateTimeOffset.FromUnixTimeMilliseconds(r.GetInt64(10)),
+        FinishedAt: r.IsDBNull(11) ? null : DateTimeOffset.FromUnixTimeMilliseconds(r.GetInt64(11)),
+        RetryCount: r.GetInt32(12),
+        NextAttemptAt: r.GetInt64(13) == 0 ? null : DateTimeOffset.FromUnixTimeMilliseconds(r.GetInt64(13)),
+        Error: r.IsDBNull(14) ? null : r.GetString(14),
+        MetricsJson: r.IsDBNull(15) ? null : r.GetString(15),
+        ArtifactsJson: r.IsDBNull(16) ? null : r.GetString(16));
+
+    public static string MetricsJson(IReadOnlyDictionary<string, long> metrics) =>
+        System.Text.Json.JsonSerializer.Serialize(metrics as Dictionary<string, long> ?? new Dictionary<string, long>(metrics), StoreJson.Default.DictionaryStringInt64);
+
+    public static string ArtifactsJson(IReadOnlyList<Dictionary<string, string>> artifacts) =>
+        System.Text.Json.JsonSerializer.Serialize(artifacts as List<Dictionary<string, string>> ?? [.. artifacts], StoreJson.Default.ListDictionaryStringString);
 }
 
 [JsonSerializable(typeof(Dictionary<string, long>))]

@@ -12,6 +12,7 @@ namespace Casparian;
 
 internal sealed record WorkerOptions
 {
+    /// <summary>The sentinel's address, or several ','-separated: the worker uses one at a time and fails over to the next when it is unreachable.</summary>
     public required string Connect { get; init; }
     /// <summary>The sentinel's CURVE public key (Z85): the link is encrypted and only that sentinel can answer. Null: plaintext (inproc://, --insecure).</summary>
     public required string? SentinelKey { get; init; }
@@ -47,6 +48,10 @@ internal sealed class Worker : IDisposable
     private readonly NetMQQueue<Action> _inbox = new();
     private readonly NetMQTimer _heartbeatTimer;
     private readonly NetMQTimer _graceTimer;
+    private readonly NetMQTimer _failoverTimer;
+    private readonly string[] _endpoints;
+    private int _endpoint;
+    private long _downSince;
     private readonly NetMQMonitor _monitor;
     private readonly NetMQPoller _poller;
     private readonly CancellationTokenSource _lifetime = new();
@@ -100,6 +105,9 @@ internal sealed class Worker : IDisposable
         _heartbeatTimer.Elapsed += (_, _) => SendHeartbeat();
         _graceTimer = new NetMQTimer(options.ShutdownGrace) { Enable = false };
         _graceTimer.Elapsed += (_, _) => AbortAllAfterGrace();
+        _endpoints = options.Connect.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        _failoverTimer = new NetMQTimer(FailoverCheck) { Enable = _endpoints.Length > 1 };
+        _failoverTimer.Elapsed += (_, _) => CheckFailover();
 
         // A sentinel that restarts loses its worker table; the DEALER reconnects on its own, and the
         // monitor tells us when, so we can introduce ourselves again.
@@ -111,15 +119,16 @@ internal sealed class Worker : IDisposable
         };
         _monitor.Disconnected += (_, _) => OnDisconnected();
 
-        _poller = [_socket, _inbox, _heartbeatTimer, _graceTimer];
+        _poller = [_socket, _inbox, _heartbeatTimer, _graceTimer, _failoverTimer];
         _monitor.AttachToPoller(_poller);
     }
 
     /// <summary>Serves until <paramref name="stop"/> fires and every running job has concluded.</summary>
     public void Run(CancellationToken stop)
     {
-        _socket.Connect(_options.Connect);
-        _log.Info($"connected to {_options.Connect}; {_options.Slots} slot(s)");
+        _downSince = Environment.TickCount64;
+        _socket.Connect(_endpoints[0]);
+        _log.Info($"connected to {_endpoints[0]}; {_options.Slots} slot(s){(_endpoints.Length > 1 ? $"; fails over to {string.Join(", ", _endpoints[1..])}" : "")}");
         SendIdentify();
         using var registration = stop.Register(() => _inbox.Enqueue(BeginDrain));
         _poller.Run();
@@ -135,6 +144,7 @@ internal sealed class Worker : IDisposable
     private void OnDisconnected()
     {
         _disconnected = true;
+        _downSince = Environment.TickCount64;
         if (_heardFromSentinel || Environment.TickCount64 - _connectedAt > 2000)
         {
             _heardFromSentinel = false;
@@ -152,6 +162,7 @@ internal sealed class Worker : IDisposable
 
     private void OnConnected()
     {
+        _downSince = 0;
         if (!_disconnected) return;
         _disconnected = false;
         _log.Info("reconnected; identifying again");
@@ -348,6 +359,38 @@ internal sealed class Worker : IDisposable
         });
     }
 
+    /// <summary>How often a worker with several sentinels checks whether it should fail over.</summary>
+    private static readonly TimeSpan FailoverCheck = TimeSpan.FromMilliseconds(250);
+    /// <summary>How long the current sentinel may stay unreachable before the worker tries the next one.</summary>
+    private const long FailoverAfterMs = 1500;
+
+    /// <summary>
+    /// With several sentinels (issue 16): when the current one has been unreachable a while, connect to
+    /// the next instead. The new connection identifies again and its heartbeat lists the jobs still in
+    /// flight, which that sentinel adopts once the store says their sentinel is gone.
+    /// </summary>
+    private void CheckFailover()
+    {
+        if (_downSince == 0 || Environment.TickCount64 - _downSince < FailoverAfterMs) return;
+        string from = _endpoints[_endpoint];
+        _endpoint = (_endpoint + 1) % _endpoints.Length;
+        string to = _endpoints[_endpoint];
+        try
+        {
+            _socket.Disconnect(from);
+        }
+        catch (EndpointNotFoundException)
+        {
+            // Never connected there (NetMQ forgets an endpoint it gave up on): nothing to undo.
+        }
+        _disconnected = true;
+        _heardFromSentinel = false;
+        _silentDrops = 0;
+        _downSince = Environment.TickCount64;
+        _log.Warn($"sentinel {from} unreachable for {FailoverAfterMs / 1000.0:0.#} s; failing over to {to} with {_jobs.Count} job(s) in flight");
+        _socket.Connect(to);
+    }
+
     private void BeginDrain()
     {
         if (_draining) return;
@@ -380,6 +423,7 @@ internal sealed class Worker : IDisposable
         _monitor.Dispose();
         _poller.Dispose();
         _heartbeatTimer.Enable = false;
+        _failoverTimer.Enable = false;
         _inbox.Dispose();
         _socket.Dispose();
         _lifetime.Dispose();

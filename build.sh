@@ -63,6 +63,9 @@ test_all() {
   # promtool checks the scraped /metrics; the dashboard test drives Debian's Chromium headless
   # through playwright-core (tests/browser, pinned by its package-lock.json).
   apt_need prometheus chromium chromium-driver
+  # The PostgreSQL store's tests start their own throwaway server from Debian's binaries
+  # (tests/PostgresSupport.cs: initdb into a temp directory, a loopback port, as the postgres user).
+  apt_need postgresql
   # A NodeSource nodejs carries its own npm (and conflicts with Debian's npm package).
   command -v npm >/dev/null || apt_need nodejs npm
   step "installing the browser test's node packages"

@@ -38,7 +38,7 @@ public sealed class CliTests
     {
         var r = Proc.Casparian("frobnicate");
         Assert.Equal(2, r.ExitCode);
-        Assert.Equal("error: unknown command 'frobnicate'; expected one of: sentinel, worker, start, run, parser, job, jobs, quarantine, topic, source, rule, scan, status, keys, config, version (see 'casparian --help')",
+        Assert.Equal("error: unknown command 'frobnicate'; expected one of: sentinel, worker, start, run, parser, job, jobs, quarantine, topic, source, rule, scan, store, status, keys, config, version (see 'casparian --help')",
             r.Stderr.TrimEnd());
         Assert.Empty(r.Stdout);
     }

@@ -34,11 +34,12 @@ public sealed class StoreTests : IDisposable
     }
 
     [Fact]
-    public void Store_Factory_PathIsSqliteAndAUrlSchemeIsNotSupportedYet()
+    public void Store_Factory_PathIsSqliteAndAnUnknownSchemeIsRefused()
     {
         using (var store = JobStores.Open(Defaults.Store(DbPath))) Assert.IsType<SqliteJobStore>(store);
-        var e = Assert.Throws<InputException>(() => JobStores.Open(Defaults.Store("postgresql://casparian@db.internal/jobs")));
-        Assert.Equal("job store 'postgresql://casparian@db.internal/jobs': postgresql:// stores are not supported yet; give a file path for an SQLite store", e.Message);
+        // postgresql:// is PostgresStoreTests'.
+        var e = Assert.Throws<InputException>(() => JobStores.Open(Defaults.Store("mysql://casparian@db.internal/jobs")));
+        Assert.Equal("job store 'mysql://casparian@db.internal/jobs': mysql:// stores are not supported; give a file path for an SQLite store or postgresql://USER[:PASS]@HOST[:PORT]/DB", e.Message);
     }
 
     [Fact]

@@ -1,0 +1,114 @@
+// The PostgreSQL store beyond the shared contract (StoreContract.cs): the URL, errors as one line with
+// the right exit code, schema versioning, the sentinels' leases and ownership of RUNNING jobs, and
+// NOTIFY wake-ups, on a real server (tests/PostgresSupport.cs).
+using Npgsql;
+using Xunit;
+
+namespace Casparian.Tests;
+
+public sealed class PostgresStoreTests
+{
+    private static readonly string[] Any = ["*"];
+
+    private static IJobStore Open(string url, string? sentinel = null) => JobStores.Open(Defaults.Store(url) with { Sentinel = sentinel });
+
+    [Fact]
+    public void Postgres_Url_ParsesAndMessagesNeverShowThePassword()
+    {
+        var u = PostgresUrl.Parse("postgresql://ann:s%40cret@db.internal:6543/jobs?sslmode=require");
+        Assert.Equal(("db.internal", 6543, "jobs", "ann", "s@cret", "require"), (u.Host, u.Port, u.Database, u.User, u.Password, u.SslMode));
+        Assert.Equal("postgresql://ann@db.internal:6543/jobs", u.Display);
+        Assert.Equal(5432, PostgresUrl.Parse("postgres://db/jobs").Port);
+        var e = Assert.Throws<InputException>(() => PostgresUrl.Parse("postgresql://ann:secret@db.internal"));
+        Assert.Equal("job store 'postgresql://ann:***@db.internal': it names no database (postgresql://USER[:PASS]@HOST[:PORT]/DB); give postgresql://USER[:PASS]@HOST[:PORT]/DB, or a file path for an SQLite store", e.Message);
+        Assert.Contains("'timeout' is not supported", Assert.Throws<InputException>(() => PostgresUrl.Parse("postgresql://db/jobs?timeout=3")).Message);
+    }
+
+    [Fact]
+    public void Postgres_NoServerListening_IsTransientWithOneLineNamingTheStore()
+    {
+        int port = Cluster.FreePort();
+        var e = Assert.Throws<StoreUnavailableException>(() => Open($"postgresql://ann:secret@127.0.0.1:{port}/jobs"));
+        Assert.Equal(ExitCode.Unavailable, e.Code);
+        Assert.StartsWith($"cannot reach job store postgresql://ann@127.0.0.1:{port}/jobs: ", e.Message);
+        Assert.DoesNotContain("secret", e.Message);
+        Assert.DoesNotContain('\n', e.Message);
+    }
+
+    [PgFact]
+    public void Postgres_Factory_OpensAPostgresStoreAndRefusesAMissingDatabaseOrANewerSchema()
+    {
+        string url = PgServer.Shared.NewDatabase();
+        using (var store = Open(url)) Assert.IsType<PostgresJobStore>(store);
+        var missing = Assert.Throws<StoreException>(() => Open(PgServer.Shared.Url("no_such_db")));
+        Assert.Equal((ExitCode.BadInput, $"cannot open job store {PgServer.Shared.Url("no_such_db")}: the database does not exist; create it (createdb) or fix the URL"),
+            (missing.Code, missing.Message));
+        // An empty database is not a store for a command that only reads it.
+        string empty = PgServer.Shared.NewDatabase();
+        Assert.StartsWith("no job store at", Assert.Throws<InputException>(() => JobStores.Open(Defaults.Store(empty) with { Create = false })).Message);
+
+        Sql(url, "UPDATE casparian_schema SET version = 99");
+        var newer = Assert.Throws<StoreException>(() => Open(url));
+        Assert.Contains("has schema version 99, newer than this casparian understands (3)", newer.Message);
+        string foreign = PgServer.Shared.NewDatabase();
+        Sql(foreign, "CREATE TABLE jobs (id int)");
+        Assert.Contains("not a Casparian job store", Assert.Throws<StoreException>(() => Open(foreign)).Message);
+    }
+
+    [PgFact]
+    public void Postgres_Leases_OneLeaderAtATime_AndADeadSentinelsJobsAreAdoptedOnlyAfterItsLeaseExpires()
+    {
+        string url = PgServer.Shared.NewDatabase();
+        using var a = Open(url, "sentinel-a");
+        using var b = Open(url, "sentinel-b");
+        Assert.True(a.RenewLease(TimeSpan.FromSeconds(60)));
+        Assert.False(b.RenewLease(TimeSpan.FromSeconds(60)));
+        Assert.True(a.RenewLease(TimeSpan.FromSeconds(60)));
+
+        long id = a.Enqueue(new NewJob("p", "1.0", "/in/x", "h"));
+        Assert.Single(a.Claim("w", Any, 1));
+        // The worker fails over to b while a's lease lives: b may not touch the job.
+        Assert.Empty(b.RunningOn("w"));
+        Assert.False(b.Complete(id, "w", new Dictionary<string, long>(), []));
+        Assert.Equal(0, b.Heartbeat("w"));
+        Assert.Equal(0, b.RequeueWorker("w", "lost").Total);
+        Assert.Equal(JobState.Running, a.Get(id)!.State);
+
+        // a's lease lapses (it stopped renewing): b adopts the job and leads.
+        Sql(url, "UPDATE sentinels SET expires_at = 0 WHERE name = 'sentinel-a'; UPDATE leader SET expires_at = 0");
+        Assert.True(b.RenewLease(TimeSpan.FromSeconds(60)));
+        Assert.Equal([id], b.RunningOn("w"));
+        // Now b owns it: a, back from the dead, is refused.
+        Assert.True(a.RenewLease(TimeSpan.FromSeconds(60)) is false);
+        Assert.False(a.Complete(id, "w", new Dictionary<string, long>(), []));
+        Assert.True(b.Complete(id, "w", new Dictionary<string, long>(), []));
+
+        // A clean stop gives the lease and the lead up at once.
+        b.EndLease();
+        Assert.True(a.RenewLease(TimeSpan.FromSeconds(60)));
+    }
+
+    [PgFact]
+    public void Postgres_Enqueue_NotifiesAListeningSentinel()
+    {
+        string url = PgServer.Shared.NewDatabase();
+        using var sentinel = Open(url, "s");
+        using var cli = Open(url);
+        Assert.True(sentinel.Shared);
+        sentinel.QueueSignalled(); // starts listening; the first answer is true (it may have missed jobs)
+        Eventually.True(() => !sentinel.QueueSignalled(), TimeSpan.FromSeconds(10), "the listener to settle");
+        cli.EnqueueMany([new NewJob("p", "1.0", "/in/a", "h"), new NewJob("p", "1.0", "/in/b", "h2")]);
+        Eventually.True(sentinel.QueueSignalled, TimeSpan.FromSeconds(10), "a NOTIFY after job add");
+        Assert.False(sentinel.QueueSignalled());
+    }
+
+    private static void Sql(string url, string sql)
+    {
+        using var ds = NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder
+        {
+            Host = "127.0.0.1", Port = new Uri(url).Port, Database = new Uri(url).AbsolutePath.TrimStart('/'), Username = "postgres",
+        }.ConnectionString);
+        using var cmd = ds.CreateCommand(sql);
+        cmd.ExecuteNonQuery();
+    }
+}
