@@ -746,20 +746,9 @@ internal sealed partial class PostgresJobStore : IJobStore
 
     private static string ArtifactsJson(IReadOnlyList<Dictionary<string, string>> artifacts) => JobRows.ArtifactsJson(artifacts);
 
-    private static List<JobRecord> OldestFirst(NpgsqlCommand cmd)
-    {
-        var list = new List<JobRecord>();
-        using (var r = cmd.ExecuteReader())
-            while (r.Read()) list.Add(ReadJob(r));
-        list.Reverse();
-        return list;
-    }
+    private static List<JobRecord> OldestFirst(NpgsqlCommand cmd) => JobRows.OldestFirst(cmd);
 
-    private static JobRecord? ReadOneJob(NpgsqlCommand cmd)
-    {
-        using var r = cmd.ExecuteReader();
-        return r.Read() ? ReadJob(r) : null;
-    }
+    private static JobRecord? ReadOneJob(NpgsqlCommand cmd) => JobRows.ReadOne(cmd);
 
     private static JobRecord ReadJob(NpgsqlDataReader r) => JobRows.Read(r);
 }

@@ -878,21 +878,9 @@ internal sealed partial class SqliteJobStore : IJobStore
         return Convert.ToInt64(cmd.ExecuteScalar(), CultureInfo.InvariantCulture);
     }
 
-    /// <summary>The jobs a newest-first query returns, oldest first.</summary>
-    private static List<JobRecord> OldestFirst(SqliteCommand cmd)
-    {
-        var list = new List<JobRecord>();
-        using (var r = cmd.ExecuteReader())
-            while (r.Read()) list.Add(ReadJob(r));
-        list.Reverse();
-        return list;
-    }
+    private static List<JobRecord> OldestFirst(SqliteCommand cmd) => JobRows.OldestFirst(cmd);
 
-    private static JobRecord? ReadOneJob(SqliteCommand cmd)
-    {
-        using var r = cmd.ExecuteReader();
-        return r.Read() ? ReadJob(r) : null;
-    }
+    private static JobRecord? ReadOneJob(SqliteCommand cmd) => JobRows.ReadOne(cmd);
 
     private static JobRecord ReadJob(SqliteDataReader r) => JobRows.Read(r);
 }

@@ -314,6 +314,23 @@ internal static class StoreThrow
 /// <summary>What every store reads and writes the same way: a job row in JobColumns order, and the receipt's JSON columns.</summary>
 internal static class JobRows
 {
+    /// <summary>The jobs a newest-first query returns, oldest first.</summary>
+    public static List<JobRecord> OldestFirst(System.Data.Common.DbCommand cmd)
+    {
+        var list = new List<JobRecord>();
+        using (var r = cmd.ExecuteReader())
+            while (r.Read()) list.Add(Read(r));
+        list.Reverse();
+        return list;
+    }
+
+    /// <summary>The one job a query returns, or null.</summary>
+    public static JobRecord? ReadOne(System.Data.Common.DbCommand cmd)
+    {
+        using var r = cmd.ExecuteReader();
+        return r.Read() ? Read(r) : null;
+    }
+
     /// <summary>A job from a row of "id, parser_name, parser_version, input_path, content_hash, priority, state, worker, created_at, claimed_at, heartbeat_at, finished_at, retry_count, next_attempt_at, error, metrics, artifacts" (times in Unix ms).</summary>
     public static JobRecord Read(System.Data.Common.DbDataReader r) => new(
         Id: r.GetInt64(0),
