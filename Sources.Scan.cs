@@ -220,9 +220,9 @@ internal sealed class SourceScan(WatchSource source, ScanSettings settings)
                 continue;
             }
             tally.Parser = $"{parser.Name} {parser.Version}";
-            foreach (var (f, plan) in Plans(store, parser, files, dryRun, report))
+            foreach (var (f, plan) in Plans(store, parser, rule.TopicPrefix, files, dryRun, report))
             {
-                if (!dryRun && plan.ToQueue.Count > 0) Commands.Queue(store, parser, plan.ToQueue, priority: 0, skip: null);
+                if (!dryRun && plan.ToQueue.Count > 0) Commands.Queue(store, parser, plan.ToQueue, priority: 0, skip: null, rule.TopicPrefix);
                 tally.Queued.AddRange(plan.ToQueue.Select(q => q.Path));
                 tally.Unchanged.AddRange(plan.Unchanged);
                 foreach (var s in f) _files[s.Path].Outcome = Outcome.Done;
@@ -234,12 +234,12 @@ internal sealed class SourceScan(WatchSource source, ScanSettings settings)
     /// The catalog's plan for <paramref name="files"/>, in one piece; a file that cannot be read (gone,
     /// no permission) fails only itself: it is forgotten, so the next pass tries it again.
     /// </summary>
-    private IEnumerable<(List<SourceStat> Files, SourcePlan Plan)> Plans(IJobStore store, ParserRecord parser, List<SourceStat> files, bool dryRun, ScanReport report)
+    private IEnumerable<(List<SourceStat> Files, SourcePlan Plan)> Plans(IJobStore store, ParserRecord parser, string prefix, List<SourceStat> files, bool dryRun, ScanReport report)
     {
         SourcePlan? whole = null;
         try
         {
-            whole = Catalog.Plan(store, parser, files, force: false, record: !dryRun);
+            whole = Catalog.Plan(store, parser, files, force: false, record: !dryRun, prefix);
         }
         catch (InputException)
         {
@@ -254,7 +254,7 @@ internal sealed class SourceScan(WatchSource source, ScanSettings settings)
             SourcePlan? one = null;
             try
             {
-                one = Catalog.Plan(store, parser, [file], force: false, record: !dryRun);
+                one = Catalog.Plan(store, parser, [file], force: false, record: !dryRun, prefix);
             }
             catch (InputException e)
             {
