@@ -63,6 +63,19 @@ internal sealed partial class PostgresJobStore
         return found;
     });
 
+    public Dictionary<string, (long Size, long MtimeUs)> SourceStatsUnder(string dir) => Run(() =>
+    {
+        // A byte-order range, as in SQLite: the paths from "DIR/" up to "DIR0" ('0' follows '/').
+        string lo = Path.TrimEndingDirectorySeparator(dir) + "/";
+        using var cmd = Command("SELECT path, size, mtime FROM sources WHERE path COLLATE \"C\" >= @lo AND path COLLATE \"C\" < @hi");
+        cmd.Parameters.Add(Text("lo", lo));
+        cmd.Parameters.Add(Text("hi", lo[..^1] + "0"));
+        var found = new Dictionary<string, (long, long)>(StringComparer.Ordinal);
+        using var r = cmd.ExecuteReader();
+        while (r.Read()) found[r.GetString(0)] = (r.GetInt64(1), r.GetInt64(2));
+        return found;
+    });
+
     public int RecordSources(IReadOnlyList<SourceObservation> files) => InTransaction(() =>
     {
         if (files.Count == 0) return 0;

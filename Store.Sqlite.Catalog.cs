@@ -93,6 +93,28 @@ internal sealed partial class SqliteJobStore
         }
     }
 
+    public Dictionary<string, (long Size, long MtimeUs)> SourceStatsUnder(string dir)
+    {
+        try
+        {
+            // sources is keyed by path (WITHOUT ROWID, BINARY collation: byte order), so the paths under
+            // DIR/ are one range: from "DIR/" up to "DIR0" ('0' is the byte after '/').
+            string lo = Path.TrimEndingDirectorySeparator(dir) + "/";
+            using var cmd = _db.CreateCommand();
+            cmd.CommandText = "SELECT path, size, mtime FROM sources WHERE path >= $lo AND path < $hi";
+            cmd.Parameters.AddWithValue("$lo", lo);
+            cmd.Parameters.AddWithValue("$hi", lo[..^1] + "0");
+            var found = new Dictionary<string, (long, long)>(StringComparer.Ordinal);
+            using var r = cmd.ExecuteReader();
+            while (r.Read()) found[r.GetString(0)] = (r.GetInt64(1), r.GetInt64(2));
+            return found;
+        }
+        catch (SqliteException e)
+        {
+            throw Translate(e);
+        }
+    }
+
     public int RecordSources(IReadOnlyList<SourceObservation> files) => InTransaction(() =>
     {
         long before = Scalar("SELECT coalesce(max(id), 0) FROM source_versions");

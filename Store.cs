@@ -168,6 +168,12 @@ internal partial interface IJobStore : IDisposable
     /// for the recorded content is pending.
     /// </summary>
     Dictionary<string, CatalogEntry> LookupSources(string parserName, string parserVersion, IReadOnlyList<string> paths);
+    /// <summary>
+    /// Size and mtime the catalog records for every path under the folder <paramref name="dir"/> (absolute,
+    /// no trailing '/'), keyed by path: one range read, which is what a scan of a source needs to tell a
+    /// file routed before (same size and mtime) from a new or changed one.
+    /// </summary>
+    Dictionary<string, (long Size, long MtimeUs)> SourceStatsUnder(string dir);
     /// <summary>Records what was seen on disk: new paths, new size and mtime, and a new version where the hash changed. Returns how many versions were added.</summary>
     int RecordSources(IReadOnlyList<SourceObservation> files);
     /// <summary>The content versions of a source, oldest first (empty for a path the catalog does not hold).</summary>

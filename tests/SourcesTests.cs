@@ -366,6 +366,7 @@ public sealed class SourcesTests : IDisposable
         Assert.Contains("queued 1 new file(s) for src_csv 1.0 (source drop, rule 1: crm/*.csv, topics as crm_TOPIC)", r.Stderr);
         Assert.All(_c.Jobs(), j => Assert.Equal("COMPLETED", j.State));
         Assert.Equal(2, _c.Jobs().Count);
+        Assert.Contains("crm_TOPIC (the routing rule's prefix)", _c.Ok("job", "show", "1").Stdout);
 
         // crm_ + csv_rows under the default sink; erp_ + csv_rows under the config's sink for that final name.
         var a = ParquetTable.Read(ParquetOf("src_csv", "crm_csv_rows", crm));
