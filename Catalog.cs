@@ -50,7 +50,11 @@ internal static class Catalog
     public static long MtimeUs(DateTime utc) => (utc.Ticks - DateTime.UnixEpoch.Ticks) / 10;
 
     /// <summary>Decides, for <paramref name="parser"/>, which of <paramref name="files"/> to queue, and records what it saw in the catalog (unless <paramref name="record"/> is false: a dry run).</summary>
-    public static SourcePlan Plan(IJobStore store, ParserRecord parser, IReadOnlyList<SourceStat> files, bool force, bool record = true)
+    /// <remarks>
+    /// <paramref name="topicPrefix"/> is the routing rule's: an output made under another prefix is not this
+    /// output (the file is queued again, and its job supersedes the other prefix's files).
+    /// </remarks>
+    public static SourcePlan Plan(IJobStore store, ParserRecord parser, IReadOnlyList<SourceStat> files, bool force, bool record = true, string topicPrefix = "")
     {
         var known = store.LookupSources(parser.Name, parser.Version, [.. files.Select(f => f.Path)]);
         var queue = new List<(string, string)>();
@@ -63,7 +67,7 @@ internal static class Catalog
             string hash = sameStat ? entry!.ContentHash : Commands.HashFile(file.Path);
             if (!sameStat) seen.Add(new SourceObservation(file, hash));
             bool done = entry is not null && hash == entry.ContentHash
-                && (entry.Pending || entry.Output is { } o && o.ParserVersion == parser.Version && o.ContentHash == hash);
+                && (entry.Pending || entry.Output is { } o && o.ParserVersion == parser.Version && o.ContentHash == hash && o.TopicPrefix == topicPrefix);
             if (done && !force) unchanged.Add(file.Path);
             else queue.Add((file.Path, hash));
         }

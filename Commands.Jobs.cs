@@ -276,6 +276,7 @@ internal static partial class Commands
         Line("parser", $"{j.ParserName} {j.ParserVersion}");
         Line("input", j.InputPath);
         Line("sha256", j.ContentHash);
+        Line("topics as", j.TopicPrefix.Length > 0 ? $"{j.TopicPrefix}TOPIC (the routing rule's prefix)" : null);
         Line("priority", Num(j.Priority));
         Line("retries", Num(j.RetryCount));
         Line("worker", j.Worker);

@@ -12,6 +12,7 @@ internal static partial class Commands
     private static readonly Flag RecursiveFlag = new("--recursive", null, "take files in subfolders too");
     private static readonly Flag IgnoreFlag = new("--ignore", "GLOB", "leave out files matching GLOB, relative to DIR (repeatable)");
     private static readonly Flag RulePriorityFlag = new("--priority", "N", "rules with a higher priority are tried first (default 0)");
+    private static readonly Flag TopicPrefixFlag = new("--topic-prefix", "P", "write the parser's topics under P+TOPIC for this rule's files (P: lowercase letters, digits, '_'; e.g. crm_ makes orders land as crm_orders)");
     private static readonly Flag RerouteFlag = new("--reroute", null, "route every file by the current rules, also files routed before (their new parser processes them)");
 
     /// <summary>Files `source show` and `scan` list per group; past this, a count.</summary>
@@ -104,13 +105,15 @@ internal static partial class Commands
     // ---- rule ------------------------------------------------------------------------------
 
     private static readonly Command RuleAdd = new("add", "route a source's files matching GLOB (e.g. **/*.csv) to a parser",
-        "rule add SOURCE GLOB PARSER[@VERSION] [--priority N] [--db PATH]", [RulePriorityFlag, .. Config.Flags(Config.Db)], args =>
+        "rule add SOURCE GLOB PARSER[@VERSION] [--priority N] [--topic-prefix P] [--db PATH]", [RulePriorityFlag, TopicPrefixFlag, .. Config.Flags(Config.Db)], args =>
         {
             var p = args.RequirePositionals(3, 3);
             var (sourceName, glob, spec) = (p[0], p[1], p[2]);
             Sources.CheckGlob(glob, "rule add");
             var (name, version) = Sources.ParseParser(spec, "rule add");
             int priority = args.GetInt(RulePriorityFlag.Name, 0, min: -1_000_000, max: 1_000_000);
+            string prefix = args.Get(TopicPrefixFlag.Name) ?? "";
+            Sources.CheckTopicPrefix(prefix, "rule add --topic-prefix");
             var config = Config.Load(args);
             var declared = SourceSet.FromConfig(config);
             return WithStore(StoreOptions(config, create: false), store =>
@@ -118,8 +121,9 @@ internal static partial class Commands
                 var set = SourceSet.Load(store, declared);
                 if (set.Find(sourceName) is null) throw SourceThrow.Input_NoSource(sourceName, store.Location);
                 var parser = FindParser(store, name, version);
-                long id = store.AddRule(new RoutingRule(0, sourceName, glob, name, version, priority));
-                Console.Out.WriteLine($"added rule {id}: {sourceName} {glob} -> {spec} (now {parser.Name} {parser.Version}), priority {priority}; " +
+                long id = store.AddRule(new RoutingRule(0, sourceName, glob, name, version, priority) { TopicPrefix = prefix });
+                Console.Out.WriteLine($"added rule {id}: {sourceName} {glob} -> {spec} (now {parser.Name} {parser.Version}), priority {priority}" +
+                    (prefix.Length > 0 ? $", topics written as {prefix}TOPIC" : "") + "; " +
                     $"it applies to new and changed files ('casparian scan {sourceName} --reroute' applies it to the others)");
                 return 0;
             });
@@ -163,12 +167,12 @@ internal static partial class Commands
                 var source = set.Find(name) ?? throw SourceThrow.Input_NoSource(name, store?.Location ?? "the store");
                 var rules = set.RulesOf(name);
                 var files = new SourceScan(source, ScanSettings(config)).Preview(rules);
-                var table = new Table("FILE", "RULE", "GLOB", "PARSER");
+                var table = new Table("FILE", "RULE", "GLOB", "PARSER", "PREFIX");
                 foreach (var (path, rule, ignored) in files)
                 {
                     string parser = rule is null ? (ignored ? "(ignored)" : "(unmatched)")
                         : store?.GetParser(rule.ParserName, rule.ParserVersion) is { } pr ? $"{pr.Name} {pr.Version}" : $"{rule.Parser} (not registered)";
-                    table.Add(Text.Rel(path, source.Dir), rule?.Label ?? "-", rule?.Glob ?? "-", parser);
+                    table.Add(Text.Rel(path, source.Dir), rule?.Label ?? "-", rule?.Glob ?? "-", parser, rule is { TopicPrefix.Length: > 0 } ? rule.TopicPrefix : "-");
                 }
                 Console.Out.Write(files.Count == 0 ? $"source {name} has no files in {source.Dir}\n" : table.Render());
                 int unmatched = files.Count(f => f.Rule is null && !f.Ignored);
@@ -209,7 +213,9 @@ internal static partial class Commands
         string verb = dryRun ? "would queue" : "queued";
         foreach (var t in r.Rules)
         {
-            sb.Append(inv, $"rule {t.Rule.Label} {t.Rule.Glob} -> {t.Parser ?? t.Rule.Parser + " (not registered: its files wait)"}: ");
+            sb.Append(inv, $"rule {t.Rule.Label} {t.Rule.Glob} -> {t.Parser ?? t.Rule.Parser + " (not registered: its files wait)"}");
+            if (t.Rule.TopicPrefix.Length > 0) sb.Append(inv, $" (topics as {t.Rule.TopicPrefix}TOPIC)");
+            sb.Append(": ");
             sb.Append(inv, $"{verb} {t.Queued.Count}, {t.Unchanged.Count} with content this version already processed or has queued\n");
             List(sb, t.Queued);
         }
@@ -237,8 +243,8 @@ internal static partial class Commands
 
     private static Table RuleTable(IEnumerable<RoutingRule> rules)
     {
-        var table = new Table("ID", "SOURCE", "PRIORITY", "GLOB", "PARSER", "FROM").AlignRight(2);
-        foreach (var r in rules) table.Add(r.Id > 0 ? Num(r.Id) : "-", r.Source, Num(r.Priority), r.Glob, r.Parser, r.Origin);
+        var table = new Table("ID", "SOURCE", "PRIORITY", "GLOB", "PARSER", "PREFIX", "FROM").AlignRight(2);
+        foreach (var r in rules) table.Add(r.Id > 0 ? Num(r.Id) : "-", r.Source, Num(r.Priority), r.Glob, r.Parser, r.TopicPrefix.Length > 0 ? r.TopicPrefix : "-", r.Origin);
         return table;
     }
 
@@ -269,7 +275,7 @@ internal static partial class Commands
             sb.Append($"# {s.Name} = {s.Dir}{(s.Recursive ? " (recursive)" : "")}{(s.Ignore.Count > 0 ? $" ignore {string.Join(",", s.Ignore)}" : "")}  # {s.Origin}\n");
         sb.Append("# rules ([[rules]] in the config file, or 'casparian rule add')\n");
         foreach (var r in set.Rules)
-            sb.Append($"# {r.Label}: {r.Source} {r.Glob} -> {r.Parser} priority {r.Priority}  # {r.Origin}\n");
+            sb.Append($"# {r.Label}: {r.Source} {r.Glob} -> {r.Parser} priority {r.Priority}{(r.TopicPrefix.Length > 0 ? $" topic_prefix {r.TopicPrefix}" : "")}  # {r.Origin}\n");
         return sb.ToString();
     }
 }

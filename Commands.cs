@@ -52,14 +52,14 @@ internal static partial class Commands
     /// one transaction each, leaving out every file <paramref name="skip"/> says is done already.
     /// </summary>
     internal static QueueResult Queue(IJobStore store, ParserRecord parser, IReadOnlyList<(string Path, string Hash)> files, int priority,
-        Func<string, bool>? skip)
+        Func<string, bool>? skip, string topicPrefix = "")
     {
         var jobs = new List<NewJob>(files.Count);
         int skipped = 0;
         foreach (var (file, hash) in files)
         {
             if (skip?.Invoke(hash) == true) { skipped++; continue; }
-            jobs.Add(new NewJob(parser.Name, parser.Version, file, hash, priority));
+            jobs.Add(new NewJob(parser.Name, parser.Version, file, hash, priority, topicPrefix));
         }
         long first = 0, last = 0;
         for (int i = 0; i < jobs.Count; i += EnqueueChunk)

@@ -205,6 +205,8 @@ internal sealed record Dispatch
     [JsonPropertyName("supersedes")] public List<string>? Supersedes { get; init; }
     /// <summary>The schema registry's current schema of each topic this parser has written (issue 14): the job fails on a change readers cannot union.</summary>
     [JsonPropertyName("topic_schemas")] public List<TopicSchemaDef>? TopicSchemas { get; init; }
+    /// <summary>The routing rule's topic prefix (issue 19): every topic the parser writes lands as prefix + topic; missing or "" none. <c>sinks</c> are named by the prefixed names.</summary>
+    [JsonPropertyName("topic_prefix")] public string? TopicPrefix { get; init; }
 }
 
 [JsonConverter(typeof(JsonStringEnumConverter<ReceiptStatus>))]

@@ -75,6 +75,8 @@ internal sealed partial class Sentinel
 
     // Registered parsers never change under the same name and version, so their DISPATCH fields are cached.
     private readonly Dictionary<(string Name, string Version), Dispatch?> _parsers = [];
+    /// <summary>A parser's sinks under a routing rule's topic prefix, built once per (parser, prefix).</summary>
+    private readonly Dictionary<(string Name, string Version, string Prefix), List<SinkConfig>> _prefixedSinks = [];
 
     private bool HasPendingWork => _work.HasStoreWork || (_work.ClaimWanted && AnyClaimable(NowMs()));
 
@@ -222,11 +224,12 @@ internal sealed partial class Sentinel
         var p = _store.GetParser(job.ParserName, job.ParserVersion);
         // DISPATCH per SPEC §2.4. Sinks: the parser's declared topics with the config's overrides
         // (Topics.cs); a topic in neither goes to OUTPUT/{topic} on the worker.
+        if (p is not null) _declaredTopics[key] = Topics.FromJson(p.TopicsJson, $"parser {p.Name} {p.Version}");
         var template = p is null ? null : new Dispatch
         {
             PluginName = p.Name,
             FilePath = "",
-            Sinks = Topics.Effective(Topics.FromJson(p.TopicsJson, $"parser {p.Name} {p.Version}"), _options.Topics),
+            Sinks = Topics.Effective(_declaredTopics[key], _options.Topics),
             FileVersionId = 0,
             EnvHash = p.EnvHash,
             SourceCode = p.Source,
@@ -238,6 +241,23 @@ internal sealed partial class Sentinel
         };
         if (template is not null) _parsers[key] = template;
         return template;
+    }
+
+    private readonly Dictionary<(string Name, string Version), List<TopicSetting>> _declaredTopics = [];
+
+    /// <summary>
+    /// The sinks of a job routed with a topic prefix, named by the final (prefixed) names: the parser's
+    /// declared topics keep their contract and mode but not their sink uri (the prefix exists to keep
+    /// the two routes' output apart), and the config file's [topics.FINAL] applies, looked up by the
+    /// final name (Topics.Prefixed).
+    /// </summary>
+    private List<SinkConfig> SinksOf(ClaimedJob job, Dispatch template)
+    {
+        if (job.TopicPrefix.Length == 0) return template.Sinks;
+        var key = (job.ParserName, job.ParserVersion, job.TopicPrefix);
+        if (!_prefixedSinks.TryGetValue(key, out var sinks))
+            _prefixedSinks[key] = sinks = Topics.Effective(Topics.Prefixed(_declaredTopics[(job.ParserName, job.ParserVersion)], job.TopicPrefix), _options.Topics);
+        return sinks;
     }
 
     /// <summary>
@@ -254,6 +274,8 @@ internal sealed partial class Sentinel
             FilePath = job.InputPath,
             FileVersionId = job.Id,
             ContentHash = job.ContentHash,
+            Sinks = SinksOf(job, template),
+            TopicPrefix = job.TopicPrefix.Length > 0 ? job.TopicPrefix : null,
             Supersedes = previous is { Count: > 0 } ? previous : null,
             TopicSchemas = (_topicSchemas ??= _store.CurrentTopicSchemas()) is { Count: > 0 } schemas ? schemas : null,
         };

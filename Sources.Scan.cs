@@ -93,7 +93,7 @@ internal sealed class SourceScan(WatchSource source, ScanSettings settings)
             report.Messages.Add(SourceThrow.Input_Moved(source.Name, source.Dir, real).Message);
             return report;
         }
-        List<(string Path, long Size, long MtimeUs)> listing;
+        List<Listed> listing;
         try
         {
             listing = List(out bool capped);
@@ -114,7 +114,8 @@ internal sealed class SourceScan(WatchSource source, ScanSettings settings)
         var candidates = new List<(string Path, long Size, long MtimeUs)>();
         foreach (var file in listing)
         {
-            if (_files.TryGetValue(file.Path, out var entry)) entry.Pass = pass;
+            var entry = file.Known;
+            if (entry is not null) entry.Pass = pass;
             if (entry is not null && entry.Size == file.Size && entry.MtimeUs == file.MtimeUs)
             {
                 switch (entry.Outcome)
@@ -131,7 +132,7 @@ internal sealed class SourceScan(WatchSource source, ScanSettings settings)
             }
             bool settled = nowMs - entry.FirstSeenMs >= settleMs || nowMs - file.MtimeUs / 1000 >= settleMs;
             if (!settled) report.Settling.Add(file.Path);
-            else candidates.Add(file);
+            else candidates.Add((file.Path, file.Size, file.MtimeUs));
         }
         if (_files.Count > listing.Count)
             foreach (var gone in _files.Where(f => f.Value.Pass != pass).Select(f => f.Key).ToList()) _files.Remove(gone);
@@ -166,16 +167,18 @@ internal sealed class SourceScan(WatchSource source, ScanSettings settings)
 
     private void Route(IJobStore store, List<(string Path, long Size, long MtimeUs)> candidates, ScanReport report, bool dryRun, bool reroute)
     {
-        var relative = candidates.Select(c => Relative(c.Path)).ToList();
-        var ignored = new HashSet<string>(Sources.Matches(source.Ignore, relative), StringComparer.Ordinal);
-        // Routed before: the catalog holds the path with this size and mtime (whatever parser; no
-        // parser is named, so only the recorded size and mtime are read).
-        var known = reroute ? [] : store.LookupSources("", "", [.. candidates.Select(c => c.Path)]);
+        // Relative paths are only made for the globs that need them: ignore globs (all candidates) and rules (those left).
+        var ignored = source.Ignore.Count == 0 ? null
+            : new HashSet<string>(Sources.Matches(source.Ignore, [.. candidates.Select(c => Relative(c.Path))]), StringComparer.Ordinal);
+        // Routed before: the catalog holds the path with this size and mtime (whatever parser). Many
+        // candidates (a first pass, a dry run): one range read of the catalog under the folder; a few
+        // (a watcher's new files): a lookup of just those.
+        var known = reroute ? [] : Known(store, candidates);
         var toRoute = new List<int>();
         for (int i = 0; i < candidates.Count; i++)
         {
             var (path, size, mtime) = candidates[i];
-            if (ignored.Contains(relative[i]))
+            if (ignored is not null && ignored.Contains(Relative(path)))
             {
                 _files[path].Outcome = Outcome.Ignored;
                 report.Ignored.Add(path);
@@ -187,7 +190,7 @@ internal sealed class SourceScan(WatchSource source, ScanSettings settings)
             }
             else toRoute.Add(i);
         }
-        var routed = Sources.Route(_rules!, [.. toRoute.Select(i => relative[i])]);
+        var routed = Sources.Route(_rules!, [.. toRoute.Select(i => Relative(candidates[i].Path))]);
         var byRule = new Dictionary<RoutingRule, List<SourceStat>>(ReferenceEqualityComparer.Instance);
         for (int k = 0; k < toRoute.Count; k++)
         {
@@ -220,9 +223,9 @@ internal sealed class SourceScan(WatchSource source, ScanSettings settings)
                 continue;
             }
             tally.Parser = $"{parser.Name} {parser.Version}";
-            foreach (var (f, plan) in Plans(store, parser, files, dryRun, report))
+            foreach (var (f, plan) in Plans(store, parser, rule.TopicPrefix, files, dryRun, report))
             {
-                if (!dryRun && plan.ToQueue.Count > 0) Commands.Queue(store, parser, plan.ToQueue, priority: 0, skip: null);
+                if (!dryRun && plan.ToQueue.Count > 0) Commands.Queue(store, parser, plan.ToQueue, priority: 0, skip: null, rule.TopicPrefix);
                 tally.Queued.AddRange(plan.ToQueue.Select(q => q.Path));
                 tally.Unchanged.AddRange(plan.Unchanged);
                 foreach (var s in f) _files[s.Path].Outcome = Outcome.Done;
@@ -234,12 +237,12 @@ internal sealed class SourceScan(WatchSource source, ScanSettings settings)
     /// The catalog's plan for <paramref name="files"/>, in one piece; a file that cannot be read (gone,
     /// no permission) fails only itself: it is forgotten, so the next pass tries it again.
     /// </summary>
-    private IEnumerable<(List<SourceStat> Files, SourcePlan Plan)> Plans(IJobStore store, ParserRecord parser, List<SourceStat> files, bool dryRun, ScanReport report)
+    private IEnumerable<(List<SourceStat> Files, SourcePlan Plan)> Plans(IJobStore store, ParserRecord parser, string prefix, List<SourceStat> files, bool dryRun, ScanReport report)
     {
         SourcePlan? whole = null;
         try
         {
-            whole = Catalog.Plan(store, parser, files, force: false, record: !dryRun);
+            whole = Catalog.Plan(store, parser, files, force: false, record: !dryRun, prefix);
         }
         catch (InputException)
         {
@@ -254,7 +257,7 @@ internal sealed class SourceScan(WatchSource source, ScanSettings settings)
             SourcePlan? one = null;
             try
             {
-                one = Catalog.Plan(store, parser, [file], force: false, record: !dryRun);
+                one = Catalog.Plan(store, parser, [file], force: false, record: !dryRun, prefix);
             }
             catch (InputException e)
             {
@@ -265,10 +268,35 @@ internal sealed class SourceScan(WatchSource source, ScanSettings settings)
         }
     }
 
-    private string Relative(string path) => Path.GetRelativePath(source.Dir, path).Replace(Path.DirectorySeparatorChar, '/');
+    /// <summary>Candidates past which <see cref="Known"/> reads the catalog's whole range under the folder instead of looking each up.</summary>
+    private const int BulkCatalogRead = 1024;
 
-    /// <summary>The source's files in the walk's order: hidden entries and symlinks skipped, subfolders only when recursive, at most the file limit (the first found).</summary>
-    private List<(string Path, long Size, long MtimeUs)> List(out bool capped)
+    private Dictionary<string, (long Size, long MtimeUs)> Known(IJobStore store, List<(string Path, long Size, long MtimeUs)> candidates)
+    {
+        if (candidates.Count >= BulkCatalogRead) return store.SourceStatsUnder(source.Dir);
+        var known = new Dictionary<string, (long, long)>(StringComparer.Ordinal);
+        foreach (var (path, e) in store.LookupSources("", "", [.. candidates.Select(c => c.Path)])) known[path] = (e.Size, e.MtimeUs);
+        return known;
+    }
+
+    /// <summary>A path of the walk (always under the folder) relative to it, '/'-separated.</summary>
+    private string Relative(string path) =>
+        path.Length > _dir.Length && path.StartsWith(_dir, StringComparison.Ordinal) && path[_dir.Length] == '/'
+            ? path[(_dir.Length + 1)..]
+            : Path.GetRelativePath(source.Dir, path).Replace(Path.DirectorySeparatorChar, '/');
+
+    private readonly string _dir = Path.TrimEndingDirectorySeparator(source.Dir);
+
+    /// <summary>A file as the walk found it, with the entry of the last pass when the path had one.</summary>
+    private readonly record struct Listed(string Path, long Size, long MtimeUs, Entry? Known);
+
+    /// <summary>
+    /// The source's files in the walk's order: hidden entries and symlinks skipped, subfolders only when
+    /// recursive, at most the file limit (the first found). One stat per file (the entry's size and
+    /// mtime). A path the last pass saw is found by its characters in the walk's buffer, so an unchanged
+    /// file costs no string: the last pass's key is reused.
+    /// </summary>
+    private List<Listed> List(out bool capped)
     {
         var options = new EnumerationOptions
         {
@@ -277,17 +305,28 @@ internal sealed class SourceScan(WatchSource source, ScanSettings settings)
             // Symlinks are never followed: a link could lead out of the source's folder.
             AttributesToSkip = FileAttributes.Hidden | FileAttributes.System | FileAttributes.ReparsePoint,
         };
-        var walk = new FileSystemEnumerable<(string, long, long)>(source.Dir,
-            (ref FileSystemEntry e) => (e.ToFullPath(), e.Length, Catalog.MtimeUs(e.LastWriteTimeUtc.UtcDateTime)), options)
+        var seen = _files.GetAlternateLookup<ReadOnlySpan<char>>();
+        char[] buffer = new char[1024];
+        var walk = new FileSystemEnumerable<Listed>(source.Dir, (ref FileSystemEntry e) =>
+        {
+            long size = e.Length, mtime = Catalog.MtimeUs(e.LastWriteTimeUtc.UtcDateTime);
+            int length = e.Directory.Length + 1 + e.FileName.Length;
+            if (length > buffer.Length) buffer = new char[Math.Max(length, buffer.Length * 2)];
+            e.Directory.CopyTo(buffer);
+            buffer[e.Directory.Length] = Path.DirectorySeparatorChar;
+            e.FileName.CopyTo(buffer.AsSpan(e.Directory.Length + 1));
+            var path = buffer.AsSpan(0, length);
+            return seen.TryGetValue(path, out string? key, out var entry) ? new Listed(key, size, mtime, entry) : new Listed(path.ToString(), size, mtime, null);
+        }, options)
         {
             ShouldIncludePredicate = (ref FileSystemEntry e) => !e.IsDirectory,
         };
-        var list = new List<(string Path, long Size, long MtimeUs)>();
+        var list = new List<Listed>(_files.Count > 0 ? _files.Count : 16);
         capped = false;
         foreach (var f in walk)
         {
             // A name that is not valid UTF-8 cannot be opened by the name .NET decodes; it stays out.
-            if (f.Item1.Contains('\uFFFD')) continue;
+            if (f.Known is null && f.Path.Contains('\uFFFD')) continue;
             if (list.Count == settings.FileLimit)
             {
                 capped = true;

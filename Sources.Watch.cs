@@ -81,7 +81,8 @@ internal sealed class SourceWatch(IJobStore store, WatchSettings settings, TimeP
     {
         string name = report.Source.Name;
         foreach (var t in report.Rules.Where(t => t.Parser is not null && (t.Queued.Count > 0 || t.Unchanged.Count > 0)))
-            messages.Add($"queued {t.Queued.Count} new file(s) for {t.Parser} (source {name}, rule {t.Rule.Label}: {t.Rule.Glob})" +
+            messages.Add($"queued {t.Queued.Count} new file(s) for {t.Parser} (source {name}, rule {t.Rule.Label}: {t.Rule.Glob}" +
+                (t.Rule.TopicPrefix.Length > 0 ? $", topics as {t.Rule.TopicPrefix}TOPIC)" : ")") +
                 (t.Unchanged.Count > 0 ? $"; {t.Unchanged.Count} unchanged file(s) skipped" : ""));
         if (report.NewlyUnmatched > 0)
             messages.Add($"source {name}: {report.NewlyUnmatched} file(s) match no rule ('casparian source show {name}' lists them)");

@@ -67,6 +67,7 @@ internal sealed record SourceSet(IReadOnlyList<WatchSource> Sources, IReadOnlyLi
             if (!t.ArrayItem || t.Name != Casparian.Sources.RulesTable) throw SourceThrow.Input_BadTable(origin, t.Name, "[[rules]]");
             string? source = null, glob = null, parser = null;
             int priority = 0;
+            string prefix = "";
             foreach (var e in t.Entries)
             {
                 switch (e.Key)
@@ -75,13 +76,15 @@ internal sealed record SourceSet(IReadOnlyList<WatchSource> Sources, IReadOnlyLi
                     case "glob": glob = Text(e, origin); break;
                     case "parser": parser = Text(e, origin); break;
                     case "priority": priority = Parsers.Int(-1_000_000, 1_000_000)(e.Value, "") is (true, var p, _) ? p : throw SourceThrow.Input_BadEntry(origin, e, "an integer"); break;
-                    default: throw SourceThrow.Input_UnknownKey(origin, e.Key, "source, glob, parser, priority");
+                    case "topic_prefix": prefix = Text(e, origin); break;
+                    default: throw SourceThrow.Input_UnknownKey(origin, e.Key, "source, glob, parser, priority, topic_prefix");
                 }
             }
             if (source is null || glob is null || parser is null) throw SourceThrow.Input_Missing(origin, "[[rules]]", "source, glob and parser");
             Casparian.Sources.CheckGlob(glob, origin);
             var (name, version) = Casparian.Sources.ParseParser(parser, origin);
-            rules.Add(new RoutingRule(0, source, glob, name, version, priority, origin));
+            Casparian.Sources.CheckTopicPrefix(prefix, origin);
+            rules.Add(new RoutingRule(0, source, glob, name, version, priority, origin) { TopicPrefix = prefix });
         }
         return new SourceSet(sources, rules);
     }
@@ -105,6 +108,21 @@ internal static class Sources
     {
         if (glob.Trim().Length == 0 || glob.StartsWith('/') || glob.Split('/').Contains("..") || glob.Contains('\0'))
             throw SourceThrow.Input_BadGlob(glob, where);
+    }
+
+    /// <summary>Longest topic prefix: a prefixed name must still fit a topic name (Bridge.MaxTopicLength) with room for the parser's own.</summary>
+    public const int MaxTopicPrefix = 64;
+
+    /// <summary>
+    /// A topic prefix is a topic-name fragment: "" (none), or [a-z][a-z0-9_]* up to <see cref="MaxTopicPrefix"/>
+    /// characters, so prefix + any valid topic is a valid topic (crm_ + orders = crm_orders).
+    /// </summary>
+    public static bool IsValidTopicPrefix(string prefix) =>
+        prefix.Length == 0 || prefix.Length <= MaxTopicPrefix && Bridge.IsValidTopic(prefix);
+
+    public static void CheckTopicPrefix(string prefix, string where)
+    {
+        if (!IsValidTopicPrefix(prefix)) throw SourceThrow.Input_BadTopicPrefix(prefix, where);
     }
 
     /// <summary>NAME or NAME@VERSION.</summary>
@@ -174,6 +192,8 @@ internal static class SourceThrow
         new($"{where}: glob '{glob}' is invalid; write it relative to the source's folder (e.g. **/*.csv), without a leading '/' or '..'");
     public static InputException Input_BadParser(string spec, string where) =>
         new($"{where}: parser '{spec}' is invalid; expected NAME or NAME@VERSION");
+    public static InputException Input_BadTopicPrefix(string prefix, string where) =>
+        new($"{where}: topic prefix '{prefix}' is invalid; a prefix is the start of a topic name: a lowercase letter, then lowercase letters, digits or '_' (at most {Sources.MaxTopicPrefix} characters), e.g. crm_");
     public static InputException Input_NoFolder(string dir) =>
         new($"source folder {dir} does not exist or is not a folder; create it first");
     public static InputException Input_NoSource(string name, string location) =>

@@ -28,6 +28,9 @@ internal sealed record CatalogEntry(string Path, string ContentHash, long Size, 
 /// <summary>The current output of a parser for a source: the job that made it, from which version and content, and its artifacts (JSON, as the receipt gave them).</summary>
 internal sealed record CurrentOutput(string ParserName, string SourcePath, long JobId, string ParserVersion, string ContentHash, string? ArtifactsJson)
 {
+    /// <summary>The topic prefix the job that made it was queued with ("" none): a reroute under another prefix is new output.</summary>
+    public string TopicPrefix { get; init; } = "";
+
     /// <summary>The artifacts' file uris (with their quarantine files, issue 14), for DISPATCH's supersede list.</summary>
     public List<string> Uris()
     {

@@ -15,10 +15,10 @@ internal sealed partial class PostgresJobStore
     private void Supersede(long id, string? parsedHash, long now)
     {
         using var cmd = Command(
-            "INSERT INTO outputs (parser_name, source_path, job_id, parser_version, content_hash, artifacts, updated_at) " +
-            "SELECT parser_name, input_path, id, parser_version, coalesce(@parsed, content_hash), artifacts, @now FROM jobs WHERE id = @id " +
+            "INSERT INTO outputs (parser_name, source_path, job_id, parser_version, content_hash, artifacts, updated_at, topic_prefix) " +
+            "SELECT parser_name, input_path, id, parser_version, coalesce(@parsed, content_hash), artifacts, @now, topic_prefix FROM jobs WHERE id = @id " +
             "ON CONFLICT (parser_name, source_path) DO UPDATE SET job_id = excluded.job_id, parser_version = excluded.parser_version, " +
-            "  content_hash = excluded.content_hash, artifacts = excluded.artifacts, updated_at = excluded.updated_at " +
+            "  content_hash = excluded.content_hash, artifacts = excluded.artifacts, updated_at = excluded.updated_at, topic_prefix = excluded.topic_prefix " +
             "  WHERE excluded.job_id >= outputs.job_id; " +
             "INSERT INTO sources (path, content_hash, size, mtime, updated_at) " +
             "SELECT input_path, coalesce(@parsed, content_hash), -1, -1, @now FROM jobs WHERE id = @id " +
@@ -45,7 +45,7 @@ internal sealed partial class PostgresJobStore
                 "SELECT s.path, s.content_hash, s.size, s.mtime, (SELECT count(*) FROM source_versions v WHERE v.path = s.path), " +
                 "  o.job_id, o.parser_version, o.content_hash, o.artifacts, " +
                 "  EXISTS (SELECT 1 FROM jobs j WHERE j.content_hash = s.content_hash AND j.parser_name = @parser AND j.parser_version = @version " +
-                "          AND j.input_path = s.path AND j.state IN ('QUEUED', 'RUNNING')) " +
+                "          AND j.input_path = s.path AND j.state IN ('QUEUED', 'RUNNING')), o.topic_prefix " +
                 "FROM sources s LEFT JOIN outputs o ON o.parser_name = @parser AND o.source_path = s.path " +
                 "WHERE s.path = ANY(@paths)");
             cmd.Parameters.Add(Text("parser", parserName));
@@ -56,10 +56,23 @@ internal sealed partial class PostgresJobStore
             {
                 string path = r.GetString(0);
                 var output = r.IsDBNull(5) ? null
-                    : new CurrentOutput(parserName, path, r.GetInt64(5), r.GetString(6), r.GetString(7), r.IsDBNull(8) ? null : r.GetString(8));
+                    : new CurrentOutput(parserName, path, r.GetInt64(5), r.GetString(6), r.GetString(7), r.IsDBNull(8) ? null : r.GetString(8)) { TopicPrefix = r.GetString(10) };
                 found[path] = new CatalogEntry(path, r.GetString(1), r.GetInt64(2), r.GetInt64(3), r.GetInt64(4), output, r.GetBoolean(9));
             }
         }
+        return found;
+    });
+
+    public Dictionary<string, (long Size, long MtimeUs)> SourceStatsUnder(string dir) => Run(() =>
+    {
+        // A byte-order range, as in SQLite: the paths from "DIR/" up to "DIR0" ('0' follows '/').
+        string lo = Path.TrimEndingDirectorySeparator(dir) + "/";
+        using var cmd = Command("SELECT path, size, mtime FROM sources WHERE path COLLATE \"C\" >= @lo AND path COLLATE \"C\" < @hi");
+        cmd.Parameters.Add(Text("lo", lo));
+        cmd.Parameters.Add(Text("hi", lo[..^1] + "0"));
+        var found = new Dictionary<string, (long, long)>(StringComparer.Ordinal);
+        using var r = cmd.ExecuteReader();
+        while (r.Read()) found[r.GetString(0)] = (r.GetInt64(1), r.GetInt64(2));
         return found;
     });
 
@@ -103,10 +116,10 @@ internal sealed partial class PostgresJobStore
         return list;
     });
 
-    private const string OutputColumns = "parser_name, source_path, job_id, parser_version, content_hash, artifacts";
+    private const string OutputColumns = "parser_name, source_path, job_id, parser_version, content_hash, artifacts, topic_prefix";
 
     private static CurrentOutput ReadOutput(NpgsqlDataReader r) =>
-        new(r.GetString(0), r.GetString(1), r.GetInt64(2), r.GetString(3), r.GetString(4), r.IsDBNull(5) ? null : r.GetString(5));
+        new(r.GetString(0), r.GetString(1), r.GetInt64(2), r.GetString(3), r.GetString(4), r.IsDBNull(5) ? null : r.GetString(5)) { TopicPrefix = r.GetString(6) };
 
     public CurrentOutput? GetOutput(string parserName, string sourcePath) => Run(() =>
     {

@@ -46,7 +46,7 @@ internal sealed partial class PostgresJobStore
             var outputs = Run(() => Rows(
                 $"SELECT {OutputColumns}, updated_at FROM outputs WHERE (parser_name COLLATE \"C\", source_path COLLATE \"C\") > (@parser, @path) " +
                 "ORDER BY parser_name COLLATE \"C\", source_path COLLATE \"C\" LIMIT @limit",
-                c => { c.Parameters.Add(Text("parser", from.Parser)); c.Parameters.Add(Text("path", from.Path)); }, chunk, r => new OutputRow(ReadOutput(r), r.GetInt64(6))));
+                c => { c.Parameters.Add(Text("parser", from.Parser)); c.Parameters.Add(Text("path", from.Path)); }, chunk, r => new OutputRow(ReadOutput(r), r.GetInt64(7))));
             if (outputs.Count == 0) break;
             after = (outputs[^1].Output.ParserName, outputs[^1].Output.SourcePath);
             yield return new StoreRows { Outputs = outputs };
@@ -124,7 +124,7 @@ internal sealed partial class PostgresJobStore
         {
             using var copy = conn.BeginBinaryImport(
                 "COPY jobs (id, parser_name, parser_version, input_path, content_hash, priority, state, worker, created_at, claimed_at, heartbeat_at, " +
-                "finished_at, retry_count, next_attempt_at, error, metrics, artifacts) FROM STDIN (FORMAT BINARY)");
+                "finished_at, retry_count, next_attempt_at, error, metrics, artifacts, topic_prefix) FROM STDIN (FORMAT BINARY)");
             foreach (var j in rows.Jobs)
             {
                 copy.StartRow();
@@ -145,6 +145,7 @@ internal sealed partial class PostgresJobStore
                 Nullable(copy, j.Error);
                 Nullable(copy, j.MetricsJson);
                 Nullable(copy, j.ArtifactsJson);
+                copy.Write(j.TopicPrefix, NpgsqlDbType.Text);
             }
             copy.Complete();
         }
@@ -179,7 +180,7 @@ internal sealed partial class PostgresJobStore
         if (rows.Outputs.Count > 0)
         {
             using var copy = conn.BeginBinaryImport(
-                "COPY outputs (parser_name, source_path, job_id, parser_version, content_hash, artifacts, updated_at) FROM STDIN (FORMAT BINARY)");
+                "COPY outputs (parser_name, source_path, job_id, parser_version, content_hash, artifacts, updated_at, topic_prefix) FROM STDIN (FORMAT BINARY)");
             foreach (var (o, updated) in rows.Outputs)
             {
                 copy.StartRow();
@@ -190,6 +191,7 @@ internal sealed partial class PostgresJobStore
                 copy.Write(o.ContentHash, NpgsqlDbType.Text);
                 Nullable(copy, o.ArtifactsJson);
                 copy.Write(updated, NpgsqlDbType.Bigint);
+                copy.Write(o.TopicPrefix, NpgsqlDbType.Text);
             }
             copy.Complete();
         }

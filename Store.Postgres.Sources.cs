@@ -34,6 +34,13 @@ internal sealed partial class PostgresJobStore
         );
         """;
 
+    private const string TopicPrefixMigration =
+        """
+        ALTER TABLE routing_rules ADD COLUMN topic_prefix text NOT NULL DEFAULT '';
+        ALTER TABLE jobs ADD COLUMN topic_prefix text NOT NULL DEFAULT '';
+        ALTER TABLE outputs ADD COLUMN topic_prefix text NOT NULL DEFAULT '';
+        """;
+
     public bool AddSource(WatchSource source) => Run(() =>
     {
         using var cmd = Command("INSERT INTO watch_sources (name, dir, recursive, ignore, created_at) VALUES (@name, @dir, @recursive, @ignore, @now) ON CONFLICT (name) DO NOTHING");
@@ -67,8 +74,9 @@ internal sealed partial class PostgresJobStore
 
     public long AddRule(RoutingRule rule) => Run(() =>
     {
-        using var cmd = Command("INSERT INTO routing_rules (source, glob, parser_name, parser_version, priority, created_at) " +
-            "VALUES (@source, @glob, @parser, @version, @priority, @now) RETURNING id");
+        using var cmd = Command("INSERT INTO routing_rules (source, glob, parser_name, parser_version, priority, created_at, topic_prefix) " +
+            "VALUES (@source, @glob, @parser, @version, @priority, @now, @prefix) RETURNING id");
+        cmd.Parameters.Add(Text("prefix", rule.TopicPrefix));
         cmd.Parameters.Add(Text("source", rule.Source));
         cmd.Parameters.Add(Text("glob", rule.Glob));
         cmd.Parameters.Add(Text("parser", rule.ParserName));
@@ -80,11 +88,11 @@ internal sealed partial class PostgresJobStore
 
     public List<RoutingRule> ListRules() => Run(() =>
     {
-        using var cmd = Command("SELECT id, source, glob, parser_name, parser_version, priority FROM routing_rules ORDER BY id");
+        using var cmd = Command("SELECT id, source, glob, parser_name, parser_version, priority, topic_prefix FROM routing_rules ORDER BY id");
         var list = new List<RoutingRule>();
         using var r = cmd.ExecuteReader();
         while (r.Read())
-            list.Add(new RoutingRule(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetString(3), r.IsDBNull(4) ? null : r.GetString(4), r.GetInt32(5)));
+            list.Add(new RoutingRule(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetString(3), r.IsDBNull(4) ? null : r.GetString(4), r.GetInt32(5)) { TopicPrefix = r.GetString(6) });
         return list;
     });
 

@@ -25,7 +25,7 @@ namespace Casparian;
 internal sealed partial class PostgresJobStore : IJobStore
 {
     /// <summary>The schema this build reads and writes (casparian_schema.version).</summary>
-    public const int SchemaVersion = 3;
+    public const int SchemaVersion = 4;
 
     // Migrations by target version: Migrations[0] takes an empty database to version 1.
     private static readonly string[] Migrations =
@@ -138,11 +138,13 @@ internal sealed partial class PostgresJobStore : IJobStore
         """,
         // 3: sources and routing rules (Store.Postgres.Sources.cs), as SQLite's version 5.
         SourcesMigration,
+        // 4: a routing rule's topic prefix, carried by its jobs into the catalog's outputs, as SQLite's version 6.
+        TopicPrefixMigration,
     ];
 
     private const string JobColumns =
         "id, parser_name, parser_version, input_path, content_hash, priority, state, worker, created_at, claimed_at, " +
-        "heartbeat_at, finished_at, retry_count, next_attempt_at, error, metrics, artifacts";
+        "heartbeat_at, finished_at, retry_count, next_attempt_at, error, metrics, artifacts, topic_prefix";
 
     private const string ParserColumns =
         "id, name, version, source, lockfile, env_hash, source_hash, lockfile_hash, artifact_hash, archive, entry_module, created_at, topics";
@@ -330,8 +332,8 @@ internal sealed partial class PostgresJobStore : IJobStore
     // ---- jobs ------------------------------------------------------------------------------
 
     internal const string EnqueueSql =
-        "INSERT INTO jobs (parser_name, parser_version, input_path, content_hash, priority, state, created_at) " +
-        "VALUES (@parser, @version, @path, @hash, @priority, 'QUEUED', @now) RETURNING id";
+        "INSERT INTO jobs (parser_name, parser_version, input_path, content_hash, priority, state, created_at, topic_prefix) " +
+        "VALUES (@parser, @version, @path, @hash, @priority, 'QUEUED', @now, @prefix) RETURNING id";
 
     public long Enqueue(NewJob job) => EnqueueMany([job]);
 
@@ -353,6 +355,7 @@ internal sealed partial class PostgresJobStore : IJobStore
                 cmd.Parameters.Add(Text("hash", j.ContentHash));
                 cmd.Parameters.Add(Int("priority", j.Priority));
                 cmd.Parameters.Add(Long("now", Now()));
+                cmd.Parameters.Add(Text("prefix", j.TopicPrefix ?? ""));
                 first = (long)cmd.ExecuteScalar()!;
             }
             else
@@ -362,7 +365,7 @@ internal sealed partial class PostgresJobStore : IJobStore
                     first = (long)cmd.ExecuteScalar()!;
                 long now = Now();
                 using (var copy = Connection().BeginBinaryImport(
-                    "COPY jobs (id, parser_name, parser_version, input_path, content_hash, priority, state, created_at) FROM STDIN (FORMAT BINARY)"))
+                    "COPY jobs (id, parser_name, parser_version, input_path, content_hash, priority, state, created_at, topic_prefix) FROM STDIN (FORMAT BINARY)"))
                 {
                     for (int i = 0; i < jobs.Count; i++)
                     {
@@ -376,6 +379,7 @@ internal sealed partial class PostgresJobStore : IJobStore
                         copy.Write(j.Priority, NpgsqlDbType.Integer);
                         copy.Write("QUEUED", NpgsqlDbType.Text);
                         copy.Write(now, NpgsqlDbType.Bigint);
+                        copy.Write(j.TopicPrefix ?? "", NpgsqlDbType.Text);
                     }
                     copy.Complete();
                 }
@@ -398,7 +402,7 @@ internal sealed partial class PostgresJobStore : IJobStore
             "UPDATE jobs SET state = 'RUNNING', worker = @worker, sentinel = @me, claimed_at = @now, heartbeat_at = @now, finished_at = NULL " +
             "WHERE id IN (SELECT id FROM jobs WHERE state = 'QUEUED' AND next_attempt_at <= @now " +
             "    AND (@any OR parser_name = ANY(@caps)) ORDER BY priority DESC, id LIMIT @max FOR UPDATE SKIP LOCKED) " +
-            "RETURNING id, parser_name, parser_version, input_path, priority, retry_count, content_hash");
+            "RETURNING id, parser_name, parser_version, input_path, priority, retry_count, content_hash, topic_prefix");
         cmd.Parameters.Add(Text("worker", worker));
         cmd.Parameters.Add(Text("me", _options.Sentinel));
         cmd.Parameters.Add(Long("now", Now()));
@@ -407,7 +411,7 @@ internal sealed partial class PostgresJobStore : IJobStore
         cmd.Parameters.Add(Int("max", max));
         using (var r = cmd.ExecuteReader())
             while (r.Read())
-                claimed.Add(new ClaimedJob(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetString(3), r.GetInt32(4), r.GetInt32(5), r.GetString(6)));
+                claimed.Add(new ClaimedJob(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetString(3), r.GetInt32(4), r.GetInt32(5), r.GetString(6), r.GetString(7)));
         // RETURNING has no order; the contract's is the dispatch order.
         claimed.Sort((a, b) => a.Priority != b.Priority ? b.Priority.CompareTo(a.Priority) : a.Id.CompareTo(b.Id));
         return claimed;

@@ -2,6 +2,7 @@
 //   watch_sources    one row per source: a name, the folder (its real path, checked at `source add`),
 //                    whether subfolders count, and globs to ignore
 //   routing_rules    SOURCE GLOB → PARSER[@VERSION], with a priority (higher first; ties: lower id first)
+//                    and a topic prefix ("" none) its jobs carry to the worker
 //   unmatched_files  per source, the files the last scan found that no rule matched (`source show`)
 // Sources and rules may also be declared in casparian.toml ([[sources]], [[rules]]; Sources.Config.cs);
 // those are never stored. Nothing here knows about the disk: Sources.cs scans and routes.
@@ -28,6 +29,12 @@ internal sealed record WatchSource(string Name, string Dir, bool Recursive, IRea
 /// </summary>
 internal sealed record RoutingRule(long Id, string Source, string Glob, string ParserName, string? ParserVersion, int Priority, string Origin = WatchSource.Stored)
 {
+    /// <summary>
+    /// Put before every topic name the parser writes for the rule's files ("" none): prefix crm_ makes
+    /// topic orders land as crm_orders (Sources.CheckTopicPrefix says what a prefix may be).
+    /// </summary>
+    public string TopicPrefix { get; init; } = "";
+
     public string Parser => ParserVersion is null ? ParserName : $"{ParserName}@{ParserVersion}";
 
     /// <summary>How messages and tables name the rule: its id, or where the config file declares it.</summary>

@@ -30,10 +30,10 @@ internal sealed partial class SqliteJobStore
 
     // Exposed for the benchmarks, which replay them through Python's sqlite3.
     internal const string SupersedeSql =
-        "INSERT INTO outputs (parser_name, source_path, job_id, parser_version, content_hash, artifacts, updated_at) " +
-        "SELECT parser_name, input_path, id, parser_version, coalesce($parsed, content_hash), artifacts, $now FROM jobs WHERE id = $id " +
+        "INSERT INTO outputs (parser_name, source_path, job_id, parser_version, content_hash, artifacts, updated_at, topic_prefix) " +
+        "SELECT parser_name, input_path, id, parser_version, coalesce($parsed, content_hash), artifacts, $now, topic_prefix FROM jobs WHERE id = $id " +
         "ON CONFLICT (parser_name, source_path) DO UPDATE SET job_id = excluded.job_id, parser_version = excluded.parser_version, " +
-        "  content_hash = excluded.content_hash, artifacts = excluded.artifacts, updated_at = excluded.updated_at " +
+        "  content_hash = excluded.content_hash, artifacts = excluded.artifacts, updated_at = excluded.updated_at, topic_prefix = excluded.topic_prefix " +
         "  WHERE excluded.job_id >= outputs.job_id";
 
     internal const string SupersedeSourceSql =
@@ -51,7 +51,7 @@ internal sealed partial class SqliteJobStore
         // asked version's current output is already from the recorded content, which settles the file either way.
         "  CASE WHEN o.parser_version = $version AND o.content_hash = s.content_hash THEN 0 " +
         "  ELSE EXISTS (SELECT 1 FROM jobs j WHERE j.content_hash = s.content_hash AND j.parser_name = $parser AND j.parser_version = $version " +
-        "          AND j.input_path = s.path AND j.state IN ('QUEUED', 'RUNNING')) END " +
+        "          AND j.input_path = s.path AND j.state IN ('QUEUED', 'RUNNING')) END, o.topic_prefix " +
         "FROM json_each($paths) p JOIN sources s ON s.path = p.value " +
         "LEFT JOIN outputs o ON o.parser_name = $parser AND o.source_path = s.path";
 
@@ -81,10 +81,32 @@ internal sealed partial class SqliteJobStore
                 {
                     string path = chunk[r.GetInt32(0)];
                     var output = r.IsDBNull(5) ? null
-                        : new CurrentOutput(parserName, path, r.GetInt64(5), r.GetString(6), r.GetString(7), r.IsDBNull(8) ? null : r.GetString(8));
+                        : new CurrentOutput(parserName, path, r.GetInt64(5), r.GetString(6), r.GetString(7), r.IsDBNull(8) ? null : r.GetString(8)) { TopicPrefix = r.GetString(10) };
                     found[path] = new CatalogEntry(path, r.GetString(1), r.GetInt64(2), r.GetInt64(3), r.GetInt64(4), output, r.GetInt64(9) != 0);
                 }
             }
+            return found;
+        }
+        catch (SqliteException e)
+        {
+            throw Translate(e);
+        }
+    }
+
+    public Dictionary<string, (long Size, long MtimeUs)> SourceStatsUnder(string dir)
+    {
+        try
+        {
+            // sources is keyed by path (WITHOUT ROWID, BINARY collation: byte order), so the paths under
+            // DIR/ are one range: from "DIR/" up to "DIR0" ('0' is the byte after '/').
+            string lo = Path.TrimEndingDirectorySeparator(dir) + "/";
+            using var cmd = _db.CreateCommand();
+            cmd.CommandText = "SELECT path, size, mtime FROM sources WHERE path >= $lo AND path < $hi";
+            cmd.Parameters.AddWithValue("$lo", lo);
+            cmd.Parameters.AddWithValue("$hi", lo[..^1] + "0");
+            var found = new Dictionary<string, (long, long)>(StringComparer.Ordinal);
+            using var r = cmd.ExecuteReader();
+            while (r.Read()) found[r.GetString(0)] = (r.GetInt64(1), r.GetInt64(2));
             return found;
         }
         catch (SqliteException e)
@@ -132,10 +154,10 @@ internal sealed partial class SqliteJobStore
         }
     }
 
-    private const string OutputColumns = "parser_name, source_path, job_id, parser_version, content_hash, artifacts";
+    private const string OutputColumns = "parser_name, source_path, job_id, parser_version, content_hash, artifacts, topic_prefix";
 
     private static CurrentOutput ReadOutput(SqliteDataReader r) =>
-        new(r.GetString(0), r.GetString(1), r.GetInt64(2), r.GetString(3), r.GetString(4), r.IsDBNull(5) ? null : r.GetString(5));
+        new(r.GetString(0), r.GetString(1), r.GetInt64(2), r.GetString(3), r.GetString(4), r.IsDBNull(5) ? null : r.GetString(5)) { TopicPrefix = r.GetString(6) };
 
     public CurrentOutput? GetOutput(string parserName, string sourcePath)
     {

@@ -42,13 +42,13 @@ internal sealed partial class SqliteJobStore
             try
             {
                 using var cmd = _db.CreateCommand();
-                cmd.CommandText = "SELECT parser_name, source_path, job_id, parser_version, content_hash, artifacts, updated_at FROM outputs " +
+                cmd.CommandText = $"SELECT {OutputColumns}, updated_at FROM outputs " +
                     "WHERE (parser_name, source_path) > ($parser, $path) ORDER BY parser_name, source_path LIMIT $limit";
                 cmd.Parameters.AddWithValue("$parser", after.Parser);
                 cmd.Parameters.AddWithValue("$path", after.Path);
                 cmd.Parameters.AddWithValue("$limit", chunk);
                 using var r = cmd.ExecuteReader();
-                while (r.Read()) outputs.Add(new OutputRow(ReadOutput(r), r.GetInt64(6)));
+                while (r.Read()) outputs.Add(new OutputRow(ReadOutput(r), r.GetInt64(7)));
             }
             catch (SqliteException e)
             {

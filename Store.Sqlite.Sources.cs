@@ -37,6 +37,16 @@ internal sealed partial class SqliteJobStore
         ) WITHOUT ROWID;
         """;
 
+    // 6: a routing rule's topic prefix (issue 19), carried by the jobs it queues (DISPATCH topic_prefix)
+    // and by the catalog's current output, so a file routed again under another prefix is new output.
+    // "" is no prefix: existing rules, jobs and outputs keep their unprefixed topics.
+    private const string TopicPrefixMigration =
+        """
+        ALTER TABLE routing_rules ADD COLUMN topic_prefix TEXT NOT NULL DEFAULT '';
+        ALTER TABLE jobs ADD COLUMN topic_prefix TEXT NOT NULL DEFAULT '';
+        ALTER TABLE outputs ADD COLUMN topic_prefix TEXT NOT NULL DEFAULT '';
+        """;
+
     public bool AddSource(WatchSource source) => AdHoc(cmd =>
     {
         cmd.CommandText = "INSERT INTO watch_sources (name, dir, recursive, ignore, created_at) VALUES ($name, $dir, $recursive, $ignore, $now) ON CONFLICT (name) DO NOTHING";
@@ -68,8 +78,9 @@ internal sealed partial class SqliteJobStore
 
     public long AddRule(RoutingRule rule) => AdHoc(cmd =>
     {
-        cmd.CommandText = "INSERT INTO routing_rules (source, glob, parser_name, parser_version, priority, created_at) " +
-            "VALUES ($source, $glob, $parser, $version, $priority, $now) RETURNING id";
+        cmd.CommandText = "INSERT INTO routing_rules (source, glob, parser_name, parser_version, priority, created_at, topic_prefix) " +
+            "VALUES ($source, $glob, $parser, $version, $priority, $now, $prefix) RETURNING id";
+        cmd.Parameters.AddWithValue("$prefix", rule.TopicPrefix);
         cmd.Parameters.AddWithValue("$source", rule.Source);
         cmd.Parameters.AddWithValue("$glob", rule.Glob);
         cmd.Parameters.AddWithValue("$parser", rule.ParserName);
@@ -81,11 +92,11 @@ internal sealed partial class SqliteJobStore
 
     public List<RoutingRule> ListRules() => AdHoc(cmd =>
     {
-        cmd.CommandText = "SELECT id, source, glob, parser_name, parser_version, priority FROM routing_rules ORDER BY id";
+        cmd.CommandText = "SELECT id, source, glob, parser_name, parser_version, priority, topic_prefix FROM routing_rules ORDER BY id";
         var list = new List<RoutingRule>();
         using var r = cmd.ExecuteReader();
         while (r.Read())
-            list.Add(new RoutingRule(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetString(3), r.IsDBNull(4) ? null : r.GetString(4), r.GetInt32(5)));
+            list.Add(new RoutingRule(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetString(3), r.IsDBNull(4) ? null : r.GetString(4), r.GetInt32(5)) { TopicPrefix = r.GetString(6) });
         return list;
     });
 

@@ -26,7 +26,7 @@ namespace Casparian;
 internal sealed partial class SqliteJobStore : IJobStore
 {
     /// <summary>The schema this build reads and writes (PRAGMA user_version).</summary>
-    public const int SchemaVersion = 5;
+    public const int SchemaVersion = 6;
 
     // Migrations by target version: Migrations[0] takes an empty file to version 1.
     private static readonly string[] Migrations =
@@ -144,11 +144,12 @@ internal sealed partial class SqliteJobStore : IJobStore
         ) WITHOUT ROWID;
         """,
         SourcesMigration,
+        TopicPrefixMigration,
     ];
 
     private const string JobColumns =
         "id, parser_name, parser_version, input_path, content_hash, priority, state, worker, created_at, claimed_at, " +
-        "heartbeat_at, finished_at, retry_count, next_attempt_at, error, metrics, artifacts";
+        "heartbeat_at, finished_at, retry_count, next_attempt_at, error, metrics, artifacts, topic_prefix";
 
     private const string ParserColumns =
         "id, name, version, source, lockfile, env_hash, source_hash, lockfile_hash, artifact_hash, archive, entry_module, created_at, topics";
@@ -305,8 +306,8 @@ internal sealed partial class SqliteJobStore : IJobStore
 
     // The statements the benchmarks replay through Python's sqlite3 are exposed as constants.
     internal const string EnqueueSql =
-        "INSERT INTO jobs (parser_name, parser_version, input_path, content_hash, priority, state, created_at) " +
-        "VALUES ($parser, $version, $path, $hash, $priority, 'QUEUED', $now)";
+        "INSERT INTO jobs (parser_name, parser_version, input_path, content_hash, priority, state, created_at, topic_prefix) " +
+        "VALUES ($parser, $version, $path, $hash, $priority, 'QUEUED', $now, $prefix)";
 
     internal const string CompleteSql =
         "UPDATE jobs SET state = 'COMPLETED', finished_at = $now, heartbeat_at = $now, error = NULL, metrics = $metrics, artifacts = $artifacts, " +
@@ -320,8 +321,9 @@ internal sealed partial class SqliteJobStore : IJobStore
     {
         try
         {
-            Raw(ref _enqueue, EnqueueSql, "$parser", "$version", "$path", "$hash", "$priority", "$now")
+            Raw(ref _enqueue, EnqueueSql, "$parser", "$version", "$path", "$hash", "$priority", "$now", "$prefix")
                 .Bind(1, job.ParserName).Bind(2, job.ParserVersion).Bind(3, job.InputPath).Bind(4, job.ContentHash).Bind(5, job.Priority).Bind(6, Now())
+                .Bind(7, job.TopicPrefix ?? "")
                 .Execute();
             return SQLitePCL.raw.sqlite3_last_insert_rowid(_db.Handle);
         }
@@ -353,7 +355,7 @@ internal sealed partial class SqliteJobStore : IJobStore
         "WHERE id = (SELECT id FROM jobs INDEXED BY jobs_queue WHERE state = 'QUEUED' AND next_attempt_at <= $now " +
         "    AND ($any OR parser_name IN (SELECT value FROM json_each($caps))) " +
         "    ORDER BY priority DESC, id LIMIT 1) " +
-        "RETURNING id, parser_name, parser_version, input_path, priority, retry_count, content_hash";
+        "RETURNING id, parser_name, parser_version, input_path, priority, retry_count, content_hash, topic_prefix";
 
     public List<ClaimedJob> Claim(string worker, IReadOnlyList<string> capabilities, int max)
     {
@@ -371,7 +373,7 @@ internal sealed partial class SqliteJobStore : IJobStore
                 try
                 {
                     if (!st.Step()) break;
-                    claimed.Add(new ClaimedJob(st.Int64(0), st.Text(1), st.Text(2), st.Text(3), st.Int32(4), st.Int32(5), st.Text(6)));
+                    claimed.Add(new ClaimedJob(st.Int64(0), st.Text(1), st.Text(2), st.Text(3), st.Int32(4), st.Int32(5), st.Text(6), st.Text(7)));
                 }
                 finally
                 {

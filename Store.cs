@@ -37,15 +37,21 @@ internal static class JobStates
 }
 
 /// <summary>A job to queue. <see cref="ContentHash"/> is the hex SHA-256 of the input file.</summary>
-internal readonly record struct NewJob(string ParserName, string ParserVersion, string InputPath, string ContentHash, int Priority = 0);
+/// <see cref="TopicPrefix"/> is the routing rule's (issue 19): the worker writes each topic the parser
+/// writes under the prefixed name ("" none).
+internal readonly record struct NewJob(string ParserName, string ParserVersion, string InputPath, string ContentHash, int Priority = 0, string TopicPrefix = "");
 
 /// <summary>What a claim hands the dispatcher: enough to build a DISPATCH.</summary>
-internal readonly record struct ClaimedJob(long Id, string ParserName, string ParserVersion, string InputPath, int Priority, int RetryCount, string ContentHash = "");
+internal readonly record struct ClaimedJob(long Id, string ParserName, string ParserVersion, string InputPath, int Priority, int RetryCount, string ContentHash = "", string TopicPrefix = "");
 
 internal sealed record JobRecord(
     long Id, string ParserName, string ParserVersion, string InputPath, string ContentHash, int Priority, JobState State,
     string? Worker, DateTimeOffset CreatedAt, DateTimeOffset? ClaimedAt, DateTimeOffset? HeartbeatAt, DateTimeOffset? FinishedAt,
-    int RetryCount, DateTimeOffset? NextAttemptAt, string? Error, string? MetricsJson, string? ArtifactsJson);
+    int RetryCount, DateTimeOffset? NextAttemptAt, string? Error, string? MetricsJson, string? ArtifactsJson)
+{
+    /// <summary>The routing rule's topic prefix the job was queued with ("" none).</summary>
+    public string TopicPrefix { get; init; } = "";
+}
 
 /// <summary>
 /// A registered parser. <see cref="Source"/> is the entry module's source; <see cref="Archive"/> the
@@ -162,6 +168,12 @@ internal partial interface IJobStore : IDisposable
     /// for the recorded content is pending.
     /// </summary>
     Dictionary<string, CatalogEntry> LookupSources(string parserName, string parserVersion, IReadOnlyList<string> paths);
+    /// <summary>
+    /// Size and mtime the catalog records for every path under the folder <paramref name="dir"/> (absolute,
+    /// no trailing '/'), keyed by path: one range read, which is what a scan of a source needs to tell a
+    /// file routed before (same size and mtime) from a new or changed one.
+    /// </summary>
+    Dictionary<string, (long Size, long MtimeUs)> SourceStatsUnder(string dir);
     /// <summary>Records what was seen on disk: new paths, new size and mtime, and a new version where the hash changed. Returns how many versions were added.</summary>
     int RecordSources(IReadOnlyList<SourceObservation> files);
     /// <summary>The content versions of a source, oldest first (empty for a path the catalog does not hold).</summary>
@@ -331,7 +343,7 @@ internal static class JobRows
         return r.Read() ? Read(r) : null;
     }
 
-    /// <summary>A job from a row of "id, parser_name, parser_version, input_path, content_hash, priority, state, worker, created_at, claimed_at, heartbeat_at, finished_at, retry_count, next_attempt_at, error, metrics, artifacts" (times in Unix ms).</summary>
+    /// <summary>A job from a row of "id, parser_name, parser_version, input_path, content_hash, priority, state, worker, created_at, claimed_at, heartbeat_at, finished_at, retry_count, next_attempt_at, error, metrics, artifacts, topic_prefix" (times in Unix ms).</summary>
     public static JobRecord Read(System.Data.Common.DbDataReader r) => new(
         Id: r.GetInt64(0),
         ParserName: r.GetString(1),
@@ -349,7 +361,7 @@ internal static class JobRows
         NextAttemptAt: r.GetInt64(13) == 0 ? null : DateTimeOffset.FromUnixTimeMilliseconds(r.GetInt64(13)),
         Error: r.IsDBNull(14) ? null : r.GetString(14),
         MetricsJson: r.IsDBNull(15) ? null : r.GetString(15),
-        ArtifactsJson: r.IsDBNull(16) ? null : r.GetString(16));
+        ArtifactsJson: r.IsDBNull(16) ? null : r.GetString(16)) { TopicPrefix = r.GetString(17) };
 
     public static string MetricsJson(IReadOnlyDictionary<string, long> metrics) =>
         System.Text.Json.JsonSerializer.Serialize(metrics as Dictionary<string, long> ?? new Dictionary<string, long>(metrics), StoreJson.Default.DictionaryStringInt64);

@@ -131,6 +131,10 @@ internal static partial class Topics
         return sinks;
     }
 
+    /// <summary>A parser's declared topics as a routing rule's prefix renames them: prefix + name, the contract and mode kept, the sink uri dropped (the default, parquet://FINAL, unless the config names one).</summary>
+    public static List<TopicSetting> Prefixed(IReadOnlyList<TopicSetting> declared, string prefix) =>
+        [.. declared.Select(t => t with { Topic = prefix + t.Topic, Sink = null })];
+
     /// <summary>Where each effective field came from, for <c>parser show</c>.</summary>
     public static string OriginOf(string topic, IReadOnlyList<TopicSetting> declared, IReadOnlyList<TopicSetting> overrides) =>
         overrides.LastOrDefault(t => t.Topic == topic) is { } o ? $"config {o.Origin}"

@@ -48,6 +48,9 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs, W
         try
         {
             GuestParser parser = ParserFor(dispatch);
+            // A routing rule's prefix (issue 19) renames every topic the guest writes; the sinks come named by the final names.
+            string prefix = dispatch.TopicPrefix ?? "";
+            if (!Sources.IsValidTopicPrefix(prefix)) throw WorkerThrow.Dispatch_BadTopicPrefix(dispatch.PluginName, prefix);
             // Sinks are checked first: cheap, and a bad one should not wait for an environment build.
             // The lineage column _source_hash carries the hash taken when the job was queued; the receipt
             // reports the hash of the bytes actually parsed (below), which the store records as the version.
@@ -74,7 +77,7 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs, W
                 Options = options.Bridge,
                 Warm = warm,
             };
-            var sink = new OutputSink(output, log);
+            var sink = new OutputSink(output, log, prefix);
             TimeSpan launchedAt = clock.Elapsed;
             GuestResult result = await Bridge.RunAsync(request, sink, abort).ConfigureAwait(false);
             if (result.WarmLost)
@@ -84,7 +87,7 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs, W
                 output.Dispose();
                 output = new JobOutput(options.Output, jobId, source, dispatch.Sinks) { NewestWins = true };
                 output.ExpectSchemas(dispatch.TopicSchemas);
-                sink = new OutputSink(output, log);
+                sink = new OutputSink(output, log, prefix);
                 launchedAt = clock.Elapsed;
                 result = await Bridge.RunAsync(request with { Warm = null }, sink, abort).ConfigureAwait(false);
             }
@@ -203,7 +206,7 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs, W
     }
 
     /// <summary>Streams the guest's tables into the job's Parquet files and its log lines into the job log.</summary>
-    private sealed class OutputSink(JobOutput output, JobLog log) : IGuestSink
+    private sealed class OutputSink(JobOutput output, JobLog log, string prefix) : IGuestSink
     {
         /// <summary>What a write threw, kept so a full disk can be told from a bad table.</summary>
         public Exception? Failure { get; private set; }
@@ -212,7 +215,8 @@ internal sealed class JobExecutor(JobExecutorOptions options, EnvManager envs, W
         {
             try
             {
-                using (batch) output.Write(topic, batch);
+                // The prefixed name is checked as any topic is (JobOutput: at most Bridge.MaxTopicLength characters).
+                using (batch) output.Write(prefix.Length == 0 ? topic : prefix + topic, batch);
             }
             catch (Exception e)
             {

@@ -62,7 +62,7 @@ public class CatalogBench
         "_sd = os.path.join(_d, 'superseded'); os.mkdir(_sd)\n" +
         "def stock():\n" +
         "    db.execute('BEGIN IMMEDIATE')\n" +
-        $"    jobs = [dict(parser='bench', version='1.0', path=f'/data/in/{{i:07}}.csv', hash=f'h{{i}}', priority=0, now=ms()) for i in range({Batch})]\n" +
+        $"    jobs = [dict(parser='bench', version='1.0', path=f'/data/in/{{i:07}}.csv', hash=f'h{{i}}', priority=0, now=ms(), prefix='') for i in range({Batch})]\n" +
         "    db.executemany(ENQUEUE, jobs)\n" +
         $"    for _ in range({Batch}):\n" +
         "        (jid, *_r) = db.execute(CLAIM, dict(worker='w', now=ms(), any=1, caps='[]')).fetchone()\n" +

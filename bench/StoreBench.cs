@@ -42,7 +42,7 @@ public class StoreBench
         "db.execute('BEGIN')\n" +
         "def job(i):\n" +
         "    path = f'/data/in/{i:07}.csv'\n" +
-        "    return dict(parser='bench', version='1.0', path=path, hash=hashlib.sha256(path.encode()).hexdigest(), priority=0, now=ms())\n" +
+        "    return dict(parser='bench', version='1.0', path=path, hash=hashlib.sha256(path.encode()).hexdigest(), priority=0, now=ms(), prefix='')\n" +
         $"db.executemany(ENQUEUE, [job(i) for i in range({Batch + 100})])\n" +
         "db.execute('COMMIT')\n" +
         "def cycle():\n" +

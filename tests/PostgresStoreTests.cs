@@ -49,7 +49,7 @@ public sealed class PostgresStoreTests
 
         Sql(url, "UPDATE casparian_schema SET version = 99");
         var newer = Assert.Throws<StoreException>(() => Open(url));
-        Assert.Contains("has schema version 99, newer than this casparian understands (3)", newer.Message);
+        Assert.Contains("has schema version 99, newer than this casparian understands (4)", newer.Message);
         string foreign = PgServer.Shared.NewDatabase();
         Sql(foreign, "CREATE TABLE jobs (id int)");
         Assert.Contains("not a Casparian job store", Assert.Throws<StoreException>(() => Open(foreign)).Message);

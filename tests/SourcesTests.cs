@@ -82,9 +82,9 @@ public sealed class SourcesTests : IDisposable
 
         // The preview: each file's rule and parser, the unknown one unmatched.
         string test = _c.Ok("rule", "test", "drop").Stdout;
-        Assert.Matches(@"(?m)^dump\.bin +- +- +\(unmatched\)$", test);
-        Assert.Matches(@"(?m)^logs/app\.jsonl +2 +\*\*/\*\.jsonl +src_jsonl 1\.0$", test);
-        Assert.Matches(@"(?m)^sales\.csv +1 +\*\*/\*\.csv +src_csv 1\.0$", test);
+        Assert.Matches(@"(?m)^dump\.bin +- +- +\(unmatched\) +-$", test);
+        Assert.Matches(@"(?m)^logs/app\.jsonl +2 +\*\*/\*\.jsonl +src_jsonl 1\.0 +-$", test);
+        Assert.Matches(@"(?m)^sales\.csv +1 +\*\*/\*\.csv +src_csv 1\.0 +-$", test);
         Assert.Contains("3 file(s): 2 routed, 1 unmatched, 0 ignored", test);
 
         // A dry run says what it would queue, per rule, and queues nothing.
@@ -223,7 +223,7 @@ public sealed class SourcesTests : IDisposable
 
         // Removing the rule leaves the jobs; rule ls shows what is left, in the order tried.
         Assert.Equal("removed rule 2\n", _c.Ok("rule", "rm", "2").Stdout);
-        Assert.Matches(@"^ID +SOURCE +PRIORITY +GLOB +PARSER +FROM\n1 +drop +0 +\*\.csv +src_csv +store\n$", _c.Ok("rule", "ls").Stdout);
+        Assert.Matches(@"^ID +SOURCE +PRIORITY +GLOB +PARSER +PREFIX +FROM\n1 +drop +0 +\*\.csv +src_csv +- +store\n$", _c.Ok("rule", "ls").Stdout);
         var gone = _c.Cli("rule", "rm", "2");
         Assert.Equal(3, gone.ExitCode);
         Assert.StartsWith("error: no rule 2 in ", gone.Stderr);
@@ -284,7 +284,7 @@ public sealed class SourcesTests : IDisposable
         _c.Ok("rule", "add", "drop", "**/*", "src_csv");
         string test = _c.Ok("rule", "test", "drop").Stdout;
         // Not recursive: sub/ is not looked at; hidden files never are; *.part is ignored, not unmatched.
-        Assert.Matches(@"^FILE +RULE +GLOB +PARSER\na\.csv +1 +\*\*/\* +src_csv 1\.0\na\.csv\.part +- +- +\(ignored\)\n2 file\(s\): 1 routed, 0 unmatched, 1 ignored\n$", test);
+        Assert.Matches(@"^FILE +RULE +GLOB +PARSER +PREFIX\na\.csv +1 +\*\*/\* +src_csv 1\.0 +-\na\.csv\.part +- +- +\(ignored\) +-\n2 file\(s\): 1 routed, 0 unmatched, 1 ignored\n$", test);
     }
 
     [Fact]
@@ -313,7 +313,7 @@ public sealed class SourcesTests : IDisposable
 
         Assert.Matches(@"(?m)^kept_in_git +1 +0 +no +\*\.tmp +" + System.Text.RegularExpressions.Regex.Escape(toml) + ":1 +" + System.Text.RegularExpressions.Regex.Escape(Drop) + "$",
             _c.Ok("source", "ls").Stdout);
-        Assert.Matches(@"(?m)^- +kept_in_git +3 +\*\.jsonl +src_jsonl +" + System.Text.RegularExpressions.Regex.Escape(toml) + ":6$", _c.Ok("rule", "ls").Stdout);
+        Assert.Matches(@"(?m)^- +kept_in_git +3 +\*\.jsonl +src_jsonl +- +" + System.Text.RegularExpressions.Regex.Escape(toml) + ":6$", _c.Ok("rule", "ls").Stdout);
         string config = _c.Ok("config").Stdout;
         Assert.Contains($"# kept_in_git = {Drop} ignore *.tmp  # {toml}:1\n", config);
         Assert.Contains($"# {toml}:6: kept_in_git *.jsonl -> src_jsonl priority 3  # {toml}:6\n", config);
@@ -330,6 +330,52 @@ public sealed class SourcesTests : IDisposable
         File.AppendAllText(toml, "\n[[rules]]\nsource = \"kept_in_git\"\nglob = \"*\"\nparser = \"src_csv\"\ncolour = \"red\"\n");
         var bad = _c.Cli("source", "ls");
         Assert.Equal(3, bad.ExitCode);
-        Assert.Equal($"error: {toml}:11: unknown key 'colour'; known keys: source, glob, parser, priority\n", bad.Stderr);
+        Assert.Equal($"error: {toml}:11: unknown key 'colour'; known keys: source, glob, parser, priority, topic_prefix\n", bad.Stderr);
+    }
+    [Fact]
+    public void Sources_TwoRulesWithTopicPrefixes_RouteOneSourceToOneParser_ItsTopicsLandUnderThePrefixedNames()
+    {
+        RegisterParsers();
+        Directory.CreateDirectory(Path.Combine(Drop, "crm"));
+        Directory.CreateDirectory(Path.Combine(Drop, "erp"));
+        // The config file names a sink for one prefixed topic, by its final name.
+        File.WriteAllText(Path.Combine(_c.Root, "casparian.toml"), "[topics.erp_csv_rows]\nsink = \"parquet://erp_lake\"\n");
+        _c.Ok("source", "add", "drop", Drop, "--recursive");
+        var bad = _c.Cli("rule", "add", "drop", "**/*.csv", "src_csv", "--topic-prefix", "Crm-");
+        Assert.Equal(3, bad.ExitCode);
+        Assert.StartsWith("error: rule add --topic-prefix: topic prefix 'Crm-' is invalid; a prefix is the start of a topic name", bad.Stderr);
+        Assert.Single(bad.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.Contains("topics written as crm_TOPIC", _c.Ok("rule", "add", "drop", "crm/*.csv", "src_csv", "--topic-prefix", "crm_").Stdout);
+        _c.Ok("rule", "add", "drop", "erp/*.csv", "src_csv", "--topic-prefix", "erp_");
+        Assert.Matches(@"(?m)^1 +drop +0 +crm/\*\.csv +src_csv +crm_ +store$", _c.Ok("rule", "ls").Stdout);
+        Assert.Matches(@"(?m)^2 +drop +0 +erp/\*\.csv +src_csv +erp_ +store$", _c.Ok("rule", "ls").Stdout);
+
+        string crm = Path.Combine(Drop, "crm", "a.csv");
+        string erp = Path.Combine(Drop, "erp", "a.csv");
+        WriteCsv(crm, 2);
+        WriteCsv(erp, 3, start: 10);
+        Age(crm);
+        Age(erp);
+        string test = _c.Ok("rule", "test", "drop").Stdout;
+        Assert.Matches(@"(?m)^crm/a\.csv +1 +crm/\*\.csv +src_csv 1\.0 +crm_$", test);
+        Assert.Matches(@"(?m)^erp/a\.csv +2 +erp/\*\.csv +src_csv 1\.0 +erp_$", test);
+
+        var r = Proc.Run(Repo.Binary, ["start", "--drain", "--slots", "2"], TimeSpan.FromSeconds(90), _c.Root,
+            new Dictionary<string, string?> { ["CASPARIAN_HOME"] = _c.Home, ["CASPARIAN_PYTHON"] = Cluster.Python });
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Contains("queued 1 new file(s) for src_csv 1.0 (source drop, rule 1: crm/*.csv, topics as crm_TOPIC)", r.Stderr);
+        Assert.All(_c.Jobs(), j => Assert.Equal("COMPLETED", j.State));
+        Assert.Equal(2, _c.Jobs().Count);
+        Assert.Contains("crm_TOPIC (the routing rule's prefix)", _c.Ok("job", "show", "1").Stdout);
+
+        // crm_ + csv_rows under the default sink; erp_ + csv_rows under the config's sink for that final name.
+        var a = ParquetTable.Read(ParquetOf("src_csv", "crm_csv_rows", crm));
+        Assert.Equal([0L, 1L], a.Columns["n"]);
+        Assert.Equal(["w0", "w1"], a.Columns["word"]);
+        var b = ParquetTable.Read(ParquetOf("src_csv", "erp_lake", erp));
+        Assert.Equal([10L, 11L, 12L], b.Columns["n"]);
+        Assert.Equal(["w10", "w11", "w12"], b.Columns["word"]);
+        Assert.False(Directory.Exists(Path.Combine(_c.Home, "output", "csv_rows")));
+        Assert.False(Directory.Exists(Path.Combine(_c.Home, "output", "erp_csv_rows")));
     }
 }

@@ -72,4 +72,33 @@ public abstract partial class JobStoreContract
         Assert.Empty(store.ListUnmatched("a"));
         Assert.Single(store.ListUnmatched("b"));
     }
+    [Fact]
+    public void Store_TopicPrefix_IsKeptOnTheRule_CarriedByTheJobToItsClaim_AndOntoTheCurrentOutput()
+    {
+        using (var store = Open())
+        {
+            store.AddSource(new WatchSource("drop", "/data/drop", true, []));
+            long crm = store.AddRule(new RoutingRule(0, "drop", "crm/*.csv", "p", null, 0) { TopicPrefix = "crm_" });
+            long plain = store.AddRule(new RoutingRule(0, "drop", "*.csv", "p", null, 0));
+            Assert.Equal([("crm_", crm), ("", plain)], store.ListRules().Select(r => (r.TopicPrefix, r.Id)));
+
+            long id = store.Enqueue(Job("/in/a") with { TopicPrefix = "crm_" });
+            store.Enqueue(Job("/in/b"));
+            Assert.Equal("crm_", store.Get(id)!.TopicPrefix);
+            var claimed = store.Claim("w", Any, 2);
+            Assert.Equal([(id, "crm_"), (id + 1, "")], claimed.Select(j => (j.Id, j.TopicPrefix)));
+            foreach (var j in claimed) Assert.True(store.Complete(j.Id, "w", NoMetrics, Artifact("crm_t", $"file:///out/{j.Id}.parquet"), null, out _));
+            Assert.Equal("crm_", store.GetOutput("p", "/in/a")!.TopicPrefix);
+            Assert.Equal("", store.GetOutput("p", "/in/b")!.TopicPrefix);
+            Assert.Equal("crm_", store.LookupSources("p", "1.0", ["/in/a"])["/in/a"].Output!.TopicPrefix);
+
+            // The same file routed again under another prefix: its job's prefix becomes the current output's.
+            store.Enqueue(Job("/in/a") with { TopicPrefix = "erp_" });
+            RunOne(store);
+            Assert.Equal("erp_", store.GetOutput("p", "/in/a")!.TopicPrefix);
+            Assert.Equal(["erp_"], store.OutputsNotFrom("p", "2.0").Where(o => o.SourcePath == "/in/a").Select(o => o.TopicPrefix));
+        }
+        using var reopened = Open();
+        Assert.Equal(["crm_", ""], reopened.ListRules().Select(r => r.TopicPrefix));
+    }
 }
