@@ -4,6 +4,14 @@
 // a dead sentinel reports its jobs in flight in its heartbeats; this sentinel adopts those it does not
 // know once the store lets it (their sentinel's lease has expired). On a file store the lease is a
 // no-op and this sentinel always leads (it holds the store's pid lock).
+//
+// A CONCLUDE can reach this sentinel before the dead sentinel's lease has expired (a worker fails over
+// in 1.5 s; a lease lasts lease_ttl). The store refuses it then: another live sentinel owns the job.
+// Rather than drop the result (the job would run again once the lease lapsed), the conclusion is held
+// and tried again every HeldRetry until that lease expires and the store accepts it, for at most
+// lease_ttl plus a second. It applies only to the attempt it concludes (the claim time is kept), so a
+// job requeued or claimed again meanwhile refuses it. A sentinel that is in fact alive keeps its lease,
+// so its job is never concluded here: the hold runs out and the conclusion is refused, as before.
 namespace Casparian;
 
 internal sealed partial class Sentinel
@@ -45,6 +53,45 @@ internal sealed partial class Sentinel
                 _work.Adopt.Add(worker.Id);
                 return;
             }
+    }
+
+    /// <summary>How often held conclusions are tried again.</summary>
+    private const long HeldRetry = 500;
+
+    private readonly List<Conclusion> _held = [];
+    private long _heldRetryAt;
+
+    /// <summary>In the transaction, after the store refused <paramref name="c"/>: held back when the refusal is only another live sentinel's lease.</summary>
+    private Conclusion? HoldBack(Conclusion c, long now)
+    {
+        if (!_store.Shared || c.Expected || c.WorkerId is not { } worker || _held.Count + _work.Held.Count >= MaxPendingConclusions) return null;
+        if (_store.HeldElsewhere(c.JobId, worker) is not { } since || (c.HeldSince is { } was && was != since)) return null;
+        return c.HeldSince is null ? c with { HeldSince = since, HeldUntil = now + (long)_options.LeaseTtl.TotalMilliseconds + 1000 } : c;
+    }
+
+    /// <summary>After the commit: keeps what was held this turn, or gives it up once its time is over.</summary>
+    private void KeepHeld(long now)
+    {
+        foreach (var (c, isNew) in _work.Held)
+        {
+            if (now > c.HeldUntil)
+            {
+                _log.Warn($"refused {StatusName(c.Receipt.Status)} for job {c.JobId} from worker {c.WorkerId}: another sentinel still owns it and its lease stayed live; that sentinel decides");
+                continue;
+            }
+            if (isNew)
+                _log.Info($"job {c.JobId}: holding {StatusName(c.Receipt.Status)} from worker {c.WorkerId}; the job's sentinel has not yet lost its lease, retrying until it does");
+            _held.Add(c);
+        }
+    }
+
+    /// <summary>Before a step: the held conclusions go back into the turn's work, every <see cref="HeldRetry"/>.</summary>
+    private void RetryHeld(long now)
+    {
+        if (_held.Count == 0 || now < _heldRetryAt) return;
+        _work.Conclusions.AddRange(_held);
+        _held.Clear();
+        _heldRetryAt = now + HeldRetry;
     }
 
     /// <summary>A clean stop gives the lease up, so the other sentinels adopt this one's jobs at once.</summary>

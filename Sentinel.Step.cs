@@ -7,7 +7,11 @@ namespace Casparian;
 
 internal sealed partial class Sentinel
 {
-    private readonly record struct Conclusion(long JobId, string? WorkerId, JobReceipt Receipt, bool Expected);
+    /// <param name="HeldSince">
+    /// Set on a conclusion held back (Sentinel.Cluster.cs): the claim time of the attempt it concludes,
+    /// so a retry applies it only to that attempt; <paramref name="HeldUntil"/> is when holding it stops.
+    /// </param>
+    private readonly record struct Conclusion(long JobId, string? WorkerId, JobReceipt Receipt, bool Expected, DateTimeOffset? HeldSince = null, long HeldUntil = 0);
 
     /// <summary>Bounds memory if the store is down while peers keep concluding jobs we do not know.</summary>
     private const int MaxPendingConclusions = 100_000;
@@ -32,6 +36,8 @@ internal sealed partial class Sentinel
         public bool ClaimWanted = true;
 
         public readonly List<(Conclusion C, bool Applied, FailResult? Fail, string? QueuedHash)> Concluded = [];
+        /// <summary>Conclusions refused only because another live sentinel owns the job: held and tried again (Sentinel.Cluster.cs).</summary>
+        public readonly List<(Conclusion C, bool New)> Held = [];
         public readonly List<(byte[] Identity, ulong RequestId, ParserRecord Parser, ParserRegistration Result)> Deployed = [];
         public readonly List<(string WorkerId, string Reason, RequeueResult Result)> Requeued = [];
         public readonly List<(WorkerEntry Worker, ClaimedJob Job, Dispatch Dispatch)> Dispatches = [];
@@ -49,6 +55,7 @@ internal sealed partial class Sentinel
         public void ClearProduced()
         {
             Concluded.Clear();
+            Held.Clear();
             Deployed.Clear();
             Requeued.Clear();
             Dispatches.Clear();
@@ -90,6 +97,7 @@ internal sealed partial class Sentinel
     private void Step(long now, bool final)
     {
         if (!final && now < _work.RetryAt) return;
+        if (!final) RetryHeld(now);
         // A job queued on a store that notifies (PostgreSQL): claim now rather than at the next poll.
         if (_store.QueueSignalled()) _work.ClaimWanted = true;
         bool poll = now >= _work.NextPoll;
@@ -153,7 +161,12 @@ internal sealed partial class Sentinel
             }
             if (adopted > 0) _log.Info($"worker {id} holds {adopted} job(s) from before this sentinel started, or from a sentinel that stopped; keeping them");
         }
-        foreach (var c in _work.Conclusions) _work.Concluded.Add(Apply(c));
+        foreach (var c in _work.Conclusions)
+        {
+            var result = Apply(c);
+            if (!result.Item2 && HoldBack(c, now) is { } held) _work.Held.Add((held, c.HeldSince is null));
+            else _work.Concluded.Add(result);
+        }
         foreach (var (identity, request, parser) in _work.Deploys) _work.Deployed.Add((identity, request, parser, _store.RegisterParser(parser)));
         foreach (var id in _work.Touch) _store.Heartbeat(id);
         if (sweep && now - _startedAt >= (long)_options.HeartbeatTimeout.TotalMilliseconds)
@@ -171,6 +184,9 @@ internal sealed partial class Sentinel
     private (Conclusion, bool, FailResult?, string?) Apply(Conclusion c)
     {
         var r = c.Receipt;
+        // A held conclusion is for the attempt claimed then: once the job moved on (requeued, claimed again) it is refused.
+        if (c.HeldSince is { } since && (_store.Get(c.JobId) is not { State: JobState.Running } current || current.Worker != c.WorkerId || current.ClaimedAt != since))
+            return (c, false, null, null);
         switch (r.Status)
         {
             case ReceiptStatus.Success:
@@ -287,6 +303,7 @@ internal sealed partial class Sentinel
 
     private void AfterCommit(long now)
     {
+        KeepHeld(now);
         foreach (var (id, reason, result) in _work.Requeued)
             if (result.Total > 0) _log.Info($"worker {id}: {result.Requeued} job(s) requeued, {result.Failed} FAILED (retry limit reached): {reason}");
         if (_work.Swept.Total > 0)
@@ -296,6 +313,8 @@ internal sealed partial class Sentinel
         foreach (var (c, applied, fail, queuedHash) in _work.Concluded)
         {
             LogConclusion(c, applied, fail);
+            if (applied && c.HeldSince is not null)
+                _log.Info($"job {c.JobId}: accepted the held {StatusName(c.Receipt.Status)} from worker {c.WorkerId}; its sentinel's lease has expired");
             if (applied && queuedHash is not null)
                 _log.Warn($"job {c.JobId}: the input changed after it was queued; recorded the content parsed ({Hashes.Short(c.Receipt.ContentHash!)}), not the content queued ({Hashes.Short(queuedHash)})");
             if (!applied) continue;

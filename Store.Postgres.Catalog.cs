@@ -9,27 +9,21 @@ namespace Casparian;
 internal sealed partial class PostgresJobStore
 {
     /// <summary>
-    /// The concluding job becomes its (parser, source)'s current output, unless a job with a higher id
-    /// already is (newest wins, as in SQLite); runs inside Complete's transaction.
+    /// Complete's catalog rows, as CTEs over its `done` (the completed row, or none): the job becomes its
+    /// (parser, source)'s current output unless a job with a higher id already is (newest wins, as in
+    /// SQLite); the source takes the content parsed when the worker reported one and this job is now
+    /// current (`made_current` returned its row).
     /// </summary>
-    private void Supersede(long id, string? parsedHash, long now)
-    {
-        using var cmd = Command(
-            "INSERT INTO outputs (parser_name, source_path, job_id, parser_version, content_hash, artifacts, updated_at, topic_prefix) " +
-            "SELECT parser_name, input_path, id, parser_version, coalesce(@parsed, content_hash), artifacts, @now, topic_prefix FROM jobs WHERE id = @id " +
-            "ON CONFLICT (parser_name, source_path) DO UPDATE SET job_id = excluded.job_id, parser_version = excluded.parser_version, " +
-            "  content_hash = excluded.content_hash, artifacts = excluded.artifacts, updated_at = excluded.updated_at, topic_prefix = excluded.topic_prefix " +
-            "  WHERE excluded.job_id >= outputs.job_id; " +
-            "INSERT INTO sources (path, content_hash, size, mtime, updated_at) " +
-            "SELECT input_path, coalesce(@parsed, content_hash), -1, -1, @now FROM jobs WHERE id = @id " +
-            "ON CONFLICT (path) DO UPDATE SET content_hash = excluded.content_hash, size = -1, mtime = -1, updated_at = excluded.updated_at " +
-            "  WHERE @parsed::text IS NOT NULL AND sources.content_hash <> excluded.content_hash " +
-            "  AND EXISTS (SELECT 1 FROM jobs j JOIN outputs o ON o.parser_name = j.parser_name AND o.source_path = j.input_path WHERE j.id = @id AND o.job_id = @id)");
-        cmd.Parameters.Add(Text("parsed", parsedHash));
-        cmd.Parameters.Add(Long("now", now));
-        cmd.Parameters.Add(Long("id", id));
-        cmd.ExecuteNonQuery();
-    }
+    private const string SupersedeCte =
+        ", made_current AS (INSERT INTO outputs (parser_name, source_path, job_id, parser_version, content_hash, artifacts, updated_at, topic_prefix) " +
+        "  SELECT parser_name, input_path, id, parser_version, content_hash, artifacts, @now, topic_prefix FROM done " +
+        "  ON CONFLICT (parser_name, source_path) DO UPDATE SET job_id = excluded.job_id, parser_version = excluded.parser_version, " +
+        "    content_hash = excluded.content_hash, artifacts = excluded.artifacts, updated_at = excluded.updated_at, topic_prefix = excluded.topic_prefix " +
+        "    WHERE excluded.job_id >= outputs.job_id RETURNING job_id), " +
+        "source_row AS (INSERT INTO sources (path, content_hash, size, mtime, updated_at) " +
+        "  SELECT input_path, content_hash, -1, -1, @now FROM done " +
+        "  ON CONFLICT (path) DO UPDATE SET content_hash = excluded.content_hash, size = -1, mtime = -1, updated_at = excluded.updated_at " +
+        "    WHERE @hash::text IS NOT NULL AND sources.content_hash <> excluded.content_hash AND EXISTS (SELECT 1 FROM made_current))";
 
     /// <summary>Paths per lookup statement.</summary>
     private const int LookupChunk = 5000;

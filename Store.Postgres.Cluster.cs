@@ -43,6 +43,18 @@ internal sealed partial class PostgresJobStore
         });
     }
 
+    public DateTimeOffset? HeldElsewhere(long id, string worker) => Run(() =>
+    {
+        if (_options.Sentinel is null) return (DateTimeOffset?)null;
+        using var cmd = Command(
+            "SELECT claimed_at FROM jobs WHERE id = @id AND state = 'RUNNING' AND worker = @worker AND sentinel <> @me " +
+            $"AND EXISTS (SELECT 1 FROM sentinels s WHERE s.name = jobs.sentinel AND s.expires_at > {ServerNowMs})");
+        cmd.Parameters.Add(Long("id", id));
+        cmd.Parameters.Add(Text("worker", worker));
+        cmd.Parameters.Add(Text("me", _options.Sentinel));
+        return cmd.ExecuteScalar() is long ms ? FromMs(ms) : (DateTimeOffset?)null;
+    });
+
     /// <summary>The sentinels with a lease, live or lapsed, for `store check`: name and seconds until expiry (negative: expired).</summary>
     public List<(string Name, double ExpiresIn, bool Leader)> Leases() => Run(() =>
     {

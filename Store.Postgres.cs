@@ -446,24 +446,30 @@ internal sealed partial class PostgresJobStore : IJobStore
         string? before = null;
         bool done = InTransaction(() =>
         {
-            long now = Now();
-            before = parsedHash is null ? null : Get(id)?.ContentHash;
+            // One statement, one round trip per job (the sentinel's hot path): the hash queued, the
+            // completion, and its catalog rows (Supersede, Store.Postgres.Catalog.cs), which see only
+            // the row the UPDATE returned, so a refused completion writes nothing.
             using var cmd = Command(
-                "UPDATE jobs SET state = 'COMPLETED', finished_at = @now, heartbeat_at = @now, error = NULL, metrics = @metrics, artifacts = @artifacts, " +
-                $"content_hash = coalesce(@hash, content_hash){Adopt} " +
-                $"WHERE id = @id AND state = 'RUNNING' AND (@worker::text IS NULL OR worker = @worker) AND {Owned}");
-            cmd.Parameters.Add(Long("now", now));
+                "WITH prior AS (SELECT content_hash FROM jobs WHERE id = @id), " +
+                "done AS (UPDATE jobs SET state = 'COMPLETED', finished_at = @now, heartbeat_at = @now, error = NULL, metrics = @metrics, artifacts = @artifacts, " +
+                $"  content_hash = coalesce(@hash, content_hash){Adopt} " +
+                $"  WHERE id = @id AND state = 'RUNNING' AND (@worker::text IS NULL OR worker = @worker) AND {Owned} " +
+                "  RETURNING id, parser_name, parser_version, input_path, content_hash, artifacts, topic_prefix)" +
+                SupersedeCte +
+                " SELECT (SELECT count(*) FROM done), (SELECT content_hash FROM prior)");
+            cmd.Parameters.Add(Long("now", Now()));
             cmd.Parameters.Add(Text("metrics", MetricsJson(metrics)));
             cmd.Parameters.Add(Text("artifacts", ArtifactsJson(artifacts)));
             cmd.Parameters.Add(Text("hash", parsedHash));
             cmd.Parameters.Add(Long("id", id));
             cmd.Parameters.Add(Text("worker", worker));
             cmd.Parameters.Add(Text("me", _options.Sentinel));
-            if (cmd.ExecuteNonQuery() != 1) return false;
-            Supersede(id, parsedHash, now);
-            return true;
+            using var r = cmd.ExecuteReader();
+            r.Read();
+            before = r.IsDBNull(1) ? null : r.GetString(1);
+            return r.GetInt64(0) == 1;
         });
-        queuedHash = done && before is not null && before != parsedHash ? before : null;
+        queuedHash = done && parsedHash is not null && before is not null && before != parsedHash ? before : null;
         return done;
     }
 

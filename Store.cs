@@ -221,6 +221,12 @@ internal partial interface IJobStore : IDisposable
     /// <summary>Gives up this sentinel's lease and lead (a clean stop), so the others adopt its jobs at once.</summary>
     void EndLease() { }
     /// <summary>
+    /// When job <paramref name="id"/> is RUNNING on <paramref name="worker"/> but owned by another sentinel
+    /// whose lease is live (so this store's sentinel may not conclude it yet): the time it was claimed,
+    /// which names that attempt. Null otherwise, and always on a file store.
+    /// </summary>
+    DateTimeOffset? HeldElsewhere(long id, string worker) => null;
+    /// <summary>
     /// Whether several sentinels may share this store: then each renews its lease, one leads the
     /// maintenance, and the store tells them when jobs are queued (<see cref="QueueSignalled"/>), so polling can be slow.
     /// </summary>

@@ -103,28 +103,31 @@ public class SentinelBench
     public void EndToEnd() => Run(Jobs);
 
     /// <summary>Releases the workers and returns once <paramref name="count"/> conclusions are committed.</summary>
-    private void Run(int count)
+    private void Run(int count) => Run(_store, _workers, count);
+
+    /// <summary>Releases <paramref name="workers"/> and returns once <paramref name="count"/> conclusions are committed to <paramref name="store"/>.</summary>
+    internal static void Run(IJobStore store, IReadOnlyList<BenchWorker> workers, int count)
     {
         using var done = new Countdown(count);
-        foreach (var w in _workers) w.Release(done);
+        foreach (var w in workers) w.Release(done);
         if (!done.Wait(TimeSpan.FromMinutes(2))) throw new TimeoutException($"{done.Remaining} of {count} jobs were never dispatched and concluded");
         // Each worker's conclusions arrive in order on its socket and commit in order, so its last job
         // being COMPLETED means all of its jobs are.
-        foreach (var w in _workers)
+        foreach (var w in workers)
         {
             long last = w.LastConcluded;
             var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
-            while (_store.Get(last)?.State != JobState.Completed)
+            while (store.Get(last)?.State != JobState.Completed)
             {
                 if (DateTime.UtcNow > deadline) throw new TimeoutException($"job {last} was concluded but never committed COMPLETED");
                 Thread.Sleep(0);
             }
         }
-        foreach (var w in _workers) w.Hold();
+        foreach (var w in workers) w.Hold();
     }
 
     /// <summary>Conclusions still to come in this invocation; workers signal from their own threads.</summary>
-    private sealed class Countdown(int count) : IDisposable
+    internal sealed class Countdown(int count) : IDisposable
     {
         private int _remaining = count;
         private readonly ManualResetEventSlim _done = new(count <= 0);
@@ -142,7 +145,7 @@ public class SentinelBench
     }
 
     /// <summary>A worker that answers every DISPATCH with SUCCESS at once, except while held.</summary>
-    private sealed class BenchWorker : IDisposable
+    internal sealed class BenchWorker : IDisposable
     {
         private static readonly byte[] Receipt = Payload.Encode(new JobReceipt
         {

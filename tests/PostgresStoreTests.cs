@@ -22,6 +22,33 @@ public sealed class PostgresStoreTests
         var e = Assert.Throws<InputException>(() => PostgresUrl.Parse("postgresql://ann:secret@db.internal"));
         Assert.Equal("job store 'postgresql://ann:***@db.internal': it names no database (postgresql://USER[:PASS]@HOST[:PORT]/DB); give postgresql://USER[:PASS]@HOST[:PORT]/DB, or a file path for an SQLite store", e.Message);
         Assert.Contains("'timeout' is not supported", Assert.Throws<InputException>(() => PostgresUrl.Parse("postgresql://db/jobs?timeout=3")).Message);
+        // The durability trade is explicit, shows in messages, and takes only on or off.
+        Assert.True(u.SynchronousCommit);
+        var trade = PostgresUrl.Parse("postgresql://ann@db/jobs?synchronous_commit=off&sslmode=disable");
+        Assert.Equal((false, "disable", "postgresql://ann@db:5432/jobs?synchronous_commit=off"), (trade.SynchronousCommit, trade.SslMode, trade.Display));
+        Assert.Contains("synchronous_commit=local is not on or off", Assert.Throws<InputException>(() => PostgresUrl.Parse("postgresql://db/jobs?synchronous_commit=local")).Message);
+    }
+
+    [PgFact]
+    public void Postgres_SynchronousCommitOff_SetsItForTheStoresConnectionsOnly()
+    {
+        string url = PgServer.Shared.NewDatabase();
+        // The test server runs with synchronous_commit off from its command line; the URL's option is the client's own.
+        Assert.Equal(("off", "command line"), Setting(url, "synchronous_commit"));
+        Assert.Equal(("off", "client"), Setting(url + "?synchronous_commit=off", "synchronous_commit"));
+        using var store = Open(url + "?synchronous_commit=off");
+        Assert.Equal(1, store.Enqueue(new NewJob("p", "1.0", "/in/a.csv", "h")));
+    }
+
+    /// <summary>A setting's value and where it came from, as the store's own data source sees it.</summary>
+    private static (string Value, string Source) Setting(string url, string name)
+    {
+        using var ds = PostgresUrl.Parse(url).DataSource(TimeSpan.FromSeconds(5));
+        using var cmd = ds.CreateCommand("SELECT setting, source FROM pg_settings WHERE name = $1");
+        cmd.Parameters.Add(new NpgsqlParameter { Value = name });
+        using var r = cmd.ExecuteReader();
+        Assert.True(r.Read());
+        return (r.GetString(0), r.GetString(1));
     }
 
     [Fact]

@@ -39,12 +39,12 @@ public sealed class ScaleOutTests(ITestOutputHelper output) : IDisposable
     }
 
     /// <summary>A sentinel over <paramref name="db"/> on a port of its own, sharing the cluster's home (so its keys and tokens) with the others.</summary>
-    private (Daemon Sentinel, string Address) StartSentinel(string name, string db)
+    private (Daemon Sentinel, string Address) StartSentinel(string name, string db, string leaseTtl = "3s", string heartbeatTimeout = "3s")
     {
         for (int attempt = 0; ; attempt++)
         {
             string address = $"tcp://127.0.0.1:{Cluster.FreePort()}";
-            var s = _c.Spawn(name, ["sentinel", "--bind", address, "--db", db, "--heartbeat-timeout", "3s", "--lease-ttl", "3s", "--retry-backoff", "0.1s",
+            var s = _c.Spawn(name, ["sentinel", "--bind", address, "--db", db, "--heartbeat-timeout", heartbeatTimeout, "--lease-ttl", leaseTtl, "--retry-backoff", "0.1s",
                 "--retry-limit", "5"]);
             var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
             while (DateTime.UtcNow < deadline && !s.Stderr.Contains("listening", StringComparison.Ordinal) && !s.HasExited) Thread.Sleep(20);
@@ -122,6 +122,11 @@ public sealed class ScaleOutTests(ITestOutputHelper output) : IDisposable
         output.WriteLine($"{n} jobs through two sentinels and four workers: {clock.Elapsed.TotalSeconds:0.0} s from start");
 
         var jobs = Jobs(db);
+        // Where the time goes, for the record: a job's own run (claimed to finished) against the whole run.
+        var runs = jobs.Where(j => j is { ClaimedAt: not null, FinishedAt: not null }).Select(j => (j.FinishedAt!.Value - j.ClaimedAt!.Value).TotalMilliseconds).Order().ToList();
+        if (runs.Count > 0)
+            output.WriteLine($"claimed to finished per job: median {runs[runs.Count / 2]:0} ms, p90 {runs[runs.Count * 9 / 10]:0} ms; " +
+                $"first claim to last finish {(jobs.Max(j => j.FinishedAt)!.Value - jobs.Min(j => j.ClaimedAt)!.Value).TotalSeconds:0.0} s");
         AssertEachCompletedOnce(jobs, n);
         Assert.All(jobs, j => Assert.Equal(0, j.RetryCount));
         // Both sentinels dispatched (each to its own workers), and all four workers ran jobs.
@@ -181,6 +186,35 @@ public sealed class ScaleOutTests(ITestOutputHelper output) : IDisposable
         string check = _c.Ok("store", "check", "--db", db).Stdout;
         Assert.Contains("lease expired", check);
         output.WriteLine($"ScaleOut kill -9: {before.Count} RUNNING job(s) of the killed sentinel moved {recovery.TotalSeconds:0.0} s after the kill");
+    }
+
+    [PgFact]
+    public void ScaleOut_ConcludeReachingTheSuccessorBeforeTheDeadSentinelsLeaseExpires_IsHeldThenAccepted()
+    {
+        // A lease long enough that the worker fails over (1.5 s) and concludes (its job sleeps 4 s) while
+        // the killed sentinel's lease is still live; a heartbeat timeout longer still, so no sweep requeues the job first.
+        string db = PgServer.Shared.NewDatabase();
+        Register(db);
+        _c.WriteInputs(1, rows: 2);
+        var (a, addressA) = StartSentinel("sentinel-a", db, leaseTtl: "8s", heartbeatTimeout: "60s");
+        var (b, addressB) = StartSentinel("sentinel-b", db, leaseTtl: "8s", heartbeatTimeout: "60s");
+        var worker = StartWorker("w1", $"{addressA},{addressB}", sleep: "4", slots: 1);
+        _c.WaitUntil("the worker to join A", TimeSpan.FromSeconds(30), () => a.Stderr.Contains("worker w1 joined", StringComparison.Ordinal));
+        _c.Ok("job", "add", "--db", db, "--parser", "e2e_csv", _c.Inputs);
+        _c.WaitUntil("the job to run on w1", Patience, () => Jobs(db) is [{ State: var s, Worker: "w1" }] && s == JobState.Running);
+        var claimed = Jobs(db)[0].ClaimedAt;
+
+        a.Signal(Posix.SigKill);
+        a.WaitForExit(TimeSpan.FromSeconds(10));
+        _c.WaitUntil("the job to complete", Patience, () => Jobs(db)[0].State == JobState.Completed);
+
+        var job = Jobs(db)[0];
+        // Completed by the run that was in flight at the kill: not requeued, not claimed again.
+        Assert.Equal((0, claimed, "w1"), (job.RetryCount, job.ClaimedAt, job.Worker));
+        Assert.Contains("failing over to " + addressB, worker.Stderr);
+        Assert.Contains($"job {job.Id}: holding SUCCESS from worker w1; the job's sentinel has not yet lost its lease", b.Stderr);
+        Assert.Contains($"job {job.Id}: accepted the held SUCCESS from worker w1; its sentinel's lease has expired", b.Stderr);
+        Assert.Single(Directory.EnumerateFiles(_c.Output, "*.parquet", SearchOption.AllDirectories));
     }
 
     [PgFact]
