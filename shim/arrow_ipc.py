@@ -97,6 +97,7 @@ _DECIMAL_MAX = 10 ** DECIMAL_MAX_PRECISION - 1
 _INT128_MASK = (1 << 128) - 1  # x & mask: the two's complement of x in 128 bits, as an unsigned int
 _EPOCH_DATE = date(1970, 1, 1)
 _EXACT_FLOAT_INT = 1 << 53
+_ROWS_CHUNK = 4096
 _tzinfo = attrgetter("tzinfo")
 
 # dict.get(v, v) maps None to a filler and every other (hashable) value to itself, in C.
@@ -844,13 +845,25 @@ def columns_from_rows(rows):
     """A list of row dicts. Columns in first-seen key order; a key a row lacks is null there."""
     first = rows[0]
     width = len(first)
-    # Rows with the same keys in the same order (rows built by one dict literal): all values in one
-    # flat list, a column every width-th of it (one pass over the dicts, then strided C copies).
-    # The keys' concatenation equal to the first row's keys repeated proves it: each dict's keys
-    # are distinct, so no row can hold more than width of them, and the lengths must add up.
-    if width and list(chain.from_iterable(rows)) == list(first) * len(rows):
-        flat = list(chain.from_iterable(map(dict.values, rows)))
-        return [ListColumn(_name(k), flat[i::width]) for i, k in enumerate(first)], len(rows)
+    # Rows with the same keys in the same order (rows built by one dict literal): a slice of rows'
+    # values in one flat list, a column every width-th of it (one pass over the dicts, then strided
+    # C copies). The slice's keys' concatenation equal to the first row's keys repeated proves it:
+    # each dict's keys are distinct, so no row can hold more than width of them, and the lengths
+    # must add up. Slices of _ROWS_CHUNK rows keep the temporary lists small and reused: fresh memory
+    # (page faults) cost as much as the copying for a large table.
+    if width:
+        keys = list(first)
+        pattern = keys * _ROWS_CHUNK
+        columns = [[] for _ in keys]
+        for start in range(0, len(rows), _ROWS_CHUNK):
+            part = rows[start:start + _ROWS_CHUNK]
+            if list(chain.from_iterable(part)) != (pattern if len(part) == _ROWS_CHUNK else keys * len(part)):
+                break
+            flat = list(chain.from_iterable(map(dict.values, part)))
+            for i, column in enumerate(columns):
+                column += flat[i::width]
+        else:
+            return [ListColumn(_name(k), c) for k, c in zip(keys, columns)], len(rows)
     keys = list(dict.fromkeys(k for shape in dict.fromkeys(map(tuple, rows)) for k in shape))
     return [ListColumn(_name(k), list(map(dict.get, rows, repeat(k)))) for k in keys], len(rows)
 
