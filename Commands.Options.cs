@@ -76,6 +76,7 @@ internal static partial class Commands
         Lineage = c.Get(Config.Lineage),
         RowGroupRows = c.Get(Config.RowGroupRows),
         RowGroupBytes = c.Get(Config.RowGroupSize),
+        Compression = c.Get(Config.Compression),
         MaxQuarantineRows = c.Get(Config.MaxQuarantineRows),
         MaxQuarantine = c.Get(Config.MaxQuarantine),
         Staging = c.StagingDir,

@@ -125,6 +125,9 @@ internal sealed class Config
         Parsers.Int(1, int.MaxValue), _ => 1 << 20);
     public static readonly Setting<long> RowGroupSize = new("row_group_size", "SIZE", "most Arrow data in one Parquet row group: bounds the writer's memory per topic",
         Parsers.SizeUpTo(1L << 30), _ => 16L << 20, Parsers.FormatSize);
+    public static readonly Setting<ParquetSharp.Compression> Compression = new("compression", "CODEC",
+        "Parquet compression of topics that set none of their own: " + ParquetCodecs.Names + " (BENCHMARKS.md has the measurement behind the default)",
+        Parsers.Codec, _ => ParquetSharp.Compression.Snappy, ParquetCodecs.Name);
     public static readonly Setting<string> S3Endpoint = new("s3_endpoint", "URL", "S3-compatible endpoint for s3:// sinks (http://HOST:PORT); empty: AWS S3 in s3_region",
         Parsers.Text, _ => "");
     public static readonly Setting<string> S3Region = new("s3_region", "REGION", "region s3:// requests are signed for",
@@ -173,7 +176,7 @@ internal sealed class Config
     [
         Home, Db, Bind, Connect, Output, AllowedRoots, Lineage, Venvs, VenvBudget, Wheelhouse, Python, Slots, WorkerId,
         HeartbeatInterval, HeartbeatTimeout, RetryLimit, RetryBackoff, RetryBackoffMax, LockTimeout, LeaseTtl, PollInterval, Capabilities, JobTimeout,
-        DeadlineGrace, ConnectTimeout, IdleTimeout, ShutdownGrace, LogLimit, MessageLimit, BuildTimeout, RowGroupRows, RowGroupSize,
+        DeadlineGrace, ConnectTimeout, IdleTimeout, ShutdownGrace, LogLimit, MessageLimit, BuildTimeout, RowGroupRows, RowGroupSize, Compression,
         Insecure, SentinelKey, JoinToken, LinkLimit, Http, HttpInsecure,
         WarmGuests, WarmIdle, MaxQuarantineRows, MaxQuarantine,
         SettleInterval, RescanInterval, ScanFileLimit,
@@ -445,6 +448,9 @@ internal static class Parsers
         int colon = t.LastIndexOf(':');
         return colon > 0 && ushort.TryParse(t.AsSpan(colon + 1), NumberStyles.None, CultureInfo.InvariantCulture, out _) ? (true, t, "") : (false, "", Expected);
     }
+
+    public static (bool, ParquetSharp.Compression, string) Codec(ConfigValue raw, string baseDir) =>
+        raw.Items is null && ParquetCodecs.TryParse(raw.Text, out var codec) ? (true, codec, "") : (false, default, ParquetCodecs.Names);
 
     public static (bool, bool, string) Bool(ConfigValue raw, string baseDir) => raw.Text?.ToLowerInvariant() switch
     {

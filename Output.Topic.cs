@@ -153,7 +153,7 @@ internal sealed partial class JobOutput
         {
             using (var builder = new WriterPropertiesBuilder())
             {
-                builder.Compression(Codec).MaxRowGroupLength(Options.RowGroupRows);
+                builder.Compression(job.CodecOf(Name)).MaxRowGroupLength(Options.RowGroupRows);
                 foreach (var column in ArrowSchemas.NearUniqueColumns(first)) builder.DisableDictionary(new ColumnPath([column]));
                 _properties = builder.Build();
             }

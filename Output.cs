@@ -47,7 +47,8 @@
 // 16 MiB: 2 GiB streamed through one job peaks at about 125 MB RSS for the whole process (64 MiB: 175).
 // Nothing keeps a caller's batch after Write returns.
 //
-// Speed. Snappy by default. Dictionary encoding stays on, except for columns whose first batch looks
+// Speed. Compression is the topic's own (its sink's "compression") or the `compression` setting, whose
+// default Config.cs holds and BENCHMARKS.md justifies (OutputBench.Codecs). Dictionary encoding stays on, except for columns whose first batch looks
 // nearly all distinct (ids, measurements, timestamps): there the writer would fill a dictionary, give
 // up and re-encode, which cost about 40% of the write time for numeric data.
 //
@@ -102,6 +103,9 @@ internal sealed record OutputOptions
 
     /// <summary>Most Arrow bytes (uncompressed column data) in one row group: bounds the writer's memory per topic.</summary>
     public required long RowGroupBytes { get; init; }
+
+    /// <summary>Parquet compression of a topic whose sink sets none (the <c>compression</c> setting).</summary>
+    public required Compression Compression { get; init; }
 
     /// <summary>Most rows one job may send to quarantine, all topics together, before it fails (issue 14).</summary>
     public required long MaxQuarantineRows { get; init; }
@@ -189,15 +193,14 @@ internal sealed class OutputException(ExitCode code, string message, Exception? 
 /// </summary>
 internal sealed partial class JobOutput : IDisposable
 {
-    /// <summary>Snappy: fast to write and read, and what Parquet readers expect by default.</summary>
-    public const Compression Codec = Compression.Snappy;
-
     private readonly OutputOptions _options;
     private readonly ulong _jobId;
     private readonly LineageColumns _lineage;
     // This job's file name in every dataset directory.
     private readonly string _fileName;
     private readonly Dictionary<string, SinkTarget> _sinks;
+    // Topics whose sink names its own compression (a handful): searched linearly.
+    private readonly List<(string Topic, Compression Codec)> _codecs = [];
     // Topics whose sink is an SQLite table (Output.Sqlite.cs).
     private readonly Dictionary<string, SqliteTarget> _tables;
     private readonly OutputSource? _source;
@@ -234,6 +237,11 @@ internal sealed partial class JobOutput : IDisposable
         _tables = new Dictionary<string, SqliteTarget>(StringComparer.Ordinal);
         foreach (var sink in sinks)
         {
+            if (sink.Compression is { } codecName)
+            {
+                if (!ParquetCodecs.TryParse(codecName, out var codec)) throw OutputThrow.Sink_BadCompression(jobId, sink.Topic, codecName);
+                _codecs.Add((sink.Topic, codec));
+            }
             if (SqliteTarget.Is(sink.Uri))
             {
                 var table = SqliteTarget.Resolve(options, jobId, sink.Topic, sink.Uri, sink.Mode);
@@ -252,6 +260,14 @@ internal sealed partial class JobOutput : IDisposable
     }
 
     public ulong JobId => _jobId;
+
+    /// <summary>The compression of <paramref name="topic"/>'s file: its sink's, else the worker's setting.</summary>
+    private Compression CodecOf(string topic)
+    {
+        foreach (var (t, codec) in _codecs)
+            if (t == topic) return codec;
+        return _options.Compression;
+    }
 
     /// <summary>The job's S3 client, made on first use by an S3 sink (or an S3 uri to supersede).</summary>
     internal S3Transfer S3 => _s3 ??= new S3Transfer(_options.S3, _jobId);
@@ -434,6 +450,8 @@ internal sealed partial class JobOutput : IDisposable
 
 internal static class OutputThrow
 {
+    public static OutputException Sink_BadCompression(ulong job, string topic, string codec) =>
+        new(ExitCode.BadInput, $"job {job}: topic '{topic}': compression '{codec}' is not {ParquetCodecs.Names}");
     public static OutputException Sink_DuplicateTopic(ulong job, string topic) =>
         new(ExitCode.BadInput, $"job {job}: two sinks for topic '{topic}'; give each topic one sink");
     public static OutputException Topic_BadName(ulong job, string topic) =>

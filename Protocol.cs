@@ -183,6 +183,8 @@ internal sealed record SinkConfig
     [JsonPropertyName("uri")] public required string Uri { get; init; }
     [JsonPropertyName("mode")] public SinkMode Mode { get; init; } = SinkMode.Append;
     [JsonPropertyName("schema_def")] public string? SchemaDef { get; init; }
+    /// <summary>Extension: the topic's Parquet codec by name (Output.Codec.cs); null: the worker's <c>compression</c> setting.</summary>
+    [JsonPropertyName("compression")] public string? Compression { get; init; }
 }
 
 internal sealed record Dispatch

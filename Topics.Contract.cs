@@ -19,7 +19,7 @@ internal static partial class Topics
     private sealed class ContractDeclaration
     {
         public static readonly string[] Keys = ["schema", "contract", "max_quarantine"];
-        public const string KeyList = "\"sink\", \"mode\", \"schema\", \"contract\" and \"max_quarantine\"";
+        public const string KeyList = "\"sink\", \"mode\", \"compression\", \"schema\", \"contract\" and \"max_quarantine\"";
 
         private List<DeclaredColumn>? _columns;
         private ContractMode? _mode;

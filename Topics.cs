@@ -4,8 +4,9 @@
 //   TOPICS = {"sales": {"sink": "parquet://sales", "mode": "append"}}
 //
 // a dict literal at column 0 (it may span lines) whose keys are topic names and whose values are dicts
-// of string literals: "sink" (a uri, SPEC §7; default parquet://TOPIC) and "mode" (append, replace,
-// error; default append), and the schema contract's "schema", "contract", "max_quarantine"
+// of string literals: "sink" (a uri, SPEC §7; default parquet://TOPIC), "mode" (append, replace,
+// error; default append), "compression" (a Parquet codec, Output.Codec.cs; default the worker's
+// `compression` setting), and the schema contract's "schema", "contract", "max_quarantine"
 // (Topics.Contract.cs). Anything else (a name, a call, an f-string, a number) is refused at
 // register time, naming the line. The config file overrides a topic, whatever the parser:
 //
@@ -20,7 +21,11 @@ using System.Text;
 namespace Casparian;
 
 /// <summary>A topic's sink as a parser or the config file sets it; a null field leaves the other layer's (or the default).</summary>
-internal sealed record TopicSetting(string Topic, string? Sink, SinkMode? Mode, string Origin, SchemaContract? Contract = null);
+internal sealed record TopicSetting(string Topic, string? Sink, SinkMode? Mode, string Origin, SchemaContract? Contract = null)
+{
+    /// <summary>The topic's Parquet codec by name, checked when read (Output.Codec.cs); null: the worker's <c>compression</c> setting.</summary>
+    public string? Compression { get; init; }
+}
 
 internal static partial class Topics
 {
@@ -44,6 +49,7 @@ internal static partial class Topics
             reader.Expect('{');
             string? sink = null;
             SinkMode? mode = null;
+            string? compression = null;
             var contract = new ContractDeclaration();
             while (!reader.TryTake('}'))
             {
@@ -60,6 +66,7 @@ internal static partial class Topics
                     {
                         case "sink": sink = value; break;
                         case "mode": mode = Mode(value) ?? throw reader.Error($"topic '{topic}': mode '{value}' is not append, replace or error"); break;
+                        case "compression": compression = Codec(value) ?? throw reader.Error($"topic '{topic}': compression '{value}' is not {ParquetCodecs.Names}"); break;
                         default: throw reader.Error($"topic '{topic}': unknown key '{key}'; a topic takes {ContractDeclaration.KeyList}");
                     }
                 }
@@ -67,7 +74,7 @@ internal static partial class Topics
             }
             if (topics.Exists(t => t.Topic == topic)) throw reader.Error($"topic '{topic}' is declared twice");
             var declared = contract.Build(topic, reader.Error, requireSchema: true);
-            topics.Add(new TopicSetting(topic, sink, mode, origin, declared));
+            topics.Add(new TopicSetting(topic, sink, mode, origin, declared) { Compression = compression });
             if (!reader.TryTake(',')) { reader.Expect('}'); break; }
         }
         foreach (var t in topics) Check(t, $"{origin}:{start + 1}");
@@ -86,6 +93,7 @@ internal static partial class Topics
                 throw new InputException($"{origin}: [{table.Name}] is not a topic table; write [topics.NAME] with NAME matching [a-z][a-z0-9_]*");
             string? sink = null;
             SinkMode? mode = null;
+            string? compression = null;
             var contract = new ContractDeclaration();
             foreach (var e in table.Entries)
             {
@@ -101,10 +109,11 @@ internal static partial class Topics
                 {
                     case "sink": sink = text; break;
                     case "mode": mode = Mode(text) ?? throw new InputException($"{where}: [{table.Name}] mode '{text}' is not append, replace or error"); break;
+                    case "compression": compression = Codec(text) ?? throw new InputException($"{where}: [{table.Name}] compression '{text}' is not {ParquetCodecs.Names}"); break;
                     default: throw new InputException($"{where}: [{table.Name}] has unknown key '{e.Key}'; a topic takes {ContractDeclaration.KeyList.Replace("\"", "", StringComparison.Ordinal)}");
                 }
             }
-            var setting = new TopicSetting(parts[1], sink, mode, origin, contract.Build(parts[1], m => new InputException($"{origin}: [{table.Name}] {m}"), requireSchema: false));
+            var setting = new TopicSetting(parts[1], sink, mode, origin, contract.Build(parts[1], m => new InputException($"{origin}: [{table.Name}] {m}"), requireSchema: false)) { Compression = compression };
             Check(setting, origin);
             list.Add(setting);
         }
@@ -126,6 +135,7 @@ internal static partial class Topics
                 Uri = theirs?.Sink ?? mine?.Sink ?? "parquet://" + name,
                 Mode = theirs?.Mode ?? mine?.Mode ?? SinkMode.Append,
                 SchemaDef = SchemaContract.Merge(mine?.Contract, theirs?.Contract)?.ToJson(),
+                Compression = theirs?.Compression ?? mine?.Compression,
             });
         }
         return sinks;
@@ -139,6 +149,9 @@ internal static partial class Topics
     public static string OriginOf(string topic, IReadOnlyList<TopicSetting> declared, IReadOnlyList<TopicSetting> overrides) =>
         overrides.LastOrDefault(t => t.Topic == topic) is { } o ? $"config {o.Origin}"
         : declared.Any(t => t.Topic == topic) ? "parser" : "default";
+
+    /// <summary>The codec's canonical name, or null when it is none Parquet output knows.</summary>
+    private static string? Codec(string text) => ParquetCodecs.TryParse(text, out var codec) ? ParquetCodecs.Name(codec) : null;
 
     private static SinkMode? Mode(string text) => text switch
     {
@@ -166,11 +179,11 @@ internal static partial class Topics
 
     /// <summary>Topic settings as stored with the parser (JSON), and back.</summary>
     public static string ToJson(IReadOnlyList<TopicSetting> topics) =>
-        System.Text.Json.JsonSerializer.Serialize(topics.Select(t => new SinkConfig { Topic = t.Topic, Uri = t.Sink ?? "", Mode = t.Mode ?? SinkMode.Append, SchemaDef = t.Contract?.ToJson() }).ToList(), StoreJson.Default.ListSinkConfig);
+        System.Text.Json.JsonSerializer.Serialize(topics.Select(t => new SinkConfig { Topic = t.Topic, Uri = t.Sink ?? "", Mode = t.Mode ?? SinkMode.Append, SchemaDef = t.Contract?.ToJson(), Compression = t.Compression }).ToList(), StoreJson.Default.ListSinkConfig);
 
     public static List<TopicSetting> FromJson(string? json, string origin) =>
         json is null ? [] : [.. (System.Text.Json.JsonSerializer.Deserialize(json, StoreJson.Default.ListSinkConfig) ?? [])
-            .Select(s => new TopicSetting(s.Topic, s.Uri.Length == 0 ? null : s.Uri, s.Mode, origin, s.SchemaDef is { } d ? SchemaContract.FromJson(d) : null))];
+            .Select(s => new TopicSetting(s.Topic, s.Uri.Length == 0 ? null : s.Uri, s.Mode, origin, s.SchemaDef is { } d ? SchemaContract.FromJson(d) : null) { Compression = s.Compression })];
 
     /// <summary>Reads a dict literal of string keys and string values: strings, braces, colons, commas, comments.</summary>
     private sealed class LiteralReader(string text, string origin, int firstLine)

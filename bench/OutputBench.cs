@@ -15,10 +15,10 @@ namespace Casparian.Bench;
 [System.ComponentModel.Description("Arrow batches of 65,536 rows → one Parquet file per job through JobOutput (Snappy, fsync and rename on commit). Stream2GB prints the benchmark process's peak RSS.")]
 public class OutputBench
 {
-    private const int Rows = 1 << 20;
-    private const int BatchRows = 1 << 16;
+    internal const int Rows = 1 << 20;
+    internal const int BatchRows = 1 << 16;
 
-    private const long NumericBytes = Rows * 4L * 8;
+    internal const long NumericBytes = Rows * 4L * 8;
     // int64 + float64 + timestamp + bool (bits), plus the strings' offsets and 11 bytes of text each.
     private const long MixedBytes = Rows * (8L + 8 + 8) + Rows / 8 + Rows * (4L + 11);
     private const int StreamBatches = 1024; // 1024 × 65,536 rows × 32 bytes = 2 GiB
@@ -103,7 +103,7 @@ public class OutputBench
         return job.Commit().Bytes;
     }
 
-    private static RecordBatch Numeric(Random rng, int start)
+    internal static RecordBatch Numeric(Random rng, int start)
     {
         var id = new Int64Array.Builder();
         var count = new Int64Array.Builder();

@@ -27,7 +27,7 @@ import sys
 from array import array
 from datetime import date, datetime, time, timedelta, timezone
 from itertools import accumulate, chain, repeat
-from operator import and_, floordiv, is_not, sub
+from operator import and_, attrgetter, floordiv, is_not, sub
 
 TOPIC_KEY = "casparian.topic"
 BATCH_ROWS = 65536
@@ -97,6 +97,8 @@ _DECIMAL_MAX = 10 ** DECIMAL_MAX_PRECISION - 1
 _INT128_MASK = (1 << 128) - 1  # x & mask: the two's complement of x in 128 bits, as an unsigned int
 _EPOCH_DATE = date(1970, 1, 1)
 _EXACT_FLOAT_INT = 1 << 53
+_ROWS_CHUNK = 4096
+_tzinfo = attrgetter("tzinfo")
 
 # dict.get(v, v) maps None to a filler and every other (hashable) value to itself, in C.
 _NONE_0 = {None: 0}.get
@@ -291,16 +293,17 @@ def _validity(values):
 
 
 def _utf8(strings):
-    """(offsets, data) of a list of str with no None."""
+    """(offsets, data) of a list of str with no None. Text that is not ASCII is encoded twice, whole
+    (the data) and string by string with each bytes dropped at once (the offsets): cheaper than
+    keeping a bytes per string to join. Lone surrogates take the slower per-string "replace" path."""
     joined = "".join(strings)
     if joined.isascii():
-        data = joined.encode("ascii")
-        offsets = array("i", accumulate(map(len, strings), initial=0))
-    else:
+        return array("i", accumulate(map(len, strings), initial=0)), joined.encode("ascii")
+    try:
+        return array("i", accumulate(map(len, map(str.encode, strings)), initial=0)), joined.encode("utf-8")
+    except UnicodeEncodeError:
         encoded = list(map(str.encode, strings, repeat("utf-8"), repeat("replace")))
-        data = b"".join(encoded)
-        offsets = array("i", accumulate(map(len, encoded), initial=0))
-    return offsets, data
+        return array("i", accumulate(map(len, encoded), initial=0)), b"".join(encoded)
 
 
 def _utf8_length(strings):
@@ -334,7 +337,15 @@ def _safe_str(v):
             return "<unprintable %s>" % type(v).__name__
 
 
+# Types whose str() is what _safe_str gives and cannot raise: a column of only these is converted in C.
+_PLAIN_STR = frozenset((int, float, bool, str, type(None)))
+
+
 def _to_str(values):
+    if _PLAIN_STR.issuperset(map(type, values)):
+        if None not in values:
+            return list(map(str, values))
+        return [None if v is None else str(v) for v in values]
     return [None if v is None else _safe_str(v) for v in values]
 
 
@@ -492,7 +503,7 @@ class ListColumn:
             kind = _EXACT.get(next(iter(types)))
             if kind is not None:
                 return self._check(kind)
-        kinds = set(map(_kind_of, types))
+        kinds = {_EXACT.get(t) or _kind_of(t) for t in types}
         if len(kinds) == 1 and None not in kinds:
             kind = kinds.pop()
             self.norm = _NORM[kind]
@@ -512,7 +523,9 @@ class ListColumn:
         return self._fallback()
 
     def _fallback(self):
-        self.norm = _to_str
+        # Converted once here rather than per slice in both layout and buffers.
+        self.values = _to_str(self.values)
+        self.norm = None
         self.tz = None
         self.is_text_fallback = True
         return UTF8
@@ -695,8 +708,6 @@ class ListColumn:
         raise AssertionError(kind)
 
 
-def _tzinfo(v):
-    return v.tzinfo
 
 
 class NumpyColumn:
@@ -833,13 +844,26 @@ def columns_from_dict(table):
 def columns_from_rows(rows):
     """A list of row dicts. Columns in first-seen key order; a key a row lacks is null there."""
     first = rows[0]
-    if len(set(map(len, rows))) == 1:
-        # Same size as the first row and holding all its keys: the same key set.
-        from operator import itemgetter
-        try:
-            return [ListColumn(_name(k), list(map(itemgetter(k), rows))) for k in first], len(rows)
-        except KeyError:
-            pass
+    width = len(first)
+    # Rows with the same keys in the same order (rows built by one dict literal): a slice of rows'
+    # values in one flat list, a column every width-th of it (one pass over the dicts, then strided
+    # C copies). The slice's keys' concatenation equal to the first row's keys repeated proves it:
+    # each dict's keys are distinct, so no row can hold more than width of them, and the lengths
+    # must add up. Slices of _ROWS_CHUNK rows keep the temporary lists small and reused: fresh memory
+    # (page faults) cost as much as the copying for a large table.
+    if width:
+        keys = list(first)
+        pattern = keys * _ROWS_CHUNK
+        columns = [[] for _ in keys]
+        for start in range(0, len(rows), _ROWS_CHUNK):
+            part = rows[start:start + _ROWS_CHUNK]
+            if list(chain.from_iterable(part)) != (pattern if len(part) == _ROWS_CHUNK else keys * len(part)):
+                break
+            flat = list(chain.from_iterable(map(dict.values, part)))
+            for i, column in enumerate(columns):
+                column += flat[i::width]
+        else:
+            return [ListColumn(_name(k), c) for k, c in zip(keys, columns)], len(rows)
     keys = list(dict.fromkeys(k for shape in dict.fromkeys(map(tuple, rows)) for k in shape))
     return [ListColumn(_name(k), list(map(dict.get, rows, repeat(k)))) for k in keys], len(rows)
 

@@ -128,6 +128,8 @@ public sealed class ConfigTests : IDisposable
         { "[worker]\nslots = 2\n", "line 1: tables such as [worker] are not used" },
         // The same key twice.
         { "slots = 1\nslots = 2\n", "line 2: key 'slots' is set twice" },
+        // A compression codec Parquet output does not know (issue 12).
+        { "compression = \"brotli2\"\n", "bad value 'brotli2' for key 'compression' in {file} line 1: expected none, snappy, zstd, lz4 or gzip" },
         // A duration that is not one.
         { "job_timeout = \"soon\"\n", "expected a positive duration" },
         // An unterminated string (Tomlyn's message, on the key's line).

@@ -36,6 +36,8 @@ public sealed class TopicsTests
     [InlineData("TOPICS = {\"sales\": {\"path\": \"x\"}}", "unknown key 'path'")]
     // A bad mode.
     [InlineData("TOPICS = {\"sales\": {\"mode\": \"upsert\"}}", "mode 'upsert'")]
+    // A compression codec Parquet output does not know (issue 12).
+    [InlineData("TOPICS = {\"sales\": {\"compression\": \"lzma\"}}", "topic 'sales': compression 'lzma' is not none, snappy, zstd, lz4 or gzip")]
     // A bad topic name.
     [InlineData("TOPICS = {\"Sales\": {}}", "topic name 'Sales' is invalid")]
     // A sink that climbs out.
