@@ -137,7 +137,8 @@ internal static partial class Commands
     internal static (List<(string Path, string Hash)> ToQueue, int Pending) BackfillPlan(IJobStore store, ParserRecord parser)
     {
         var outdated = store.OutputsNotFrom(parser.Name, parser.Version);
-        var known = store.LookupSources(parser.Name, parser.Version, [.. outdated.Select(o => o.SourcePath)]);
+        // A backfill queues without a topic prefix, so only such a pending job settles a source.
+        var known = store.LookupSources(parser.Name, parser.Version, [.. outdated.Select(o => o.SourcePath)], topicPrefix: "");
         var queue = new List<(string, string)>(outdated.Count);
         int pending = 0;
         foreach (var o in outdated)

@@ -86,7 +86,8 @@ internal static partial class Commands
                 {
                     var parser = FindParser(store, byParser.Key, null);
                     var sources = byParser.Select(r => r.InputPath).Distinct().ToList();
-                    var known = store.LookupSources(parser.Name, parser.Version, sources);
+                    // Replays are queued without a topic prefix (Queue below), so only such a pending job settles a source.
+                    var known = store.LookupSources(parser.Name, parser.Version, sources, topicPrefix: "");
                     var files = new List<(string, string)>();
                     int pending = 0;
                     foreach (string path in sources)
