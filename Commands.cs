@@ -294,6 +294,25 @@ internal static class Text
     /// <summary>At most <paramref name="max"/> characters of <paramref name="text"/>, " …" marking a cut: for text a peer chooses.</summary>
     public static string Clip(string text, int max) => text.Length <= max ? text : text[..max] + " …";
 
+    /// <summary>
+    /// <paramref name="text"/> with its control characters written as escapes (\n, \u001b): text a peer
+    /// chooses, quoted in a message, stays on one line and cannot drive the terminal.
+    /// </summary>
+    public static string Escaped(string text)
+    {
+        if (!text.Any(char.IsControl)) return text;
+        var sb = new System.Text.StringBuilder(text.Length + 8);
+        foreach (char c in text)
+        {
+            if (!char.IsControl(c)) sb.Append(c);
+            else if (c == '\n') sb.Append("\\n");
+            else if (c == '\r') sb.Append("\\r");
+            else if (c == '\t') sb.Append("\\t");
+            else sb.Append(CultureInfo.InvariantCulture, $"\\u{(int)c:x4}");
+        }
+        return sb.ToString();
+    }
+
     /// <summary><paramref name="path"/> relative to <paramref name="root"/> when it lies under it, else as given.</summary>
     public static string Rel(string path, string root)
     {
