@@ -378,4 +378,67 @@ public sealed class SourcesTests : IDisposable
         Assert.False(Directory.Exists(Path.Combine(_c.Home, "output", "csv_rows")));
         Assert.False(Directory.Exists(Path.Combine(_c.Home, "output", "erp_csv_rows")));
     }
+
+    private ProcessResult StartDrain()
+    {
+        var r = Proc.Run(Repo.Binary, ["start", "--drain", "--slots", "2"], TimeSpan.FromSeconds(90), _c.Root,
+            new Dictionary<string, string?> { ["CASPARIAN_HOME"] = _c.Home, ["CASPARIAN_PYTHON"] = Cluster.Python });
+        Assert.True(r.ExitCode == 0, r.ToString());
+        return r;
+    }
+
+    [Fact]
+    public void Sources_RerouteUnderAChangedTopicPrefix_ReparsesIntoTheNewTopics_AndTheCurrentOutputNamesTheNewPrefix()
+    {
+        RegisterParsers();
+        Directory.CreateDirectory(Drop);
+        _c.Ok("source", "add", "drop", Drop);
+        _c.Ok("rule", "add", "drop", "*.csv", "src_csv", "--topic-prefix", "p1_");
+        string a = Path.Combine(Drop, "a.csv"), b = Path.Combine(Drop, "b.csv");
+        WriteCsv(a, 2);
+        WriteCsv(b, 3, start: 10);
+        Age(a);
+        Age(b);
+        Assert.Contains("rule 1 *.csv -> src_csv 1.0 (topics as p1_TOPIC): queued 2, 0 with content", _c.Ok("scan", "drop").Stdout);
+        StartDrain();
+        Assert.Equal(["COMPLETED", "COMPLETED"], _c.Jobs().Select(j => j.State));
+        Assert.Equal([0L, 1L], ParquetTable.Read(ParquetOf("src_csv", "p1_csv_rows", a)).Columns["n"]);
+        Assert.Equal([10L, 11L, 12L], ParquetTable.Read(ParquetOf("src_csv", "p1_csv_rows", b)).Columns["n"]);
+
+        // The rule now writes under p2_. A plain scan leaves files routed before alone; --reroute queues
+        // them again (their output under p1_ is not output under p2_), and a second --reroute while those
+        // jobs wait queues nothing more (they are pending under p2_).
+        _c.Ok("rule", "rm", "1");
+        _c.Ok("rule", "add", "drop", "*.csv", "src_csv", "--topic-prefix", "p2_");
+        Assert.Contains("2 unchanged since they were routed", _c.Ok("scan", "drop").Stdout);
+        Assert.Equal(2, _c.Jobs().Count);
+        Assert.Contains($" *.csv -> src_csv 1.0 (topics as p2_TOPIC): queued 2, 0 with content this version already processed or has queued\n  {a}\n  {b}\n",
+            _c.Ok("scan", "drop", "--reroute").Stdout);
+        Assert.Contains(" *.csv -> src_csv 1.0 (topics as p2_TOPIC): queued 0, 2 with content", _c.Ok("scan", "drop", "--reroute").Stdout);
+        Assert.Equal(4, _c.Jobs().Count);
+
+        StartDrain();
+        Assert.All(_c.Jobs(), j => Assert.Equal("COMPLETED", j.State));
+        Assert.Equal(4, _c.Jobs().Count);
+        var ra = ParquetTable.Read(ParquetOf("src_csv", "p2_csv_rows", a));
+        Assert.Equal([0L, 1L], ra.Columns["n"]);
+        Assert.Equal(["w0", "w1"], ra.Columns["word"]);
+        var rb = ParquetTable.Read(ParquetOf("src_csv", "p2_csv_rows", b));
+        Assert.Equal([10L, 11L, 12L], rb.Columns["n"]);
+        Assert.Equal(["w10", "w11", "w12"], rb.Columns["word"]);
+        // The p2_ jobs superseded the p1_ output: its files are gone.
+        Assert.False(File.Exists(ParquetOf("src_csv", "p1_csv_rows", a)));
+        Assert.False(File.Exists(ParquetOf("src_csv", "p1_csv_rows", b)));
+        Assert.Contains("p2_TOPIC (the routing rule's prefix)", _c.Ok("job", "show", "3").Stdout);
+
+        using var store = JobStores.Open(Defaults.Store(_c.Db) with { Create = false });
+        foreach (var (source, job) in new[] { (a, 3L), (b, 4L) })
+        {
+            var current = store.GetOutput("src_csv", source)!;
+            Assert.Equal(("p2_", job), (current.TopicPrefix, current.JobId));
+            Assert.Equal([ParquetOf("src_csv", "p2_csv_rows", source)], current.Uris().Select(u => new Uri(u).LocalPath));
+        }
+        // Settled under p2_: a further --reroute finds nothing to do.
+        Assert.Contains("queued 0, 2 with content", _c.Ok("scan", "drop", "--reroute").Stdout);
+    }
 }
