@@ -72,6 +72,25 @@ internal static partial class Commands
         return new QueueResult(jobs.Count, skipped, first, last);
     }
 
+    /// <summary>
+    /// As <see cref="Queue"/>, each file under its own topic prefix: a backfill or a replay re-parses a file
+    /// under the prefix its current output was made with (issue 19), so the new rows replace the old in place.
+    /// </summary>
+    internal static QueueResult QueueUnderPrefixes(IJobStore store, ParserRecord parser, IReadOnlyList<(string Path, string Hash, string Prefix)> files, int priority)
+    {
+        int queued = 0;
+        long first = 0, last = 0;
+        foreach (var byPrefix in files.GroupBy(f => f.Prefix))
+        {
+            var r = Queue(store, parser, [.. byPrefix.Select(f => (f.Path, f.Hash))], priority, skip: null, byPrefix.Key);
+            if (r.Queued == 0) continue;
+            queued += r.Queued;
+            if (first == 0) first = r.FirstId;
+            last = r.LastId;
+        }
+        return new QueueResult(queued, 0, first, last);
+    }
+
     /// <summary>NAME or NAME@VERSION, given to <paramref name="flag"/> of <paramref name="command"/>.</summary>
     internal static (string Name, string? Version) ParserSpec(string command, Flag flag, string spec)
     {

@@ -441,4 +441,113 @@ public sealed class SourcesTests : IDisposable
         // Settled under p2_: a further --reroute finds nothing to do.
         Assert.Contains("queued 0, 2 with content", _c.Ok("scan", "drop", "--reroute").Stdout);
     }
+
+    [Fact]
+    public void Sources_BackfillOfFilesRoutedUnderPrefixes_ReparsesEachUnderItsOwnPrefix()
+    {
+        RegisterParsers();
+        Directory.CreateDirectory(Drop);
+        _c.Ok("source", "add", "drop", Drop);
+        _c.Ok("rule", "add", "drop", "crm_*.csv", "src_csv", "--topic-prefix", "crm_", "--priority", "1");
+        _c.Ok("rule", "add", "drop", "*.csv", "src_csv");
+        string crm = Path.Combine(Drop, "crm_a.csv"), plain = Path.Combine(Drop, "plain.csv");
+        WriteCsv(crm, 2);
+        WriteCsv(plain, 3, start: 10);
+        Age(crm);
+        Age(plain);
+        StartDrain();
+        Assert.Equal(["COMPLETED", "COMPLETED"], _c.Jobs().Select(j => j.State));
+
+        // Version 1.1 upper-cases the words; a backfill re-parses each file under the prefix its output was made with.
+        string v11 = _c.File("src_csv_11.py");
+        File.WriteAllText(v11, """
+            import csv
+            name = "src_csv"
+            version = "1.1"
+
+            def parse(path):
+                with open(path, newline="") as f:
+                    rows = [{"n": int(r["n"]), "word": r["word"].upper()} for r in csv.DictReader(f)]
+                from casparian import Output
+                yield Output("csv_rows", rows)
+            """);
+        _c.Ok("parser", "register", v11);
+        Assert.Equal($"would queue 2 source(s) whose current output of src_csv came from another version for src_csv 1.1 (dry run: nothing queued)\n  {crm}\n  {plain}\n",
+            _c.Ok("parser", "backfill", "src_csv", "--dry-run").Stdout);
+        Assert.StartsWith("queued 2 source(s) whose current output of src_csv came from another version for src_csv 1.1 (jobs 3-4)", _c.Ok("parser", "backfill", "src_csv").Stdout);
+        // While they wait, each is pending under its own prefix: nothing more to queue.
+        Assert.StartsWith("queued 0 source(s) whose current output of src_csv came from another version for src_csv 1.1; 2 more already queued or running",
+            _c.Ok("parser", "backfill", "src_csv").Stdout);
+        StartDrain();
+        Assert.Equal(["COMPLETED", "COMPLETED", "COMPLETED", "COMPLETED"], _c.Jobs().Select(j => j.State));
+
+        var a = ParquetTable.Read(ParquetOf("src_csv", "crm_csv_rows", crm));
+        Assert.Equal([0L, 1L], a.Columns["n"]);
+        Assert.Equal(["W0", "W1"], a.Columns["word"]);
+        var b = ParquetTable.Read(ParquetOf("src_csv", "csv_rows", plain));
+        Assert.Equal([10L, 11L, 12L], b.Columns["n"]);
+        Assert.Equal(["W10", "W11", "W12"], b.Columns["word"]);
+        Assert.False(File.Exists(ParquetOf("src_csv", "csv_rows", crm)));
+        Assert.False(File.Exists(ParquetOf("src_csv", "crm_csv_rows", plain)));
+        using var store = JobStores.Open(Defaults.Store(_c.Db) with { Create = false });
+        Assert.Equal(("1.1", "crm_"), (store.GetOutput("src_csv", crm)!.ParserVersion, store.GetOutput("src_csv", crm)!.TopicPrefix));
+        Assert.Equal(("1.1", ""), (store.GetOutput("src_csv", plain)!.ParserVersion, store.GetOutput("src_csv", plain)!.TopicPrefix));
+    }
+
+    /// <summary>A parser whose topic `sales` has an int64 `code` under a discard_row contract; <paramref name="fixedCodes"/> strips the letters from codes like X-12.</summary>
+    private string MessyParser(string version, bool fixedCodes) => WriteParser($"messy_{version}.py", $$$"""
+        import csv
+        import re
+        from casparian import Output
+
+        name = "messy"
+        version = "{{{version}}}"
+
+        TOPICS = {"sales": {"schema": {"id": "int64", "code": "int64", "note": "string?"}, "contract": "discard_row", "max_quarantine": 0.5}}
+
+
+        def parse(path):
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            if {{{(fixedCodes ? "True" : "False")}}}:
+                for r in rows:
+                    r["code"] = re.sub(r"\D", "", r["code"])
+            yield Output("sales", rows)
+        """);
+
+    private string WriteParser(string name, string source)
+    {
+        string path = _c.File(name);
+        File.WriteAllText(path, source);
+        return path;
+    }
+
+    [Fact]
+    public void Sources_QuarantineReplayOfAFileRoutedUnderAPrefix_ReplaysIntoThePrefixedTopic()
+    {
+        _c.Ok("parser", "register", MessyParser("1.0", fixedCodes: false));
+        Directory.CreateDirectory(Drop);
+        _c.Ok("source", "add", "drop", Drop);
+        _c.Ok("rule", "add", "drop", "*.csv", "messy", "--topic-prefix", "crm_");
+        string input = Path.Combine(Drop, "messy.csv");
+        File.WriteAllText(input, "id,code,note\n1,12,a\n2,X-12,b\n3,7,c\n4,Y-9,d\n5,30,e\n");
+        Age(input);
+        StartDrain();
+        Assert.Equal(["COMPLETED"], _c.Jobs().Select(j => j.State));
+        Assert.Equal([1L, 3L, 5L], ParquetTable.Read(ParquetOf("messy", "crm_sales", input)).Columns["id"]);
+        Assert.Matches(@"1\s+messy 1\.0\s+crm_sales\s+2\s+type=2", _c.Ok("quarantine", "ls").Stdout);
+
+        // 1.1 fixes the codes: the replay re-parses the file under crm_, so the rows land in crm_sales, not sales.
+        _c.Ok("parser", "register", MessyParser("1.1", fixedCodes: true));
+        Assert.StartsWith("queued 1 source(s) with quarantined rows for messy 1.1 (job 2)", _c.Ok("quarantine", "replay", "--parser", "messy").Stdout);
+        Assert.Contains("crm_TOPIC (the routing rule's prefix)", _c.Ok("job", "show", "2").Stdout);
+        StartDrain();
+        Assert.Equal(["COMPLETED", "COMPLETED"], _c.Jobs().Select(j => j.State));
+        var sales = ParquetTable.Read(ParquetOf("messy", "crm_sales", input));
+        Assert.Equal([1L, 2L, 3L, 4L, 5L], sales.Columns["id"]);
+        Assert.Equal([12L, 12L, 7L, 9L, 30L], sales.Columns["code"]);
+        Assert.Equal([2L, 2L, 2L, 2L, 2L], sales.Columns["_job_id"]);
+        Assert.False(Directory.Exists(Path.Combine(_c.Home, "output", "sales")));
+        Assert.Equal("no quarantined rows\n", _c.Ok("quarantine", "ls").Stdout);
+    }
 }

@@ -599,7 +599,7 @@ public abstract partial class JobStoreContract : IDisposable
     {
         using var store = Open();
         store.Enqueue(Job("/in/a"));
-        store.Enqueue(Job("/in/b", parser: "q"));
+        store.Enqueue(Job("/in/b", parser: "q") with { TopicPrefix = "crm_" });
         long a = RunOne(store);
         long b = RunOne(store, "u");
         store.RecordQuarantine(a, [new QuarantineCount("t", "type", 2), new QuarantineCount("t", "null", 1)]);
@@ -610,6 +610,8 @@ public abstract partial class JobStoreContract : IDisposable
         var all = store.ListQuarantine(null, null, null);
         Assert.Equal([(a, "t", "null", 1L), (a, "t", "type", 3L), (b, "u", "missing", 5L)], all.Select(r => (r.JobId, r.Topic, r.Reason, r.Rows)));
         Assert.Equal(("p", "1.0", "/in/a"), (all[0].ParserName, all[0].ParserVersion, all[0].InputPath));
+        // The job's topic prefix comes along: a replay re-parses the source under it.
+        Assert.Equal(["", "", "crm_"], all.Select(r => r.TopicPrefix));
         Assert.Equal([b], store.ListQuarantine("u", null, null).Select(r => r.JobId));
         Assert.Equal([a, a], store.ListQuarantine(null, "p", null).Select(r => r.JobId));
         Assert.Equal([b], store.ListQuarantine(null, null, b).Select(r => r.JobId));
