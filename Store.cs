@@ -165,9 +165,10 @@ internal partial interface IJobStore : IDisposable
     /// <summary>
     /// The catalog's entries for those of <paramref name="paths"/> it holds, keyed by path, each with
     /// <paramref name="parserName"/>'s current output and whether a job of <paramref name="parserVersion"/>
-    /// for the recorded content is pending.
+    /// for the recorded content is pending under <paramref name="topicPrefix"/> (a job under another
+    /// prefix makes other topics, so it does not settle the file for this one).
     /// </summary>
-    Dictionary<string, CatalogEntry> LookupSources(string parserName, string parserVersion, IReadOnlyList<string> paths);
+    Dictionary<string, CatalogEntry> LookupSources(string parserName, string parserVersion, IReadOnlyList<string> paths, string topicPrefix);
     /// <summary>
     /// Size and mtime the catalog records for every path under the folder <paramref name="dir"/> (absolute,
     /// no trailing '/'), keyed by path: one range read, which is what a scan of a source needs to tell a
