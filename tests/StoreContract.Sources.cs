@@ -36,7 +36,11 @@ public abstract partial class JobStoreContract
         Assert.False(store.RemoveRule(first));
         Assert.Equal([second], store.ListRules().Select(r => r.Id));
         // Ids are not reused: a rule added after a removal gets a new one.
-        Assert.True(store.AddRule(new RoutingRule(0, "drop", "*", "x", null, 0)) > second);
+        long third = store.AddRule(new RoutingRule(0, "drop", "*", "x", null, 0));
+        Assert.True(third > second);
+        // Not even the highest one's, once removed: `rule rm ID` in a script never hits a newer rule.
+        Assert.True(store.RemoveRule(third));
+        Assert.True(store.AddRule(new RoutingRule(0, "drop", "*", "x", null, 0)) > third);
     }
 
     [Fact]
