@@ -151,6 +151,30 @@ public sealed class PostgresStoreTests
         Assert.Equal(5010f, Scalar<float>(url, "SELECT reltuples FROM pg_class WHERE oid = 'jobs'::regclass"));
     }
 
+    [PgFact]
+    public void Postgres_TurnStatements_GenericPlansMadeOnEmptyTables_ProbeKeysInsteadOfScanningTables()
+    {
+        // Npgsql prepares the turn's statements, and PostgreSQL may keep a generic plan made while the
+        // tables were empty for as long as the connection lives. That plan must stay a key probe per job
+        // as outputs, sources and jobs grow, not a join over a scan of a whole table.
+        string url = PgServer.Shared.NewDatabase();
+        using var store = (PostgresJobStore)Open(url, "s");
+        static string Positional(string sql, params string[] names)
+        {
+            for (int i = 0; i < names.Length; i++) sql = System.Text.RegularExpressions.Regex.Replace(sql, $"@{names[i]}\\b", $"${i + 1}");
+            return sql;
+        }
+        string complete = Positional(store.CompleteManySql, "ids", "workers", "metrics", "artifacts", "hashes", "now", "me");
+        string outputs = Positional(PostgresJobStore.GetOutputsSql, "parsers", "paths");
+        foreach (var (name, types, sql) in new[] { ("complete", "bigint[], text[], text[], text[], text[], bigint, text", complete), ("outputs", "text[], text[]", outputs) })
+        {
+            string plan = Scalar<string>(url, $"PREPARE {name}({types}) AS {sql}; SET plan_cache_mode = force_generic_plan; " +
+                $"EXPLAIN (FORMAT JSON) EXECUTE {name}({string.Join(", ", types.Split(", ").Select(t => $"NULL::{t}"))})");
+            Assert.True(!plan.Contains("\"Seq Scan\""), plan);
+            Assert.DoesNotContain("\"Hash Join\"", plan);
+        }
+    }
+
     private static T Scalar<T>(string url, string sql)
     {
         using var ds = NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder
