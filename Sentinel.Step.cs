@@ -238,20 +238,28 @@ internal sealed partial class Sentinel
     }
 
     /// <summary>
-    /// Fills every free slot, one claim per worker, starting from a rotating worker for fairness; then
-    /// reads the claimed jobs' current outputs in one batch (<see cref="IJobStore.GetOutputs"/>) for their DISPATCH.
+    /// Fills every free slot, one claim per worker, starting from a rotating worker for fairness, all in
+    /// one <see cref="IJobStore.ClaimMany"/> (one round trip on PostgreSQL), each job with the current
+    /// output its DISPATCH supersedes.
     /// </summary>
     private void Claim(long now)
     {
         int n = _workers.Count;
-        var claimed = new List<(WorkerEntry Worker, ClaimedJob Job, Dispatch Template)>();
+        var asking = new List<WorkerEntry>(n);
         for (int k = 0; k < n; k++)
         {
             var w = _workers[(_nextWorkerForClaims + k) % n];
-            if (w.Free == 0 || w.PausedUntil > now || w.Capabilities.Count == 0) continue;
-            foreach (var job in _store.Claim(w.Id, w.Capabilities, w.Free))
+            if (w.Free > 0 && w.PausedUntil <= now && w.Capabilities.Count > 0) asking.Add(w);
+        }
+        if (n > 0) _nextWorkerForClaims = (_nextWorkerForClaims + 1) % n;
+        if (asking.Count == 0) return;
+        var claimed = _store.ClaimMany([.. asking.Select(w => new ClaimRequest(w.Id, w.Capabilities, w.Free))]);
+        for (int i = 0; i < asking.Count; i++)
+        {
+            var w = asking[i];
+            foreach (var (job, current) in claimed[i])
             {
-                if (ParserFor(job) is { } template) claimed.Add((w, job, template));
+                if (ParserFor(job) is { } template) _work.Dispatches.Add((w, job, DispatchOf(job, template, current)));
                 else
                 {
                     string error = $"parser {job.ParserName} {job.ParserVersion} is not registered in the store";
@@ -260,11 +268,6 @@ internal sealed partial class Sentinel
                 }
             }
         }
-        if (n > 0) _nextWorkerForClaims = (_nextWorkerForClaims + 1) % n;
-        if (claimed.Count == 0) return;
-        var previous = _store.GetOutputs([.. claimed.Select(c => (c.Job.ParserName, c.Job.InputPath))]);
-        foreach (var (w, job, template) in claimed)
-            _work.Dispatches.Add((w, job, DispatchOf(job, template, previous.GetValueOrDefault((job.ParserName, job.InputPath)))));
     }
 
     private Dispatch? ParserFor(ClaimedJob job)

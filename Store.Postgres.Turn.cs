@@ -1,6 +1,6 @@
 // The PostgreSQL store's batched forms of a sentinel's turn (issue 16): every success concluded in
-// the turn completes in one statement, and the claimed jobs' current outputs (for DISPATCH's
-// supersede list) come back in one query. Against a server each statement is a round trip, and the
+// the turn completes in one statement, and the claims of all its free workers, each job with its
+// current output (for DISPATCH's supersede list), go out as one batch. Against a server each statement is a round trip, and the
 // round trips, not the rows, are what a turn costs; SQLite runs the interface's per-job defaults.
 //
 // Every lookup here is written so its only plan is a probe of a primary key per job (`= ANY(@ids)`,
@@ -87,6 +87,48 @@ internal sealed partial class PostgresJobStore
             results.Add((done, done && c.ParsedHash is not null && row.Before != c.ParsedHash ? row.Before : null));
         }
         return results;
+    }
+
+    /// <summary>
+    /// Claim's statement with each claimed job's current output beside it (one key probe per job, as
+    /// <see cref="GetOutputsSql"/>); ClaimMany sends one per worker, all in one round trip.
+    /// </summary>
+    internal const string ClaimWithOutputSql =
+        "WITH claimed AS (" + ClaimSql + ") " +
+        "SELECT c.*, o.job_id, o.parser_version, o.content_hash, o.artifacts, o.topic_prefix FROM claimed c " +
+        "LEFT JOIN LATERAL (SELECT * FROM outputs o WHERE o.parser_name = c.parser_name AND o.source_path = c.input_path LIMIT 1) o ON true";
+
+    public List<List<(ClaimedJob Job, CurrentOutput? Current)>> ClaimMany(IReadOnlyList<ClaimRequest> requests)
+    {
+        var claimed = new List<List<(ClaimedJob, CurrentOutput?)>>(requests.Count);
+        if (requests.Count == 0) return claimed;
+        return InTransaction(() =>
+        {
+            // One batch: Npgsql sends its statements together and reads their results in order.
+            using var batch = new NpgsqlBatch(Connection(), _tx);
+            foreach (var (worker, capabilities, max) in requests)
+            {
+                var command = new NpgsqlBatchCommand(ClaimWithOutputSql);
+                AddClaimParameters(command.Parameters, worker, capabilities, Math.Max(max, 0));
+                batch.BatchCommands.Add(command);
+            }
+            using var r = batch.ExecuteReader();
+            for (int i = 0; i < requests.Count; i++)
+            {
+                var jobs = new List<(ClaimedJob Job, CurrentOutput? Current)>();
+                while (r.Read())
+                {
+                    var job = ReadClaimed(r);
+                    var current = r.IsDBNull(8) ? null
+                        : new CurrentOutput(job.ParserName, job.InputPath, r.GetInt64(8), r.GetString(9), r.GetString(10), r.IsDBNull(11) ? null : r.GetString(11)) { TopicPrefix = r.GetString(12) };
+                    jobs.Add((job, current));
+                }
+                jobs.Sort((a, b) => DispatchOrder(a.Job, b.Job));
+                claimed.Add(jobs);
+                r.NextResult();
+            }
+            return claimed;
+        });
     }
 
     public Dictionary<(string Parser, string Path), CurrentOutput> GetOutputs(IReadOnlyList<(string Parser, string Path)> keys) => Run(() =>

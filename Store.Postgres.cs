@@ -415,27 +415,38 @@ internal sealed partial class PostgresJobStore : IJobStore
     {
         var claimed = new List<ClaimedJob>(Math.Min(Math.Max(max, 0), 256));
         if (max <= 0) return claimed;
-        bool any = capabilities.Contains("*");
-        // SKIP LOCKED: a row another sentinel is claiming is passed over, not waited for; the outer
-        // UPDATE takes the rows the inner SELECT locked, so no two claimers get the same job.
-        using var cmd = Command(
-            "UPDATE jobs SET state = 'RUNNING', worker = @worker, sentinel = @me, claimed_at = @now, heartbeat_at = @now, finished_at = NULL " +
-            "WHERE id IN (SELECT id FROM jobs WHERE state = 'QUEUED' AND next_attempt_at <= @now " +
-            "    AND (@any OR parser_name = ANY(@caps)) ORDER BY priority DESC, id LIMIT @max FOR UPDATE SKIP LOCKED) " +
-            "RETURNING id, parser_name, parser_version, input_path, priority, retry_count, content_hash, topic_prefix");
-        cmd.Parameters.Add(Text("worker", worker));
-        cmd.Parameters.Add(Text("me", _options.Sentinel));
-        cmd.Parameters.Add(Long("now", Now()));
-        cmd.Parameters.Add(new NpgsqlParameter<bool>("any", any));
-        cmd.Parameters.Add(new NpgsqlParameter<string[]>("caps", any ? [] : [.. capabilities]));
-        cmd.Parameters.Add(Int("max", max));
+        using var cmd = Command(ClaimSql);
+        AddClaimParameters(cmd.Parameters, worker, capabilities, max);
         using (var r = cmd.ExecuteReader())
-            while (r.Read())
-                claimed.Add(new ClaimedJob(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetString(3), r.GetInt32(4), r.GetInt32(5), r.GetString(6), r.GetString(7)));
-        // RETURNING has no order; the contract's is the dispatch order.
-        claimed.Sort((a, b) => a.Priority != b.Priority ? b.Priority.CompareTo(a.Priority) : a.Id.CompareTo(b.Id));
+            while (r.Read()) claimed.Add(ReadClaimed(r));
+        claimed.Sort(DispatchOrder);
         return claimed;
     });
+
+    // SKIP LOCKED: a row another sentinel is claiming is passed over, not waited for; the outer
+    // UPDATE takes the rows the inner SELECT locked, so no two claimers get the same job.
+    private const string ClaimSql =
+        "UPDATE jobs SET state = 'RUNNING', worker = @worker, sentinel = @me, claimed_at = @now, heartbeat_at = @now, finished_at = NULL " +
+        "WHERE id IN (SELECT id FROM jobs WHERE state = 'QUEUED' AND next_attempt_at <= @now " +
+        "    AND (@any OR parser_name = ANY(@caps)) ORDER BY priority DESC, id LIMIT @max FOR UPDATE SKIP LOCKED) " +
+        "RETURNING id, parser_name, parser_version, input_path, priority, retry_count, content_hash, topic_prefix";
+
+    private void AddClaimParameters(NpgsqlParameterCollection p, string worker, IReadOnlyList<string> capabilities, int max)
+    {
+        bool any = capabilities.Contains("*");
+        p.Add(Text("worker", worker));
+        p.Add(Text("me", _options.Sentinel));
+        p.Add(Long("now", Now()));
+        p.Add(new NpgsqlParameter<bool>("any", any));
+        p.Add(new NpgsqlParameter<string[]>("caps", any ? [] : [.. capabilities]));
+        p.Add(Int("max", max));
+    }
+
+    private static ClaimedJob ReadClaimed(NpgsqlDataReader r) =>
+        new(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetString(3), r.GetInt32(4), r.GetInt32(5), r.GetString(6), r.GetString(7));
+
+    /// <summary>The contract's order of claimed jobs, the dispatch order (RETURNING has none): highest priority, then oldest.</summary>
+    private static int DispatchOrder(ClaimedJob a, ClaimedJob b) => a.Priority != b.Priority ? b.Priority.CompareTo(a.Priority) : a.Id.CompareTo(b.Id);
 
     /// <summary>
     /// Which RUNNING jobs this store's sentinel may act on for a worker: its own, unowned ones (claimed

@@ -44,6 +44,9 @@ internal readonly record struct NewJob(string ParserName, string ParserVersion, 
 /// <summary>What a claim hands the dispatcher: enough to build a DISPATCH.</summary>
 internal readonly record struct ClaimedJob(long Id, string ParserName, string ParserVersion, string InputPath, int Priority, int RetryCount, string ContentHash = "", string TopicPrefix = "");
 
+/// <summary>One worker's share of <see cref="IJobStore.ClaimMany"/>: <see cref="IJobStore.Claim"/>'s arguments.</summary>
+internal readonly record struct ClaimRequest(string Worker, IReadOnlyList<string> Capabilities, int Max);
+
 /// <summary>One successful conclusion for <see cref="IJobStore.CompleteMany"/>: <see cref="IJobStore.Complete(long, string?, IReadOnlyDictionary{string, long}, IReadOnlyList{Dictionary{string, string}}, string?, out string?)"/>'s arguments.</summary>
 internal readonly record struct Completion(long Id, string? Worker, IReadOnlyDictionary<string, long> Metrics, IReadOnlyList<Dictionary<string, string>> Artifacts, string? ParsedHash);
 
@@ -120,6 +123,23 @@ internal partial interface IJobStore : IDisposable
     /// highest priority first, then oldest. Returned in that order.
     /// </summary>
     List<ClaimedJob> Claim(string worker, IReadOnlyList<string> capabilities, int max);
+    /// <summary>
+    /// <see cref="Claim"/> for each request, in order, in one transaction; each job comes with its
+    /// (parser, source)'s current output (<see cref="GetOutput"/>), which its DISPATCH supersedes. A
+    /// sentinel's turn claims for all its free workers this way: a server-backed store sends them as
+    /// one round trip instead of one per worker plus one for the outputs.
+    /// </summary>
+    List<List<(ClaimedJob Job, CurrentOutput? Current)>> ClaimMany(IReadOnlyList<ClaimRequest> requests) => InTransaction(() =>
+    {
+        var claimed = new List<List<(ClaimedJob, CurrentOutput?)>>(requests.Count);
+        foreach (var (worker, capabilities, max) in requests)
+        {
+            var jobs = Claim(worker, capabilities, max);
+            var current = jobs.Count == 0 ? [] : GetOutputs([.. jobs.Select(j => (j.ParserName, j.InputPath))]);
+            claimed.Add([.. jobs.Select(j => (j, current.GetValueOrDefault((j.ParserName, j.InputPath))))]);
+        }
+        return claimed;
+    });
 
     /// <summary>Refreshes the heartbeat time of every job RUNNING on <paramref name="worker"/>.</summary>
     int Heartbeat(string worker);

@@ -18,7 +18,7 @@ namespace Casparian.Bench;
              "4,000 in turns). PostgreSQL: a throwaway local server with its default settings (fsync, synchronous_commit on), " +
              "one connection, as one sentinel has; *Async: the store URL says ?synchronous_commit=off. SQLite: a file in WAL " +
              "mode with synchronous=NORMAL. ClaimComplete* claim and complete one job per commit, as StoreBench; " +
-             "ClaimCompleteTurn* claim 16 jobs, read their current outputs and complete them in one commit, each step one batch, " +
+             "ClaimCompleteTurn* claim 16 jobs with their current outputs and complete them in one commit, each step one batch, " +
              "as a sentinel's turn does with a 4 x 4 fleet kept busy.")]
 public class PostgresStoreBench
 {
@@ -94,14 +94,13 @@ public class PostgresStoreBench
     });
 
     /// <summary>
-    /// A sentinel's turn (Sentinel.Step.cs): one transaction claims up to <paramref name="size"/> jobs,
-    /// reads their current outputs for DISPATCH in one batch, and completes them in one batch.
+    /// A sentinel's turn (Sentinel.Step.cs): one transaction claims up to <paramref name="size"/> jobs
+    /// with their current outputs for DISPATCH (ClaimMany), and completes them in one batch (CompleteMany).
     /// </summary>
     private static int SentinelTurn(IJobStore store, int size) => store.InTransaction(() =>
     {
-        var claimed = store.Claim("bench", Any, size);
-        store.GetOutputs([.. claimed.Select(j => (j.ParserName, j.InputPath))]);
-        return store.CompleteMany([.. claimed.Select(j => new Completion(j.Id, "bench", Metrics, Artifacts, null))]).Count(r => r.Done);
+        var claimed = store.ClaimMany([new ClaimRequest("bench", Any, size)])[0];
+        return store.CompleteMany([.. claimed.Select(c => new Completion(c.Job.Id, "bench", Metrics, Artifacts, null))]).Count(r => r.Done);
     });
 
     private static int Drain(IJobStore store, int size, int jobs = Batch)

@@ -166,7 +166,13 @@ public sealed class PostgresStoreTests
         }
         string complete = Positional(store.CompleteManySql, "ids", "workers", "metrics", "artifacts", "hashes", "now", "me");
         string outputs = Positional(PostgresJobStore.GetOutputsSql, "parsers", "paths");
-        foreach (var (name, types, sql) in new[] { ("complete", "bigint[], text[], text[], text[], text[], bigint, text", complete), ("outputs", "text[], text[]", outputs) })
+        string claim = Positional(PostgresJobStore.ClaimWithOutputSql, "worker", "me", "now", "any", "caps", "max");
+        foreach (var (name, types, sql) in new[]
+        {
+            ("complete", "bigint[], text[], text[], text[], text[], bigint, text", complete),
+            ("outputs", "text[], text[]", outputs),
+            ("claim", "text, text, bigint, boolean, text[], integer", claim),
+        })
         {
             string plan = Scalar<string>(url, $"PREPARE {name}({types}) AS {sql}; SET plan_cache_mode = force_generic_plan; " +
                 $"EXPLAIN (FORMAT JSON) EXECUTE {name}({string.Join(", ", types.Split(", ").Select(t => $"NULL::{t}"))})");

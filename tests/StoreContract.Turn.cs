@@ -1,4 +1,4 @@
-// The batched forms a sentinel's turn uses (CompleteMany, GetOutputs): the same outcome as the
+// The batched forms a sentinel's turn uses (CompleteMany, ClaimMany, GetOutputs): the same outcome as the
 // per-job calls, on every store.
 using Xunit;
 
@@ -56,6 +56,36 @@ public abstract partial class JobStoreContract
         }));
         Assert.Equal(JobState.Running, store.Get(id)!.State);
         Assert.Null(store.GetOutput("p", "/in/a"));
+    }
+
+    [Fact]
+    public void Store_ClaimMany_IsClaimForEachWorkerInOrder_WithEachJobsCurrentOutput()
+    {
+        using var store = Open();
+        store.Enqueue(Job("/in/a"));
+        long earlier = RunOne(store);
+        long a = store.Enqueue(Job("/in/a") with { ContentHash = "hash-2" });
+        long q1 = store.Enqueue(Job("/in/q1", parser: "q"));
+        long b = store.Enqueue(Job("/in/b"));
+        long urgent = store.Enqueue(Job("/in/urgent", priority: 5));
+        long q2 = store.Enqueue(Job("/in/q2", parser: "q"));
+
+        var claimed = store.ClaimMany([new ClaimRequest("wq", ["q"], 1), new ClaimRequest("w", Any, 3), new ClaimRequest("idle", ["none"], 2), new ClaimRequest("full", Any, 0)]);
+
+        Assert.Equal(4, claimed.Count);
+        // Each request as Claim: its capabilities, its count, priority first then oldest, earlier requests first.
+        Assert.Equal([q1], claimed[0].Select(c => c.Job.Id));
+        Assert.Equal([urgent, a, b], claimed[1].Select(c => c.Job.Id));
+        Assert.Empty(claimed[2]);
+        Assert.Empty(claimed[3]);
+        Assert.Equal(("wq", "w", "w"), (store.Get(q1)!.Worker, store.Get(urgent)!.Worker, store.Get(b)!.Worker));
+        Assert.Equal(JobState.Queued, store.Get(q2)!.State);
+        // The current output its DISPATCH supersedes, only where there is one.
+        var (job, current) = claimed[1][1];
+        Assert.Equal(("hash-2", earlier), (job.ContentHash, current!.JobId));
+        Assert.Equal(store.GetOutput("p", "/in/a"), current);
+        Assert.Null(claimed[1][0].Current);
+        Assert.Empty(store.ClaimMany([]));
     }
 
     [Fact]
