@@ -52,11 +52,12 @@ internal static class Catalog
     /// <summary>Decides, for <paramref name="parser"/>, which of <paramref name="files"/> to queue, and records what it saw in the catalog (unless <paramref name="record"/> is false: a dry run).</summary>
     /// <remarks>
     /// <paramref name="topicPrefix"/> is the routing rule's: an output made under another prefix is not this
-    /// output (the file is queued again, and its job supersedes the other prefix's files).
+    /// output (the file is queued again, and its job supersedes the other prefix's files), and a job pending
+    /// under another prefix does not settle the file either.
     /// </remarks>
     public static SourcePlan Plan(IJobStore store, ParserRecord parser, IReadOnlyList<SourceStat> files, bool force, bool record = true, string topicPrefix = "")
     {
-        var known = store.LookupSources(parser.Name, parser.Version, [.. files.Select(f => f.Path)]);
+        var known = store.LookupSources(parser.Name, parser.Version, [.. files.Select(f => f.Path)], topicPrefix);
         var queue = new List<(string, string)>();
         var unchanged = new List<string>();
         var seen = new List<SourceObservation>();

@@ -119,11 +119,11 @@ internal static partial class Commands
                 if (dryRun)
                 {
                     Console.Out.WriteLine($"would queue {plan.ToQueue.Count} {what} for {parser.Name} {parser.Version}" + Pending(plan.Pending) + " (dry run: nothing queued)");
-                    foreach (var (path, _) in plan.ToQueue.Take(SkippedShown)) Console.Out.WriteLine($"  {path}");
+                    foreach (var (path, _, _) in plan.ToQueue.Take(SkippedShown)) Console.Out.WriteLine($"  {path}");
                     if (plan.ToQueue.Count > SkippedShown) Console.Out.WriteLine($"  … and {plan.ToQueue.Count - SkippedShown} more");
                     return 0;
                 }
-                var r = Queue(store, parser, plan.ToQueue, priority, skip: null);
+                var r = QueueUnderPrefixes(store, parser, plan.ToQueue, priority);
                 var sb = new StringBuilder($"queued {r.Queued} {what} for {parser.Name} {parser.Version}");
                 if (r.Queued > 0) sb.Append(r.FirstId == r.LastId ? $" (job {r.FirstId})" : $" (jobs {r.FirstId}-{r.LastId})");
                 Console.Out.WriteLine(sb.Append(Pending(plan.Pending)).ToString());
@@ -133,19 +133,31 @@ internal static partial class Commands
 
     private static string Pending(int n) => n > 0 ? $"; {n} more already queued or running for this version" : "";
 
-    /// <summary>The sources a backfill to <paramref name="parser"/> queues (with the catalog's hash), and how many already have a job of that version pending.</summary>
-    internal static (List<(string Path, string Hash)> ToQueue, int Pending) BackfillPlan(IJobStore store, ParserRecord parser)
+    /// <summary>
+    /// The sources a backfill to <paramref name="parser"/> queues (with the catalog's hash and the topic
+    /// prefix of their current output), by path, and how many already have a job of that version pending.
+    /// </summary>
+    /// <remarks>
+    /// A source routed under a topic prefix (issue 19) is re-parsed under the same prefix: its new rows
+    /// land in the topics the old ones are in, and supersede them there. A job of the version pending
+    /// under that prefix settles the source.
+    /// </remarks>
+    internal static (List<(string Path, string Hash, string Prefix)> ToQueue, int Pending) BackfillPlan(IJobStore store, ParserRecord parser)
     {
         var outdated = store.OutputsNotFrom(parser.Name, parser.Version);
-        var known = store.LookupSources(parser.Name, parser.Version, [.. outdated.Select(o => o.SourcePath)]);
-        var queue = new List<(string, string)>(outdated.Count);
+        var queue = new List<(string Path, string, string)>(outdated.Count);
         int pending = 0;
-        foreach (var o in outdated)
+        foreach (var byPrefix in outdated.GroupBy(o => o.TopicPrefix))
         {
-            var entry = known.GetValueOrDefault(o.SourcePath);
-            if (entry?.Pending == true) { pending++; continue; }
-            queue.Add((o.SourcePath, entry?.ContentHash ?? o.ContentHash));
+            var known = store.LookupSources(parser.Name, parser.Version, [.. byPrefix.Select(o => o.SourcePath)], byPrefix.Key);
+            foreach (var o in byPrefix)
+            {
+                var entry = known.GetValueOrDefault(o.SourcePath);
+                if (entry?.Pending == true) { pending++; continue; }
+                queue.Add((o.SourcePath, entry?.ContentHash ?? o.ContentHash, byPrefix.Key));
+            }
         }
+        queue.Sort((a, b) => string.CompareOrdinal(a.Path, b.Path));
         return (queue, pending);
     }
 }

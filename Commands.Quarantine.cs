@@ -85,17 +85,22 @@ internal static partial class Commands
                 foreach (var byParser in rows.GroupBy(r => r.ParserName))
                 {
                     var parser = FindParser(store, byParser.Key, null);
-                    var sources = byParser.Select(r => r.InputPath).Distinct().ToList();
-                    var known = store.LookupSources(parser.Name, parser.Version, sources);
-                    var files = new List<(string, string)>();
+                    var files = new List<(string, string, string)>();
                     int pending = 0;
-                    foreach (string path in sources)
+                    // Each source is replayed under the topic prefix its current job was routed with (issue 19), so
+                    // the replayed rows land in the topics the job wrote; a job pending under that prefix settles it.
+                    foreach (var byPrefix in byParser.GroupBy(r => r.TopicPrefix))
                     {
-                        var entry = known.GetValueOrDefault(path);
-                        if (entry?.Pending == true) { pending++; continue; }
-                        files.Add((path, entry?.ContentHash ?? store.GetOutput(parser.Name, path)?.ContentHash ?? ""));
+                        var sources = byPrefix.Select(r => r.InputPath).Distinct().ToList();
+                        var known = store.LookupSources(parser.Name, parser.Version, sources, byPrefix.Key);
+                        foreach (string path in sources)
+                        {
+                            var entry = known.GetValueOrDefault(path);
+                            if (entry?.Pending == true) { pending++; continue; }
+                            files.Add((path, entry?.ContentHash ?? store.GetOutput(parser.Name, path)?.ContentHash ?? "", byPrefix.Key));
+                        }
                     }
-                    var r = Queue(store, parser, files, priority, skip: null);
+                    var r = QueueUnderPrefixes(store, parser, files, priority);
                     var sb = new StringBuilder($"queued {r.Queued} source(s) with quarantined rows for {parser.Name} {parser.Version}");
                     if (r.Queued > 0) sb.Append(r.FirstId == r.LastId ? $" (job {r.FirstId})" : $" (jobs {r.FirstId}-{r.LastId})");
                     Console.Out.WriteLine(sb.Append(Pending(pending)).ToString());

@@ -72,6 +72,25 @@ internal static partial class Commands
         return new QueueResult(jobs.Count, skipped, first, last);
     }
 
+    /// <summary>
+    /// As <see cref="Queue"/>, each file under its own topic prefix: a backfill or a replay re-parses a file
+    /// under the prefix its current output was made with (issue 19), so the new rows replace the old in place.
+    /// </summary>
+    internal static QueueResult QueueUnderPrefixes(IJobStore store, ParserRecord parser, IReadOnlyList<(string Path, string Hash, string Prefix)> files, int priority)
+    {
+        int queued = 0;
+        long first = 0, last = 0;
+        foreach (var byPrefix in files.GroupBy(f => f.Prefix))
+        {
+            var r = Queue(store, parser, [.. byPrefix.Select(f => (f.Path, f.Hash))], priority, skip: null, byPrefix.Key);
+            if (r.Queued == 0) continue;
+            queued += r.Queued;
+            if (first == 0) first = r.FirstId;
+            last = r.LastId;
+        }
+        return new QueueResult(queued, 0, first, last);
+    }
+
     /// <summary>NAME or NAME@VERSION, given to <paramref name="flag"/> of <paramref name="command"/>.</summary>
     internal static (string Name, string? Version) ParserSpec(string command, Flag flag, string spec)
     {
@@ -293,6 +312,25 @@ internal static class Text
 
     /// <summary>At most <paramref name="max"/> characters of <paramref name="text"/>, " …" marking a cut: for text a peer chooses.</summary>
     public static string Clip(string text, int max) => text.Length <= max ? text : text[..max] + " …";
+
+    /// <summary>
+    /// <paramref name="text"/> with its control characters written as escapes (\n, \u001b): text a peer
+    /// chooses, quoted in a message, stays on one line and cannot drive the terminal.
+    /// </summary>
+    public static string Escaped(string text)
+    {
+        if (!text.Any(char.IsControl)) return text;
+        var sb = new System.Text.StringBuilder(text.Length + 8);
+        foreach (char c in text)
+        {
+            if (!char.IsControl(c)) sb.Append(c);
+            else if (c == '\n') sb.Append("\\n");
+            else if (c == '\r') sb.Append("\\r");
+            else if (c == '\t') sb.Append("\\t");
+            else sb.Append(CultureInfo.InvariantCulture, $"\\u{(int)c:x4}");
+        }
+        return sb.ToString();
+    }
 
     /// <summary><paramref name="path"/> relative to <paramref name="root"/> when it lies under it, else as given.</summary>
     public static string Rel(string path, string root)

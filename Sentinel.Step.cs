@@ -161,12 +161,7 @@ internal sealed partial class Sentinel
             }
             if (adopted > 0) _log.Info($"worker {id} holds {adopted} job(s) from before this sentinel started, or from a sentinel that stopped; keeping them");
         }
-        foreach (var c in _work.Conclusions)
-        {
-            var result = Apply(c);
-            if (!result.Item2 && HoldBack(c, now) is { } held) _work.Held.Add((held, c.HeldSince is null));
-            else _work.Concluded.Add(result);
-        }
+        ApplyConclusions(now);
         foreach (var (identity, request, parser) in _work.Deploys) _work.Deployed.Add((identity, request, parser, _store.RegisterParser(parser)));
         foreach (var id in _work.Touch) _store.Heartbeat(id);
         if (sweep && now - _startedAt >= (long)_options.HeartbeatTimeout.TotalMilliseconds)
@@ -181,6 +176,39 @@ internal sealed partial class Sentinel
         if (claim) Claim(now);
     }
 
+    /// <summary>
+    /// The turn's conclusions, in order. The successes complete together (<see cref="IJobStore.CompleteMany"/>:
+    /// one statement on PostgreSQL); a held retry, a repeated job id and every other outcome go one by one.
+    /// </summary>
+    private void ApplyConclusions(long now)
+    {
+        var batch = new List<Completion>();
+        var batched = new Dictionary<int, int>();
+        var ids = new HashSet<long>();
+        for (int i = 0; i < _work.Conclusions.Count; i++)
+        {
+            var c = _work.Conclusions[i];
+            if (c.Receipt.Status != ReceiptStatus.Success || c.HeldSince is not null || !ids.Add(c.JobId)) continue;
+            batched[i] = batch.Count;
+            batch.Add(new Completion(c.JobId, c.WorkerId, c.Receipt.Metrics, c.Receipt.Artifacts, c.Receipt.ContentHash));
+        }
+        var completed = batch.Count > 0 ? _store.CompleteMany(batch) : [];
+        for (int i = 0; i < _work.Conclusions.Count; i++)
+        {
+            var c = _work.Conclusions[i];
+            var result = batched.TryGetValue(i, out int k) ? Completed(c, completed[k].Done, completed[k].QueuedHash) : Apply(c);
+            if (!result.Item2 && HoldBack(c, now) is { } held) _work.Held.Add((held, c.HeldSince is null));
+            else _work.Concluded.Add(result);
+        }
+    }
+
+    private (Conclusion, bool, FailResult?, string?) Completed(Conclusion c, bool completed, string? queuedHash)
+    {
+        // Quarantine counts and the topics' schemas (issue 14), in the same transaction.
+        if (completed && ContractRecords.Record(_store, c.JobId, c.Receipt.Artifacts)) _topicSchemas = null;
+        return (c, completed, null, queuedHash);
+    }
+
     private (Conclusion, bool, FailResult?, string?) Apply(Conclusion c)
     {
         var r = c.Receipt;
@@ -191,9 +219,7 @@ internal sealed partial class Sentinel
         {
             case ReceiptStatus.Success:
                 bool completed = _store.Complete(c.JobId, c.WorkerId, r.Metrics, r.Artifacts, r.ContentHash, out string? queuedHash);
-                // Quarantine counts and the topics' schemas (issue 14), in the same transaction.
-                if (completed && ContractRecords.Record(_store, c.JobId, r.Artifacts)) _topicSchemas = null;
-                return (c, completed, null, queuedHash);
+                return Completed(c, completed, queuedHash);
             case ReceiptStatus.Failed:
                 // Contract with the worker: metrics["transient"] == 1 marks a failure worth retrying
                 // (guest exit code 2, SPEC §3); any other failure is permanent.
@@ -211,17 +237,21 @@ internal sealed partial class Sentinel
         }
     }
 
-    /// <summary>Fills every free slot, one claim per worker, starting from a rotating worker for fairness.</summary>
+    /// <summary>
+    /// Fills every free slot, one claim per worker, starting from a rotating worker for fairness; then
+    /// reads the claimed jobs' current outputs in one batch (<see cref="IJobStore.GetOutputs"/>) for their DISPATCH.
+    /// </summary>
     private void Claim(long now)
     {
         int n = _workers.Count;
+        var claimed = new List<(WorkerEntry Worker, ClaimedJob Job, Dispatch Template)>();
         for (int k = 0; k < n; k++)
         {
             var w = _workers[(_nextWorkerForClaims + k) % n];
             if (w.Free == 0 || w.PausedUntil > now || w.Capabilities.Count == 0) continue;
             foreach (var job in _store.Claim(w.Id, w.Capabilities, w.Free))
             {
-                if (ParserFor(job) is { } template) _work.Dispatches.Add((w, job, DispatchOf(job, template)));
+                if (ParserFor(job) is { } template) claimed.Add((w, job, template));
                 else
                 {
                     string error = $"parser {job.ParserName} {job.ParserVersion} is not registered in the store";
@@ -231,6 +261,10 @@ internal sealed partial class Sentinel
             }
         }
         if (n > 0) _nextWorkerForClaims = (_nextWorkerForClaims + 1) % n;
+        if (claimed.Count == 0) return;
+        var previous = _store.GetOutputs([.. claimed.Select(c => (c.Job.ParserName, c.Job.InputPath))]);
+        foreach (var (w, job, template) in claimed)
+            _work.Dispatches.Add((w, job, DispatchOf(job, template, previous.GetValueOrDefault((job.ParserName, job.InputPath)))));
     }
 
     private Dispatch? ParserFor(ClaimedJob job)
@@ -281,9 +315,9 @@ internal sealed partial class Sentinel
     /// _source_hash), and the files of this parser's current output for the source, which the worker
     /// removes once its own output is in place (issue 13: supersede on commit).
     /// </summary>
-    private Dispatch DispatchOf(ClaimedJob job, Dispatch template)
+    private Dispatch DispatchOf(ClaimedJob job, Dispatch template, CurrentOutput? current)
     {
-        var previous = _store.GetOutput(job.ParserName, job.InputPath)?.Uris();
+        var previous = current?.Uris();
         // file_version_id is the job id: stable for the job's life, unique per input in this store.
         return template with
         {

@@ -275,7 +275,7 @@ internal sealed class SourceScan(WatchSource source, ScanSettings settings)
     {
         if (candidates.Count >= BulkCatalogRead) return store.SourceStatsUnder(source.Dir);
         var known = new Dictionary<string, (long, long)>(StringComparer.Ordinal);
-        foreach (var (path, e) in store.LookupSources("", "", [.. candidates.Select(c => c.Path)])) known[path] = (e.Size, e.MtimeUs);
+        foreach (var (path, e) in store.LookupSources("", "", [.. candidates.Select(c => c.Path)], "")) known[path] = (e.Size, e.MtimeUs);
         return known;
     }
 

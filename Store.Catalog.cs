@@ -19,9 +19,10 @@ internal readonly record struct SourceObservation(SourceStat Stat, string Conten
 /// What the catalog knows of one source for one parser: its recorded content (hash, size, mtime; size
 /// and mtime are -1 when a worker's parsed hash replaced what <c>job add</c> saw), how many versions
 /// it has had, the parser's current output for it (null: none yet), and whether a job of the asked
-/// parser version for the recorded content is QUEUED or RUNNING. <see cref="Pending"/> is only looked
-/// for when the current output is not already from the asked version and the recorded content (then
-/// the file is done whatever is pending, and a store may report false: the probe costs a jobs row per path).
+/// parser version and topic prefix for the recorded content is QUEUED or RUNNING. <see cref="Pending"/>
+/// is only looked for when the current output is not already from the asked version, prefix and the
+/// recorded content (then the file is done whatever is pending, and a store may report false: the probe
+/// costs a jobs row per path).
 /// </summary>
 internal sealed record CatalogEntry(string Path, string ContentHash, long Size, long MtimeUs, long Versions, CurrentOutput? Output, bool Pending);
 

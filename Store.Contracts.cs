@@ -11,7 +11,11 @@ namespace Casparian;
 internal readonly record struct QuarantineCount(string Topic, string Reason, long Rows);
 
 /// <summary>A <c>quarantine ls</c> row: a current job's quarantined rows in one topic for one reason.</summary>
-internal sealed record QuarantinedJob(long JobId, string ParserName, string ParserVersion, string InputPath, string Topic, string Reason, long Rows, DateTimeOffset At);
+internal sealed record QuarantinedJob(long JobId, string ParserName, string ParserVersion, string InputPath, string Topic, string Reason, long Rows, DateTimeOffset At)
+{
+    /// <summary>The topic prefix the job was queued with ("" none): a replay re-parses the source under it.</summary>
+    public string TopicPrefix { get; init; } = "";
+}
 
 /// <summary>One version of a topic's schema: its columns JSON, and the job (and parser) that brought it.</summary>
 internal sealed record TopicSchemaVersion(string Topic, long Version, string Columns, long JobId, string ParserName, DateTimeOffset CreatedAt);

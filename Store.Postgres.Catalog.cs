@@ -28,7 +28,7 @@ internal sealed partial class PostgresJobStore
     /// <summary>Paths per lookup statement.</summary>
     private const int LookupChunk = 5000;
 
-    public Dictionary<string, CatalogEntry> LookupSources(string parserName, string parserVersion, IReadOnlyList<string> paths) => Run(() =>
+    public Dictionary<string, CatalogEntry> LookupSources(string parserName, string parserVersion, IReadOnlyList<string> paths, string topicPrefix) => Run(() =>
     {
         var found = new Dictionary<string, CatalogEntry>(StringComparer.Ordinal);
         for (int i = 0; i < paths.Count; i += LookupChunk)
@@ -39,11 +39,12 @@ internal sealed partial class PostgresJobStore
                 "SELECT s.path, s.content_hash, s.size, s.mtime, (SELECT count(*) FROM source_versions v WHERE v.path = s.path), " +
                 "  o.job_id, o.parser_version, o.content_hash, o.artifacts, " +
                 "  EXISTS (SELECT 1 FROM jobs j WHERE j.content_hash = s.content_hash AND j.parser_name = @parser AND j.parser_version = @version " +
-                "          AND j.input_path = s.path AND j.state IN ('QUEUED', 'RUNNING')), o.topic_prefix " +
+                "          AND j.input_path = s.path AND j.topic_prefix = @prefix AND j.state IN ('QUEUED', 'RUNNING')), o.topic_prefix " +
                 "FROM sources s LEFT JOIN outputs o ON o.parser_name = @parser AND o.source_path = s.path " +
                 "WHERE s.path = ANY(@paths)");
             cmd.Parameters.Add(Text("parser", parserName));
             cmd.Parameters.Add(Text("version", parserVersion));
+            cmd.Parameters.Add(Text("prefix", topicPrefix));
             cmd.Parameters.Add(new NpgsqlParameter<string[]>("paths", chunk));
             using var r = cmd.ExecuteReader();
             while (r.Read())

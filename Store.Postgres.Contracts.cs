@@ -31,7 +31,7 @@ internal sealed partial class PostgresJobStore
     public List<QuarantinedJob> ListQuarantine(string? topic, string? parserName, long? jobId) => Run(() =>
     {
         using var cmd = Command(
-            "SELECT q.job_id, j.parser_name, j.parser_version, j.input_path, q.topic, q.reason, q.rows, coalesce(j.finished_at, j.created_at) " +
+            "SELECT q.job_id, j.parser_name, j.parser_version, j.input_path, q.topic, q.reason, q.rows, coalesce(j.finished_at, j.created_at), j.topic_prefix " +
             "FROM quarantine q JOIN jobs j ON j.id = q.job_id " +
             "JOIN outputs o ON o.parser_name = j.parser_name AND o.source_path = j.input_path AND o.job_id = q.job_id " +
             "WHERE (@topic::text IS NULL OR q.topic = @topic) AND (@parser::text IS NULL OR j.parser_name = @parser) AND (@job::bigint IS NULL OR q.job_id = @job) " +
@@ -42,7 +42,7 @@ internal sealed partial class PostgresJobStore
         var list = new List<QuarantinedJob>();
         using var r = cmd.ExecuteReader();
         while (r.Read())
-            list.Add(new QuarantinedJob(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetString(3), r.GetString(4), r.GetString(5), r.GetInt64(6), FromMs(r.GetInt64(7))));
+            list.Add(new QuarantinedJob(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetString(3), r.GetString(4), r.GetString(5), r.GetInt64(6), FromMs(r.GetInt64(7))) { TopicPrefix = r.GetString(8) });
         return list;
     });
 

@@ -384,12 +384,32 @@ internal sealed partial class PostgresJobStore : IJobStore
                     copy.Complete();
                 }
                 Exec($"SELECT setval(pg_get_serial_sequence('jobs', 'id'), {first + jobs.Count - 1})");
+                AnalyzeAfter(jobs.Count);
             }
             // Delivered at commit: wakes the sentinels listening (Store.Postgres.Cluster.cs).
             Exec($"NOTIFY {QueueChannel}");
             return first;
         });
     }
+
+    /// <summary>
+    /// Refreshes the jobs table's statistics when a batch is large against what they know (more than a
+    /// fifth of the rows they counted, or never counted). Autovacuum analyzes only after its next nap
+    /// (a minute), and until then a queue filled by one big `job add` is claimed with a plan made for an
+    /// empty table: a sort of every queued row on each claim (measured: 2.6 ms per claim of 16 with 5,200
+    /// queued, against 0.06 ms on the index once analyzed). ANALYZE samples at most 30,000 rows, and
+    /// runs in this transaction, counting its own rows.
+    /// </summary>
+    private void AnalyzeAfter(int added)
+    {
+        if (added < AnalyzeBatch) return;
+        using (var cmd = Command("SELECT reltuples FROM pg_class WHERE oid = 'jobs'::regclass"))
+            if (cmd.ExecuteScalar() is float known && known >= 0 && added <= known / 5) return;
+        Exec("ANALYZE jobs");
+    }
+
+    /// <summary>Batches smaller than this never trigger <see cref="AnalyzeAfter"/>: a plan made for them is fine.</summary>
+    private const int AnalyzeBatch = 1000;
 
     public List<ClaimedJob> Claim(string worker, IReadOnlyList<string> capabilities, int max) => Run(() =>
     {

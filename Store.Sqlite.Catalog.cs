@@ -48,10 +48,11 @@ internal sealed partial class SqliteJobStore
         "SELECT p.key, s.content_hash, s.size, s.mtime, (SELECT count(*) FROM source_versions v WHERE v.path = s.path), " +
         "  o.job_id, o.parser_version, o.content_hash, o.artifacts, " +
         // The pending-job probe reads a jobs row per path (index jobs_file, then the table): skipped where the
-        // asked version's current output is already from the recorded content, which settles the file either way.
-        "  CASE WHEN o.parser_version = $version AND o.content_hash = s.content_hash THEN 0 " +
+        // asked version's current output is already from the recorded content and under the asked prefix, which
+        // settles the file either way. A job pending under another prefix makes other topics: it does not count.
+        "  CASE WHEN o.parser_version = $version AND o.content_hash = s.content_hash AND o.topic_prefix = $prefix THEN 0 " +
         "  ELSE EXISTS (SELECT 1 FROM jobs j WHERE j.content_hash = s.content_hash AND j.parser_name = $parser AND j.parser_version = $version " +
-        "          AND j.input_path = s.path AND j.state IN ('QUEUED', 'RUNNING')) END, o.topic_prefix " +
+        "          AND j.input_path = s.path AND j.topic_prefix = $prefix AND j.state IN ('QUEUED', 'RUNNING')) END, o.topic_prefix " +
         "FROM json_each($paths) p JOIN sources s ON s.path = p.value " +
         "LEFT JOIN outputs o ON o.parser_name = $parser AND o.source_path = s.path";
 
@@ -61,7 +62,7 @@ internal sealed partial class SqliteJobStore
         _supersedeSource?.Dispose();
     }
 
-    public Dictionary<string, CatalogEntry> LookupSources(string parserName, string parserVersion, IReadOnlyList<string> paths)
+    public Dictionary<string, CatalogEntry> LookupSources(string parserName, string parserVersion, IReadOnlyList<string> paths, string topicPrefix)
     {
         try
         {
@@ -71,6 +72,7 @@ internal sealed partial class SqliteJobStore
             var pathsParameter = cmd.Parameters.Add(new SqliteParameter("$paths", ""));
             cmd.Parameters.AddWithValue("$parser", parserName);
             cmd.Parameters.AddWithValue("$version", parserVersion);
+            cmd.Parameters.AddWithValue("$prefix", topicPrefix);
             for (int i = 0; i < paths.Count; i += LookupChunk)
             {
                 var chunk = new List<string>(Math.Min(LookupChunk, paths.Count - i));

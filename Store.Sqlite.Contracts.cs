@@ -38,7 +38,7 @@ internal sealed partial class SqliteJobStore
     });
 
     public List<QuarantinedJob> ListQuarantine(string? topic, string? parserName, long? jobId) => Query(
-        "SELECT q.job_id, j.parser_name, j.parser_version, j.input_path, q.topic, q.reason, q.rows, coalesce(j.finished_at, j.created_at) " +
+        "SELECT q.job_id, j.parser_name, j.parser_version, j.input_path, q.topic, q.reason, q.rows, coalesce(j.finished_at, j.created_at), j.topic_prefix " +
         "FROM quarantine q JOIN jobs j ON j.id = q.job_id " +
         "JOIN outputs o ON o.parser_name = j.parser_name AND o.source_path = j.input_path AND o.job_id = q.job_id " +
         "WHERE ($topic IS NULL OR q.topic = $topic) AND ($parser IS NULL OR j.parser_name = $parser) AND ($job IS NULL OR q.job_id = $job) " +
@@ -49,7 +49,7 @@ internal sealed partial class SqliteJobStore
             cmd.Parameters.AddWithValue("$parser", (object?)parserName ?? DBNull.Value);
             cmd.Parameters.AddWithValue("$job", (object?)jobId ?? DBNull.Value);
         },
-        r => new QuarantinedJob(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetString(3), r.GetString(4), r.GetString(5), r.GetInt64(6), FromMs(r.GetInt64(7))));
+        r => new QuarantinedJob(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetString(3), r.GetString(4), r.GetString(5), r.GetInt64(6), FromMs(r.GetInt64(7))) { TopicPrefix = r.GetString(8) });
 
     // On every completion's path (once per topic): prepared once per connection.
     private SqliteCommand? _recordTopicSchema;

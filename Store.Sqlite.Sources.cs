@@ -39,10 +39,25 @@ internal sealed partial class SqliteJobStore
 
     // 6: a routing rule's topic prefix (issue 19), carried by the jobs it queues (DISPATCH topic_prefix)
     // and by the catalog's current output, so a file routed again under another prefix is new output.
-    // "" is no prefix: existing rules, jobs and outputs keep their unprefixed topics.
+    // "" is no prefix: existing rules, jobs and outputs keep their unprefixed topics. routing_rules is
+    // rebuilt with AUTOINCREMENT: a plain INTEGER PRIMARY KEY hands the highest id out again once that
+    // rule is removed, and `rule rm ID` must never reach a rule added after the id was read.
     private const string TopicPrefixMigration =
         """
-        ALTER TABLE routing_rules ADD COLUMN topic_prefix TEXT NOT NULL DEFAULT '';
+        CREATE TABLE routing_rules_v6 (
+            id             INTEGER PRIMARY KEY AUTOINCREMENT,
+            source         TEXT NOT NULL,
+            glob           TEXT NOT NULL,
+            parser_name    TEXT NOT NULL,
+            parser_version TEXT,
+            priority       INTEGER NOT NULL,
+            created_at     INTEGER NOT NULL,
+            topic_prefix   TEXT NOT NULL DEFAULT ''
+        );
+        INSERT INTO routing_rules_v6 (id, source, glob, parser_name, parser_version, priority, created_at)
+            SELECT id, source, glob, parser_name, parser_version, priority, created_at FROM routing_rules;
+        DROP TABLE routing_rules;
+        ALTER TABLE routing_rules_v6 RENAME TO routing_rules;
         ALTER TABLE jobs ADD COLUMN topic_prefix TEXT NOT NULL DEFAULT '';
         ALTER TABLE outputs ADD COLUMN topic_prefix TEXT NOT NULL DEFAULT '';
         """;

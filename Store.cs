@@ -44,6 +44,9 @@ internal readonly record struct NewJob(string ParserName, string ParserVersion, 
 /// <summary>What a claim hands the dispatcher: enough to build a DISPATCH.</summary>
 internal readonly record struct ClaimedJob(long Id, string ParserName, string ParserVersion, string InputPath, int Priority, int RetryCount, string ContentHash = "", string TopicPrefix = "");
 
+/// <summary>One successful conclusion for <see cref="IJobStore.CompleteMany"/>: <see cref="IJobStore.Complete(long, string?, IReadOnlyDictionary{string, long}, IReadOnlyList{Dictionary{string, string}}, string?, out string?)"/>'s arguments.</summary>
+internal readonly record struct Completion(long Id, string? Worker, IReadOnlyDictionary<string, long> Metrics, IReadOnlyList<Dictionary<string, string>> Artifacts, string? ParsedHash);
+
 internal sealed record JobRecord(
     long Id, string ParserName, string ParserVersion, string InputPath, string ContentHash, int Priority, JobState State,
     string? Worker, DateTimeOffset CreatedAt, DateTimeOffset? ClaimedAt, DateTimeOffset? HeartbeatAt, DateTimeOffset? FinishedAt,
@@ -130,6 +133,19 @@ internal partial interface IJobStore : IDisposable
     /// </summary>
     bool Complete(long id, string? worker, IReadOnlyDictionary<string, long> metrics, IReadOnlyList<Dictionary<string, string>> artifacts,
         string? parsedHash, out string? queuedHash);
+    /// <summary>
+    /// <see cref="Complete(long, string?, IReadOnlyDictionary{string, long}, IReadOnlyList{Dictionary{string, string}}, string?, out string?)"/>
+    /// for each of <paramref name="completions"/> (distinct job ids), in one transaction; one result per
+    /// completion, in order. A sentinel's turn completes its conclusions this way: a server-backed store
+    /// does it in one statement instead of a round trip per job.
+    /// </summary>
+    List<(bool Done, string? QueuedHash)> CompleteMany(IReadOnlyList<Completion> completions) => InTransaction(() =>
+    {
+        var results = new List<(bool, string?)>(completions.Count);
+        foreach (var c in completions)
+            results.Add((Complete(c.Id, c.Worker, c.Metrics, c.Artifacts, c.ParsedHash, out string? queuedHash), queuedHash));
+        return results;
+    });
     /// <summary>Transient: back to QUEUED with exponential backoff until the retry limit, then FAILED. Null when the job was not RUNNING there.</summary>
     FailResult? Fail(long id, string? worker, string error, bool transient, IReadOnlyDictionary<string, long>? metrics = null);
     /// <summary>The worker turned the job down: back to QUEUED at once, no retry counted.</summary>
@@ -165,9 +181,10 @@ internal partial interface IJobStore : IDisposable
     /// <summary>
     /// The catalog's entries for those of <paramref name="paths"/> it holds, keyed by path, each with
     /// <paramref name="parserName"/>'s current output and whether a job of <paramref name="parserVersion"/>
-    /// for the recorded content is pending.
+    /// for the recorded content is pending under <paramref name="topicPrefix"/> (a job under another
+    /// prefix makes other topics, so it does not settle the file for this one).
     /// </summary>
-    Dictionary<string, CatalogEntry> LookupSources(string parserName, string parserVersion, IReadOnlyList<string> paths);
+    Dictionary<string, CatalogEntry> LookupSources(string parserName, string parserVersion, IReadOnlyList<string> paths, string topicPrefix);
     /// <summary>
     /// Size and mtime the catalog records for every path under the folder <paramref name="dir"/> (absolute,
     /// no trailing '/'), keyed by path: one range read, which is what a scan of a source needs to tell a
@@ -180,6 +197,14 @@ internal partial interface IJobStore : IDisposable
     List<SourceVersion> SourceVersions(string path);
     /// <summary>The current output of <paramref name="parserName"/> for a source, or null.</summary>
     CurrentOutput? GetOutput(string parserName, string sourcePath);
+    /// <summary><see cref="GetOutput"/> for each (parser, source) pair, keyed by the pair; pairs without an output are absent.</summary>
+    Dictionary<(string Parser, string Path), CurrentOutput> GetOutputs(IReadOnlyList<(string Parser, string Path)> keys)
+    {
+        var found = new Dictionary<(string, string), CurrentOutput>();
+        foreach (var key in keys)
+            if (!found.ContainsKey(key) && GetOutput(key.Parser, key.Path) is { } output) found[key] = output;
+        return found;
+    }
     /// <summary>Every source whose current output of <paramref name="parserName"/> came from a version other than <paramref name="parserVersion"/>, by path.</summary>
     List<CurrentOutput> OutputsNotFrom(string parserName, string parserVersion);
 

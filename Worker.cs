@@ -471,7 +471,7 @@ internal static class WorkerThrow
     public static InputException Dispatch_BadArchive(string parser) =>
         new($"DISPATCH for parser {parser} carries a parser_archive that is not base64");
     public static InputException Dispatch_BadTopicPrefix(string parser, string prefix) =>
-        new($"DISPATCH for parser {parser} carries topic_prefix '{Text.Clip(prefix, 80)}', which is not the start of a topic name ([a-z][a-z0-9_]*, at most {Sources.MaxTopicPrefix} characters)");
+        new($"DISPATCH for parser {parser} carries topic_prefix '{Text.Clip(Text.Escaped(prefix), 80)}', which is not the start of a topic name ([a-z][a-z0-9_]*, at most {Sources.MaxTopicPrefix} characters)");
     public static UsageException Key_Bad(string key) =>
         new($"sentinel key '{Text.Clip(key, 60)}' is not a Z85 CURVE public key ({CurveKeys.Z85Length} characters); `casparian keys` on the sentinel's machine prints it");
     public static UnavailableException Id_Unreadable(string path) =>

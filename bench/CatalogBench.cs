@@ -100,7 +100,7 @@ public class CatalogBench
         "    stats = [(p, os.stat(p)) for p in files]\n" +
         "    known = {}\n" +
         "    for i in range(0, len(files), 5000):\n" +
-        "        for row in big.execute(LOOKUP, dict(paths=json.dumps(files[i:i + 5000]), parser='bench', version='1.0')):\n" +
+        "        for row in big.execute(LOOKUP, dict(paths=json.dumps(files[i:i + 5000]), parser='bench', version='1.0', prefix='')):\n" +
         "            known[files[i + row[0]]] = row\n" +
         "    unchanged = 0\n" +
         "    for p, st in stats:\n" +

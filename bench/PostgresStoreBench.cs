@@ -18,7 +18,8 @@ namespace Casparian.Bench;
              "4,000 in turns). PostgreSQL: a throwaway local server with its default settings (fsync, synchronous_commit on), " +
              "one connection, as one sentinel has; *Async: the store URL says ?synchronous_commit=off. SQLite: a file in WAL " +
              "mode with synchronous=NORMAL. ClaimComplete* claim and complete one job per commit, as StoreBench; " +
-             "ClaimCompleteTurn* complete 16 jobs and claim 16 in one commit, as a sentinel's turn does with a 4 x 4 fleet kept busy.")]
+             "ClaimCompleteTurn* claim 16 jobs, read their current outputs and complete them in one commit, each step one batch, " +
+             "as a sentinel's turn does with a 4 x 4 fleet kept busy.")]
 public class PostgresStoreBench
 {
     private const int Batch = 10_000;
@@ -48,7 +49,7 @@ public class PostgresStoreBench
         foreach (var store in new[] { _pg, _pgAsync, _sqlite })
         {
             long first = store.List(JobState.Queued, Batch)[0].Id;
-            if (Turn(store, 1) != 1 || Turn(store, TurnSize) != TurnSize
+            if (Turn(store, 1) != 1 || SentinelTurn(store, TurnSize) != TurnSize
                 || store.Get(first) is not { State: JobState.Completed, MetricsJson: """{"rows":100,"bytes":4096}""" }
                 || store.Counts()[JobState.Completed] != 1 + TurnSize)
                 throw new InvalidOperationException($"claim+complete did not complete the jobs on {store.GetType().Name}");
@@ -92,10 +93,21 @@ public class PostgresStoreBench
         return done;
     });
 
+    /// <summary>
+    /// A sentinel's turn (Sentinel.Step.cs): one transaction claims up to <paramref name="size"/> jobs,
+    /// reads their current outputs for DISPATCH in one batch, and completes them in one batch.
+    /// </summary>
+    private static int SentinelTurn(IJobStore store, int size) => store.InTransaction(() =>
+    {
+        var claimed = store.Claim("bench", Any, size);
+        store.GetOutputs([.. claimed.Select(j => (j.ParserName, j.InputPath))]);
+        return store.CompleteMany([.. claimed.Select(j => new Completion(j.Id, "bench", Metrics, Artifacts, null))]).Count(r => r.Done);
+    });
+
     private static int Drain(IJobStore store, int size, int jobs = Batch)
     {
         int done = 0;
-        for (int i = 0; i < jobs / size; i++) done += Turn(store, size);
+        for (int i = 0; i < jobs / size; i++) done += size == 1 ? Turn(store, size) : SentinelTurn(store, size);
         if (done != jobs) throw new InvalidOperationException($"claimed {done} of {jobs} stocked jobs");
         return done;
     }

@@ -55,7 +55,7 @@ public class SourcesBench
         "    now = walk(); paths = sorted(now)\n" +
         "    known = 0\n" +
         "    for i in range(0, len(paths), 5000):\n" +
-        "        for row in db.execute(LOOKUP, dict(paths=json.dumps(paths[i:i + 5000]), parser='', version='')):\n" +
+        "        for row in db.execute(LOOKUP, dict(paths=json.dumps(paths[i:i + 5000]), parser='', version='', prefix='')):\n" +
         "            if (row[2], row[3]) == now[paths[i + int(row[0])]]: known += 1\n" +
         "    assert known == len(paths), known\n";
 

@@ -129,6 +129,62 @@ public sealed class PostgresStoreTests
         Assert.False(sentinel.QueueSignalled());
     }
 
+    [PgFact]
+    public void Postgres_BulkEnqueue_AnalyzesTheJobsTable_SoClaimsWalkTheQueueIndexInsteadOfSortingEveryQueuedRow()
+    {
+        string url = PgServer.Shared.NewDatabase();
+        using var store = Open(url, "s");
+        // Autovacuum kept out of it, so every statistic read here is the store's own doing.
+        Sql(url, "ALTER TABLE jobs SET (autovacuum_enabled = false)");
+        // Small batches leave the statistics to autovacuum.
+        store.EnqueueMany([.. Enumerable.Range(0, 10).Select(i => new NewJob("p", "1.0", $"/in/small-{i}", "h"))]);
+        Assert.Equal(-1f, Scalar<float>(url, "SELECT reltuples FROM pg_class WHERE oid = 'jobs'::regclass"));
+        store.EnqueueMany([.. Enumerable.Range(0, 5000).Select(i => new NewJob("p", "1.0", $"/in/{i:D5}", "h"))]);
+        Assert.Equal(5010f, Scalar<float>(url, "SELECT reltuples FROM pg_class WHERE oid = 'jobs'::regclass"));
+        // The claim's subquery, as the store runs it: an ordered index scan that stops after the batch, no sort.
+        string plan = Scalar<string>(url, "EXPLAIN (FORMAT JSON) SELECT id FROM jobs WHERE state = 'QUEUED' AND next_attempt_at <= 0 " +
+            "AND (true OR parser_name = ANY('{}')) ORDER BY priority DESC, id LIMIT 16 FOR UPDATE SKIP LOCKED");
+        Assert.Contains("\"Index Name\": \"jobs_queue\"", plan);
+        Assert.DoesNotContain("\"Node Type\": \"Sort\"", plan);
+        // A batch that is small against what the statistics know does not analyze again.
+        store.EnqueueMany([.. Enumerable.Range(0, 1000).Select(i => new NewJob("p", "1.0", $"/in/more-{i}", "h"))]);
+        Assert.Equal(5010f, Scalar<float>(url, "SELECT reltuples FROM pg_class WHERE oid = 'jobs'::regclass"));
+    }
+
+    [PgFact]
+    public void Postgres_TurnStatements_GenericPlansMadeOnEmptyTables_ProbeKeysInsteadOfScanningTables()
+    {
+        // Npgsql prepares the turn's statements, and PostgreSQL may keep a generic plan made while the
+        // tables were empty for as long as the connection lives. That plan must stay a key probe per job
+        // as outputs, sources and jobs grow, not a join over a scan of a whole table.
+        string url = PgServer.Shared.NewDatabase();
+        using var store = (PostgresJobStore)Open(url, "s");
+        static string Positional(string sql, params string[] names)
+        {
+            for (int i = 0; i < names.Length; i++) sql = System.Text.RegularExpressions.Regex.Replace(sql, $"@{names[i]}\\b", $"${i + 1}");
+            return sql;
+        }
+        string complete = Positional(store.CompleteManySql, "ids", "workers", "metrics", "artifacts", "hashes", "now", "me");
+        string outputs = Positional(PostgresJobStore.GetOutputsSql, "parsers", "paths");
+        foreach (var (name, types, sql) in new[] { ("complete", "bigint[], text[], text[], text[], text[], bigint, text", complete), ("outputs", "text[], text[]", outputs) })
+        {
+            string plan = Scalar<string>(url, $"PREPARE {name}({types}) AS {sql}; SET plan_cache_mode = force_generic_plan; " +
+                $"EXPLAIN (FORMAT JSON) EXECUTE {name}({string.Join(", ", types.Split(", ").Select(t => $"NULL::{t}"))})");
+            Assert.True(!plan.Contains("\"Seq Scan\""), plan);
+            Assert.DoesNotContain("\"Hash Join\"", plan);
+        }
+    }
+
+    private static T Scalar<T>(string url, string sql)
+    {
+        using var ds = NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder
+        {
+            Host = "127.0.0.1", Port = new Uri(url).Port, Database = new Uri(url).AbsolutePath.TrimStart('/'), Username = "postgres",
+        }.ConnectionString);
+        using var cmd = ds.CreateCommand(sql);
+        return (T)cmd.ExecuteScalar()!;
+    }
+
     private static void Sql(string url, string sql)
     {
         using var ds = NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder

@@ -378,4 +378,176 @@ public sealed class SourcesTests : IDisposable
         Assert.False(Directory.Exists(Path.Combine(_c.Home, "output", "csv_rows")));
         Assert.False(Directory.Exists(Path.Combine(_c.Home, "output", "erp_csv_rows")));
     }
+
+    private ProcessResult StartDrain()
+    {
+        var r = Proc.Run(Repo.Binary, ["start", "--drain", "--slots", "2"], TimeSpan.FromSeconds(90), _c.Root,
+            new Dictionary<string, string?> { ["CASPARIAN_HOME"] = _c.Home, ["CASPARIAN_PYTHON"] = Cluster.Python });
+        Assert.True(r.ExitCode == 0, r.ToString());
+        return r;
+    }
+
+    [Fact]
+    public void Sources_RerouteUnderAChangedTopicPrefix_ReparsesIntoTheNewTopics_AndTheCurrentOutputNamesTheNewPrefix()
+    {
+        RegisterParsers();
+        Directory.CreateDirectory(Drop);
+        _c.Ok("source", "add", "drop", Drop);
+        _c.Ok("rule", "add", "drop", "*.csv", "src_csv", "--topic-prefix", "p1_");
+        string a = Path.Combine(Drop, "a.csv"), b = Path.Combine(Drop, "b.csv");
+        WriteCsv(a, 2);
+        WriteCsv(b, 3, start: 10);
+        Age(a);
+        Age(b);
+        Assert.Contains("rule 1 *.csv -> src_csv 1.0 (topics as p1_TOPIC): queued 2, 0 with content", _c.Ok("scan", "drop").Stdout);
+        StartDrain();
+        Assert.Equal(["COMPLETED", "COMPLETED"], _c.Jobs().Select(j => j.State));
+        Assert.Equal([0L, 1L], ParquetTable.Read(ParquetOf("src_csv", "p1_csv_rows", a)).Columns["n"]);
+        Assert.Equal([10L, 11L, 12L], ParquetTable.Read(ParquetOf("src_csv", "p1_csv_rows", b)).Columns["n"]);
+
+        // The rule now writes under p2_. A plain scan leaves files routed before alone; --reroute queues
+        // them again (their output under p1_ is not output under p2_), and a second --reroute while those
+        // jobs wait queues nothing more (they are pending under p2_).
+        _c.Ok("rule", "rm", "1");
+        _c.Ok("rule", "add", "drop", "*.csv", "src_csv", "--topic-prefix", "p2_");
+        Assert.Contains("2 unchanged since they were routed", _c.Ok("scan", "drop").Stdout);
+        Assert.Equal(2, _c.Jobs().Count);
+        Assert.Contains($" *.csv -> src_csv 1.0 (topics as p2_TOPIC): queued 2, 0 with content this version already processed or has queued\n  {a}\n  {b}\n",
+            _c.Ok("scan", "drop", "--reroute").Stdout);
+        Assert.Contains(" *.csv -> src_csv 1.0 (topics as p2_TOPIC): queued 0, 2 with content", _c.Ok("scan", "drop", "--reroute").Stdout);
+        Assert.Equal(4, _c.Jobs().Count);
+
+        StartDrain();
+        Assert.All(_c.Jobs(), j => Assert.Equal("COMPLETED", j.State));
+        Assert.Equal(4, _c.Jobs().Count);
+        var ra = ParquetTable.Read(ParquetOf("src_csv", "p2_csv_rows", a));
+        Assert.Equal([0L, 1L], ra.Columns["n"]);
+        Assert.Equal(["w0", "w1"], ra.Columns["word"]);
+        var rb = ParquetTable.Read(ParquetOf("src_csv", "p2_csv_rows", b));
+        Assert.Equal([10L, 11L, 12L], rb.Columns["n"]);
+        Assert.Equal(["w10", "w11", "w12"], rb.Columns["word"]);
+        // The p2_ jobs superseded the p1_ output: its files are gone.
+        Assert.False(File.Exists(ParquetOf("src_csv", "p1_csv_rows", a)));
+        Assert.False(File.Exists(ParquetOf("src_csv", "p1_csv_rows", b)));
+        Assert.Contains("p2_TOPIC (the routing rule's prefix)", _c.Ok("job", "show", "3").Stdout);
+
+        using var store = JobStores.Open(Defaults.Store(_c.Db) with { Create = false });
+        foreach (var (source, job) in new[] { (a, 3L), (b, 4L) })
+        {
+            var current = store.GetOutput("src_csv", source)!;
+            Assert.Equal(("p2_", job), (current.TopicPrefix, current.JobId));
+            Assert.Equal([ParquetOf("src_csv", "p2_csv_rows", source)], current.Uris().Select(u => new Uri(u).LocalPath));
+        }
+        // Settled under p2_: a further --reroute finds nothing to do.
+        Assert.Contains("queued 0, 2 with content", _c.Ok("scan", "drop", "--reroute").Stdout);
+    }
+
+    [Fact]
+    public void Sources_BackfillOfFilesRoutedUnderPrefixes_ReparsesEachUnderItsOwnPrefix()
+    {
+        RegisterParsers();
+        Directory.CreateDirectory(Drop);
+        _c.Ok("source", "add", "drop", Drop);
+        _c.Ok("rule", "add", "drop", "crm_*.csv", "src_csv", "--topic-prefix", "crm_", "--priority", "1");
+        _c.Ok("rule", "add", "drop", "*.csv", "src_csv");
+        string crm = Path.Combine(Drop, "crm_a.csv"), plain = Path.Combine(Drop, "plain.csv");
+        WriteCsv(crm, 2);
+        WriteCsv(plain, 3, start: 10);
+        Age(crm);
+        Age(plain);
+        StartDrain();
+        Assert.Equal(["COMPLETED", "COMPLETED"], _c.Jobs().Select(j => j.State));
+
+        // Version 1.1 upper-cases the words; a backfill re-parses each file under the prefix its output was made with.
+        string v11 = _c.File("src_csv_11.py");
+        File.WriteAllText(v11, """
+            import csv
+            name = "src_csv"
+            version = "1.1"
+
+            def parse(path):
+                with open(path, newline="") as f:
+                    rows = [{"n": int(r["n"]), "word": r["word"].upper()} for r in csv.DictReader(f)]
+                from casparian import Output
+                yield Output("csv_rows", rows)
+            """);
+        _c.Ok("parser", "register", v11);
+        Assert.Equal($"would queue 2 source(s) whose current output of src_csv came from another version for src_csv 1.1 (dry run: nothing queued)\n  {crm}\n  {plain}\n",
+            _c.Ok("parser", "backfill", "src_csv", "--dry-run").Stdout);
+        Assert.StartsWith("queued 2 source(s) whose current output of src_csv came from another version for src_csv 1.1 (jobs 3-4)", _c.Ok("parser", "backfill", "src_csv").Stdout);
+        // While they wait, each is pending under its own prefix: nothing more to queue.
+        Assert.StartsWith("queued 0 source(s) whose current output of src_csv came from another version for src_csv 1.1; 2 more already queued or running",
+            _c.Ok("parser", "backfill", "src_csv").Stdout);
+        StartDrain();
+        Assert.Equal(["COMPLETED", "COMPLETED", "COMPLETED", "COMPLETED"], _c.Jobs().Select(j => j.State));
+
+        var a = ParquetTable.Read(ParquetOf("src_csv", "crm_csv_rows", crm));
+        Assert.Equal([0L, 1L], a.Columns["n"]);
+        Assert.Equal(["W0", "W1"], a.Columns["word"]);
+        var b = ParquetTable.Read(ParquetOf("src_csv", "csv_rows", plain));
+        Assert.Equal([10L, 11L, 12L], b.Columns["n"]);
+        Assert.Equal(["W10", "W11", "W12"], b.Columns["word"]);
+        Assert.False(File.Exists(ParquetOf("src_csv", "csv_rows", crm)));
+        Assert.False(File.Exists(ParquetOf("src_csv", "crm_csv_rows", plain)));
+        using var store = JobStores.Open(Defaults.Store(_c.Db) with { Create = false });
+        Assert.Equal(("1.1", "crm_"), (store.GetOutput("src_csv", crm)!.ParserVersion, store.GetOutput("src_csv", crm)!.TopicPrefix));
+        Assert.Equal(("1.1", ""), (store.GetOutput("src_csv", plain)!.ParserVersion, store.GetOutput("src_csv", plain)!.TopicPrefix));
+    }
+
+    /// <summary>A parser whose topic `sales` has an int64 `code` under a discard_row contract; <paramref name="fixedCodes"/> strips the letters from codes like X-12.</summary>
+    private string MessyParser(string version, bool fixedCodes) => WriteParser($"messy_{version}.py", $$$"""
+        import csv
+        import re
+        from casparian import Output
+
+        name = "messy"
+        version = "{{{version}}}"
+
+        TOPICS = {"sales": {"schema": {"id": "int64", "code": "int64", "note": "string?"}, "contract": "discard_row", "max_quarantine": 0.5}}
+
+
+        def parse(path):
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            if {{{(fixedCodes ? "True" : "False")}}}:
+                for r in rows:
+                    r["code"] = re.sub(r"\D", "", r["code"])
+            yield Output("sales", rows)
+        """);
+
+    private string WriteParser(string name, string source)
+    {
+        string path = _c.File(name);
+        File.WriteAllText(path, source);
+        return path;
+    }
+
+    [Fact]
+    public void Sources_QuarantineReplayOfAFileRoutedUnderAPrefix_ReplaysIntoThePrefixedTopic()
+    {
+        _c.Ok("parser", "register", MessyParser("1.0", fixedCodes: false));
+        Directory.CreateDirectory(Drop);
+        _c.Ok("source", "add", "drop", Drop);
+        _c.Ok("rule", "add", "drop", "*.csv", "messy", "--topic-prefix", "crm_");
+        string input = Path.Combine(Drop, "messy.csv");
+        File.WriteAllText(input, "id,code,note\n1,12,a\n2,X-12,b\n3,7,c\n4,Y-9,d\n5,30,e\n");
+        Age(input);
+        StartDrain();
+        Assert.Equal(["COMPLETED"], _c.Jobs().Select(j => j.State));
+        Assert.Equal([1L, 3L, 5L], ParquetTable.Read(ParquetOf("messy", "crm_sales", input)).Columns["id"]);
+        Assert.Matches(@"1\s+messy 1\.0\s+crm_sales\s+2\s+type=2", _c.Ok("quarantine", "ls").Stdout);
+
+        // 1.1 fixes the codes: the replay re-parses the file under crm_, so the rows land in crm_sales, not sales.
+        _c.Ok("parser", "register", MessyParser("1.1", fixedCodes: true));
+        Assert.StartsWith("queued 1 source(s) with quarantined rows for messy 1.1 (job 2)", _c.Ok("quarantine", "replay", "--parser", "messy").Stdout);
+        Assert.Contains("crm_TOPIC (the routing rule's prefix)", _c.Ok("job", "show", "2").Stdout);
+        StartDrain();
+        Assert.Equal(["COMPLETED", "COMPLETED"], _c.Jobs().Select(j => j.State));
+        var sales = ParquetTable.Read(ParquetOf("messy", "crm_sales", input));
+        Assert.Equal([1L, 2L, 3L, 4L, 5L], sales.Columns["id"]);
+        Assert.Equal([12L, 12L, 7L, 9L, 30L], sales.Columns["code"]);
+        Assert.Equal([2L, 2L, 2L, 2L, 2L], sales.Columns["_job_id"]);
+        Assert.False(Directory.Exists(Path.Combine(_c.Home, "output", "sales")));
+        Assert.Equal("no quarantined rows\n", _c.Ok("quarantine", "ls").Stdout);
+    }
 }

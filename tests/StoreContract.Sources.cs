@@ -36,7 +36,11 @@ public abstract partial class JobStoreContract
         Assert.False(store.RemoveRule(first));
         Assert.Equal([second], store.ListRules().Select(r => r.Id));
         // Ids are not reused: a rule added after a removal gets a new one.
-        Assert.True(store.AddRule(new RoutingRule(0, "drop", "*", "x", null, 0)) > second);
+        long third = store.AddRule(new RoutingRule(0, "drop", "*", "x", null, 0));
+        Assert.True(third > second);
+        // Not even the highest one's, once removed: `rule rm ID` in a script never hits a newer rule.
+        Assert.True(store.RemoveRule(third));
+        Assert.True(store.AddRule(new RoutingRule(0, "drop", "*", "x", null, 0)) > third);
     }
 
     [Fact]
@@ -90,7 +94,7 @@ public abstract partial class JobStoreContract
             foreach (var j in claimed) Assert.True(store.Complete(j.Id, "w", NoMetrics, Artifact("crm_t", $"file:///out/{j.Id}.parquet"), null, out _));
             Assert.Equal("crm_", store.GetOutput("p", "/in/a")!.TopicPrefix);
             Assert.Equal("", store.GetOutput("p", "/in/b")!.TopicPrefix);
-            Assert.Equal("crm_", store.LookupSources("p", "1.0", ["/in/a"])["/in/a"].Output!.TopicPrefix);
+            Assert.Equal("crm_", store.LookupSources("p", "1.0", ["/in/a"], "")["/in/a"].Output!.TopicPrefix);
 
             // The same file routed again under another prefix: its job's prefix becomes the current output's.
             store.Enqueue(Job("/in/a") with { TopicPrefix = "erp_" });
@@ -100,5 +104,62 @@ public abstract partial class JobStoreContract
         }
         using var reopened = Open();
         Assert.Equal(["crm_", ""], reopened.ListRules().Select(r => r.TopicPrefix));
+    }
+
+    [Fact]
+    public void Store_LookupSources_PendingCountsOnlyAJobUnderTheAskedTopicPrefix()
+    {
+        using var store = Open();
+        var a = new SourceStat("/in/a", 1, 1);
+        store.RecordSources([new(a, "hash-/in/a")]);
+        store.Enqueue(Job("/in/a") with { TopicPrefix = "a_" });
+        Assert.True(store.LookupSources("p", "1.0", ["/in/a"], "a_")["/in/a"].Pending);
+        Assert.False(store.LookupSources("p", "1.0", ["/in/a"], "b_")["/in/a"].Pending);
+        Assert.False(store.LookupSources("p", "1.0", ["/in/a"], "")["/in/a"].Pending);
+
+        // What the scan decides from it: a rule with prefix b_ still queues the file (same size and mtime, so
+        // the catalog's hash is taken and no file is read); the rule whose job is pending does not.
+        var parser = new ParserRecord { Name = "p", Version = "1.0", Source = "", EnvHash = "system", SourceHash = "s", ArtifactHash = "x" };
+        Assert.Equal(["/in/a"], Catalog.Plan(store, parser, [a], force: false, record: false, topicPrefix: "b_").ToQueue.Select(q => q.Path));
+        Assert.Equal(["/in/a"], Catalog.Plan(store, parser, [a], force: false, record: false, topicPrefix: "a_").Unchanged);
+
+        // The a_ job completes: it is the current output, so under a_ the file is done; a b_ job queued now is
+        // pending under b_ only, even though the current output (a_) is from this version and content.
+        var claimed = Assert.Single(store.Claim("w", Any, 1));
+        Assert.True(store.Complete(claimed.Id, "w", NoMetrics, Artifact("a_t", "file:///out/a_t/1.parquet"), null, out _));
+        Assert.Equal(["/in/a"], Catalog.Plan(store, parser, [a], force: false, record: false, topicPrefix: "a_").Unchanged);
+        store.Enqueue(Job("/in/a") with { TopicPrefix = "b_" });
+        Assert.True(store.LookupSources("p", "1.0", ["/in/a"], "b_")["/in/a"].Pending);
+        Assert.Equal(["/in/a"], Catalog.Plan(store, parser, [a], force: false, record: false, topicPrefix: "b_").Unchanged);
+        Assert.Equal(["/in/a"], Catalog.Plan(store, parser, [a], force: false, record: false, topicPrefix: "c_").ToQueue.Select(q => q.Path));
+    }
+
+    [Fact]
+    public void Store_SourceStatsUnder_ReturnsTheFolderAndItsSubfoldersButNotASiblingWithTheSamePrefix()
+    {
+        using var store = Open();
+        store.RecordSources([
+            new(new SourceStat("/data/in/a.csv", 10, 1_000_001), "h1"),
+            new(new SourceStat("/data/in/sub/deep/b.csv", 20, 2_000_002), "h2"),
+            // Siblings whose paths start with "/data/in": a longer name, and names sorting just around "/data/in/".
+            new(new SourceStat("/data/in2/c.csv", 30, 3), "h3"),
+            new(new SourceStat("/data/in-x/d.csv", 40, 4), "h4"),
+            new(new SourceStat("/data/in.bak", 50, 5), "h5"),
+            new(new SourceStat("/data/in", 60, 6), "h6"),
+            new(new SourceStat("/data/in0/f.csv", 80, 8), "h8"),
+            new(new SourceStat("/data/other/e.csv", 70, 7), "h7"),
+        ]);
+        static List<(string, long, long)> Under(IJobStore store, string dir) =>
+            [.. store.SourceStatsUnder(dir).OrderBy(e => e.Key, StringComparer.Ordinal).Select(e => (e.Key, e.Value.Size, e.Value.MtimeUs))];
+        (string, long, long)[] expected = [("/data/in/a.csv", 10, 1_000_001), ("/data/in/sub/deep/b.csv", 20, 2_000_002)];
+        Assert.Equal(expected, Under(store, "/data/in"));
+        // A trailing '/' names the same folder.
+        Assert.Equal(expected, Under(store, "/data/in/"));
+        Assert.Equal([("/data/in2/c.csv", 30L, 3L)], Under(store, "/data/in2"));
+        Assert.Empty(store.SourceStatsUnder("/data/none"));
+
+        // A changed size and mtime is what the next read returns.
+        store.RecordSources([new(new SourceStat("/data/in/a.csv", 11, 1_500_000), "h1b")]);
+        Assert.Equal((11L, 1_500_000L), store.SourceStatsUnder("/data/in")["/data/in/a.csv"]);
     }
 }

@@ -101,7 +101,7 @@ public abstract partial class JobStoreContract : IDisposable
         var current = store.GetOutput("p", "/in/a")!;
         Assert.Equal((newer, "hash-2"), (current.JobId, current.ContentHash));
         Assert.Equal(["file:///out/t/new.parquet"], current.Uris());
-        Assert.Equal("hash-2", store.LookupSources("p", "1.0", ["/in/a"])["/in/a"].ContentHash);
+        Assert.Equal("hash-2", store.LookupSources("p", "1.0", ["/in/a"], "")["/in/a"].ContentHash);
     }
 
     [Fact]
@@ -116,7 +116,7 @@ public abstract partial class JobStoreContract : IDisposable
         Assert.Equal(["h1", "h2"], store.SourceVersions("/in/a").Select(v => v.ContentHash));
         Assert.Empty(store.SourceVersions("/in/none"));
 
-        var found = store.LookupSources("p", "1.0", ["/in/a", "/in/none", "/in/b"]);
+        var found = store.LookupSources("p", "1.0", ["/in/a", "/in/none", "/in/b"], "");
         Assert.Equal(["/in/a", "/in/b"], found.Keys.Order());
         var entry = found["/in/a"];
         Assert.Equal(("h2", 11L, 3000L, 2L, false), (entry.ContentHash, entry.Size, entry.MtimeUs, entry.Versions, entry.Pending));
@@ -131,11 +131,11 @@ public abstract partial class JobStoreContract : IDisposable
         store.Enqueue(Job("/in/a"));
         store.Enqueue(Job("/in/b"));
         long a = RunOne(store);
-        var found = store.LookupSources("p", "1.0", ["/in/a", "/in/b"]);
+        var found = store.LookupSources("p", "1.0", ["/in/a", "/in/b"], "");
         Assert.Equal((a, false), (found["/in/a"].Output!.JobId, found["/in/a"].Pending));
         Assert.Equal((null, true), (found["/in/b"].Output, found["/in/b"].Pending));
-        Assert.False(store.LookupSources("p", "2.0", ["/in/b"])["/in/b"].Pending);
-        Assert.Null(store.LookupSources("q", "1.0", ["/in/a"])["/in/a"].Output);
+        Assert.False(store.LookupSources("p", "2.0", ["/in/b"], "")["/in/b"].Pending);
+        Assert.Null(store.LookupSources("q", "1.0", ["/in/a"], "")["/in/a"].Output);
     }
 
     [Fact]
@@ -146,7 +146,7 @@ public abstract partial class JobStoreContract : IDisposable
         store.Enqueue(Job("/in/a"));
         RunOne(store, parsedHash: "parsed");
         Assert.Equal("parsed", store.GetOutput("p", "/in/a")!.ContentHash);
-        var entry = store.LookupSources("p", "1.0", ["/in/a"])["/in/a"];
+        var entry = store.LookupSources("p", "1.0", ["/in/a"], "")["/in/a"];
         // Size and mtime no longer describe the recorded content: the next `job add` hashes the file.
         Assert.Equal(("parsed", -1L, -1L), (entry.ContentHash, entry.Size, entry.MtimeUs));
         Assert.Equal(["hash-/in/a", "parsed"], store.SourceVersions("/in/a").Select(v => v.ContentHash));
@@ -599,7 +599,7 @@ public abstract partial class JobStoreContract : IDisposable
     {
         using var store = Open();
         store.Enqueue(Job("/in/a"));
-        store.Enqueue(Job("/in/b", parser: "q"));
+        store.Enqueue(Job("/in/b", parser: "q") with { TopicPrefix = "crm_" });
         long a = RunOne(store);
         long b = RunOne(store, "u");
         store.RecordQuarantine(a, [new QuarantineCount("t", "type", 2), new QuarantineCount("t", "null", 1)]);
@@ -610,6 +610,8 @@ public abstract partial class JobStoreContract : IDisposable
         var all = store.ListQuarantine(null, null, null);
         Assert.Equal([(a, "t", "null", 1L), (a, "t", "type", 3L), (b, "u", "missing", 5L)], all.Select(r => (r.JobId, r.Topic, r.Reason, r.Rows)));
         Assert.Equal(("p", "1.0", "/in/a"), (all[0].ParserName, all[0].ParserVersion, all[0].InputPath));
+        // The job's topic prefix comes along: a replay re-parses the source under it.
+        Assert.Equal(["", "", "crm_"], all.Select(r => r.TopicPrefix));
         Assert.Equal([b], store.ListQuarantine("u", null, null).Select(r => r.JobId));
         Assert.Equal([a, a], store.ListQuarantine(null, "p", null).Select(r => r.JobId));
         Assert.Equal([b], store.ListQuarantine(null, null, b).Select(r => r.JobId));

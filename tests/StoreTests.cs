@@ -118,7 +118,7 @@ public sealed class StoreTests : IDisposable
         Assert.Equal(["file:///o/t/job-1.parquet", "file:///o/t/job-2.parquet"], a.Uris());
         Assert.Null(store.GetOutput("p", "/in/c"));
         Assert.Equal(["/in/b"], store.OutputsNotFrom("p", "1.0").Select(o => o.SourcePath));
-        var known = store.LookupSources("p", "1.0", ["/in/a", "/in/c"]);
+        var known = store.LookupSources("p", "1.0", ["/in/a", "/in/c"], "");
         Assert.Equal(("h2", -1L), (known["/in/a"].ContentHash, known["/in/a"].Size));
         Assert.Equal("hc", known["/in/c"].ContentHash);
     }

@@ -427,6 +427,52 @@ public sealed class WorkerTests
         Assert.Equal([bundle.SourceHash], Directory.GetDirectories(w.Dir.File("parsers")).Select(Path.GetFileName));
     }
 
+    [Theory]
+    // A path out of the output folder: "../x" + "rows" would be a folder beside it.
+    [InlineData("../x", "../x")]
+    // Upper case: not the start of a topic name.
+    [InlineData("Bad", "Bad")]
+    // A folder separator.
+    [InlineData("a/b", "a/b")]
+    // Starts with '_', not a letter.
+    [InlineData("_x", "_x")]
+    // A line break: the message shows it escaped and stays one line.
+    [InlineData("x\n../y", "x\\n../y")]
+    // 65 characters, one past the limit.
+    [InlineData("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")]
+    public void Worker_Dispatch_BadTopicPrefix_FailsPermanentlyBeforeTheParserRuns_AndWritesNothing(string prefix, string shown)
+    {
+        using var s = new ScriptedSentinel();
+        using var w = new WorkerRun(s.Address);
+        s.Receive(OpCode.Identify);
+        string ran = w.Dir.File("ran");
+        string parser = $$"""
+            from casparian import Output
+            def parse(path):
+                open({{Py(ran)}}, "a").write("ran\n")
+                yield Output("rows", [{"n": 1}, {"n": 2}])
+            """;
+        s.Dispatch(7, Job(parser, Input(w)) with { TopicPrefix = prefix });
+        var r = s.Conclude(7);
+        Assert.Equal(ReceiptStatus.Failed, r.Status);
+        Assert.Equal($"DISPATCH for parser t carries topic_prefix '{shown}', which is not the start of a topic name ([a-z][a-z0-9_]*, at most 64 characters)", r.ErrorMessage);
+        Assert.False(r.Metrics.ContainsKey(JobExecutor.TransientMetric));
+        Assert.False(File.Exists(ran));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(w.Dir.Path, "*rows*", SearchOption.AllDirectories));
+        Assert.Empty(Directory.Exists(w.Output) ? Directory.EnumerateFiles(w.Output, "*", SearchOption.AllDirectories) : []);
+
+        // The same job under a valid prefix: the parser runs, and its topic lands prefixed inside the output folder.
+        s.Dispatch(8, Job(parser, Input(w)) with { TopicPrefix = "ok_" });
+        var ok = s.Conclude(8);
+        Assert.True(ok.Status == ReceiptStatus.Success, ok.ErrorMessage);
+        var artifact = Assert.Single(ok.Artifacts);
+        Assert.Equal("ok_rows", artifact["topic"]);
+        string path = new Uri(artifact["uri"]).LocalPath;
+        Assert.Equal(Path.Combine(w.Output, "ok_rows"), Path.GetDirectoryName(path));
+        Assert.Equal([1L, 2L], ParquetTable.Read(path).Columns["n"]);
+        Assert.Equal(["ran"], File.ReadAllLines(ran));
+    }
+
     [Fact]
     public void Worker_UnreadableDispatch_ConcludesFailedAtOnce()
     {

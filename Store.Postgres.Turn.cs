@@ -1,0 +1,107 @@
+// The PostgreSQL store's batched forms of a sentinel's turn (issue 16): every success concluded in
+// the turn completes in one statement, and the claimed jobs' current outputs (for DISPATCH's
+// supersede list) come back in one query. Against a server each statement is a round trip, and the
+// round trips, not the rows, are what a turn costs; SQLite runs the interface's per-job defaults.
+//
+// Every lookup here is written so its only plan is a probe of a primary key per job (`= ANY(@ids)`,
+// or a LATERAL subquery with LIMIT 1, which the planner cannot turn into a join). Npgsql prepares
+// these statements, and PostgreSQL may keep a generic plan made while the tables were small until
+// autovacuum next analyzes them: written as joins, that plan was a hash join over a sequential scan
+// of all of outputs, each turn (measured: 4 ms per turn at 10,000 outputs, growing with each one).
+using Npgsql;
+using NpgsqlTypes;
+
+namespace Casparian;
+
+internal sealed partial class PostgresJobStore
+{
+    /// <summary>
+    /// Complete's statement (Store.Postgres.cs) over a set of jobs. The catalog rows take, per (parser,
+    /// source) and per source, the newest job of the batch, as completing them one by one in id order
+    /// would leave them (an upsert may touch a row only once per statement).
+    /// </summary>
+    internal string CompleteManySql => _completeManySql ??=
+        "WITH input AS (SELECT * FROM unnest(@ids, @workers, @metrics, @artifacts, @hashes) AS t(id, worker, metrics, artifacts, hash)), " +
+        "prior AS (SELECT i.id, j.content_hash FROM input i CROSS JOIN LATERAL (SELECT content_hash FROM jobs WHERE jobs.id = i.id LIMIT 1) j), " +
+        "done AS (UPDATE jobs SET state = 'COMPLETED', finished_at = @now, heartbeat_at = @now, error = NULL, metrics = i.metrics, artifacts = i.artifacts, " +
+        $"  content_hash = coalesce(i.hash, jobs.content_hash){Adopt} " +
+        $"  FROM input i WHERE jobs.id = ANY(@ids) AND jobs.id = i.id AND jobs.state = 'RUNNING' AND (i.worker IS NULL OR jobs.worker = i.worker) AND {Owned} " +
+        "  RETURNING jobs.id, jobs.parser_name, jobs.parser_version, jobs.input_path, jobs.content_hash, jobs.artifacts, jobs.topic_prefix, i.hash AS parsed), " +
+        "newest AS (SELECT DISTINCT ON (parser_name, input_path) * FROM done ORDER BY parser_name, input_path, id DESC), " +
+        "made_current AS (INSERT INTO outputs (parser_name, source_path, job_id, parser_version, content_hash, artifacts, updated_at, topic_prefix) " +
+        "  SELECT parser_name, input_path, id, parser_version, content_hash, artifacts, @now, topic_prefix FROM newest " +
+        "  ON CONFLICT (parser_name, source_path) DO UPDATE SET job_id = excluded.job_id, parser_version = excluded.parser_version, " +
+        "    content_hash = excluded.content_hash, artifacts = excluded.artifacts, updated_at = excluded.updated_at, topic_prefix = excluded.topic_prefix " +
+        "    WHERE excluded.job_id >= outputs.job_id RETURNING job_id), " +
+        // A source the catalog lacks gets a row; one it holds takes the content parsed, when the
+        // worker reported it and the job is now current.
+        "source_row AS (INSERT INTO sources (path, content_hash, size, mtime, updated_at) " +
+        "  SELECT DISTINCT ON (n.input_path) n.input_path, n.content_hash, -1, -1, @now FROM newest n " +
+        "  LEFT JOIN LATERAL (SELECT true AS held FROM sources s WHERE s.path = n.input_path LIMIT 1) k ON true " +
+        "  WHERE (n.parsed IS NOT NULL AND n.id IN (SELECT job_id FROM made_current)) OR k.held IS NULL " +
+        "  ORDER BY n.input_path, n.id DESC " +
+        "  ON CONFLICT (path) DO UPDATE SET content_hash = excluded.content_hash, size = -1, mtime = -1, updated_at = excluded.updated_at " +
+        "    WHERE sources.content_hash <> excluded.content_hash) " +
+        "SELECT p.id, p.content_hash, d.id IS NOT NULL FROM prior p LEFT JOIN done d ON d.id = p.id";
+
+    private string? _completeManySql;
+
+    /// <summary>One probe of outputs' primary key per pair (LATERAL … LIMIT 1: never a join over the table).</summary>
+    internal const string GetOutputsSql =
+        "SELECT o.parser_name, o.source_path, o.job_id, o.parser_version, o.content_hash, o.artifacts, o.topic_prefix " +
+        "FROM unnest(@parsers, @paths) AS t(parser, path) CROSS JOIN LATERAL (SELECT * FROM outputs o " +
+        "  WHERE o.parser_name = t.parser AND o.source_path = t.path LIMIT 1) o";
+
+    public List<(bool Done, string? QueuedHash)> CompleteMany(IReadOnlyList<Completion> completions)
+    {
+        if (completions.Count == 0) return [];
+        var ids = new long[completions.Count];
+        var workers = new string?[completions.Count];
+        var metrics = new string[completions.Count];
+        var artifacts = new string[completions.Count];
+        var hashes = new string?[completions.Count];
+        for (int i = 0; i < completions.Count; i++)
+        {
+            var c = completions[i];
+            (ids[i], workers[i], metrics[i], artifacts[i], hashes[i]) = (c.Id, c.Worker, MetricsJson(c.Metrics), ArtifactsJson(c.Artifacts), c.ParsedHash);
+        }
+        var outcome = InTransaction(() =>
+        {
+            using var cmd = Command(CompleteManySql);
+            cmd.Parameters.Add(new NpgsqlParameter<long[]>("ids", ids));
+            cmd.Parameters.Add(new NpgsqlParameter("workers", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = workers });
+            cmd.Parameters.Add(new NpgsqlParameter("metrics", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = metrics });
+            cmd.Parameters.Add(new NpgsqlParameter("artifacts", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = artifacts });
+            cmd.Parameters.Add(new NpgsqlParameter("hashes", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = hashes });
+            cmd.Parameters.Add(Long("now", Now()));
+            cmd.Parameters.Add(Text("me", _options.Sentinel));
+            var rows = new Dictionary<long, (bool Done, string Before)>();
+            using var r = cmd.ExecuteReader();
+            while (r.Read()) rows[r.GetInt64(0)] = (r.GetBoolean(2), r.GetString(1));
+            return rows;
+        });
+        var results = new List<(bool, string?)>(completions.Count);
+        foreach (var c in completions)
+        {
+            bool done = outcome.TryGetValue(c.Id, out var row) && row.Done;
+            results.Add((done, done && c.ParsedHash is not null && row.Before != c.ParsedHash ? row.Before : null));
+        }
+        return results;
+    }
+
+    public Dictionary<(string Parser, string Path), CurrentOutput> GetOutputs(IReadOnlyList<(string Parser, string Path)> keys) => Run(() =>
+    {
+        var found = new Dictionary<(string, string), CurrentOutput>();
+        if (keys.Count == 0) return found;
+        using var cmd = Command(GetOutputsSql);
+        cmd.Parameters.Add(new NpgsqlParameter<string[]>("parsers", [.. keys.Select(k => k.Parser)]));
+        cmd.Parameters.Add(new NpgsqlParameter<string[]>("paths", [.. keys.Select(k => k.Path)]));
+        using var r = cmd.ExecuteReader();
+        while (r.Read())
+        {
+            var output = ReadOutput(r);
+            found[(output.ParserName, output.SourcePath)] = output;
+        }
+        return found;
+    });
+}
