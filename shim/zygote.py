@@ -25,6 +25,7 @@ import select
 import signal
 import socket
 import sys
+import _thread
 import threading
 import traceback
 
@@ -65,22 +66,32 @@ def _die_with_parent():
 
 
 class Warm:
-    """What bridge_shim.main needs from a warm child: the preloaded parser, and the raw descriptors
-    1 and 2 turned into log lines, as the worker's pipe pumps do for a cold guest (subprocess and
-    C-level output keep reaching the job's log)."""
+    """What bridge_shim.main needs from a warm child: the preloaded parser, its arguments as the
+    zygote parsed them, and the raw descriptors 1 and 2 turned into log lines, as the worker's pipe
+    pumps do for a cold guest (subprocess and C-level output keep reaching the job's log)."""
 
-    def __init__(self, module):
+    def __init__(self, module, argv, parsed, log_handler):
         self.module = module
-        self._threads = []
+        self.log_handler = log_handler
+        self._argv = argv
+        self._parsed = parsed
+        self._done = []
+
+    def parse_args(self, argv):
+        """The zygote's own parse when the job's arguments are the ones it was started with (always,
+        from the worker): building an ArgumentParser in a fresh child costs about a millisecond."""
+        return self._parsed if list(argv) == self._argv else shim._parse_args(argv)
 
     def attach(self, channel):
         for fd, level in ((1, shim.STDOUT), (2, shim.STDERR)):
             r, w = os.pipe()
             os.dup2(w, fd)
             os.close(w)
-            t = threading.Thread(target=_forward, args=(r, level, channel), name="casparian-fd%d" % fd, daemon=True)
-            t.start()
-            self._threads.append(t)
+            done = _thread.allocate_lock()
+            done.acquire()
+            # Bare threads, as the shim's watcher: no wait for each to start.
+            _thread.start_new_thread(_forward, (r, level, channel, done))
+            self._done.append(done)
 
     def drain(self):
         """Called before the end or error frame: closes this process's ends of the pipes and sends
@@ -89,11 +100,11 @@ class Warm:
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
         os.close(devnull)
-        for t in self._threads:
-            t.join(1.0)
+        for done in self._done:
+            done.acquire(timeout=1.0)
 
 
-def _forward(fd, level, channel):
+def _forward(fd, level, channel, done):
     pending = b""
     try:
         while True:
@@ -113,6 +124,7 @@ def _forward(fd, level, channel):
         pass
     finally:
         os.close(fd)
+        done.release()
 
 
 def _cold_reason(module):
@@ -124,7 +136,7 @@ def _cold_reason(module):
     return None
 
 
-def _child(request, control, wake, module):
+def _child(request, control, wake, warm):
     code = 1
     try:
         signal.set_wakeup_fd(-1)
@@ -140,7 +152,7 @@ def _child(request, control, wake, module):
                 os.environ[name] = value
         if request.get("cwd"):
             os.chdir(request["cwd"])
-        code = shim.main(list(request.get("argv") or []), warm=Warm(module))
+        code = shim.main(list(request.get("argv") or []), warm=warm)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
     except BaseException:
@@ -181,7 +193,7 @@ def _kill_all(children):
                 pass
 
 
-def serve(control, module, argv):
+def serve(control, module, argv, parsed, log_handler):
     children = {}
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -220,7 +232,7 @@ def serve(control, module, argv):
                     _send(control, {"id": job, "error": "fork failed: %s" % e})
                     continue
                 if pid == 0:
-                    _child(request, control, (wake_r, wake_w), module)
+                    _child(request, control, (wake_r, wake_w), Warm(module, argv, parsed, log_handler))
                 try:
                     os.setpgid(pid, pid)  # also done by the child; whichever runs first wins the race
                 except OSError:
@@ -243,7 +255,7 @@ def main(argv):
     control.connect(argv[0])
     job_argv = argv[1:]
     try:
-        parser_path, parser_archive = shim._parse_args(job_argv)
+        parser_path, parser_archive = parsed = shim._parse_args(job_argv)
         module = shim.load_parser(parser_path, parser_archive, None)
         reason = _cold_reason(module)
     except BaseException as e:  # the cold guest reports it as it always does
@@ -256,6 +268,12 @@ def main(argv):
     if reason is not None:
         _send(control, {"cold": reason})
         return 0
+    # Logging goes to the job's channel from here on (the parser's import-time output went to our stderr).
+    try:
+        log_handler = shim._install_logging(None)
+    except ValueError as e:  # BRIDGE_LOG_LEVEL names no level: the cold guest reports it as it always does
+        _send(control, {"cold": "logging could not be set up: %s" % e})
+        return 0
     # Everything imported so far moves to the collector's permanent generation: a child's collections
     # then never walk (and so never copy-on-write) the pages it shares with the zygote.
     gc.collect()
@@ -264,7 +282,7 @@ def main(argv):
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        serve(control, module, job_argv)
+        serve(control, module, job_argv, parsed, log_handler)
     except (OSError, ValueError, KeyError) as e:
         sys.stderr.write("casparian zygote: %s: %s\n" % (type(e).__name__, e))
         return 1

@@ -54,6 +54,31 @@ public sealed class WarmTests : IDisposable
     }
 
     [Fact]
+    public async Task Warm_LoggingSetUpInTheZygote_AJobsBasicConfigDoesNotReachTheNext()
+    {
+        // The log handler is installed once in the zygote and each child points it at its own
+        // bridge: one job's level and format must stay in that job's process.
+        const string source = """
+            import logging
+            def parse(path):
+                logging.debug("debug line")
+                logging.getLogger("p").info("info line")
+                logging.basicConfig(level=logging.DEBUG, format="changed|%(message)s")
+                return None
+            """;
+        for (int i = 0; i < 3; i++)
+        {
+            var (r, s) = await Warm(source);
+            using (s)
+            {
+                Assert.True(r.Succeeded && r.Warm, Guest.Describe(r, s));
+                Assert.Equal(["p: info line"], s.Logs.Select(l => l.Text));
+            }
+        }
+        Assert.Single(Zygotes());
+    }
+
+    [Fact]
     public async Task Warm_ModuleLevelCodeRunsOnceInTheZygote()
     {
         string marker = _dir.File("imports.txt");
