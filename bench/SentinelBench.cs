@@ -116,6 +116,8 @@ public class SentinelBench
         foreach (var w in workers)
         {
             long last = w.LastConcluded;
+            // A worker that has concluded nothing yet holds nothing to wait for (the others took every job).
+            if (last == 0) continue;
             var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
             while (store.Get(last)?.State != JobState.Completed)
             {

@@ -146,9 +146,11 @@ public sealed class PostgresStoreTests
             "AND (true OR parser_name = ANY('{}')) ORDER BY priority DESC, id LIMIT 16 FOR UPDATE SKIP LOCKED");
         Assert.Contains("\"Index Name\": \"jobs_queue\"", plan);
         Assert.DoesNotContain("\"Node Type\": \"Sort\"", plan);
-        // A batch that is small against what the statistics know does not analyze again.
-        store.EnqueueMany([.. Enumerable.Range(0, 1000).Select(i => new NewJob("p", "1.0", $"/in/more-{i}", "h"))]);
+        // A batch that does not double what the statistics know does not analyze again; one that does, does.
+        store.EnqueueMany([.. Enumerable.Range(0, 5000).Select(i => new NewJob("p", "1.0", $"/in/more-{i}", "h"))]);
         Assert.Equal(5010f, Scalar<float>(url, "SELECT reltuples FROM pg_class WHERE oid = 'jobs'::regclass"));
+        store.EnqueueMany([.. Enumerable.Range(0, 11000).Select(i => new NewJob("p", "1.0", $"/in/most-{i}", "h"))]);
+        Assert.Equal(21010f, Scalar<float>(url, "SELECT reltuples FROM pg_class WHERE oid = 'jobs'::regclass"));
     }
 
     [PgFact]
