@@ -1,13 +1,14 @@
 // The PostgreSQL store's batched forms of a sentinel's turn (issue 16): every success concluded in
 // the turn completes in one statement, and the claims of all its free workers, each job with its
-// current output (for DISPATCH's supersede list), go out as one batch. Against a server each statement is a round trip, and the
-// round trips, not the rows, are what a turn costs; SQLite runs the interface's per-job defaults.
+// current output (for DISPATCH's supersede list), go out as one batch. Against a server each
+// statement is a round trip, and the round trips, not the rows, are what a turn costs; SQLite runs
+// the interface's per-job defaults (as does GetOutputs here: the turn reads outputs in ClaimMany).
 //
 // Every lookup here is written so its only plan is a probe of a primary key per job (`= ANY(@ids)`,
 // or a LATERAL subquery with LIMIT 1, which the planner cannot turn into a join). Npgsql prepares
 // these statements, and PostgreSQL may keep a generic plan made while the tables were small until
-// autovacuum next analyzes them: written as joins, that plan was a hash join over a sequential scan
-// of all of outputs, each turn (measured: 4 ms per turn at 10,000 outputs, growing with each one).
+// autovacuum next analyzes them: the outputs lookup written as a join became a hash join over a
+// sequential scan of all of outputs, each turn (measured: 4 ms per turn at 10,000 outputs, growing with each one).
 using Npgsql;
 using NpgsqlTypes;
 
@@ -45,12 +46,6 @@ internal sealed partial class PostgresJobStore
         "SELECT p.id, p.content_hash, d.id IS NOT NULL FROM prior p LEFT JOIN done d ON d.id = p.id";
 
     private string? _completeManySql;
-
-    /// <summary>One probe of outputs' primary key per pair (LATERAL … LIMIT 1: never a join over the table).</summary>
-    internal const string GetOutputsSql =
-        "SELECT o.parser_name, o.source_path, o.job_id, o.parser_version, o.content_hash, o.artifacts, o.topic_prefix " +
-        "FROM unnest(@parsers, @paths) AS t(parser, path) CROSS JOIN LATERAL (SELECT * FROM outputs o " +
-        "  WHERE o.parser_name = t.parser AND o.source_path = t.path LIMIT 1) o";
 
     public List<(bool Done, string? QueuedHash)> CompleteMany(IReadOnlyList<Completion> completions)
     {
@@ -90,8 +85,8 @@ internal sealed partial class PostgresJobStore
     }
 
     /// <summary>
-    /// Claim's statement with each claimed job's current output beside it (one key probe per job, as
-    /// <see cref="GetOutputsSql"/>); ClaimMany sends one per worker, all in one round trip.
+    /// Claim's statement with each claimed job's current output beside it (one key probe of outputs per
+    /// job); ClaimMany sends one per worker, all in one round trip.
     /// </summary>
     internal const string ClaimWithOutputSql =
         "WITH claimed AS (" + ClaimSql + ") " +
@@ -130,20 +125,4 @@ internal sealed partial class PostgresJobStore
             return claimed;
         });
     }
-
-    public Dictionary<(string Parser, string Path), CurrentOutput> GetOutputs(IReadOnlyList<(string Parser, string Path)> keys) => Run(() =>
-    {
-        var found = new Dictionary<(string, string), CurrentOutput>();
-        if (keys.Count == 0) return found;
-        using var cmd = Command(GetOutputsSql);
-        cmd.Parameters.Add(new NpgsqlParameter<string[]>("parsers", [.. keys.Select(k => k.Parser)]));
-        cmd.Parameters.Add(new NpgsqlParameter<string[]>("paths", [.. keys.Select(k => k.Path)]));
-        using var r = cmd.ExecuteReader();
-        while (r.Read())
-        {
-            var output = ReadOutput(r);
-            found[(output.ParserName, output.SourcePath)] = output;
-        }
-        return found;
-    });
 }

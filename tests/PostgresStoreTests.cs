@@ -167,12 +167,10 @@ public sealed class PostgresStoreTests
             return sql;
         }
         string complete = Positional(store.CompleteManySql, "ids", "workers", "metrics", "artifacts", "hashes", "now", "me");
-        string outputs = Positional(PostgresJobStore.GetOutputsSql, "parsers", "paths");
         string claim = Positional(PostgresJobStore.ClaimWithOutputSql, "worker", "me", "now", "any", "caps", "max");
         foreach (var (name, types, sql) in new[]
         {
             ("complete", "bigint[], text[], text[], text[], text[], bigint, text", complete),
-            ("outputs", "text[], text[]", outputs),
             ("claim", "text, text, bigint, boolean, text[], integer", claim),
         })
         {
