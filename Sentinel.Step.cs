@@ -117,7 +117,8 @@ internal sealed partial class Sentinel
         long stepStarted = Stopwatch.GetTimestamp();
         try
         {
-            _store.InTransaction(() =>
+            if (!renew && !cancels && !sweep && OnlyCompletions()) CompleteAndClaim(now, claim);
+            else _store.InTransaction(() =>
             {
                 if (renew) RenewLease(now);
                 StoreWork(now, claim, cancels, sweep && _leading);
@@ -177,10 +178,45 @@ internal sealed partial class Sentinel
     }
 
     /// <summary>
+    /// Whether the turn's store work is only fresh successes (and claims), with nothing for the contract
+    /// records: the common turn under load, which <see cref="CompleteAndClaim"/> does in one round trip.
+    /// </summary>
+    private bool OnlyCompletions()
+    {
+        if (_work.Deploys.Count > 0 || _work.Lost.Count > 0 || _work.Adopt.Count > 0 || _work.Released.Count > 0 || _work.Expired.Count > 0 || _work.Touch.Count > 0)
+            return false;
+        foreach (var c in _work.Conclusions)
+            if (c.Receipt.Status != ReceiptStatus.Success || c.HeldSince is not null || ContractRecords.Needed(c.Receipt.Artifacts)) return false;
+        return true;
+    }
+
+    /// <summary>
+    /// The turn as one <see cref="IJobStore.CompleteAndClaim"/>: the same outcome as <see cref="StoreWork"/>
+    /// on such a turn. What may follow it outside that transaction only reads (a refused conclusion's
+    /// owner), or fails a claimed job whose parser is gone; if that fails, the job stays RUNNING here
+    /// undispatched and the stale sweep requeues it.
+    /// </summary>
+    private void CompleteAndClaim(long now, bool claim)
+    {
+        var (batch, batched) = Completions();
+        var asking = claim ? Asking(now) : [];
+        var (completed, claimed) = _store.CompleteAndClaim(batch, [.. asking.Select(w => new ClaimRequest(w.Id, w.Capabilities, w.Free))]);
+        Conclude(now, batched, completed);
+        Dispatch(asking, claimed);
+    }
+
+    /// <summary>
     /// The turn's conclusions, in order. The successes complete together (<see cref="IJobStore.CompleteMany"/>:
     /// one statement on PostgreSQL); a held retry, a repeated job id and every other outcome go one by one.
     /// </summary>
     private void ApplyConclusions(long now)
+    {
+        var (batch, batched) = Completions();
+        Conclude(now, batched, batch.Count > 0 ? _store.CompleteMany(batch) : []);
+    }
+
+    /// <summary>The turn's fresh successes, each job once, and where each conclusion's result sits among them.</summary>
+    private (List<Completion> Batch, Dictionary<int, int> Batched) Completions()
     {
         var batch = new List<Completion>();
         var batched = new Dictionary<int, int>();
@@ -192,7 +228,11 @@ internal sealed partial class Sentinel
             batched[i] = batch.Count;
             batch.Add(new Completion(c.JobId, c.WorkerId, c.Receipt.Metrics, c.Receipt.Artifacts, c.Receipt.ContentHash));
         }
-        var completed = batch.Count > 0 ? _store.CompleteMany(batch) : [];
+        return (batch, batched);
+    }
+
+    private void Conclude(long now, Dictionary<int, int> batched, List<(bool Done, string? QueuedHash)> completed)
+    {
         for (int i = 0; i < _work.Conclusions.Count; i++)
         {
             var c = _work.Conclusions[i];
@@ -244,6 +284,14 @@ internal sealed partial class Sentinel
     /// </summary>
     private void Claim(long now)
     {
+        var asking = Asking(now);
+        if (asking.Count == 0) return;
+        Dispatch(asking, _store.ClaimMany([.. asking.Select(w => new ClaimRequest(w.Id, w.Capabilities, w.Free))]));
+    }
+
+    /// <summary>The workers with a free slot, starting from a rotating one for fairness.</summary>
+    private List<WorkerEntry> Asking(long now)
+    {
         int n = _workers.Count;
         var asking = new List<WorkerEntry>(n);
         for (int k = 0; k < n; k++)
@@ -252,8 +300,12 @@ internal sealed partial class Sentinel
             if (w.Free > 0 && w.PausedUntil <= now && w.Capabilities.Count > 0) asking.Add(w);
         }
         if (n > 0) _nextWorkerForClaims = (_nextWorkerForClaims + 1) % n;
-        if (asking.Count == 0) return;
-        var claimed = _store.ClaimMany([.. asking.Select(w => new ClaimRequest(w.Id, w.Capabilities, w.Free))]);
+        return asking;
+    }
+
+    /// <summary>Each claimed job's DISPATCH, to be sent after the commit; a job whose parser is not stored FAILS.</summary>
+    private void Dispatch(List<WorkerEntry> asking, List<List<(ClaimedJob Job, CurrentOutput? Current)>> claimed)
+    {
         for (int i = 0; i < asking.Count; i++)
         {
             var w = asking[i];

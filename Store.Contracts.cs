@@ -23,6 +23,14 @@ internal sealed record TopicSchemaVersion(string Topic, long Version, string Col
 /// <summary>Turns a completed job's receipt artifacts into the store's quarantine counts and schema versions.</summary>
 internal static class ContractRecords
 {
+    /// <summary>Whether <see cref="Record"/> would write anything for these artifacts.</summary>
+    public static bool Needed(IReadOnlyList<Dictionary<string, string>> artifacts)
+    {
+        foreach (var a in artifacts)
+            if (a.ContainsKey("topic") && (a.ContainsKey(OutputArtifact.QuarantineReasonsKey) || a.ContainsKey(OutputArtifact.SchemaKey))) return true;
+        return false;
+    }
+
     /// <summary>Records both; returns whether any topic's schema got a new version.</summary>
     public static bool Record(IJobStore store, long jobId, IReadOnlyList<Dictionary<string, string>> artifacts)
     {

@@ -146,7 +146,11 @@ internal sealed partial class PostgresJobStore
         return OldestFirst(cmd);
     });
 
-    public List<long> RetryMany(JobQuery query) => Bulk(query, "state IN ('FAILED', 'CANCELLED')", RetrySet);
+    public List<long> RetryMany(JobQuery query)
+    {
+        ForgetClaimCursors();
+        return Bulk(query, "state IN ('FAILED', 'CANCELLED')", RetrySet);
+    }
 
     public List<long> CancelMany(JobQuery query) => Bulk(query, "state IN ('QUEUED', 'RUNNING')", "state = 'CANCELLED', finished_at = @now");
 

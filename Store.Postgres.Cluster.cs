@@ -83,7 +83,9 @@ internal sealed partial class PostgresJobStore
             _listener = new Thread(Listen) { IsBackground = true, Name = "casparian-pg-listen" };
             _listener.Start();
         }
-        return Interlocked.Exchange(ref _signalled, 0) == 1;
+        if (Interlocked.Exchange(ref _signalled, 0) == 0) return false;
+        ForgetClaimCursors(); // new jobs may sort before a cursor (a higher priority)
+        return true;
     }
 
     private void Listen()

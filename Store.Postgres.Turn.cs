@@ -3,6 +3,7 @@
 // current output (for DISPATCH's supersede list), go out as one batch. Against a server each
 // statement is a round trip, and the round trips, not the rows, are what a turn costs; SQLite runs
 // the interface's per-job defaults (as does GetOutputs here: the turn reads outputs in ClaimMany).
+// A turn with nothing else to write sends both, and its commit, as one batch (CompleteAndClaim).
 //
 // Every lookup here is written so its only plan is a probe of a primary key per job (`= ANY(@ids)`,
 // or a LATERAL subquery with LIMIT 1, which the planner cannot turn into a join). Npgsql prepares
@@ -50,6 +51,17 @@ internal sealed partial class PostgresJobStore
     public List<(bool Done, string? QueuedHash)> CompleteMany(IReadOnlyList<Completion> completions)
     {
         if (completions.Count == 0) return [];
+        return InTransaction(() =>
+        {
+            using var batch = new NpgsqlBatch(Connection(), _tx);
+            batch.BatchCommands.Add(CompleteManyCommand(completions));
+            using var r = batch.ExecuteReader();
+            return ReadCompleted(r, completions);
+        });
+    }
+
+    private NpgsqlBatchCommand CompleteManyCommand(IReadOnlyList<Completion> completions)
+    {
         var ids = new long[completions.Count];
         var workers = new string?[completions.Count];
         var metrics = new string[completions.Count];
@@ -60,25 +72,26 @@ internal sealed partial class PostgresJobStore
             var c = completions[i];
             (ids[i], workers[i], metrics[i], artifacts[i], hashes[i]) = (c.Id, c.Worker, MetricsJson(c.Metrics), ArtifactsJson(c.Artifacts), c.ParsedHash);
         }
-        var outcome = InTransaction(() =>
-        {
-            using var cmd = Command(CompleteManySql);
-            cmd.Parameters.Add(new NpgsqlParameter<long[]>("ids", ids));
-            cmd.Parameters.Add(new NpgsqlParameter("workers", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = workers });
-            cmd.Parameters.Add(new NpgsqlParameter("metrics", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = metrics });
-            cmd.Parameters.Add(new NpgsqlParameter("artifacts", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = artifacts });
-            cmd.Parameters.Add(new NpgsqlParameter("hashes", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = hashes });
-            cmd.Parameters.Add(Long("now", Now()));
-            cmd.Parameters.Add(Text("me", _options.Sentinel));
-            var rows = new Dictionary<long, (bool Done, string Before)>();
-            using var r = cmd.ExecuteReader();
-            while (r.Read()) rows[r.GetInt64(0)] = (r.GetBoolean(2), r.GetString(1));
-            return rows;
-        });
+        var cmd = new NpgsqlBatchCommand(CompleteManySql);
+        cmd.Parameters.Add(new NpgsqlParameter<long[]>("ids", ids));
+        cmd.Parameters.Add(new NpgsqlParameter("workers", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = workers });
+        cmd.Parameters.Add(new NpgsqlParameter("metrics", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = metrics });
+        cmd.Parameters.Add(new NpgsqlParameter("artifacts", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = artifacts });
+        cmd.Parameters.Add(new NpgsqlParameter("hashes", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = hashes });
+        cmd.Parameters.Add(Long("now", Now()));
+        cmd.Parameters.Add(Text("me", _options.Sentinel));
+        return cmd;
+    }
+
+    /// <summary>CompleteManySql's result set, one result per completion in order; leaves the reader on that result set.</summary>
+    private static List<(bool Done, string? QueuedHash)> ReadCompleted(NpgsqlDataReader r, IReadOnlyList<Completion> completions)
+    {
+        var rows = new Dictionary<long, (bool Done, string Before)>();
+        while (r.Read()) rows[r.GetInt64(0)] = (r.GetBoolean(2), r.GetString(1));
         var results = new List<(bool, string?)>(completions.Count);
         foreach (var c in completions)
         {
-            bool done = outcome.TryGetValue(c.Id, out var row) && row.Done;
+            bool done = rows.TryGetValue(c.Id, out var row) && row.Done;
             results.Add((done, done && c.ParsedHash is not null && row.Before != c.ParsedHash ? row.Before : null));
         }
         return results;
@@ -88,41 +101,94 @@ internal sealed partial class PostgresJobStore
     /// Claim's statement with each claimed job's current output beside it (one key probe of outputs per
     /// job); ClaimMany sends one per worker, all in one round trip.
     /// </summary>
-    internal const string ClaimWithOutputSql =
-        "WITH claimed AS (" + ClaimSql + ") " +
-        "SELECT c.*, o.job_id, o.parser_version, o.content_hash, o.artifacts, o.topic_prefix FROM claimed c " +
+    internal const string ClaimWithOutputSql = WithOutputHead + ClaimSql + WithOutputTail;
+
+    private const string WithOutputHead = "WITH claimed AS (";
+    private const string WithOutputTail = ") SELECT c.*, o.job_id, o.parser_version, o.content_hash, o.artifacts, o.topic_prefix FROM claimed c " +
         "LEFT JOIN LATERAL (SELECT * FROM outputs o WHERE o.parser_name = c.parser_name AND o.source_path = c.input_path LIMIT 1) o ON true";
 
     public List<List<(ClaimedJob Job, CurrentOutput? Current)>> ClaimMany(IReadOnlyList<ClaimRequest> requests)
     {
-        var claimed = new List<List<(ClaimedJob, CurrentOutput?)>>(requests.Count);
-        if (requests.Count == 0) return claimed;
-        return InTransaction(() =>
+        if (requests.Count == 0) return [];
+        var since = new List<long>(requests.Count);
+        var claimed = InTransaction(() =>
         {
             // One batch: Npgsql sends its statements together and reads their results in order.
             using var batch = new NpgsqlBatch(Connection(), _tx);
-            foreach (var (worker, capabilities, max) in requests)
-            {
-                var command = new NpgsqlBatchCommand(ClaimWithOutputSql);
-                AddClaimParameters(command.Parameters, worker, capabilities, Math.Max(max, 0));
-                batch.BatchCommands.Add(command);
-            }
+            AddClaims(batch, requests, since);
             using var r = batch.ExecuteReader();
-            for (int i = 0; i < requests.Count; i++)
-            {
-                var jobs = new List<(ClaimedJob Job, CurrentOutput? Current)>();
-                while (r.Read())
-                {
-                    var job = ReadClaimed(r);
-                    var current = r.IsDBNull(8) ? null
-                        : new CurrentOutput(job.ParserName, job.InputPath, r.GetInt64(8), r.GetString(9), r.GetString(10), r.IsDBNull(11) ? null : r.GetString(11)) { TopicPrefix = r.GetString(12) };
-                    jobs.Add((job, current));
-                }
-                jobs.Sort((a, b) => DispatchOrder(a.Job, b.Job));
-                claimed.Add(jobs);
-                r.NextResult();
-            }
-            return claimed;
+            return ReadClaimed(r, requests.Count);
         });
+        AdvanceCursors(requests, since, claimed);
+        return claimed;
+    }
+
+    /// <summary>
+    /// The interface's CompleteAndClaim as one batch with no explicit transaction: PostgreSQL runs the
+    /// statements of one batch (up to its single Sync) as one implicit transaction, all or nothing, and
+    /// commits it at the end, so the turn costs one round trip instead of three (BEGIN with the
+    /// completions, the claims, COMMIT). Inside a caller's transaction it joins that one instead.
+    /// </summary>
+    public (List<(bool Done, string? QueuedHash)> Completed, List<List<(ClaimedJob Job, CurrentOutput? Current)>> Claimed) CompleteAndClaim(
+        IReadOnlyList<Completion> completions, IReadOnlyList<ClaimRequest> claims)
+    {
+        if (_tx is not null) return (CompleteMany(completions), ClaimMany(claims));
+        if (completions.Count == 0 && claims.Count == 0) return ([], []);
+        var since = new List<long>(claims.Count);
+        try
+        {
+            var turn = Run(() =>
+            {
+                using var batch = new NpgsqlBatch(Connection());
+                if (completions.Count > 0) batch.BatchCommands.Add(CompleteManyCommand(completions));
+                AddClaims(batch, claims, since);
+                using var r = batch.ExecuteReader();
+                List<(bool, string?)> completed = [];
+                if (completions.Count > 0)
+                {
+                    completed = ReadCompleted(r, completions);
+                    r.NextResult();
+                }
+                return (completed, ReadClaimed(r, claims.Count));
+            });
+            AdvanceCursors(claims, since, turn.Item2);
+            return turn;
+        }
+        catch
+        {
+            ForgetClaimCursors();
+            throw;
+        }
+    }
+
+    private void AddClaims(NpgsqlBatch batch, IReadOnlyList<ClaimRequest> requests, List<long> since)
+    {
+        since.Clear();
+        foreach (var request in requests)
+        {
+            batch.BatchCommands.Add(ClaimCommand(request, out long started));
+            since.Add(started);
+        }
+    }
+
+    /// <summary>One ClaimWithOutputSql result set per request, in order, each sorted in dispatch order.</summary>
+    private static List<List<(ClaimedJob Job, CurrentOutput? Current)>> ReadClaimed(NpgsqlDataReader r, int requests)
+    {
+        var claimed = new List<List<(ClaimedJob, CurrentOutput?)>>(requests);
+        for (int i = 0; i < requests; i++)
+        {
+            var jobs = new List<(ClaimedJob Job, CurrentOutput? Current)>();
+            while (r.Read())
+            {
+                var job = ReadClaimed(r);
+                var current = r.IsDBNull(8) ? null
+                    : new CurrentOutput(job.ParserName, job.InputPath, r.GetInt64(8), r.GetString(9), r.GetString(10), r.IsDBNull(11) ? null : r.GetString(11)) { TopicPrefix = r.GetString(12) };
+                jobs.Add((job, current));
+            }
+            jobs.Sort((a, b) => DispatchOrder(a.Job, b.Job));
+            claimed.Add(jobs);
+            r.NextResult();
+        }
+        return claimed;
     }
 }

@@ -298,6 +298,7 @@ internal sealed partial class PostgresJobStore : IJobStore
             }
             catch
             {
+                ForgetClaimCursors();
                 try
                 {
                     if (_conn is { State: System.Data.ConnectionState.Open }) _tx.Rollback();
@@ -339,6 +340,7 @@ internal sealed partial class PostgresJobStore : IJobStore
 
     public long EnqueueMany(IReadOnlyList<NewJob> jobs)
     {
+        ForgetClaimCursors();
         if (jobs.Count == 0) return 0;
         return InTransaction(() =>
         {
@@ -426,11 +428,11 @@ internal sealed partial class PostgresJobStore : IJobStore
 
     // SKIP LOCKED: a row another sentinel is claiming is passed over, not waited for; the outer
     // UPDATE takes the rows the inner SELECT locked, so no two claimers get the same job.
-    private const string ClaimSql =
-        "UPDATE jobs SET state = 'RUNNING', worker = @worker, sentinel = @me, claimed_at = @now, heartbeat_at = @now, finished_at = NULL " +
-        "WHERE id IN (SELECT id FROM jobs WHERE state = 'QUEUED' AND next_attempt_at <= @now " +
-        "    AND (@any OR parser_name = ANY(@caps)) ORDER BY priority DESC, id LIMIT @max FOR UPDATE SKIP LOCKED) " +
-        "RETURNING id, parser_name, parser_version, input_path, priority, retry_count, content_hash, topic_prefix";
+    private const string ClaimSql = ClaimUpdate + "(SELECT id FROM jobs WHERE " + Claimable + " ORDER BY priority DESC, id LIMIT @max FOR UPDATE SKIP LOCKED)" + ClaimReturning;
+
+    private const string ClaimUpdate = "UPDATE jobs SET state = 'RUNNING', worker = @worker, sentinel = @me, claimed_at = @now, heartbeat_at = @now, finished_at = NULL WHERE id IN ";
+    private const string Claimable = "state = 'QUEUED' AND next_attempt_at <= @now AND (@any OR parser_name = ANY(@caps))";
+    private const string ClaimReturning = " RETURNING id, parser_name, parser_version, input_path, priority, retry_count, content_hash, topic_prefix";
 
     private void AddClaimParameters(NpgsqlParameterCollection p, string worker, IReadOnlyList<string> capabilities, int max)
     {
@@ -507,6 +509,7 @@ internal sealed partial class PostgresJobStore : IJobStore
 
     public FailResult? Fail(long id, string? worker, string error, bool transient, IReadOnlyDictionary<string, long>? metrics = null) => Run(() =>
     {
+        ForgetClaimCursors();
         // Every SET expression sees the row as it was, so retry_count below is the count before this failure.
         using var cmd = Command(
             "UPDATE jobs SET " +
@@ -535,6 +538,7 @@ internal sealed partial class PostgresJobStore : IJobStore
 
     public bool Reject(long id, string? worker) => Run(() =>
     {
+        ForgetClaimCursors();
         using var cmd = Command(
             $"UPDATE jobs SET state = 'QUEUED', heartbeat_at = @now WHERE id = @id AND state = 'RUNNING' AND (@worker::text IS NULL OR worker = @worker) AND {Owned}");
         cmd.Parameters.Add(Long("now", Now()));
@@ -554,6 +558,7 @@ internal sealed partial class PostgresJobStore : IJobStore
 
     public RequeueResult RequeueWorker(string worker, string reason) => Run(() =>
     {
+        ForgetClaimCursors();
         using var cmd = Command(RequeueSet + $"WHERE state = 'RUNNING' AND worker = @worker AND {Owned} RETURNING state");
         cmd.Parameters.Add(Int("limit", _options.RetryLimit));
         cmd.Parameters.Add(Long("now", Now()));
@@ -565,6 +570,7 @@ internal sealed partial class PostgresJobStore : IJobStore
 
     public RequeueResult RequeueStale(DateTimeOffset cutoff, IReadOnlyCollection<string> liveWorkers) => Run(() =>
     {
+        ForgetClaimCursors();
         // A stale job of a worker live here but owned by another sentinel is one that sentinel stopped
         // heartbeating (it died), and that the worker no longer reports to us: requeued too.
         using var cmd = Command(RequeueSet +
@@ -631,6 +637,7 @@ internal sealed partial class PostgresJobStore : IJobStore
 
     public JobRecord Retry(long id) => InTransaction(() =>
     {
+        ForgetClaimCursors();
         using var cmd = Command($"UPDATE jobs SET {RetrySet} WHERE id = @id AND state IN ('FAILED', 'CANCELLED') RETURNING {JobColumns}");
         cmd.Parameters.Add(Long("id", id));
         if (ReadOneJob(cmd) is { } job) return job;

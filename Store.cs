@@ -166,6 +166,13 @@ internal partial interface IJobStore : IDisposable
             results.Add((Complete(c.Id, c.Worker, c.Metrics, c.Artifacts, c.ParsedHash, out string? queuedHash), queuedHash));
         return results;
     });
+    /// <summary>
+    /// <see cref="CompleteMany"/> then <see cref="ClaimMany"/>, atomically: a sentinel's turn when it
+    /// has nothing else to write. A server-backed store sends both, and its commit, as one round trip.
+    /// </summary>
+    (List<(bool Done, string? QueuedHash)> Completed, List<List<(ClaimedJob Job, CurrentOutput? Current)>> Claimed) CompleteAndClaim(
+        IReadOnlyList<Completion> completions, IReadOnlyList<ClaimRequest> claims) =>
+        InTransaction(() => (CompleteMany(completions), ClaimMany(claims)));
     /// <summary>Transient: back to QUEUED with exponential backoff until the retry limit, then FAILED. Null when the job was not RUNNING there.</summary>
     FailResult? Fail(long id, string? worker, string error, bool transient, IReadOnlyDictionary<string, long>? metrics = null);
     /// <summary>The worker turned the job down: back to QUEUED at once, no retry counted.</summary>

@@ -18,8 +18,8 @@ namespace Casparian.Bench;
              "4,000 in turns). PostgreSQL: a throwaway local server with its default settings (fsync, synchronous_commit on), " +
              "one connection, as one sentinel has; *Async: the store URL says ?synchronous_commit=off. SQLite: a file in WAL " +
              "mode with synchronous=NORMAL. ClaimComplete* claim and complete one job per commit, as StoreBench; " +
-             "ClaimCompleteTurn* claim 16 jobs with their current outputs and complete them in one commit, each step one batch, " +
-             "as a sentinel's turn does with a 4 x 4 fleet kept busy.")]
+             "ClaimCompleteTurn* run a sentinel's turns with a 4 x 4 fleet kept busy: each completes the 16 jobs the turn before " +
+             "claimed and claims 16 more with their current outputs, in one CompleteAndClaim (one batch and commit on PostgreSQL).")]
 public class PostgresStoreBench
 {
     private const int Batch = 10_000;
@@ -49,9 +49,9 @@ public class PostgresStoreBench
         foreach (var store in new[] { _pg, _pgAsync, _sqlite })
         {
             long first = store.List(JobState.Queued, Batch)[0].Id;
-            if (Turn(store, 1) != 1 || SentinelTurn(store, TurnSize) != TurnSize
+            if (Turn(store, 1) != 1 || SentinelTurns(store, TurnSize, 2 * TurnSize) != 2 * TurnSize
                 || store.Get(first) is not { State: JobState.Completed, MetricsJson: """{"rows":100,"bytes":4096}""" }
-                || store.Counts()[JobState.Completed] != 1 + TurnSize)
+                || store.Counts()[JobState.Completed] != 1 + 2 * TurnSize)
                 throw new InvalidOperationException($"claim+complete did not complete the jobs on {store.GetType().Name}");
         }
     }
@@ -94,19 +94,30 @@ public class PostgresStoreBench
     });
 
     /// <summary>
-    /// A sentinel's turn (Sentinel.Step.cs): one transaction claims up to <paramref name="size"/> jobs
-    /// with their current outputs for DISPATCH (ClaimMany), and completes them in one batch (CompleteMany).
+    /// A sentinel's turns (Sentinel.Step.cs) with its workers kept busy: each turn completes the jobs the
+    /// previous turn claimed and claims up to <paramref name="size"/> more with their current outputs for
+    /// DISPATCH, in one CompleteAndClaim (one batch and commit on PostgreSQL); a last turn completes the rest.
     /// </summary>
-    private static int SentinelTurn(IJobStore store, int size) => store.InTransaction(() =>
+    private static int SentinelTurns(IJobStore store, int size, int jobs)
     {
-        var claimed = store.ClaimMany([new ClaimRequest("bench", Any, size)])[0];
-        return store.CompleteMany([.. claimed.Select(c => new Completion(c.Job.Id, "bench", Metrics, Artifacts, null))]).Count(r => r.Done);
-    });
+        int done = 0;
+        List<Completion> pending = [];
+        for (int i = 0; i <= jobs / size; i++)
+        {
+            ClaimRequest[] claims = i < jobs / size ? [new ClaimRequest("bench", Any, size)] : [];
+            var (completed, claimed) = store.CompleteAndClaim(pending, claims);
+            done += completed.Count(r => r.Done);
+            pending = claims.Length == 0 ? [] : [.. claimed[0].Select(c => new Completion(c.Job.Id, "bench", Metrics, Artifacts, null))];
+        }
+        return done;
+    }
 
     private static int Drain(IJobStore store, int size, int jobs = Batch)
     {
         int done = 0;
-        for (int i = 0; i < jobs / size; i++) done += size == 1 ? Turn(store, size) : SentinelTurn(store, size);
+        if (size == 1)
+            for (int i = 0; i < jobs; i++) done += Turn(store, size);
+        else done = SentinelTurns(store, size, jobs);
         if (done != jobs) throw new InvalidOperationException($"claimed {done} of {jobs} stocked jobs");
         return done;
     }

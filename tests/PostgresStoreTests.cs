@@ -130,6 +130,84 @@ public sealed class PostgresStoreTests
     }
 
     [PgFact]
+    public void Postgres_CompleteAndClaim_OutsideATransaction_IsOneTransaction_AFailedClaimUndoesTheCompletions()
+    {
+        // Sent as one batch with no BEGIN or COMMIT of its own: PostgreSQL's implicit transaction must
+        // still make it all or nothing. The server refuses a NUL in text, so the second statement fails.
+        string url = PgServer.Shared.NewDatabase();
+        using var store = Open(url, "s");
+        long id = store.Enqueue(new NewJob("p", "1.0", "/in/a", "h"));
+        Assert.Single(store.Claim("w", Any, 1));
+        long next = store.Enqueue(new NewJob("p", "1.0", "/in/b", "h"));
+        var done = new Completion(id, "w", new Dictionary<string, long>(), [], null);
+        Assert.Throws<StoreException>(() => store.CompleteAndClaim([done], [new ClaimRequest("w\0", Any, 1)]));
+        Assert.Equal((JobState.Running, JobState.Queued), (store.Get(id)!.State, store.Get(next)!.State));
+        Assert.Null(store.GetOutput("p", "/in/a"));
+        // The store is usable after the failure, and the same turn then goes through.
+        var (completed, claimed) = store.CompleteAndClaim([done], [new ClaimRequest("w", Any, 1)]);
+        Assert.Equal([(true, null)], completed);
+        Assert.Equal([next], claimed[0].Select(c => c.Job.Id));
+        Assert.Equal(JobState.Completed, store.Get(id)!.State);
+    }
+
+    [PgFact]
+    public void Postgres_ClaimCursor_AJobRequeuedHereOrAddedWithAHigherPriority_IsClaimedFirst()
+    {
+        // A sentinel's batched claims continue after its last claimed job (Store.Postgres.Cursor.cs);
+        // whatever makes a job claimable before that point must send the next claim back to the head.
+        string url = PgServer.Shared.NewDatabase();
+        using var sentinel = Open(url, "s");
+        using var cli = Open(url);
+        sentinel.QueueSignalled();
+        Eventually.True(() => !sentinel.QueueSignalled(), TimeSpan.FromSeconds(10), "the listener to settle");
+        long first = sentinel.EnqueueMany([.. Enumerable.Range(0, 6).Select(i => new NewJob("p", "1.0", $"/in/{i}", "h"))]);
+        long[] ids = [.. Enumerable.Range(0, 6).Select(i => first + i)];
+        ClaimRequest[] two = [new ClaimRequest("w", Any, 2)];
+
+        Assert.Equal([ids[0], ids[1]], sentinel.ClaimMany(two)[0].Select(c => c.Job.Id));
+        Assert.True(sentinel.Reject(ids[0], "w"));
+        Assert.Equal([ids[0], ids[2]], sentinel.ClaimMany(two)[0].Select(c => c.Job.Id));
+
+        // Queued by another process, with a higher priority: its NOTIFY sends the claim back to the head.
+        long urgent = cli.Enqueue(new NewJob("p", "1.0", "/in/urgent", "h", 5));
+        Eventually.True(sentinel.QueueSignalled, TimeSpan.FromSeconds(10), "a NOTIFY after job add");
+        Assert.Equal([urgent, ids[3]], sentinel.ClaimMany(two)[0].Select(c => c.Job.Id));
+
+        // A failure with a retry queues the job again here: claimed first once its backoff is over.
+        Assert.Equal(JobState.Queued, sentinel.Fail(ids[1], "w", "flaky", transient: true)!.Value.State);
+        Assert.Equal([ids[4], ids[5]], sentinel.ClaimMany(two)[0].Select(c => c.Job.Id));
+        Eventually.True(() => sentinel.ClaimMany([new ClaimRequest("w", Any, 1)])[0] is [var c] && c.Job.Id == ids[1], TimeSpan.FromSeconds(20), "the retried job claimed");
+    }
+
+    [PgFact]
+    public void Postgres_ClaimCursor_AJobQueuedBehindItByAnotherProcess_IsClaimedWithinAboutASecond()
+    {
+        string url = PgServer.Shared.NewDatabase();
+        using var sentinel = Open(url, "s");
+        using var cli = Open(url);
+        long first = sentinel.EnqueueMany([.. Enumerable.Range(0, 5).Select(i => new NewJob("p", "1.0", $"/in/{i}", "h"))]);
+        Assert.Equal(first, Assert.Single(sentinel.ClaimMany([new ClaimRequest("w", Any, 1)])[0]).Job.Id);
+        Assert.Equal(JobState.Failed, sentinel.Fail(first, "w", "bad file", transient: false)!.Value.State);
+        Assert.Equal([first + 1, first + 2], sentinel.ClaimMany([new ClaimRequest("w", Any, 2)])[0].Select(c => c.Job.Id));
+
+        // `job retry` from another process queues the oldest job again; no NOTIFY, no call on this store.
+        cli.Retry(first);
+        var claimed = new List<long>();
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        while (!claimed.Contains(first) && watch.Elapsed < TimeSpan.FromSeconds(10))
+        {
+            claimed.AddRange(sentinel.ClaimMany([new ClaimRequest("w", Any, 1)])[0].Select(c => c.Job.Id));
+            Thread.Sleep(20);
+        }
+        Assert.Contains(first, claimed);
+        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(5), $"the requeued job waited {watch.Elapsed}");
+        // Nothing was claimed twice, and nothing is left.
+        Assert.Equal(claimed.Count, claimed.Distinct().Count());
+        Assert.Equal([first, first + 3, first + 4], claimed.Order());
+        Assert.Empty(sentinel.ClaimMany([new ClaimRequest("w", Any, 5)])[0]);
+    }
+
+    [PgFact]
     public void Postgres_BulkEnqueue_AnalyzesTheJobsTable_SoClaimsWalkTheQueueIndexInsteadOfSortingEveryQueuedRow()
     {
         string url = PgServer.Shared.NewDatabase();
@@ -168,16 +246,20 @@ public sealed class PostgresStoreTests
         }
         string complete = Positional(store.CompleteManySql, "ids", "workers", "metrics", "artifacts", "hashes", "now", "me");
         string claim = Positional(PostgresJobStore.ClaimWithOutputSql, "worker", "me", "now", "any", "caps", "max");
+        string claimAfter = Positional(PostgresJobStore.ClaimAfterWithOutputSql, "worker", "me", "now", "any", "caps", "max", "priority", "after");
         foreach (var (name, types, sql) in new[]
         {
             ("complete", "bigint[], text[], text[], text[], text[], bigint, text", complete),
             ("claim", "text, text, bigint, boolean, text[], integer", claim),
+            ("claim_after", "text, text, bigint, boolean, text[], integer, integer, bigint", claimAfter),
         })
         {
             string plan = Scalar<string>(url, $"PREPARE {name}({types}) AS {sql}; SET plan_cache_mode = force_generic_plan; " +
                 $"EXPLAIN (FORMAT JSON) EXECUTE {name}({string.Join(", ", types.Split(", ").Select(t => $"NULL::{t}"))})");
             Assert.True(!plan.Contains("\"Seq Scan\""), plan);
             Assert.DoesNotContain("\"Hash Join\"", plan);
+            // The claim from a cursor seeks to it in the queue index rather than walking from the head.
+            if (name == "claim_after") Assert.Contains("\"Index Cond\": \"((priority = $7) AND (id > $8))\"", plan);
         }
     }
 

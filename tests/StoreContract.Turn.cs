@@ -1,5 +1,5 @@
-// The batched forms a sentinel's turn uses (CompleteMany, ClaimMany, GetOutputs): the same outcome as the
-// per-job calls, on every store.
+// The batched forms a sentinel's turn uses (CompleteMany, ClaimMany, CompleteAndClaim, GetOutputs): the
+// same outcome as the per-job calls, on every store.
 using Xunit;
 
 namespace Casparian.Tests;
@@ -55,6 +55,51 @@ public abstract partial class JobStoreContract
             throw new InvalidOperationException("the turn failed after completing");
         }));
         Assert.Equal(JobState.Running, store.Get(id)!.State);
+        Assert.Null(store.GetOutput("p", "/in/a"));
+    }
+
+    [Fact]
+    public void Store_CompleteAndClaim_CompletesFirst_SoAClaimSeesTheOutputJustCompleted()
+    {
+        using var store = Open();
+        long first = store.Enqueue(Job("/in/a"));
+        Assert.Single(store.Claim("w", Any, 1));
+        long again = store.Enqueue(Job("/in/a") with { ContentHash = "hash-2" });
+        long other = store.Enqueue(Job("/in/b"));
+
+        var (completed, claimed) = store.CompleteAndClaim(
+            [new Completion(first, "w", new Dictionary<string, long> { ["rows"] = 3 }, Artifact("t", "file:///out/t/a1.parquet"), null),
+             new Completion(other, "w", NoMetrics, [], null)],
+            [new ClaimRequest("w", Any, 1), new ClaimRequest("v", Any, 5)]);
+
+        Assert.Equal([(true, null), (false, null)], completed);
+        Assert.Equal((JobState.Completed, """{"rows":3}"""), (store.Get(first)!.State, store.Get(first)!.MetricsJson));
+        Assert.Equal(2, claimed.Count);
+        // The job for the same source is claimed with the output completed in the same call as current.
+        var (job, current) = Assert.Single(claimed[0]);
+        Assert.Equal((again, first), (job.Id, current!.JobId));
+        Assert.Equal([other], claimed[1].Select(c => c.Job.Id));
+        Assert.Equal(("w", "v"), (store.Get(again)!.Worker, store.Get(other)!.Worker));
+        var none = store.CompleteAndClaim([], []);
+        Assert.Empty(none.Completed);
+        Assert.Empty(none.Claimed);
+    }
+
+    [Fact]
+    public void Store_CompleteAndClaim_InsideATransaction_RollsBackWithIt()
+    {
+        using var store = Open();
+        long id = store.Enqueue(Job("/in/a"));
+        Assert.Single(store.Claim("w", Any, 1));
+        long next = store.Enqueue(Job("/in/b"));
+        Assert.Throws<InvalidOperationException>(() => store.InTransaction<int>(() =>
+        {
+            var (completed, claimed) = store.CompleteAndClaim([new Completion(id, "w", NoMetrics, Artifact("t", "file:///out/t/a.parquet"), null)], [new ClaimRequest("w", Any, 1)]);
+            Assert.Equal([(true, null)], completed);
+            Assert.Equal([next], claimed[0].Select(c => c.Job.Id));
+            throw new InvalidOperationException("the turn failed after completing and claiming");
+        }));
+        Assert.Equal((JobState.Running, JobState.Queued), (store.Get(id)!.State, store.Get(next)!.State));
         Assert.Null(store.GetOutput("p", "/in/a"));
     }
 

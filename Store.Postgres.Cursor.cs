@@ -1,0 +1,76 @@
+// Claim cursors (issue 16): a sentinel's claims start where its last claim ended, not at the head of
+// the queue index.
+//
+// Why: a claim moves jobs out of QUEUED, and PostgreSQL keeps their entries in the jobs_queue index
+// until VACUUM removes them (autovacuum: about once a minute at best, and only past a fifth of the
+// table). Every claim from the head walks all of them first. Measured with two clients claiming 4 at
+// a time: 0.28 ms per claim on a fresh table, 1.38 ms once 260,000 jobs had passed through, against
+// 0.26-0.33 ms from a cursor on that same table (pgbench, prepared statements).
+//
+// What it costs: a job that becomes claimable behind a cursor is seen at the next claim from the head.
+// The store forgets its cursors when it makes a job QUEUED itself (enqueue, fail, reject, requeue,
+// retry), when a NOTIFY says jobs were added (they may sort first by priority), after a claim that did
+// not fill its batch (the queue's end), when an operation fails, and a second after the last claim from
+// the head. So a job another process made QUEUED (or whose backoff ended) waits at most about a second,
+// which is also how often an idle sentinel polls; nothing is skipped for good.
+//
+// A cursor belongs to one capability set: a claim filtered to other parsers passes over rows this one
+// would take. Only a sentinel's batched claims (ClaimMany, CompleteAndClaim) use cursors.
+using Npgsql;
+
+namespace Casparian;
+
+internal sealed partial class PostgresJobStore
+{
+    private const long CursorLifeMs = 1000;
+
+    /// <summary>Per capability set: the (priority, id) of the last job claimed, and when its chain of claims left the head.</summary>
+    private readonly Dictionary<string, (int Priority, long After, long Since)> _cursors = new(StringComparer.Ordinal);
+
+    /// <summary>
+    /// Claim's statement from a cursor: the rest of the cursor's priority after its job (a seek on
+    /// jobs_queue), then the lower priorities, which are read only when the first part leaves room.
+    /// FOR UPDATE cannot sit under a UNION, so each part locks in its own CTE. The union's LIMIT
+    /// (never reached) is what keeps the outer UPDATE a key probe per job: without it, a plan prepared
+    /// on small tables joins the union to a sequential scan of jobs.
+    /// </summary>
+    internal const string ClaimAfterSql = ClaimUpdate +
+        "(WITH rest AS (SELECT id FROM jobs WHERE " + Claimable + " AND priority = @priority AND id > @after ORDER BY priority DESC, id LIMIT @max FOR UPDATE SKIP LOCKED), " +
+        "lower AS (SELECT id FROM jobs WHERE " + Claimable + " AND priority < @priority ORDER BY priority DESC, id LIMIT @max - (SELECT count(*) FROM rest) FOR UPDATE SKIP LOCKED) " +
+        "SELECT id FROM rest UNION ALL SELECT id FROM lower LIMIT @max)" + ClaimReturning;
+
+    internal const string ClaimAfterWithOutputSql = WithOutputHead + ClaimAfterSql + WithOutputTail;
+
+    private static string CursorKey(IReadOnlyList<string> capabilities) => capabilities.Contains("*") ? "*" : string.Join('\n', capabilities);
+
+    /// <summary>One request's claim, from its capability set's cursor when that is live; <paramref name="since"/> is the chain's start.</summary>
+    private NpgsqlBatchCommand ClaimCommand(ClaimRequest request, out long since)
+    {
+        var (worker, capabilities, max) = request;
+        long now = Environment.TickCount64;
+        bool live = _cursors.TryGetValue(CursorKey(capabilities), out var cursor) && now - cursor.Since < CursorLifeMs;
+        var command = new NpgsqlBatchCommand(live ? ClaimAfterWithOutputSql : ClaimWithOutputSql);
+        AddClaimParameters(command.Parameters, worker, capabilities, Math.Max(max, 0));
+        if (live)
+        {
+            command.Parameters.Add(Int("priority", cursor.Priority));
+            command.Parameters.Add(Long("after", cursor.After));
+        }
+        since = live ? cursor.Since : now;
+        return command;
+    }
+
+    /// <summary>After the claims went through: a full batch moves its cursor to its last job (dispatch order is index order); a short one ends it.</summary>
+    private void AdvanceCursors(IReadOnlyList<ClaimRequest> requests, IReadOnlyList<long> since, List<List<(ClaimedJob Job, CurrentOutput? Current)>> claimed)
+    {
+        for (int i = 0; i < requests.Count; i++)
+        {
+            if (requests[i].Max <= 0) continue;
+            string key = CursorKey(requests[i].Capabilities);
+            if (claimed[i].Count < requests[i].Max) _cursors.Remove(key);
+            else _cursors[key] = (claimed[i][^1].Job.Priority, claimed[i][^1].Job.Id, since[i]);
+        }
+    }
+
+    private void ForgetClaimCursors() => _cursors.Clear();
+}
