@@ -11,8 +11,11 @@
 #   worker -> zygote:        {"id": N, "env": {NAME: VALUE or null}, "cwd": DIR or null, "argv": [...]}
 #   zygote -> worker:        {"id": N, "pid": CHILD}  or  {"id": N, "error": TEXT}
 #                            {"id": N, "exit": CODE}   (128 + signal when the child was killed)
+# A child is forked ahead of its job (the spare, class Spares): the request line is written to its
+# pipe, its pid reported, and then the next spare forked, so the fork is off the job's path. A spare's
+# pid is reported only once it has a job; {"exit"} lines are only for jobs.
 # When the worker's end closes (it stopped, or was killed), the zygote kills every child's process
-# group and exits. Each child leads its own process group (the worker kills the group to end a job)
+# group (the idle spare's too) and exits. Each child leads its own process group (the worker kills the group to end a job)
 # and dies with the zygote (PR_SET_PDEATHSIG), and its bridge watcher ends it if the worker dies.
 #
 # A parser runs cold instead when its module sets WARM = False, when importing it fails (the cold
@@ -27,6 +30,7 @@ import socket
 import sys
 import _thread
 import threading
+import time
 import traceback
 
 MAX_LINE = 1 << 20
@@ -136,7 +140,9 @@ def _cold_reason(module):
     return None
 
 
-def _child(request, control, wake, warm):
+def _spare(inbox, control, wake, warm):
+    """A child forked ahead of its job: it does everything that does not depend on the job, then
+    blocks until the zygote writes it a request line (or closes the pipe: then it exits unused)."""
     code = 1
     try:
         signal.set_wakeup_fd(-1)
@@ -145,6 +151,18 @@ def _child(request, control, wake, warm):
             os.close(fd)
         control.close()
         _die_with_parent()
+        try:
+            os.setpgid(0, 0)
+        except OSError:
+            pass
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = os.read(inbox, 65536)
+            if not chunk:
+                os._exit(0)
+            line += chunk
+        os.close(inbox)
+        request = json.loads(line)
         for name, value in (request.get("env") or {}).items():
             if value is None:
                 os.environ.pop(name, None)
@@ -169,14 +187,93 @@ def _child(request, control, wake, warm):
         os._exit(code if isinstance(code, int) and 0 <= code <= 255 else 1)
 
 
-def _reap(control, children):
-    while children:
+class Spares:
+    """The one idle child forked ahead (its pid and the write end of its request pipe). A request is
+    handed to it, its pid reported, and only then is the next one forked, so the fork is off the
+    request's path. Every spare is forked from the zygote's clean state, never from a used child."""
+
+    def __init__(self, control, wake, make_warm):
+        self._control = control
+        self._wake = wake
+        self._make_warm = make_warm
+        self.pid = 0
+        self._inbox = -1
+        self._died_at = None
+
+    def fork(self):
+        """Forks the next spare; OSError when fork fails (then there is none)."""
+        r, w = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(r)
+            os.close(w)
+            raise
+        if pid == 0:
+            os.close(w)
+            _spare(r, self._control, self._wake, self._make_warm())
+        os.close(r)
+        try:
+            os.setpgid(pid, pid)  # also done by the child; whichever runs first wins the race
+        except OSError:
+            pass
+        self.pid, self._inbox = pid, w
+
+    def hand(self, line):
+        """Gives the request to the spare and returns its pid, forking one first if there is none.
+        A spare that died idle (its pipe is broken) is replaced by a fresh fork, so no request is lost."""
+        for _ in range(2):
+            if not self.pid:
+                self.fork()
+            pid, w = self.pid, self._inbox
+            self.pid, self._inbox = 0, -1
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(w, view):]
+                return pid
+            except BrokenPipeError:
+                continue
+            finally:
+                os.close(w)
+        raise OSError("two spare children died before taking the request")
+
+    def died(self, pid):
+        """The reaper saw `pid` exit: True when it was the idle spare (then it is replaced, unless the
+        one before it also died idle within a second: then the next request forks on demand)."""
+        if pid != self.pid:
+            return False
+        os.close(self._inbox)
+        self.pid, self._inbox = 0, -1
+        now = time.monotonic()
+        again = self._died_at is None or now - self._died_at > 1.0
+        self._died_at = now
+        if again:
+            try:
+                self.fork()
+            except OSError:
+                pass
+        return True
+
+    def kill(self):
+        if self.pid:
+            for target in (-self.pid, self.pid):
+                try:
+                    os.kill(target, signal.SIGKILL)
+                except OSError:
+                    pass
+
+
+def _reap(control, children, spares):
+    while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
+        if spares.died(pid):
+            continue
         job = children.pop(pid, None)
         if job is None:
             continue
@@ -200,8 +297,13 @@ def serve(control, module, argv, parsed, log_handler):
     os.set_blocking(wake_r, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
+    spares = Spares(control, (wake_r, wake_w), lambda: Warm(module, argv, parsed, log_handler))
     buffer = b""
     try:
+        try:
+            spares.fork()
+        except OSError:
+            pass  # the first request forks on demand
         while True:
             readable, _, _ = select.select([control, wake_r], [], [])
             if wake_r in readable:
@@ -210,7 +312,7 @@ def serve(control, module, argv, parsed, log_handler):
                         pass
                 except BlockingIOError:
                     pass
-                _reap(control, children)
+                _reap(control, children, spares)
             if control not in readable:
                 continue
             try:
@@ -224,22 +326,20 @@ def serve(control, module, argv, parsed, log_handler):
                 return
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
-                request = json.loads(line)
-                job = request["id"]
+                job = json.loads(line)["id"]
                 try:
-                    pid = os.fork()
+                    pid = spares.hand(line + b"\n")
                 except OSError as e:
                     _send(control, {"id": job, "error": "fork failed: %s" % e})
                     continue
-                if pid == 0:
-                    _child(request, control, (wake_r, wake_w), Warm(module, argv, parsed, log_handler))
-                try:
-                    os.setpgid(pid, pid)  # also done by the child; whichever runs first wins the race
-                except OSError:
-                    pass
                 children[pid] = job
                 _send(control, {"id": job, "pid": pid})
+                try:
+                    spares.fork()
+                except OSError:
+                    pass  # the next request forks on demand
     finally:
+        spares.kill()
         _kill_all(children)
 
 

@@ -192,8 +192,11 @@ public sealed class WarmTests : IDisposable
         Task<(GuestResult, RecordingSink)> job = Warm(Sleeper, abort: abort.Token, sink: Signalling("started", seen));
         await seen.Task.WaitAsync(TimeSpan.FromMinutes(1));
         int zygote = Zygotes().Single();
-        var before = Posix.Descendants(zygote);
-        Assert.Contains(before, p => Posix.CommandLine(p) == "sleep 120");
+        // The job's child and its sleep; the zygote's idle spare child is not the job's and stays.
+        int sleep = Posix.Descendants(zygote).Single(p => Posix.CommandLine(p) == "sleep 120");
+        int child = Posix.Parent(sleep);
+        Assert.Equal(zygote, Posix.Parent(child));
+        List<int> before = [child, .. Posix.Descendants(child)];
         abort.Cancel();
         var (r, s) = await job;
         using (s)
@@ -210,12 +213,22 @@ public sealed class WarmTests : IDisposable
     [Fact]
     public async Task Warm_TimeoutKillsTheChild_TheZygoteLives()
     {
-        var (r, s) = await Warm("import time\ndef parse(path):\n    time.sleep(120)\n", timeout: TimeSpan.FromSeconds(1));
-        using (s) Assert.Equal(GuestOutcome.TimedOut, r.Outcome);
+        // One parser (so one zygote) for a quick job and one that sleeps until it times out.
+        const string source = "import time\ndef parse(path):\n    if open(path).read() == 'sleep':\n        time.sleep(120)\n    return {'a': [1]}\n";
+        string sleep = _dir.File("sleep.txt");
+        File.WriteAllText(sleep, "sleep");
+        var (first, fs) = await Warm(source);
+        using (fs) Assert.True(first.Succeeded && first.Warm, Guest.Describe(first, fs));
         int zygote = Zygotes().Single();
-        Assert.Empty(Posix.Descendants(zygote));
-        var (next, ns) = await Warm(Counter);
+        // The idle spare is handed the next job: the one that times out.
+        int spare = Spare(zygote);
+        var (r, s) = await Warm(source, sleep, timeout: TimeSpan.FromSeconds(1));
+        using (s) Assert.Equal(GuestOutcome.TimedOut, r.Outcome);
+        Assert.Empty(Guest.WaitGone([spare], TimeSpan.FromSeconds(10)));
+        Assert.NotEqual(spare, Spare(zygote));
+        var (next, ns) = await Warm(source);
         using (ns) Assert.True(next.Succeeded && next.Warm, Guest.Describe(next, ns));
+        Assert.Equal(zygote, Zygotes().Single());
     }
 
     [Fact]
@@ -238,6 +251,74 @@ public sealed class WarmTests : IDisposable
         var (next, ns) = await Warm(Counter);
         using (ns) Assert.True(next.Succeeded && next.Warm, Guest.Describe(next, ns));
         Assert.NotEqual(zygote, Zygotes().Single());
+    }
+
+    /// <summary>The zygote's one idle child forked ahead of the next job, once it is there.</summary>
+    private static int Spare(int zygote)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        List<int> children;
+        while ((children = Posix.Descendants(zygote)).Count != 1 && DateTime.UtcNow < deadline) Thread.Sleep(20);
+        return Assert.Single(children);
+    }
+
+    [Fact]
+    public async Task Warm_SpareKilledWhileIdle_TheNextJobsStillRunWarmInFreshChildren()
+    {
+        var (first, fs) = await Warm(Counter);
+        using (fs) Assert.True(first.Succeeded && first.Warm, Guest.Describe(first, fs));
+        int zygote = Zygotes().Single();
+        var seen = new List<int>();
+        // Once: the zygote forks a replacement. Twice within a second: it leaves none and the next
+        // job's child is forked on demand. Either way the job runs warm in a child no job used.
+        for (int round = 0; round < 2; round++)
+        {
+            int spare = Spare(zygote);
+            seen.Add(spare);
+            Posix.Kill(spare, Posix.SigKill);
+            Assert.Empty(Guest.WaitGone([spare], TimeSpan.FromSeconds(10)));
+            if (round == 0)
+            {
+                var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+                while (Posix.Descendants(zygote) is not [int replacement] || replacement == spare)
+                {
+                    Assert.True(DateTime.UtcNow < deadline, "the spare killed while idle was not replaced");
+                    Thread.Sleep(20);
+                }
+            }
+        }
+        for (int i = 0; i < 2; i++)
+        {
+            var (r, s) = await Warm(Counter);
+            using (s)
+            {
+                Assert.True(r.Succeeded && r.Warm, Guest.Describe(r, s));
+                var columns = s.Columns();
+                Assert.Equal(1L, columns["count"].Single());
+                int pid = (int)(long)columns["pid"].Single()!;
+                Assert.DoesNotContain(pid, seen);
+                seen.Add(pid);
+            }
+        }
+        Assert.Equal(zygote, Zygotes().Single());
+    }
+
+    [Fact]
+    public void Warm_Disposed_LeavesNoIdleSpareBehind()
+    {
+        var warm = new WarmGuests(Defaults.Warm, _ => { });
+        var (r, s) = Guest.RunAsync(_dir, Counter, warm: warm).GetAwaiter().GetResult();
+        int job;
+        using (s)
+        {
+            Assert.True(r.Warm, Guest.Describe(r, s));
+            job = (int)(long)s.Columns()["pid"].Single()!;
+        }
+        int zygote = Zygotes().Single();
+        int spare = Spare(zygote);
+        Assert.NotEqual(job, spare);
+        warm.Dispose();
+        Assert.Empty(Guest.WaitGone([zygote, spare], TimeSpan.FromSeconds(10)));
     }
 
     [Fact]
