@@ -28,6 +28,7 @@ internal static partial class Commands
         LeaseTtl = c.Get(Config.LeaseTtl),
         JobTimeout = c.Get(Config.JobTimeout),
         PollInterval = c.Get(Config.PollInterval),
+        GatherWindow = c.Get(Config.GatherWindow),
         DeadlineGrace = c.Get(Config.DeadlineGrace),
         Topics = Casparian.Topics.FromConfig(c.TablesOf(Casparian.Topics.ConfigTable)),
         Log = log,

@@ -14,7 +14,7 @@ internal static partial class Commands
     private static readonly Command SentinelCommand = new("sentinel", "control plane: job store, worker tracking, dispatch",
         "sentinel [--bind ADDR] [--db PATH] [--heartbeat-timeout S] [--retry-limit N] [--retry-backoff S] [--job-timeout S] [--insecure] [--quiet]",
         [.. Config.Flags(Config.Bind, Config.Db, Config.HeartbeatTimeout, Config.RetryLimit, Config.RetryBackoff, Config.RetryBackoffMax,
-            Config.JobTimeout, Config.DeadlineGrace, Config.PollInterval, Config.LockTimeout, Config.LeaseTtl, Config.Insecure, Config.LinkLimit, Config.Http, Config.HttpInsecure,
+            Config.JobTimeout, Config.DeadlineGrace, Config.PollInterval, Config.GatherWindow, Config.LockTimeout, Config.LeaseTtl, Config.Insecure, Config.LinkLimit, Config.Http, Config.HttpInsecure,
             Config.SettleInterval, Config.RescanInterval, Config.ScanFileLimit), QuietFlag],
         args =>
         {

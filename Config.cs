@@ -103,6 +103,8 @@ internal sealed class Config
         Parsers.Duration, _ => TimeSpan.FromSeconds(10), Parsers.FormatDuration);
     public static readonly Setting<TimeSpan> PollInterval = new("poll_interval", "SECONDS", "how often the sentinel asks the store for new jobs and cancellations",
         Parsers.Duration, _ => TimeSpan.FromMilliseconds(200), Parsers.FormatDuration);
+    public static readonly Setting<TimeSpan> GatherWindow = new("gather_window", "SECONDS", "on a shared (PostgreSQL) store: how long a sentinel gathers more conclusions, while jobs are out, before the store round trip they share (0: none)",
+        Parsers.DurationUpTo(TimeSpan.FromMilliseconds(100)), _ => TimeSpan.FromMilliseconds(1), Parsers.FormatDuration);
     public static readonly Setting<IReadOnlyList<string>> Capabilities = new("capabilities", "NAMES", "parsers a worker runs (','-separated; TOML array; * is any)",
         Parsers.NameList, _ => ["*"], v => string.Join(",", v));
     public static readonly Setting<TimeSpan> JobTimeout = new("job_timeout", "SECONDS", "total time a job may run before it is killed",
@@ -175,7 +177,7 @@ internal sealed class Config
     public static readonly Setting[] All =
     [
         Home, Db, Bind, Connect, Output, AllowedRoots, Lineage, Venvs, VenvBudget, Wheelhouse, Python, Slots, WorkerId,
-        HeartbeatInterval, HeartbeatTimeout, RetryLimit, RetryBackoff, RetryBackoffMax, LockTimeout, LeaseTtl, PollInterval, Capabilities, JobTimeout,
+        HeartbeatInterval, HeartbeatTimeout, RetryLimit, RetryBackoff, RetryBackoffMax, LockTimeout, LeaseTtl, PollInterval, GatherWindow, Capabilities, JobTimeout,
         DeadlineGrace, ConnectTimeout, IdleTimeout, ShutdownGrace, LogLimit, MessageLimit, BuildTimeout, RowGroupRows, RowGroupSize, Compression,
         Insecure, SentinelKey, JoinToken, LinkLimit, Http, HttpInsecure,
         WarmGuests, WarmIdle, MaxQuarantineRows, MaxQuarantine,
@@ -475,10 +477,20 @@ internal static class Parsers
             : (false, 0, $"an integer from {min} to {max}");
 
     /// <summary>Seconds as a number ("30", "0.5"), or with a unit: 500ms, 30s, 5m, 2h.</summary>
-    public static (bool, TimeSpan, string) Duration(ConfigValue raw, string baseDir)
+    public static (bool, TimeSpan, string) Duration(ConfigValue raw, string baseDir) =>
+        Seconds(raw) is { } v && v > 0 && v <= 365 * 86400
+            ? (true, TimeSpan.FromSeconds(v), "")
+            : (false, default, "a positive duration: seconds (30, 0.5) or with a unit (500ms, 30s, 5m, 2h)");
+
+    /// <summary>A duration from 0 (off) to <paramref name="max"/>, written as <see cref="Duration"/> takes it.</summary>
+    public static Func<ConfigValue, string, (bool, TimeSpan, string)> DurationUpTo(TimeSpan max) => (raw, _) =>
+        Seconds(raw) is { } v && v >= 0 && v <= max.TotalSeconds
+            ? (true, TimeSpan.FromSeconds(v), "")
+            : (false, default, $"a duration from 0 (off) to {FormatDuration(max)}: seconds (0.002) or with a unit (2ms)");
+
+    private static double? Seconds(ConfigValue raw)
     {
-        const string Expected = "a positive duration: seconds (30, 0.5) or with a unit (500ms, 30s, 5m, 2h)";
-        if (raw.Items is not null || raw.Text is not { } t) return (false, default, Expected);
+        if (raw.Items is not null || raw.Text is not { } t) return null;
         t = t.Trim().ToLowerInvariant();
         (string number, double scale) = t switch
         {
@@ -488,9 +500,7 @@ internal static class Parsers
             _ when t.EndsWith('h') => (t[..^1], 3600),
             _ => (t, 1),
         };
-        if (!double.TryParse(number, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) || !(v > 0) || double.IsInfinity(v) || v * scale > 365 * 86400)
-            return (false, default, Expected);
-        return (true, TimeSpan.FromSeconds(v * scale), "");
+        return double.TryParse(number, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) && !double.IsNaN(v) && !double.IsInfinity(v * scale) ? v * scale : null;
     }
 
     public static string FormatDuration(TimeSpan t) =>

@@ -12,6 +12,7 @@
 // Partial files: Sentinel.Messages.cs (one handler per opcode), Sentinel.Step.cs (the group commit
 // and dispatch), Sentinel.Guard.cs (the cap on connections). The sentinel is embeddable: `start`
 // hosts one next to a worker. It depends on the store through IJobStore only.
+using System.Diagnostics;
 using System.Runtime.InteropServices;
 using NetMQ;
 using NetMQ.Sockets;
@@ -44,6 +45,11 @@ internal sealed record SentinelOptions
     public required TimeSpan? JobTimeout { get; init; }
     /// <summary>How often the store is asked for newly queued or due jobs and for cancellations.</summary>
     public required TimeSpan PollInterval { get; init; }
+    /// <summary>
+    /// On a shared store, whose every step is a network round trip: how long a turn keeps receiving,
+    /// while jobs are still out, so that more conclusions share its step (<see cref="Sentinel.ReceiveTurn"/>). Zero: none.
+    /// </summary>
+    public required TimeSpan GatherWindow { get; init; }
     /// <summary>
     /// Server-side deadline: a job still RUNNING <see cref="JobTimeout"/> plus this long after its
     /// DISPATCH gets an ABORT; if the worker has not concluded it this long after the ABORT, it is
@@ -82,6 +88,8 @@ internal sealed partial class Sentinel : IDisposable
     private readonly Dictionary<long, InFlight> _inFlight = [];
 
     private readonly long _startedAt;
+    /// <summary><see cref="SentinelOptions.GatherWindow"/> in Stopwatch ticks; zero unless the store is shared.</summary>
+    private readonly long _gatherTicks;
     private long _malformed;
     private long _turns;
     private long _nextDeadlineCheck;
@@ -116,6 +124,7 @@ internal sealed partial class Sentinel : IDisposable
             throw;
         }
         _startedAt = NowMs();
+        if (_store.Shared) _gatherTicks = (long)(options.GatherWindow.TotalSeconds * Stopwatch.Frequency);
         // Jobs RUNNING in the store that no worker claims within a heartbeat timeout of our start
         // belong to workers that are gone (left over from a previous sentinel).
         _work.NextSweep = _startedAt + (long)options.HeartbeatTimeout.TotalMilliseconds;
@@ -213,15 +222,31 @@ internal sealed partial class Sentinel : IDisposable
         return TimeSpan.FromMilliseconds(Math.Clamp(next - now, 0, 100));
     }
 
+    /// <summary>
+    /// Receives what has arrived, waiting up to <paramref name="firstWait"/> for the first message. On
+    /// a shared store it then keeps receiving until <see cref="SentinelOptions.GatherWindow"/> after
+    /// that message, while jobs are still out: a turn costs a round trip to the server whatever it
+    /// carries, and with short jobs a turn that goes at once carries about half a sentinel's slots (the
+    /// other half come back while its step runs). It stops early once no job is out. ZeroMQ waits in
+    /// whole milliseconds, so the window is rounded up to one.
+    /// </summary>
     private void ReceiveTurn(TimeSpan firstWait)
     {
         NetMQMessage? message = null;
         if (!_router.TryReceiveMultipartMessage(firstWait, ref message, 3)) return;
         Handle(message);
+        long gatherUntil = Stopwatch.GetTimestamp() + _gatherTicks;
         for (int n = 1; n < MaxMessagesPerTurn; n++)
         {
             message = null;
-            if (!_router.TryReceiveMultipartMessage(TimeSpan.Zero, ref message, 3)) return;
+            if (_router.TryReceiveMultipartMessage(TimeSpan.Zero, ref message, 3))
+            {
+                Handle(message);
+                continue;
+            }
+            long left = gatherUntil - Stopwatch.GetTimestamp();
+            if (_inFlight.Count == 0 || left <= 0) return;
+            if (!_router.TryReceiveMultipartMessage(TimeSpan.FromMilliseconds(Math.Ceiling(left * 1000.0 / Stopwatch.Frequency)), ref message, 3)) return;
             Handle(message);
         }
     }

@@ -132,6 +132,8 @@ public sealed class ConfigTests : IDisposable
         { "compression = \"brotli2\"\n", "bad value 'brotli2' for key 'compression' in {file} line 1: expected none, snappy, zstd, lz4 or gzip" },
         // A duration that is not one.
         { "job_timeout = \"soon\"\n", "expected a positive duration" },
+        // A gather window past its cap: a sentinel's turn must not wait long (0 turns it off).
+        { "gather_window = \"1s\"\n", "bad value '1s' for key 'gather_window' in {file} line 1: expected a duration from 0 (off) to 100ms" },
         // An unterminated string (Tomlyn's message, on the key's line).
         { "python = \"python3\n", "line 1: bad value for 'python': Invalid newline in a string" },
         // A table as a setting's value.
@@ -237,7 +239,7 @@ public sealed class ConfigTests : IDisposable
     {
         // The shell's mapping (Commands.Options.cs) is the only place option records are filled.
         WriteToml("retry_backoff_max = \"90s\"\nmessage_limit = \"8MB\"\nrow_group_rows = 1000\ncapabilities = [\"csv\", \"json\"]\nlink_message_limit = \"2MB\"\n");
-        var c = Config.Load(Flags("--lock-timeout", "3s", "--poll-interval", "50ms", "--db", "postgresql://h/db"),
+        var c = Config.Load(Flags("--lock-timeout", "3s", "--poll-interval", "50ms", "--gather-window", "0", "--db", "postgresql://h/db"),
             Env(("CASPARIAN_BUILD_TIMEOUT", "2m"), ("CASPARIAN_HOME", _dir.File("home"))), _dir.Path);
         var sentinel = Commands.SentinelOptions(c, RoleLog.None, keys: null);
         Assert.Equal(2 << 20, sentinel.MessageLimit);
@@ -245,6 +247,7 @@ public sealed class ConfigTests : IDisposable
         Assert.Equal((TimeSpan.FromSeconds(90), TimeSpan.FromSeconds(3), "postgresql://h/db"),
             (sentinel.Store.RetryBackoffMax, sentinel.Store.LockTimeout, sentinel.Store.Db));
         Assert.Equal(TimeSpan.FromMilliseconds(50), sentinel.PollInterval);
+        Assert.Equal(TimeSpan.Zero, sentinel.GatherWindow);
         Assert.Equal(8 << 20, Commands.BridgeOptions(c).MaxMessageBytes);
         Assert.Equal(1000, Commands.OutputOptions(c).RowGroupRows);
         Assert.Equal(["csv", "json"], Commands.WorkerOptions(c, "w", RoleLog.None).Capabilities);
