@@ -8,20 +8,10 @@ namespace Casparian.Tests;
 
 public sealed class SentinelGatherTests
 {
-    private const string Source = "def parse(path):\n    return [{'x': 1}]\n";
-
     private static long[] Queue(string url, int count)
     {
         using var store = JobStores.Open(Defaults.Store(url));
-        store.RegisterParser(new ParserRecord
-        {
-            Name = "csv",
-            Version = "1.0",
-            Source = Source,
-            EnvHash = Hashes.SystemEnv,
-            SourceHash = Hashes.Sha256Hex(Source),
-            ArtifactHash = Hashes.ArtifactHash(Source, ""),
-        });
+        store.RegisterParser(SentinelTests.Parser("csv", bundled: false));
         return [.. Enumerable.Range(0, count).Select(i => store.Enqueue(new NewJob("csv", "1.0", $"/data/in-{i}.csv", $"h{i}")))];
     }
 

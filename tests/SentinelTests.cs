@@ -148,7 +148,8 @@ public sealed class SentinelTests : IDisposable
     private const string Source = "def parse(path):\n    return [{'x': 1}]\n";
     private const string Lockfile = "version = 1\n";
 
-    private static ParserRecord Parser(string name, string version = "1.0", bool bundled = true) => new()
+    /// <summary>A parser record as `parser register` stores it; <paramref name="bundled"/>: with a lockfile and archive.</summary>
+    internal static ParserRecord Parser(string name, string version = "1.0", bool bundled = true) => new()
     {
         Name = name,
         Version = version,
