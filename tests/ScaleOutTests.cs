@@ -212,7 +212,9 @@ public sealed class ScaleOutTests(ITestOutputHelper output) : IDisposable
         Assert.Equal((0, claimed, "w1"), (job.RetryCount, job.ClaimedAt, job.Worker));
         Assert.Contains("failing over to " + addressB, worker.Stderr);
         Assert.Contains($"job {job.Id}: holding SUCCESS from worker w1; the job's sentinel has not yet lost its lease", b.Stderr);
-        Assert.Contains($"job {job.Id}: accepted the held SUCCESS from worker w1; its sentinel's lease has expired", b.Stderr);
+        // Logged after the commit that completed the job, by a process whose stderr is read asynchronously.
+        string accepted = $"job {job.Id}: accepted the held SUCCESS from worker w1; its sentinel's lease has expired";
+        _c.WaitUntil("B to log the held receipt accepted", TimeSpan.FromSeconds(10), () => b.Stderr.Contains(accepted, StringComparison.Ordinal));
         Assert.Single(Directory.EnumerateFiles(_c.Output, "*.parquet", SearchOption.AllDirectories));
     }
 
