@@ -66,13 +66,15 @@ public class PostgresSentinelBench
             _sqliteWorkers.Add(new SentinelBench.BenchWorker(s, $"sqlite-{i}", Slots, curve: true));
         }
 
-        // Checked before every run: a small batch goes through each and lands COMPLETED, through both PostgreSQL sentinels.
+        // Checked before every run: a batch goes through each and lands COMPLETED, through both PostgreSQL
+        // sentinels. 2,000 jobs, not 200: one sentinel once finished 200 before the other's first claim.
+        const int check = 2_000;
         foreach (var (store, workers) in new[] { (_pg, _pgWorkers), (_pgAsync, _asyncWorkers), (_sqlite, _sqliteWorkers) })
         {
             foreach (var w in workers) w.Hold();
-            long first = store.EnqueueMany(_jobs[..200]);
-            SentinelBench.Run(store, workers, 200);
-            if (store.Get(first) is not { State: JobState.Completed, MetricsJson: """{"rows":1}""" } || store.Counts()[JobState.Completed] != 200)
+            long first = store.EnqueueMany(_jobs[..check]);
+            SentinelBench.Run(store, workers, check);
+            if (store.Get(first) is not { State: JobState.Completed, MetricsJson: """{"rows":1}""" } || store.Counts()[JobState.Completed] != check)
                 throw new InvalidOperationException("jobs did not complete through the sentinels");
         }
         // Workers 0 and 2 connect to one sentinel, 1 and 3 to the other; one worker of a pair may find the queue empty.
