@@ -32,12 +32,17 @@ internal sealed partial class PostgresJobStore
     /// jobs_queue), then the lower priorities, which are read only when the first part leaves room.
     /// FOR UPDATE cannot sit under a UNION, so each part locks in its own CTE. The union's LIMIT
     /// (never reached) is what keeps the outer UPDATE a key probe per job: without it, a plan prepared
-    /// on small tables joins the union to a sequential scan of jobs.
+    /// on small tables joins the union to a sequential scan of jobs (see ClaimTurnSql).
+    /// The cursor's priority is written as a range of one value, not `priority = @priority`: with an
+    /// equality the planner drops priority from the wanted order, and a generic plan on a large,
+    /// analyzed table then walked the primary key from the cursor (Index Cond `id > $8`), reading every
+    /// later job of every priority. As a range, only jobs_queue serves the order, and btree still seeks
+    /// to (priority, id) since both bounds are inclusive.
     /// </summary>
     internal const string ClaimAfterSql = ClaimUpdate +
-        "(WITH rest AS (SELECT id FROM jobs WHERE " + Claimable + " AND priority = @priority AND id > @after ORDER BY priority DESC, id LIMIT @max FOR UPDATE SKIP LOCKED), " +
+        "(WITH rest AS (SELECT id FROM jobs WHERE " + Claimable + " AND priority >= @priority AND priority <= @priority AND id > @after ORDER BY priority DESC, id LIMIT @max FOR UPDATE SKIP LOCKED), " +
         "lower AS (SELECT id FROM jobs WHERE " + Claimable + " AND priority < @priority ORDER BY priority DESC, id LIMIT @max - (SELECT count(*) FROM rest) FOR UPDATE SKIP LOCKED) " +
-        "SELECT id FROM rest UNION ALL SELECT id FROM lower LIMIT @max)" + ClaimReturning;
+        "SELECT id FROM (SELECT id FROM rest UNION ALL SELECT id FROM lower LIMIT @max) picked LIMIT " + MaxClaim + ")" + ClaimReturning;
 
     internal const string ClaimAfterWithOutputSql = WithOutputHead + ClaimAfterSql + WithOutputTail;
 
@@ -49,6 +54,7 @@ internal sealed partial class PostgresJobStore
         var (worker, capabilities, max) = request;
         long now = Environment.TickCount64;
         bool live = _cursors.TryGetValue(CursorKey(capabilities), out var cursor) && now - cursor.Since < CursorLifeMs;
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(max, Sentinel.MaxSlots);
         var command = new NpgsqlBatchCommand(live ? ClaimAfterWithOutputSql : ClaimWithOutputSql);
         AddClaimParameters(command.Parameters, worker, capabilities, Math.Max(max, 0));
         if (live)

@@ -54,7 +54,7 @@ internal sealed partial class PostgresJobStore
         return InTransaction(() =>
         {
             using var batch = new NpgsqlBatch(Connection(), _tx);
-            batch.BatchCommands.Add(CompleteManyCommand(completions));
+            GenericPlans(batch, () => batch.BatchCommands.Add(CompleteManyCommand(completions)));
             using var r = batch.ExecuteReader();
             return ReadCompleted(r, completions);
         });
@@ -101,7 +101,19 @@ internal sealed partial class PostgresJobStore
     /// Claim's statement with each claimed job's current output beside it (one key probe of outputs per
     /// job); ClaimMany sends one per worker, all in one round trip.
     /// </summary>
-    internal const string ClaimWithOutputSql = WithOutputHead + ClaimSql + WithOutputTail;
+    internal const string ClaimWithOutputSql = WithOutputHead + ClaimTurnSql + WithOutputTail;
+
+    /// <summary>
+    /// Claim's statement (ClaimSql) for a turn, which runs it with its generic plan (see GenericPlans).
+    /// The outer LIMIT (never reached) tells the planner the batch is small, so the UPDATE probes the
+    /// primary key per job: a generic plan cannot see @max, guesses a tenth of the queue, and on a large,
+    /// analyzed table planned `id IN (…)` as a hash join over a sequential scan of jobs.
+    /// </summary>
+    private const string ClaimTurnSql = ClaimUpdate + "(SELECT id FROM (SELECT id FROM jobs WHERE " + Claimable +
+        " ORDER BY priority DESC, id LIMIT @max FOR UPDATE SKIP LOCKED) picked LIMIT " + MaxClaim + ")" + ClaimReturning;
+
+    /// <summary>The most jobs a turn's claim takes, as SQL: a worker's slots (<see cref="Sentinel.MaxSlots"/>, which a test holds equal).</summary>
+    internal const string MaxClaim = "256";
 
     private const string WithOutputHead = "WITH claimed AS (";
     private const string WithOutputTail = ") SELECT c.*, o.job_id, o.parser_version, o.content_hash, o.artifacts, o.topic_prefix FROM claimed c " +
@@ -115,7 +127,7 @@ internal sealed partial class PostgresJobStore
         {
             // One batch: Npgsql sends its statements together and reads their results in order.
             using var batch = new NpgsqlBatch(Connection(), _tx);
-            AddClaims(batch, requests, since);
+            GenericPlans(batch, () => AddClaims(batch, requests, since));
             using var r = batch.ExecuteReader();
             return ReadClaimed(r, requests.Count);
         });
@@ -140,8 +152,11 @@ internal sealed partial class PostgresJobStore
             var turn = Run(() =>
             {
                 using var batch = new NpgsqlBatch(Connection());
-                if (completions.Count > 0) batch.BatchCommands.Add(CompleteManyCommand(completions));
-                AddClaims(batch, claims, since);
+                GenericPlans(batch, () =>
+                {
+                    if (completions.Count > 0) batch.BatchCommands.Add(CompleteManyCommand(completions));
+                    AddClaims(batch, claims, since);
+                });
                 using var r = batch.ExecuteReader();
                 List<(bool, string?)> completed = [];
                 if (completions.Count > 0)
@@ -160,6 +175,38 @@ internal sealed partial class PostgresJobStore
             throw;
         }
     }
+
+    /// <summary>
+    /// Runs the turn's statements that <paramref name="add"/> puts in <paramref name="batch"/> with their
+    /// generic plans. Left to choose, PostgreSQL planned them afresh at every execution (custom plans,
+    /// as it can see the arrays and the cursor), and planning these CTEs cost the server more than
+    /// running them: two sentinels end to end went from 4.3k to 6.0k jobs/s (BENCHMARKS.md). Their
+    /// generic plans are held to key probes and index seeks, on empty and on large analyzed tables
+    /// (PostgresStoreTests, Postgres_TurnStatements_…). The setting is set back at the batch's end;
+    /// if the batch fails first, the rollback sets it back too (SET is transactional). Other
+    /// statements keep PostgreSQL's choice: a one-job claim and complete was slower with generic plans.
+    /// </summary>
+    private static void GenericPlans(NpgsqlBatch batch, Action add)
+    {
+        batch.BatchCommands.Add(new NpgsqlBatchCommand("SET plan_cache_mode = force_generic_plan"));
+        add();
+        batch.BatchCommands.Add(new NpgsqlBatchCommand("RESET plan_cache_mode"));
+    }
+
+    /// <summary>
+    /// This store's session, as PostgreSQL sees it: its plan_cache_mode, and each statement it has
+    /// prepared with how many generic and custom plans it ran (pg_prepared_statements). For tests.
+    /// </summary>
+    internal (string Mode, List<(string Statement, long Generic, long Custom)> Prepared) SessionPlans() => Run(() =>
+    {
+        string mode;
+        using (var cmd = Command("SHOW plan_cache_mode")) mode = (string)cmd.ExecuteScalar()!;
+        var prepared = new List<(string, long, long)>();
+        using var list = Command("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements");
+        using var r = list.ExecuteReader();
+        while (r.Read()) prepared.Add((r.GetString(0), r.GetInt64(1), r.GetInt64(2)));
+        return (mode, prepared);
+    });
 
     private void AddClaims(NpgsqlBatch batch, IReadOnlyList<ClaimRequest> requests, List<long> since)
     {

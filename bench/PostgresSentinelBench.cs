@@ -19,7 +19,7 @@ namespace Casparian.Bench;
 public class PostgresSentinelBench
 {
     private const int Jobs = 20_000;
-    private const int DurableJobs = 4_000;
+    private const int DurableJobs = 20_000;
     private const int Slots = 4;
 
     private PgServer _server = null!;
