@@ -180,9 +180,9 @@ internal sealed partial class PostgresJobStore
     /// Runs the turn's statements that <paramref name="add"/> puts in <paramref name="batch"/> with their
     /// generic plans. Left to choose, PostgreSQL planned them afresh at every execution (custom plans,
     /// as it can see the arrays and the cursor), and planning these CTEs cost the server more than
-    /// running them: two sentinels end to end went from 4.3k to 6.0k jobs/s (BENCHMARKS.md). Their
-    /// generic plans are held to key probes and index seeks, on empty and on large analyzed tables
-    /// (PostgresStoreTests, Postgres_TurnStatements_…). The setting is set back at the batch's end;
+    /// running them: two sentinels end to end with async commits went from 4.3k to 6.0k jobs/s (median,
+    /// BENCHMARKS.md). Their generic plans are held to key probes and index seeks, on empty and on
+    /// large analyzed tables (PostgresStoreTests, Postgres_TurnStatements_…). The setting is set back at the batch's end;
     /// if the batch fails first, the rollback sets it back too (SET is transactional). Other
     /// statements keep PostgreSQL's choice: a one-job claim and complete was slower with generic plans.
     /// </summary>
