@@ -18,7 +18,10 @@ public sealed partial class StatusTests(ITestOutputHelper output) : IDisposable
 
     public void Dispose() => _c.Dispose();
 
-    /// <summary>A parser that logs a line, sleeps STATUS_SLEEP seconds, and fails with a ValueError on a file saying "boom".</summary>
+    /// <summary>
+    /// A parser that logs a line, waits for the file STATUS_GATE names to exist (when set), sleeps
+    /// STATUS_SLEEP seconds, and fails with a ValueError on a file saying "boom".
+    /// </summary>
     private string RegisterParser()
     {
         string dir = _c.File("status_csv");
@@ -35,6 +38,9 @@ public sealed partial class StatusTests(ITestOutputHelper output) : IDisposable
                 print(f"status-test parsing {os.path.basename(path)}")
                 with open(path) as f:
                     text = f.read()
+                gate = os.environ.get("STATUS_GATE")
+                while gate and not os.path.exists(gate):
+                    time.sleep(0.02)
                 time.sleep(float(os.environ.get("STATUS_SLEEP") or 0))
                 if "boom" in text:
                     raise ValueError(f"boom in {os.path.basename(path)}")
@@ -55,10 +61,12 @@ public sealed partial class StatusTests(ITestOutputHelper output) : IDisposable
         return _c.Jobs().Single(j => j.Input.EndsWith("z-boom.csv", StringComparison.Ordinal)).Id;
     }
 
-    private Daemon Start(string sleep, params string[] extra)
+    private Daemon Start(string sleep, params string[] extra) => Start(sleep, gate: null, extra);
+
+    private Daemon Start(string sleep, string? gate, params string[] extra)
     {
         var start = _c.Spawn("start", ["start", "--slots", "2", "--heartbeat-interval", "0.2s", .. extra],
-            env: new Dictionary<string, string?> { ["STATUS_SLEEP"] = sleep });
+            env: new Dictionary<string, string?> { ["STATUS_SLEEP"] = sleep, ["STATUS_GATE"] = gate });
         return start;
     }
 
@@ -94,7 +102,10 @@ public sealed partial class StatusTests(ITestOutputHelper output) : IDisposable
     {
         RegisterParser();
         long failedId = Queue(good: 12);
-        var start = Start("0.3");
+        // The jobs wait for the gate, opened after the first scrape: on a loaded machine the whole run
+        // once finished before the status page's URL was read, and the counter was only ever seen at 12.
+        string gate = _c.File("status-gate");
+        var start = Start("0.3", gate: gate);
         string url = UrlOf(start);
 
         // Scrape while the run goes on: the success counter climbs through intermediate values to 12.
@@ -103,11 +114,13 @@ public sealed partial class StatusTests(ITestOutputHelper output) : IDisposable
         string last = "";
         Eventually.True(() =>
         {
+            if (seen.Count == 1) File.WriteAllText(gate, "");
             last = Get(url + "metrics");
             seen.Add(Sample(last, "casparian_jobs_concluded_total{status=\"success\"}") ?? -1);
             if (Sample(last, "casparian_jobs{state=\"queued\"}") > 0) ages.Add(Sample(last, "casparian_queue_oldest_age_seconds"));
             return seen[^1] == 12 && Sample(last, "casparian_jobs_concluded_total{status=\"failed\"}") == 1;
         }, TimeSpan.FromSeconds(120), "12 successes and 1 failure in /metrics", () => last + start, every: TimeSpan.FromMilliseconds(100));
+        Assert.True(seen[0] == 0, $"no job can conclude before the gate opens; saw {string.Join(", ", seen)}");
         Assert.True(seen.Distinct().Count(v => v >= 0) >= 3, $"the counter should move during the run; saw {string.Join(", ", seen)}");
         for (int i = 1; i < seen.Count; i++) Assert.True(seen[i] >= seen[i - 1], $"a counter went down: {string.Join(", ", seen)}");
         // While jobs wait, the oldest one's age is reported (they were queued before start).
