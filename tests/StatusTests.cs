@@ -61,14 +61,9 @@ public sealed partial class StatusTests(ITestOutputHelper output) : IDisposable
         return _c.Jobs().Single(j => j.Input.EndsWith("z-boom.csv", StringComparison.Ordinal)).Id;
     }
 
-    private Daemon Start(string sleep, params string[] extra) => Start(sleep, gate: null, extra);
-
-    private Daemon Start(string sleep, string? gate, params string[] extra)
-    {
-        var start = _c.Spawn("start", ["start", "--slots", "2", "--heartbeat-interval", "0.2s", .. extra],
+    private Daemon Start(string sleep, string? gate = null) =>
+        _c.Spawn("start", ["start", "--slots", "2", "--heartbeat-interval", "0.2s"],
             env: new Dictionary<string, string?> { ["STATUS_SLEEP"] = sleep, ["STATUS_GATE"] = gate });
-        return start;
-    }
 
     [GeneratedRegex(@"status page (http://127\.0\.0\.1:\d+/)")]
     private static partial Regex StatusLine();
