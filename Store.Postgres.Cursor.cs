@@ -8,8 +8,8 @@
 // 0.26-0.33 ms from a cursor on that same table (pgbench, prepared statements).
 //
 // What it costs: a job that becomes claimable behind a cursor is seen at the next claim from the head.
-// The store forgets its cursors when it makes a job QUEUED itself (enqueue, fail, reject, requeue,
-// retry), when a NOTIFY says jobs were added (they may sort first by priority), after a claim that did
+// The store forgets its cursors when it makes a job QUEUED itself (enqueue, a fail that retries,
+// reject, a requeue that queued a job, retry; not a permanent failure or a sweep that found nothing), when a NOTIFY says jobs were added (they may sort first by priority), after a claim that did
 // not fill its batch (the queue's end), when an operation fails, and a second after the last claim from
 // the head. So a job another process made QUEUED (or whose backoff ended) waits at most about a second,
 // which is also how often an idle sentinel polls; nothing is skipped for good.

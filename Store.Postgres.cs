@@ -509,7 +509,6 @@ internal sealed partial class PostgresJobStore : IJobStore
 
     public FailResult? Fail(long id, string? worker, string error, bool transient, IReadOnlyDictionary<string, long>? metrics = null) => Run(() =>
     {
-        ForgetClaimCursors();
         // Every SET expression sees the row as it was, so retry_count below is the count before this failure.
         using var cmd = Command(
             "UPDATE jobs SET " +
@@ -533,19 +532,22 @@ internal sealed partial class PostgresJobStore : IJobStore
         using var r = cmd.ExecuteReader();
         if (!r.Read()) return (FailResult?)null;
         var state = JobStates.Parse(r.GetString(0));
+        // Only a retry queues the job again; a permanent failure leaves the cursors where they are.
+        if (state == JobState.Queued) ForgetClaimCursors();
         return new FailResult(state, r.GetInt32(1), state == JobState.Queued ? FromMs(r.GetInt64(2)) : null);
     });
 
     public bool Reject(long id, string? worker) => Run(() =>
     {
-        ForgetClaimCursors();
         using var cmd = Command(
             $"UPDATE jobs SET state = 'QUEUED', heartbeat_at = @now WHERE id = @id AND state = 'RUNNING' AND (@worker::text IS NULL OR worker = @worker) AND {Owned}");
         cmd.Parameters.Add(Long("now", Now()));
         cmd.Parameters.Add(Long("id", id));
         cmd.Parameters.Add(Text("worker", worker));
         cmd.Parameters.Add(Text("me", _options.Sentinel));
-        return cmd.ExecuteNonQuery() == 1;
+        if (cmd.ExecuteNonQuery() != 1) return false;
+        ForgetClaimCursors();
+        return true;
     });
 
     // A lost worker counts as a retry but waits for no backoff (as in SQLite).
@@ -558,7 +560,6 @@ internal sealed partial class PostgresJobStore : IJobStore
 
     public RequeueResult RequeueWorker(string worker, string reason) => Run(() =>
     {
-        ForgetClaimCursors();
         using var cmd = Command(RequeueSet + $"WHERE state = 'RUNNING' AND worker = @worker AND {Owned} RETURNING state");
         cmd.Parameters.Add(Int("limit", _options.RetryLimit));
         cmd.Parameters.Add(Long("now", Now()));
@@ -570,7 +571,6 @@ internal sealed partial class PostgresJobStore : IJobStore
 
     public RequeueResult RequeueStale(DateTimeOffset cutoff, IReadOnlyCollection<string> liveWorkers) => Run(() =>
     {
-        ForgetClaimCursors();
         // A stale job of a worker live here but owned by another sentinel is one that sentinel stopped
         // heartbeating (it died), and that the worker no longer reports to us: requeued too.
         using var cmd = Command(RequeueSet +
@@ -585,12 +585,14 @@ internal sealed partial class PostgresJobStore : IJobStore
         return ReadRequeue(cmd);
     });
 
-    private static RequeueResult ReadRequeue(NpgsqlCommand cmd)
+    /// <summary>A requeue's counts; a job it queued again may sort before a claim cursor, so then the cursors go.</summary>
+    private RequeueResult ReadRequeue(NpgsqlCommand cmd)
     {
         int requeued = 0, failed = 0;
         using var r = cmd.ExecuteReader();
         while (r.Read())
             if (r.GetString(0) == "QUEUED") requeued++; else failed++;
+        if (requeued > 0) ForgetClaimCursors();
         return new RequeueResult(requeued, failed);
     }
 

@@ -208,6 +208,43 @@ public sealed class PostgresStoreTests
     }
 
     [PgFact]
+    public void Postgres_ClaimCursor_StaysThroughAPermanentFailureAndARequeueThatQueuedNothing()
+    {
+        // A claim from the head walks the dead queue-index entry of every job claimed since the last
+        // VACUUM, so only an operation that queues a job again here sends the next claim there. Seen
+        // from outside: a job queued behind the cursor by another process (no NOTIFY) is passed over
+        // while the cursor lives, and claimed first once the claims go back to the head. A cursor lives
+        // a second from its chain's first claim, so a round slower than that (a stalled machine) says
+        // nothing, and runs again on a fresh database.
+        for (int round = 0; !CursorRound(PgServer.Shared.NewDatabase()); round++)
+            Assert.True(round < 3, "four rounds each took longer than a cursor lives");
+    }
+
+    private static bool CursorRound(string url)
+    {
+        using var sentinel = Open(url, "s");
+        using var cli = Open(url);
+        long first = sentinel.EnqueueMany([.. Enumerable.Range(0, 8).Select(i => new NewJob("p", "1.0", $"/in/{i}", "h"))]);
+        ClaimRequest[] two = [new ClaimRequest("w", Any, 2)];
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        Assert.Equal([first, first + 1], sentinel.ClaimMany(two)[0].Select(c => c.Job.Id));
+        Assert.Equal(JobState.Failed, sentinel.Fail(first, "w", "bad file", transient: false)!.Value.State);
+        cli.Retry(first);
+        Assert.Equal(0, sentinel.RequeueStale(DateTimeOffset.UtcNow.AddHours(-1), ["w"]).Total);
+        Assert.Equal(0, sentinel.RequeueWorker("another", "gone").Total);
+        Assert.False(sentinel.Reject(first, "w"));
+        var next = sentinel.ClaimMany(two)[0].Select(c => c.Job.Id).ToList();
+        if (watch.ElapsedMilliseconds >= 900) return false;
+        Assert.Equal([first + 2, first + 3], next);
+
+        // A retry queues its job again here: the next claim goes back to the head, and finds the job
+        // the other process queued.
+        Assert.Equal(JobState.Queued, sentinel.Fail(first + 2, "w", "flaky", transient: true)!.Value.State);
+        Assert.Equal([first, first + 4], sentinel.ClaimMany(two)[0].Select(c => c.Job.Id));
+        return true;
+    }
+
+    [PgFact]
     public void Postgres_BulkEnqueue_AnalyzesTheJobsTable_SoClaimsWalkTheQueueIndexInsteadOfSortingEveryQueuedRow()
     {
         string url = PgServer.Shared.NewDatabase();
