@@ -30,51 +30,69 @@ internal sealed partial class PostgresJobStore
     /// <summary>
     /// Claim's statement from a cursor: the rest of the cursor's priority after its job (a seek on
     /// jobs_queue), then the lower priorities, which are read only when the first part leaves room.
-    /// FOR UPDATE cannot sit under a UNION, so each part locks in its own CTE. The union's LIMIT
-    /// (never reached) is what keeps the outer UPDATE a key probe per job: without it, a plan prepared
-    /// on small tables joins the union to a sequential scan of jobs (see ClaimTurnSql).
+    /// FOR UPDATE cannot sit under a UNION, so each part locks in its own CTE. The LIMIT around the
+    /// union (WithOutputTail, never reached) is what keeps the UPDATE a key probe per job: without it,
+    /// a plan prepared on small tables joined the union to a sequential scan of jobs (see WithOutputHead).
     /// The cursor's priority is written as a range of one value, not `priority = @priority`: with an
     /// equality the planner drops priority from the wanted order, and a generic plan on a large,
     /// analyzed table then walked the primary key from the cursor (Index Cond `id > $8`), reading every
     /// later job of every priority. As a range, only jobs_queue serves the order, and btree still seeks
     /// to (priority, id) since both bounds are inclusive.
     /// </summary>
-    internal const string ClaimAfterSql = ClaimUpdate +
-        "(WITH rest AS (SELECT id FROM jobs WHERE " + Claimable + " AND priority >= @priority AND priority <= @priority AND id > @after ORDER BY priority DESC, id LIMIT @max FOR UPDATE SKIP LOCKED), " +
-        "lower AS (SELECT id FROM jobs WHERE " + Claimable + " AND priority < @priority ORDER BY priority DESC, id LIMIT @max - (SELECT count(*) FROM rest) FOR UPDATE SKIP LOCKED) " +
-        "SELECT id FROM (SELECT id FROM rest UNION ALL SELECT id FROM lower LIMIT @max) picked LIMIT " + MaxClaim + ")" + ClaimReturning;
-
-    internal const string ClaimAfterWithOutputSql = WithOutputHead + ClaimAfterSql + WithOutputTail;
+    internal const string ClaimAfterWithOutputSql = WithOutputHead +
+        "(WITH rest AS (SELECT id, priority FROM jobs WHERE " + Claimable + " AND priority >= @priority AND priority <= @priority AND id > @after ORDER BY priority DESC, id LIMIT @max FOR UPDATE SKIP LOCKED), " +
+        "lower AS (SELECT id, priority FROM jobs WHERE " + Claimable + " AND priority < @priority ORDER BY priority DESC, id LIMIT @max - (SELECT count(*) FROM rest) FOR UPDATE SKIP LOCKED) " +
+        "SELECT id, priority FROM rest UNION ALL SELECT id, priority FROM lower LIMIT @max)" + WithOutputTail;
 
     private static string CursorKey(IReadOnlyList<string> capabilities) => capabilities.Contains("*") ? "*" : string.Join('\n', capabilities);
 
-    /// <summary>One request's claim, from its capability set's cursor when that is live; <paramref name="since"/> is the chain's start.</summary>
-    private NpgsqlBatchCommand ClaimCommand(ClaimRequest request, out long since)
+    /// <summary>
+    /// The claim for one group of requests (one capability set), from the set's cursor when that is
+    /// live; <paramref name="since"/> is the chain's start.
+    /// </summary>
+    private NpgsqlBatchCommand ClaimCommand(IReadOnlyList<ClaimRequest> requests, ClaimGroup group, out long since)
     {
-        var (worker, capabilities, max) = request;
         long now = Environment.TickCount64;
-        bool live = _cursors.TryGetValue(CursorKey(capabilities), out var cursor) && now - cursor.Since < CursorLifeMs;
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(max, Sentinel.MaxSlots);
+        bool live = _cursors.TryGetValue(group.Key, out var cursor) && now - cursor.Since < CursorLifeMs;
+        var slots = new string[group.Slots];
+        int n = 0;
+        foreach (int i in group.Requests)
+            for (int k = 0; k < requests[i].Max; k++) slots[n++] = requests[i].Worker;
         var command = new NpgsqlBatchCommand(live ? ClaimAfterWithOutputSql : ClaimWithOutputSql);
-        AddClaimParameters(command.Parameters, worker, capabilities, Math.Max(max, 0));
+        var p = command.Parameters;
+        bool any = group.Key == "*";
+        p.Add(new NpgsqlParameter<string[]>("slots", slots));
+        p.Add(Text("me", _options.Sentinel));
+        p.Add(Long("now", Now()));
+        p.Add(new NpgsqlParameter<bool>("any", any));
+        p.Add(new NpgsqlParameter<string[]>("caps", any ? [] : [.. requests[group.Requests[0]].Capabilities]));
+        p.Add(Int("max", slots.Length));
         if (live)
         {
-            command.Parameters.Add(Int("priority", cursor.Priority));
-            command.Parameters.Add(Long("after", cursor.After));
+            p.Add(Int("priority", cursor.Priority));
+            p.Add(Long("after", cursor.After));
         }
         since = live ? cursor.Since : now;
         return command;
     }
 
-    /// <summary>After the claims went through: a full batch moves its cursor to its last job (dispatch order is index order); a short one ends it.</summary>
-    private void AdvanceCursors(IReadOnlyList<ClaimRequest> requests, IReadOnlyList<long> since, List<List<(ClaimedJob Job, CurrentOutput? Current)>> claimed)
+    /// <summary>
+    /// After the claims went through: a group that filled its slots moves its cursor to its last job in
+    /// queue order (dispatch order is index order); one that fell short ends it.
+    /// </summary>
+    private void AdvanceCursors(IReadOnlyList<ClaimRequest> requests, List<ClaimGroup> groups, List<List<(ClaimedJob Job, CurrentOutput? Current)>> claimed)
     {
-        for (int i = 0; i < requests.Count; i++)
+        foreach (var group in groups)
         {
-            if (requests[i].Max <= 0) continue;
-            string key = CursorKey(requests[i].Capabilities);
-            if (claimed[i].Count < requests[i].Max) _cursors.Remove(key);
-            else _cursors[key] = (claimed[i][^1].Job.Priority, claimed[i][^1].Job.Id, since[i]);
+            int got = 0;
+            ClaimedJob? last = null;
+            foreach (int i in group.Requests)
+            {
+                got += claimed[i].Count;
+                if (claimed[i].Count > 0 && (last is not { } l || DispatchOrder(claimed[i][^1].Job, l) > 0)) last = claimed[i][^1].Job;
+            }
+            if (got < group.Slots || last is not { } end) _cursors.Remove(group.Key);
+            else _cursors[group.Key] = (end.Priority, end.Id, group.Since);
         }
     }
 

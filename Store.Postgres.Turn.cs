@@ -1,6 +1,6 @@
 // The PostgreSQL store's batched forms of a sentinel's turn (issue 16): every success concluded in
-// the turn completes in one statement, and the claims of all its free workers, each job with its
-// current output (for DISPATCH's supersede list), go out as one batch. Against a server each
+// the turn completes in one statement, and all its free workers claim in one statement per
+// capability set, each job with its current output (for DISPATCH's supersede list). Against a server each
 // statement is a round trip, and the round trips, not the rows, are what a turn costs; SQLite runs
 // the interface's per-job defaults (as does GetOutputs here: the turn reads outputs in ClaimMany).
 // A turn with nothing else to write sends both, and its commit, as one batch (CompleteAndClaim).
@@ -98,40 +98,46 @@ internal sealed partial class PostgresJobStore
     }
 
     /// <summary>
-    /// Claim's statement with each claimed job's current output beside it (one key probe of outputs per
-    /// job); ClaimMany sends one per worker, all in one round trip.
+    /// The turn's claim for every worker of one capability set at once, with each claimed job's current
+    /// output beside it (one key probe of outputs per job). @slots names a worker per free slot, in the
+    /// turn's fair order; the n-th job in queue order goes to the n-th slot, as one claim per worker in
+    /// that order would hand them out, and the worker comes back with each row. So a turn sends one
+    /// claim per capability set, not one per worker.
     /// </summary>
-    internal const string ClaimWithOutputSql = WithOutputHead + ClaimTurnSql + WithOutputTail;
+    internal const string ClaimWithOutputSql = WithOutputHead + "(SELECT id, priority FROM jobs WHERE " + Claimable +
+        " ORDER BY priority DESC, id LIMIT @max FOR UPDATE SKIP LOCKED)" + WithOutputTail;
 
     /// <summary>
-    /// Claim's statement (ClaimSql) for a turn, which runs it with its generic plan (see GenericPlans).
-    /// The outer LIMIT (never reached) tells the planner the batch is small, so the UPDATE probes the
-    /// primary key per job: a generic plan cannot see @max, guesses a tenth of the queue, and on a large,
-    /// analyzed table planned `id IN (…)` as a hash join over a sequential scan of jobs.
+    /// The claim runs with its generic plan (see GenericPlans), which cannot see @max. The inner LIMIT
+    /// (never reached) tells the planner the batch is small, so the UPDATE probes the primary key per
+    /// job: without it, on a large, analyzed table the generic plan guessed a tenth of the queue and
+    /// joined it to a sequential scan of jobs.
     /// </summary>
-    private const string ClaimTurnSql = ClaimUpdate + "(SELECT id FROM (SELECT id FROM jobs WHERE " + Claimable +
-        " ORDER BY priority DESC, id LIMIT @max FOR UPDATE SKIP LOCKED) picked LIMIT " + MaxClaim + ")" + ClaimReturning;
+    private const string WithOutputHead = "WITH claimed AS (UPDATE jobs SET state = 'RUNNING', worker = s.worker, sentinel = @me, " +
+        "claimed_at = @now, heartbeat_at = @now, finished_at = NULL " +
+        "FROM (SELECT id, (@slots::text[])[row_number() OVER (ORDER BY priority DESC, id)::int] AS worker FROM (SELECT id, priority FROM ";
 
     /// <summary>The most jobs a turn's claim takes, as SQL: a worker's slots (<see cref="Sentinel.MaxSlots"/>, which a test holds equal).</summary>
     internal const string MaxClaim = "256";
 
-    private const string WithOutputHead = "WITH claimed AS (";
-    private const string WithOutputTail = ") SELECT c.*, o.job_id, o.parser_version, o.content_hash, o.artifacts, o.topic_prefix FROM claimed c " +
+    private const string WithOutputTail = " picked LIMIT " + MaxClaim + ") picked) s WHERE jobs.id = s.id " +
+        "RETURNING jobs.id, jobs.parser_name, jobs.parser_version, jobs.input_path, jobs.priority, jobs.retry_count, jobs.content_hash, jobs.topic_prefix, jobs.worker) " +
+        "SELECT c.*, o.job_id, o.parser_version, o.content_hash, o.artifacts, o.topic_prefix FROM claimed c " +
         "LEFT JOIN LATERAL (SELECT * FROM outputs o WHERE o.parser_name = c.parser_name AND o.source_path = c.input_path LIMIT 1) o ON true";
 
     public List<List<(ClaimedJob Job, CurrentOutput? Current)>> ClaimMany(IReadOnlyList<ClaimRequest> requests)
     {
         if (requests.Count == 0) return [];
-        var since = new List<long>(requests.Count);
+        var groups = ClaimGroups(requests);
         var claimed = InTransaction(() =>
         {
             // One batch: Npgsql sends its statements together and reads their results in order.
             using var batch = new NpgsqlBatch(Connection(), _tx);
-            GenericPlans(batch, () => AddClaims(batch, requests, since));
+            GenericPlans(batch, () => AddClaims(batch, requests, groups));
             using var r = batch.ExecuteReader();
-            return ReadClaimed(r, requests.Count);
+            return ReadClaimed(r, requests, groups);
         });
-        AdvanceCursors(requests, since, claimed);
+        AdvanceCursors(requests, groups, claimed);
         return claimed;
     }
 
@@ -146,7 +152,7 @@ internal sealed partial class PostgresJobStore
     {
         if (_tx is not null) return (CompleteMany(completions), ClaimMany(claims));
         if (completions.Count == 0 && claims.Count == 0) return ([], []);
-        var since = new List<long>(claims.Count);
+        var groups = ClaimGroups(claims);
         try
         {
             var turn = Run(() =>
@@ -155,7 +161,7 @@ internal sealed partial class PostgresJobStore
                 GenericPlans(batch, () =>
                 {
                     if (completions.Count > 0) batch.BatchCommands.Add(CompleteManyCommand(completions));
-                    AddClaims(batch, claims, since);
+                    AddClaims(batch, claims, groups);
                 });
                 using var r = batch.ExecuteReader();
                 List<(bool, string?)> completed = [];
@@ -164,9 +170,9 @@ internal sealed partial class PostgresJobStore
                     completed = ReadCompleted(r, completions);
                     r.NextResult();
                 }
-                return (completed, ReadClaimed(r, claims.Count));
+                return (completed, ReadClaimed(r, claims, groups));
             });
-            AdvanceCursors(claims, since, turn.Item2);
+            AdvanceCursors(claims, groups, turn.Item2);
             return turn;
         }
         catch
@@ -208,34 +214,66 @@ internal sealed partial class PostgresJobStore
         return (mode, prepared);
     });
 
-    private void AddClaims(NpgsqlBatch batch, IReadOnlyList<ClaimRequest> requests, List<long> since)
+    /// <summary>
+    /// The requests that share a capability set, in order of first appearance: one claim statement
+    /// each. <see cref="ClaimGroup.Since"/> is filled when the statement is built.
+    /// </summary>
+    private static List<ClaimGroup> ClaimGroups(IReadOnlyList<ClaimRequest> requests)
     {
-        since.Clear();
-        foreach (var request in requests)
+        var groups = new List<ClaimGroup>();
+        for (int i = 0; i < requests.Count; i++)
         {
-            batch.BatchCommands.Add(ClaimCommand(request, out long started));
-            since.Add(started);
+            ArgumentOutOfRangeException.ThrowIfGreaterThan(requests[i].Max, Sentinel.MaxSlots);
+            if (requests[i].Max <= 0) continue;
+            string key = CursorKey(requests[i].Capabilities);
+            // A statement claims at most MaxClaim jobs: past that, the set's next workers start another.
+            var group = groups.FindLast(g => g.Key == key);
+            if (group is null || group.Slots + requests[i].Max > Sentinel.MaxSlots) groups.Add(group = new ClaimGroup(key));
+            group.Requests.Add(i);
+            group.Slots += requests[i].Max;
+        }
+        return groups;
+    }
+
+    /// <summary>The requests (indexes) one claim statement serves, and when its cursor's chain of claims left the head.</summary>
+    private sealed class ClaimGroup(string key)
+    {
+        public string Key { get; } = key;
+        public List<int> Requests { get; } = [];
+        public int Slots { get; set; }
+        public long Since { get; set; }
+    }
+
+    private void AddClaims(NpgsqlBatch batch, IReadOnlyList<ClaimRequest> requests, List<ClaimGroup> groups)
+    {
+        foreach (var group in groups)
+        {
+            batch.BatchCommands.Add(ClaimCommand(requests, group, out long since));
+            group.Since = since;
         }
     }
 
-    /// <summary>One ClaimWithOutputSql result set per request, in order, each sorted in dispatch order.</summary>
-    private static List<List<(ClaimedJob Job, CurrentOutput? Current)>> ReadClaimed(NpgsqlDataReader r, int requests)
+    /// <summary>
+    /// One ClaimWithOutputSql result set per group, in order; each row goes to the request of the worker
+    /// it names, and each request's jobs are sorted in dispatch order.
+    /// </summary>
+    private static List<List<(ClaimedJob Job, CurrentOutput? Current)>> ReadClaimed(NpgsqlDataReader r, IReadOnlyList<ClaimRequest> requests, List<ClaimGroup> groups)
     {
-        var claimed = new List<List<(ClaimedJob, CurrentOutput?)>>(requests);
-        for (int i = 0; i < requests; i++)
+        var claimed = new List<List<(ClaimedJob Job, CurrentOutput? Current)>>(requests.Count);
+        for (int i = 0; i < requests.Count; i++) claimed.Add([]);
+        foreach (var group in groups)
         {
-            var jobs = new List<(ClaimedJob Job, CurrentOutput? Current)>();
             while (r.Read())
             {
                 var job = ReadClaimed(r);
-                var current = r.IsDBNull(8) ? null
-                    : new CurrentOutput(job.ParserName, job.InputPath, r.GetInt64(8), r.GetString(9), r.GetString(10), r.IsDBNull(11) ? null : r.GetString(11)) { TopicPrefix = r.GetString(12) };
-                jobs.Add((job, current));
+                string worker = r.GetString(8);
+                var current = r.IsDBNull(9) ? null
+                    : new CurrentOutput(job.ParserName, job.InputPath, r.GetInt64(9), r.GetString(10), r.GetString(11), r.IsDBNull(12) ? null : r.GetString(12)) { TopicPrefix = r.GetString(13) };
+                claimed[group.Requests[group.Requests.FindIndex(i => requests[i].Worker == worker)]].Add((job, current));
             }
-            jobs.Sort((a, b) => DispatchOrder(a.Job, b.Job));
-            claimed.Add(jobs);
             r.NextResult();
         }
+        foreach (var jobs in claimed) jobs.Sort((a, b) => DispatchOrder(a.Job, b.Job));
         return claimed;
     }
 }

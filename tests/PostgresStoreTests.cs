@@ -282,13 +282,13 @@ public sealed class PostgresStoreTests
             return sql;
         }
         string complete = Positional(store.CompleteManySql, "ids", "workers", "metrics", "artifacts", "hashes", "now", "me");
-        string claim = Positional(PostgresJobStore.ClaimWithOutputSql, "worker", "me", "now", "any", "caps", "max");
-        string claimAfter = Positional(PostgresJobStore.ClaimAfterWithOutputSql, "worker", "me", "now", "any", "caps", "max", "priority", "after");
+        string claim = Positional(PostgresJobStore.ClaimWithOutputSql, "slots", "me", "now", "any", "caps", "max");
+        string claimAfter = Positional(PostgresJobStore.ClaimAfterWithOutputSql, "slots", "me", "now", "any", "caps", "max", "priority", "after");
         var statements = new[]
         {
             ("complete", "bigint[], text[], text[], text[], text[], bigint, text", complete),
-            ("claim", "text, text, bigint, boolean, text[], integer", claim),
-            ("claim_after", "text, text, bigint, boolean, text[], integer, integer, bigint", claimAfter),
+            ("claim", "text[], text, bigint, boolean, text[], integer", claim),
+            ("claim_after", "text[], text, bigint, boolean, text[], integer, integer, bigint", claimAfter),
         };
         AssertProbes(url, statements);
 
