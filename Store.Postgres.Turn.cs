@@ -215,8 +215,9 @@ internal sealed partial class PostgresJobStore
     });
 
     /// <summary>
-    /// The requests that share a capability set, in order of first appearance: one claim statement
-    /// each. <see cref="ClaimGroup.Since"/> is filled when the statement is built.
+    /// The requests in runs of one capability set, in order: one claim statement each. Only neighbours
+    /// share a statement, so the jobs still go out in request order when sets overlap ("*" and a list).
+    /// <see cref="ClaimGroup.Since"/> is filled when the statement is built.
     /// </summary>
     private static List<ClaimGroup> ClaimGroups(IReadOnlyList<ClaimRequest> requests)
     {
@@ -227,7 +228,7 @@ internal sealed partial class PostgresJobStore
             if (requests[i].Max <= 0) continue;
             string key = CursorKey(requests[i].Capabilities);
             // A statement claims at most MaxClaim jobs: past that, the set's next workers start another.
-            var group = groups.FindLast(g => g.Key == key);
+            var group = groups.Count > 0 && groups[^1].Key == key ? groups[^1] : null;
             if (group is null || group.Slots + requests[i].Max > Sentinel.MaxSlots) groups.Add(group = new ClaimGroup(key));
             group.Requests.Add(i);
             group.Slots += requests[i].Max;

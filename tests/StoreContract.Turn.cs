@@ -136,26 +136,31 @@ public abstract partial class JobStoreContract
     [Fact]
     public void Store_ClaimMany_WorkersOfOneCapabilitySet_TakeTheQueueInRequestOrder_PastOneStatementsWorth()
     {
-        // PostgreSQL claims for all the workers of a capability set in one statement (at most 256 slots
-        // each, Store.Postgres.Turn.cs); the outcome is still one Claim per request, in order.
+        // PostgreSQL claims for neighbouring workers of one capability set in one statement (at most 256
+        // slots each, Store.Postgres.Turn.cs); the outcome is still one Claim per request, in order.
         using var store = Open();
         long first = store.EnqueueMany([.. Enumerable.Range(0, 330).Select(i => Job($"/in/{i:D3}", priority: i % 3 == 0 ? 1 : 0))]);
         long q = store.Enqueue(Job("/in/q", parser: "q"));
         var queueOrder = Enumerable.Range(0, 330).Select(i => first + i).OrderBy(id => (id - first) % 3 == 0 ? 0 : 1).ThenBy(id => id).ToList();
 
+        // a and b share a statement, c starts the next (300 slots), q1 claims from another set, then d.
         var claimed = store.ClaimMany([
-            new ClaimRequest("a", Any, 100), new ClaimRequest("q1", ["q"], 2), new ClaimRequest("b", Any, 100),
-            new ClaimRequest("c", Any, 100), new ClaimRequest("d", Any, 4),
+            new ClaimRequest("a", Any, 100), new ClaimRequest("b", Any, 100), new ClaimRequest("c", Any, 100),
+            new ClaimRequest("q1", ["q"], 2), new ClaimRequest("d", Any, 4),
         ]);
 
         Assert.Equal(queueOrder[..100], claimed[0].Select(c => c.Job.Id));
-        Assert.Equal([q], claimed[1].Select(c => c.Job.Id));
-        Assert.Equal(queueOrder[100..200], claimed[2].Select(c => c.Job.Id));
-        Assert.Equal(queueOrder[200..300], claimed[3].Select(c => c.Job.Id));
+        Assert.Equal(queueOrder[100..200], claimed[1].Select(c => c.Job.Id));
+        Assert.Equal(queueOrder[200..300], claimed[2].Select(c => c.Job.Id));
+        Assert.Equal([q], claimed[3].Select(c => c.Job.Id));
         Assert.Equal(queueOrder[300..304], claimed[4].Select(c => c.Job.Id));
-        foreach (var (worker, jobs) in new[] { "a", "q1", "b", "c", "d" }.Zip(claimed))
+        foreach (var (worker, jobs) in new[] { "a", "b", "c", "q1", "d" }.Zip(claimed))
             Assert.All(jobs, c => Assert.Equal((JobState.Running, worker), (store.Get(c.Job.Id)!.State, store.Get(c.Job.Id)!.Worker)));
         Assert.Equal(26, store.Counts()[JobState.Queued]);
+
+        // Overlapping sets ("*" and a list that covers these jobs) still take the queue in request order.
+        var next = store.ClaimMany([new ClaimRequest("y", Any, 10), new ClaimRequest("x", ["p"], 10), new ClaimRequest("z", Any, 10)]);
+        Assert.Equal([queueOrder[304..314], queueOrder[314..324], queueOrder[324..]], next.Select(jobs => jobs.Select(c => c.Job.Id).ToList()));
     }
 
     [Fact]
