@@ -1,6 +1,6 @@
 // The PostgreSQL store's batched forms of a sentinel's turn (issue 16): every success concluded in
-// the turn completes in one statement, and all its free workers claim in one statement per
-// capability set, each job with its current output (for DISPATCH's supersede list). Against a server each
+// the turn completes in one statement, and its free workers claim in one statement per run of
+// workers with one capability set, each job with its current output (for DISPATCH's supersede list). Against a server each
 // statement is a round trip, and the round trips, not the rows, are what a turn costs; SQLite runs
 // the interface's per-job defaults (as does GetOutputs here: the turn reads outputs in ClaimMany).
 // A turn with nothing else to write sends both, and its commit, as one batch (CompleteAndClaim).
@@ -102,7 +102,7 @@ internal sealed partial class PostgresJobStore
     /// output beside it (one key probe of outputs per job). @slots names a worker per free slot, in the
     /// turn's fair order; the n-th job in queue order goes to the n-th slot, as one claim per worker in
     /// that order would hand them out, and the worker comes back with each row. So a turn sends one
-    /// claim per capability set, not one per worker.
+    /// claim per run of workers with one capability set (ClaimGroups), not one per worker.
     /// </summary>
     internal const string ClaimWithOutputSql = WithOutputHead + "(SELECT id, priority FROM jobs WHERE " + Claimable +
         " ORDER BY priority DESC, id LIMIT @max FOR UPDATE SKIP LOCKED)" + WithOutputTail;
