@@ -9,9 +9,10 @@
 //
 // What it costs: a job that becomes claimable behind a cursor is seen at the next claim from the head.
 // The store forgets its cursors when it makes a job QUEUED itself (enqueue, a fail that retries,
-// reject, a requeue that queued a job, retry; not a permanent failure or a sweep that found nothing), when a NOTIFY says jobs were added (they may sort first by priority), after a claim that did
-// not fill its batch (the queue's end), when an operation fails, and a second after the last claim from
-// the head. So a job another process made QUEUED (or whose backoff ended) waits at most about a second,
+// reject, a requeue that queued a job, retry; not a permanent failure or a sweep that found nothing),
+// when a NOTIFY says jobs were added (they may sort first by priority), after a claim that did not fill
+// its batch (the queue's end), when an operation fails, and a second after the last claim from the
+// head. So a job another process made QUEUED (or whose backoff ended) waits at most about a second,
 // which is also how often an idle sentinel polls; nothing is skipped for good.
 //
 // A cursor belongs to one capability set: a claim filtered to other parsers passes over rows this one
@@ -59,18 +60,12 @@ internal sealed partial class PostgresJobStore
         foreach (int i in group.Requests)
             for (int k = 0; k < requests[i].Max; k++) slots[n++] = requests[i].Worker;
         var command = new NpgsqlBatchCommand(live ? ClaimAfterWithOutputSql : ClaimWithOutputSql);
-        var p = command.Parameters;
-        bool any = group.Key == "*";
-        p.Add(new NpgsqlParameter<string[]>("slots", slots));
-        p.Add(Text("me", _options.Sentinel));
-        p.Add(Long("now", Now()));
-        p.Add(new NpgsqlParameter<bool>("any", any));
-        p.Add(new NpgsqlParameter<string[]>("caps", any ? [] : [.. requests[group.Requests[0]].Capabilities]));
-        p.Add(Int("max", slots.Length));
+        command.Parameters.Add(new NpgsqlParameter<string[]>("slots", slots));
+        AddClaimParameters(command.Parameters, requests[group.Requests[0]].Capabilities, slots.Length);
         if (live)
         {
-            p.Add(Int("priority", cursor.Priority));
-            p.Add(Long("after", cursor.After));
+            command.Parameters.Add(Int("priority", cursor.Priority));
+            command.Parameters.Add(Long("after", cursor.After));
         }
         since = live ? cursor.Since : now;
         return command;

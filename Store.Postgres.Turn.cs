@@ -1,8 +1,9 @@
 // The PostgreSQL store's batched forms of a sentinel's turn (issue 16): every success concluded in
 // the turn completes in one statement, and its free workers claim in one statement per run of
-// workers with one capability set, each job with its current output (for DISPATCH's supersede list). Against a server each
-// statement is a round trip, and the round trips, not the rows, are what a turn costs; SQLite runs
-// the interface's per-job defaults (as does GetOutputs here: the turn reads outputs in ClaimMany).
+// workers with one capability set, each job with its current output (for DISPATCH's supersede
+// list). Against a server each statement is a round trip, and the round trips, not the rows, are what
+// a turn costs; SQLite runs the interface's per-job defaults (as does GetOutputs here: the turn reads
+// outputs in ClaimMany).
 // A turn with nothing else to write sends both, and its commit, as one batch (CompleteAndClaim).
 //
 // Every lookup here is written so its only plan is a probe of a primary key per job (`= ANY(@ids)`,
@@ -107,12 +108,6 @@ internal sealed partial class PostgresJobStore
     internal const string ClaimWithOutputSql = WithOutputHead + "(SELECT id, priority FROM jobs WHERE " + Claimable +
         " ORDER BY priority DESC, id LIMIT @max FOR UPDATE SKIP LOCKED)" + WithOutputTail;
 
-    /// <summary>
-    /// The claim runs with its generic plan (see GenericPlans), which cannot see @max. The inner LIMIT
-    /// (never reached) tells the planner the batch is small, so the UPDATE probes the primary key per
-    /// job: without it, on a large, analyzed table the generic plan guessed a tenth of the queue and
-    /// joined it to a sequential scan of jobs.
-    /// </summary>
     private const string WithOutputHead = "WITH claimed AS (UPDATE jobs SET state = 'RUNNING', worker = s.worker, sentinel = @me, " +
         "claimed_at = @now, heartbeat_at = @now, finished_at = NULL " +
         "FROM (SELECT id, (@slots::text[])[row_number() OVER (ORDER BY priority DESC, id)::int] AS worker FROM (SELECT id, priority FROM ";
@@ -120,6 +115,12 @@ internal sealed partial class PostgresJobStore
     /// <summary>The most jobs a turn's claim takes, as SQL: a worker's slots (<see cref="Sentinel.MaxSlots"/>, which a test holds equal).</summary>
     internal const string MaxClaim = "256";
 
+    /// <summary>
+    /// The claim runs with its generic plan (see GenericPlans), which cannot see @max. The LIMIT here
+    /// (never reached) tells the planner the batch is small, so the UPDATE probes the primary key per
+    /// job: without it, on a large, analyzed table the generic plan guessed a tenth of the queue and
+    /// joined it to a sequential scan of jobs.
+    /// </summary>
     private const string WithOutputTail = " picked LIMIT " + MaxClaim + ") picked) s WHERE jobs.id = s.id " +
         "RETURNING jobs.id, jobs.parser_name, jobs.parser_version, jobs.input_path, jobs.priority, jobs.retry_count, jobs.content_hash, jobs.topic_prefix, jobs.worker) " +
         "SELECT c.*, o.job_id, o.parser_version, o.content_hash, o.artifacts, o.topic_prefix FROM claimed c " +

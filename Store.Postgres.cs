@@ -419,7 +419,8 @@ internal sealed partial class PostgresJobStore : IJobStore
         var claimed = new List<ClaimedJob>(Math.Min(Math.Max(max, 0), 256));
         if (max <= 0) return claimed;
         using var cmd = Command(ClaimSql);
-        AddClaimParameters(cmd.Parameters, worker, capabilities, max);
+        cmd.Parameters.Add(Text("worker", worker));
+        AddClaimParameters(cmd.Parameters, capabilities, max);
         using (var r = cmd.ExecuteReader())
             while (r.Read()) claimed.Add(ReadClaimed(r));
         claimed.Sort(DispatchOrder);
@@ -434,10 +435,10 @@ internal sealed partial class PostgresJobStore : IJobStore
     private const string Claimable = "state = 'QUEUED' AND next_attempt_at <= @now AND (@any OR parser_name = ANY(@caps))";
     private const string ClaimReturning = " RETURNING id, parser_name, parser_version, input_path, priority, retry_count, content_hash, topic_prefix";
 
-    private void AddClaimParameters(NpgsqlParameterCollection p, string worker, IReadOnlyList<string> capabilities, int max)
+    /// <summary>A claim's parameters but its worker (@worker here, @slots in a turn's claim).</summary>
+    private void AddClaimParameters(NpgsqlParameterCollection p, IReadOnlyList<string> capabilities, int max)
     {
         bool any = capabilities.Contains("*");
-        p.Add(Text("worker", worker));
         p.Add(Text("me", _options.Sentinel));
         p.Add(Long("now", Now()));
         p.Add(new NpgsqlParameter<bool>("any", any));
