@@ -27,7 +27,7 @@ import sys
 from array import array
 from datetime import date, datetime, time, timedelta, timezone
 from itertools import accumulate, chain, repeat
-from operator import and_, attrgetter, floordiv, is_not, sub
+from operator import and_, attrgetter, floordiv, is_not, itemgetter, sub
 
 TOPIC_KEY = "casparian.topic"
 BATCH_ROWS = 65536
@@ -341,8 +341,24 @@ def _safe_str(v):
 _PLAIN_STR = frozenset((int, float, bool, str, type(None)))
 
 
+# Of those, types no two of whose values are equal unless their text is: ints and text mixed (codes
+# such as "X-12") can go through a table of each distinct value's text. Not bool and float: 1, 1.0
+# and True are one key of a dict but three texts.
+_MEMO_STR = frozenset((int, str, type(None)))
+
+
 def _to_str(values):
-    if _PLAIN_STR.issuperset(map(type, values)):
+    types = set(map(type, values))
+    if types <= _PLAIN_STR:
+        # A column whose first batch's worth of rows holds each value twice on average converts each
+        # distinct value once (str of an int costs more than a dict lookup); one of mostly distinct
+        # values, value by value (then the look costs about a tenth of the conversion).
+        head = values[:BATCH_ROWS]
+        if types <= _MEMO_STR and 2 * len(set(head)) <= len(head):
+            distinct = dict.fromkeys(values)
+            text = dict(zip(distinct, map(str, distinct)))
+            text[None] = None
+            return list(map(text.__getitem__, values))
         if None not in values:
             return list(map(str, values))
         return [None if v is None else str(v) for v in values]
@@ -841,25 +857,29 @@ def columns_from_dict(table):
     return [c if not isinstance(c, (list, tuple)) else ListColumn(n, c) for n, c in columns], rows
 
 
-def columns_from_rows(rows):
-    """A list of row dicts. Columns in first-seen key order; a key a row lacks is null there."""
+def columns_from_rows(rows, plain=False):
+    """A list of row dicts. Columns in first-seen key order; a key a row lacks is null there.
+    `plain`: every row is a dict itself, not a subclass (whose __getitem__ or __missing__ could run)."""
     first = rows[0]
     width = len(first)
-    # Rows with the same keys in the same order (rows built by one dict literal): a slice of rows'
-    # values in one flat list, a column every width-th of it (one pass over the dicts, then strided
-    # C copies). The slice's keys' concatenation equal to the first row's keys repeated proves it:
-    # each dict's keys are distinct, so no row can hold more than width of them, and the lengths
-    # must add up. Slices of _ROWS_CHUNK rows keep the temporary lists small and reused: fresh memory
-    # (page faults) cost as much as the copying for a large table.
-    if width:
+    # Rows with the same keys, in any order (rows built by one dict literal): one itemgetter of the
+    # first row's keys fetches a slice of rows' values into one flat list in C, and a column is every
+    # width-th of it (strided C copies). A row of width keys in which each of the first row's width
+    # (distinct) keys is found has exactly those keys. Slices of _ROWS_CHUNK rows keep the temporary
+    # lists small and reused: fresh memory (page faults) cost as much as the copying for a large table.
+    if plain and width:
         keys = list(first)
-        pattern = keys * _ROWS_CHUNK
+        get = itemgetter(*keys)
         columns = [[] for _ in keys]
         for start in range(0, len(rows), _ROWS_CHUNK):
             part = rows[start:start + _ROWS_CHUNK]
-            if list(chain.from_iterable(part)) != (pattern if len(part) == _ROWS_CHUNK else keys * len(part)):
+            if set(map(len, part)) != {width}:
                 break
-            flat = list(chain.from_iterable(map(dict.values, part)))
+            try:
+                # One key: itemgetter returns the value itself, not a 1-tuple.
+                flat = list(map(get, part)) if width == 1 else list(chain.from_iterable(map(get, part)))
+            except KeyError:
+                break
             for i, column in enumerate(columns):
                 column += flat[i::width]
         else:
@@ -1094,8 +1114,12 @@ def table_messages(obj, topic, max_message=DEFAULT_MAX_MESSAGE):
         return column_messages(*columns_from_pandas(obj), topic, max_message)
     if isinstance(obj, dict) and not is_row(obj):
         return column_messages(*columns_from_dict(obj), topic, max_message)
-    if isinstance(obj, list) and obj and all(map(isinstance, obj, repeat(dict))):
-        return column_messages(*columns_from_rows(obj), topic, max_message)
+    if isinstance(obj, list) and obj:
+        # The rows' types, not each row's isinstance: one C pass, and it tells columns_from_rows
+        # whether every row is a plain dict.
+        types = set(map(type, obj))
+        if all(issubclass(t, dict) for t in types):
+            return column_messages(*columns_from_rows(obj, plain=types == {dict}), topic, max_message)
     if callable(getattr(obj, "to_arrow", None)):
         return pyarrow_messages(obj.to_arrow(), topic, max_message)
     return None

@@ -308,6 +308,68 @@ public sealed class ShimTests
     }
 
     [Fact]
+    public async Task Shim_RowDicts_KeysInAnyOrderOrChangingPastTheFirstSlice_EachValueLandsInItsColumn()
+    {
+        // Past one slice of 4096 rows a row lacks a key, another has an extra one, and some rows of a
+        // dict subclass whose __missing__ would invent a value if the shim looked a key up through it.
+        using var dir = new TempDir();
+        var (_, s) = await Ok(dir, """
+            import collections
+            from casparian import Output
+            def parse(path):
+                rows = [{"b": "t%d" % i, "a": i} if i % 2 else {"a": i, "b": "t%d" % i} for i in range(10000)]
+                rows[9000] = {"a": 9000}
+                rows[9500] = {"a": 9500, "b": "t9500", "c": 1.5}
+                odd = collections.defaultdict(int, a=7)
+                odd["c"] = 2.5
+                subclassed = [collections.defaultdict(int, a=i, b="u%d" % i) for i in range(4999)] + [odd]
+                one_key = [{"only": i % 3} for i in range(5000)]
+                yield rows
+                yield Output("subclassed", subclassed)
+                yield Output("one_key", one_key)
+                assert "b" not in odd, "the shim looked a missing key up through __missing__"
+            """);
+        using (s)
+        {
+            var c = s.Columns();
+            Assert.Equal(["a", "b", "c"], c.Keys);
+            Assert.Equal(Enumerable.Range(0, 10000).Select(i => (object?)(long)i), c["a"]);
+            Assert.Equal(Enumerable.Range(0, 10000).Select(i => i == 9000 ? null : (object?)$"t{i}"), c["b"]);
+            Assert.Equal(Enumerable.Range(0, 10000).Select(i => i == 9500 ? (object?)1.5 : null), c["c"]);
+            var sub = s.Columns("subclassed");
+            Assert.Equal(["a", "b", "c"], sub.Keys);
+            Assert.Equal([(object?)"u4998", null], sub["b"].TakeLast(2));
+            Assert.Equal([(object?)null, 2.5], sub["c"].TakeLast(2));
+            Assert.Equal(Enumerable.Range(0, 5000).Select(i => (object?)(long)(i % 3)), s.Columns("one_key")["only"]);
+        }
+    }
+
+    [Fact]
+    public async Task Shim_MixedIntsAndCodes_EachValueKeepsItsOwnText_RepeatedOrNot()
+    {
+        // Enough repeats for the shim to convert each distinct value once, and a column of distinct
+        // values that it converts one by one: the text must be the same either way.
+        using var dir = new TempDir();
+        var (_, s) = await Ok(dir, """
+            def parse(path):
+                return {
+                    "codes": [None if i % 10 == 0 else i % 50 if i % 4 else "X-%d" % (i % 7) for i in range(20000)],
+                    "look_alike": [1 if i % 2 else "1" for i in range(20000)],
+                    "distinct": [i if i % 4 else "X-%d" % i for i in range(20000)],
+                    "bool_int": [True if i % 2 else 1 for i in range(20000)],
+                }
+            """);
+        using (s)
+        {
+            var c = s.Columns();
+            Assert.Equal(Enumerable.Range(0, 20000).Select(i => i % 10 == 0 ? null : (object?)(i % 4 != 0 ? $"{i % 50}" : $"X-{i % 7}")), c["codes"]);
+            Assert.All(c["look_alike"], v => Assert.Equal("1", v));
+            Assert.Equal(Enumerable.Range(0, 20000).Select(i => (object?)(i % 4 != 0 ? $"{i}" : $"X-{i}")), c["distinct"]);
+            Assert.Equal(Enumerable.Range(0, 20000).Select(i => (object?)(i % 2 != 0 ? "True" : "1")), c["bool_int"]);
+        }
+    }
+
+    [Fact]
     public async Task Shim_Output_RoutesToSeveralTopics_ModuleTopicIsTheDefault()
     {
         using var dir = new TempDir();
