@@ -307,6 +307,33 @@ public sealed class ShimTests
         }
     }
 
+    // A cold guest leaves the parser's result to the process's exit instead of freeing it row by row
+    // after its end of stream; the rest of Python's exit still happens (atexit, threads joined).
+    [Fact]
+    public async Task Shim_ColdGuest_ResultIsNotFreedAtExit_AtexitAndThreadsStillRun()
+    {
+        using var dir = new TempDir();
+        var (_, s) = await Ok(dir, """
+            import atexit, os, threading, time
+            MARKS = os.path.join(os.path.dirname(__file__), "marks.txt")
+
+            def mark(text):
+                with open(MARKS, "a") as f:
+                    f.write(text + "\n")
+
+            class Row(dict):
+                def __del__(self):
+                    mark("freed")
+
+            def parse(path):
+                atexit.register(mark, "atexit")
+                threading.Thread(target=lambda: (time.sleep(0.2), mark("thread"))).start()
+                return [Row(a=1), Row(a=2)]
+            """);
+        using (s) Assert.Equal([1L, 2L], s.Columns()["a"]);
+        Assert.Equal(["thread", "atexit"], File.ReadAllLines(dir.File("marks.txt")));
+    }
+
     [Fact]
     public async Task Shim_RowDicts_KeysInAnyOrderOrChangingPastTheFirstSlice_EachValueLandsInItsColumn()
     {
