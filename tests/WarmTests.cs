@@ -54,6 +54,34 @@ public sealed class WarmTests : IDisposable
     }
 
     [Fact]
+    public async Task Warm_ChildEndsWithoutAtexit_ADirectoryMadeAtImportServesEveryFile()
+    {
+        // docs/parser-api.md: a warm child ends with os._exit. Were the zygote's atexit handlers run in
+        // each child, the first would remove the directory and the second job would fail.
+        const string source = """
+            import atexit, os, shutil, tempfile
+            SCRATCH = tempfile.mkdtemp(dir=os.path.dirname(__file__))
+            atexit.register(shutil.rmtree, SCRATCH)
+            def parse(path):
+                atexit.register(print, "a child's own handler")
+                name = os.path.join(SCRATCH, str(os.getpid()))
+                open(name, "w").close()
+                return {"exists": [os.path.isdir(SCRATCH)], "files": [len(os.listdir(SCRATCH))]}
+            """;
+        for (int i = 0; i < 3; i++)
+        {
+            var (r, s) = await Warm(source);
+            using (s)
+            {
+                Assert.True(r.Succeeded, Guest.Describe(r, s));
+                Assert.True(r.Warm, "the job ran on a cold guest");
+                Assert.Equal(true, s.Columns()["exists"].Single());
+                Assert.Equal((long)i + 1, s.Columns()["files"].Single()); // the disk is shared: one more file per job
+            }
+        }
+    }
+
+    [Fact]
     public async Task Warm_LoggingSetUpInTheZygote_AJobsBasicConfigDoesNotReachTheNext()
     {
         // The log handler is installed once in the zygote and each child points it at its own
