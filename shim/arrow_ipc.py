@@ -331,13 +331,16 @@ def _safe_str(v):
     try:
         return str(v)
     except Exception:
+        if isinstance(v, int):
+            raise  # too many digits: _to_str converts again with the limit lifted
         try:
             return repr(v)
         except Exception:
             return "<unprintable %s>" % type(v).__name__
 
 
-# Types whose str() is what _safe_str gives and cannot raise: a column of only these is converted in C.
+# Types whose str() is what _safe_str gives: a column of only these is converted in C. (str() of an
+# int raises beyond sys.get_int_max_str_digits() digits; _to_str then converts again without that limit.)
 _PLAIN_STR = frozenset((int, float, bool, str, type(None)))
 
 
@@ -348,6 +351,14 @@ _MEMO_STR = frozenset((int, str, type(None)))
 
 
 def _to_str(values):
+    try:
+        return _to_str_once(values)
+    except ValueError:
+        with _any_int_digits():
+            return _to_str_once(values)
+
+
+def _to_str_once(values):
     types = set(map(type, values))
     if types <= _PLAIN_STR:
         # A column whose first batch's worth of rows holds each value twice on average converts each
@@ -386,7 +397,8 @@ _JSON_ENCODER = None
 
 def json_text(value):
     """`value` as JSON text (json.dumps with default=str): keys that are not str, int, float, bool
-    or None become str, NaN and infinities become null. None when it nests too deep to encode."""
+    or None become str, NaN and infinities become null, ints keep every digit. None when it nests
+    too deep to encode."""
     global _JSON_ENCODER
     if _JSON_ENCODER is None:
         import json
@@ -395,9 +407,31 @@ def json_text(value):
         try:
             return _JSON_ENCODER.encode(value)
         except (ValueError, TypeError):
-            return _JSON_ENCODER.encode(_plain_json(value))
+            plain = _plain_json(value)
+            try:
+                return _JSON_ENCODER.encode(plain)
+            except ValueError:
+                with _any_int_digits():
+                    return _JSON_ENCODER.encode(plain)
     except RecursionError:
         return None
+
+
+class _any_int_digits:
+    """Lifts Python's limit on the digits of an int turned into text (sys.set_int_max_str_digits,
+    3.11 and later; 4300 digits by default) for one conversion. A parser's ints are its own values, and
+    text is where ints too big for decimal128 go: without this one str() fails the job and a mixed
+    column writes "<unprintable int>". Used only after a conversion failed, so the common path keeps
+    the limit; before 3.11 there is no limit and the retry fails as the first try did."""
+
+    def __enter__(self):
+        self.old = getattr(sys, "get_int_max_str_digits", lambda: None)()
+        if self.old is not None:
+            sys.set_int_max_str_digits(0)
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            sys.set_int_max_str_digits(self.old)
 
 
 def _plain_json(v):

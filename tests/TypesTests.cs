@@ -68,6 +68,10 @@ public sealed class TypesTests : IDisposable
                 "by": [b"a", bytearray(b"b"), memoryview(b"c"), None],
                 "dec_int": [Decimal("1.5"), 2, None, 3],
                 "dict_str": [{"a": 1}, "x", None, [1]],
+                # Past Python's 4300-digit limit on str(int): still every digit, as text or in JSON.
+                "giant": [10**5000, None, "x", 7],
+                "giant_mixed": [-10**5000, uuid.UUID(int=3), None, 1],
+                "giant_js": [{"n": 10**5000}, None, {}, {"k": 1}],
             }
         """;
 
@@ -118,6 +122,14 @@ public sealed class TypesTests : IDisposable
         Assert.Equal(["1.5", "2.0", null, "3.0"], Text(parquet, "dec_int"));
         Assert.Equal("VARCHAR", types["dict_str"]);          // dict + str: text, the dict as JSON
         Assert.Equal(["{\"a\": 1}", "x", null, "[1]"], Text(parquet, "dict_str"));
+
+        string giant = System.Numerics.BigInteger.Pow(10, 5000).ToString();
+        Assert.Equal("VARCHAR", types["giant"]);
+        Assert.Equal([giant, null, "x", "7"], Text(parquet, "giant"));
+        Assert.Equal("VARCHAR", types["giant_mixed"]);
+        Assert.Equal(["-" + giant, "00000000-0000-0000-0000-000000000003", null, "1"], Text(parquet, "giant_mixed"));
+        Assert.Equal("JSON", types["giant_js"]);
+        Assert.Equal(["{\"n\": " + giant + "}", null, "{}", "{\"k\": 1}"], Text(parquet, "giant_js"));
     }
 
     [Fact]
