@@ -34,7 +34,7 @@ public sealed class BridgeTests
         string path = dir.File("fake_shim.py");
         File.WriteAllText(path, $$"""
             import os, socket, struct, sys, time
-            sys.path.insert(0, {{PyString(Path.GetDirectoryName(Guest.ShimPath)!)}})
+            sys.path.insert(0, {{Guest.PyLiteral(Path.GetDirectoryName(Guest.ShimPath)!)}})
             import arrow_ipc
             with open(os.environ["PID_FILE"], "w") as f:
                 f.write(str(os.getpid()))
@@ -48,8 +48,6 @@ public sealed class BridgeTests
             """ + body + "\ntime.sleep(30)\n");
         return path;
     }
-
-    private static string PyString(string s) => "'" + s.Replace("\\", "\\\\").Replace("'", "\\'") + "'";
 
     private static Task<int[]> WaitForPids(string file, Task running)
     {

@@ -62,8 +62,6 @@ public sealed class FaultTests : IDisposable
         TimeoutSeconds = timeoutSeconds,
     };
 
-    private static string Py(string s) => "'" + s.Replace("\\", "\\\\").Replace("'", "\\'") + "'";
-
     /// <summary>
     /// Runs one job of <paramref name="source"/> over an input holding <paramref name="content"/> on a
     /// real worker (a scripted sentinel's side), its output root a 256 KiB tmpfs when <paramref name="fullDisk"/>;
@@ -427,7 +425,7 @@ public sealed class FaultTests : IDisposable
             import subprocess
             def parse(path):
                 # The shell exits at once: its sleep leaves the parser's process tree but not its group.
-                subprocess.run(["sh", "-c", "sleep 300 > /dev/null 2>&1 & echo $! > " + {{Py(pidFile)}}])
+                subprocess.run(["sh", "-c", "sleep 300 > /dev/null 2>&1 & echo $! > " + {{Guest.PyLiteral(pidFile)}}])
                 return {"a": [1]}
             """);
         File.WriteAllText(_c.File("x.csv"), "a\n");
@@ -457,7 +455,7 @@ public sealed class FaultTests : IDisposable
         Register();
         _c.WriteInputs(2);
         // .NET cannot name such a file; python can.
-        var made = Proc.Run(Cluster.Python, ["-c", $"import os; open(os.path.join(os.fsencode({Py(_c.Inputs)}), b'bad\\xff.csv'), 'wb').write(b'file,row,value\\n')"]);
+        var made = Proc.Run(Cluster.Python, ["-c", $"import os; open(os.path.join(os.fsencode({Guest.PyLiteral(_c.Inputs)}), b'bad\\xff.csv'), 'wb').write(b'file,row,value\\n')"]);
         Assert.True(made.ExitCode == 0, made.ToString());
         var r = _c.Cli("job", "add", "--parser", "e2e_csv", _c.Inputs);
         Assert.True(r.ExitCode == 0, r.ToString());

@@ -106,6 +106,9 @@ internal static class Guest
     /// <summary>Debian's python3 with pandas and numpy.</summary>
     public const string DebianPython = "/usr/bin/python3";
 
+    /// <summary><paramref name="s"/> (a path) as a Python string literal, for parser sources built in a test.</summary>
+    public static string PyLiteral(string s) => "'" + s.Replace("\\", "\\\\", StringComparison.Ordinal).Replace("'", "\\'", StringComparison.Ordinal) + "'";
+
     public static async Task<(GuestResult Result, RecordingSink Sink)> RunAsync(
         TempDir dir, string source, string? input = null, BridgeOptions? options = null, string? interpreter = null,
         RecordingSink? sink = null, TimeSpan? timeout = null, CancellationToken abort = default, string? shim = null,

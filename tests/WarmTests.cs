@@ -111,7 +111,7 @@ public sealed class WarmTests : IDisposable
     {
         string marker = _dir.File("imports.txt");
         string source = $$"""
-            with open({{Py(marker)}}, "a") as f:
+            with open({{Guest.PyLiteral(marker)}}, "a") as f:
                 f.write("imported\n")
             def parse(path):
                 return {"x": [1]}
@@ -406,8 +406,8 @@ public sealed class WarmTests : IDisposable
             import os, signal
             def parse(path):
                 parent = open(f"/proc/{os.getppid()}/cmdline", "rb").read()
-                if b"zygote.py" in parent and not os.path.exists({{Py(marker)}}):
-                    open({{Py(marker)}}, "w").close()
+                if b"zygote.py" in parent and not os.path.exists({{Guest.PyLiteral(marker)}}):
+                    open({{Guest.PyLiteral(marker)}}, "w").close()
                     os.kill(os.getppid(), signal.SIGKILL)
                     import time
                     time.sleep(60)
@@ -423,8 +423,6 @@ public sealed class WarmTests : IDisposable
         foreach (string n in new[] { "a", "b", "c" })
             Assert.Equal([$"{n}.txt"], ParquetTable.Read(_dir.File($"output/output/{n}.parquet")).Columns["file"]);
     }
-
-    private static string Py(string path) => "\"" + path.Replace("\\", "\\\\", StringComparison.Ordinal).Replace("\"", "\\\"", StringComparison.Ordinal) + "\"";
 
     /// <summary>A sink that completes <paramref name="seen"/> when a log line contains <paramref name="text"/>.</summary>
     private static RecordingSink Signalling(string text, TaskCompletionSource seen) =>

@@ -172,13 +172,11 @@ public sealed class WorkerTests
     private static string Waiting(string started, string release) => $$"""
         import os, time
         def parse(path):
-            open({{Py(started)}}, "a").write(f"{os.getpid()}\n")
-            while not os.path.exists({{Py(release)}}):
+            open({{Guest.PyLiteral(started)}}, "a").write(f"{os.getpid()}\n")
+            while not os.path.exists({{Guest.PyLiteral(release)}}):
                 time.sleep(0.02)
             return {"path": [path]}
         """;
-
-    private static string Py(string s) => "'" + s.Replace("\\", "\\\\").Replace("'", "\\'") + "'";
 
     private static void WaitFor(Func<bool> condition, string what, int seconds = 60) =>
         Eventually.True(condition, TimeSpan.FromSeconds(seconds), what);
@@ -313,7 +311,7 @@ public sealed class WorkerTests
             import os, subprocess, sys, time
             def parse(path):
                 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-                with open({{Py(pids)}}, "w") as f:
+                with open({{Guest.PyLiteral(pids)}}, "w") as f:
                     f.write(f"{os.getpid()} {child.pid}\n")
                 time.sleep(600)
             """, Input(w)));
@@ -342,9 +340,9 @@ public sealed class WorkerTests
             def parse(path):
                 global COUNT
                 COUNT += 1
-                open(os.path.join({{Py(gate)}}, os.path.basename(path)), "w").close()
+                open(os.path.join({{Guest.PyLiteral(gate)}}, os.path.basename(path)), "w").close()
                 deadline = time.time() + 60
-                while len(os.listdir({{Py(gate)}})) < 4 and time.time() < deadline:
+                while len(os.listdir({{Guest.PyLiteral(gate)}})) < 4 and time.time() < deadline:
                     time.sleep(0.02)
                 return {"file": [os.path.basename(path)], "count": [COUNT], "pid": [os.getpid()]}
             """;
@@ -449,7 +447,7 @@ public sealed class WorkerTests
         string parser = $$"""
             from casparian import Output
             def parse(path):
-                open({{Py(ran)}}, "a").write("ran\n")
+                open({{Guest.PyLiteral(ran)}}, "a").write("ran\n")
                 yield Output("rows", [{"n": 1}, {"n": 2}])
             """;
         s.Dispatch(7, Job(parser, Input(w)) with { TopicPrefix = prefix });
