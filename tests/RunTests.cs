@@ -70,6 +70,7 @@ public sealed class RunTests : IDisposable
         Assert.Matches(@"audit +parquet://audit +replace +config \S+casparian.toml:1", r.Stdout);
         Assert.EndsWith("what if: nothing was run and nothing written\n", r.Stdout);
         Assert.False(Directory.Exists(_dir.File("output")));
+        Assert.False(Directory.Exists(_dir.File("home/lib")), "--whatif installed the native Parquet library");
         Assert.DoesNotContain("read 1 rows", r.Stdout);
     }
 
