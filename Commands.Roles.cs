@@ -158,7 +158,8 @@ internal static partial class Commands
             // The native library's check (hashing its 27 MB, ~40 ms) runs beside the interpreter's
             // resolution below (a process start, ~0.2 s through pyenv); awaited before any Parquet.
             // --whatif writes nothing, so it does not install the library either.
-            Task? native = args.Has(WhatIfFlag.Name) ? null : Task.Run(() => NativeParquet.Ensure(config.LibDir));
+            bool whatIf = args.Has(WhatIfFlag.Name);
+            Task native = whatIf ? Task.CompletedTask : Task.Run(() => NativeParquet.Ensure(config.LibDir));
 
             // Load validates the parser the way registration would (entry module, name, version) and
             // fails with one clear line; the guest then runs the files in place, so edits take effect at once.
@@ -173,13 +174,13 @@ internal static partial class Commands
             string inputRoot = Directory.Exists(inputPath) ? inputPath : Path.GetDirectoryName(inputPath)!;
             string parserName = bundle.Version == ParserBundle.DefaultVersion ? bundle.Name : $"{bundle.Name}@{bundle.Version}";
             var sinks = Topics.Effective(declared, overrides);
-            if (args.Has(WhatIfFlag.Name))
+            if (whatIf)
             {
                 Console.Out.Write(DevRun.WhatIf(parserName, parserPath, interpreter, inputs, inputRoot, output.Root, sinks,
                     [.. sinks.Select(s => Topics.OriginOf(s.Topic, declared, overrides))]));
                 return 0;
             }
-            native!.GetAwaiter().GetResult();
+            native.GetAwaiter().GetResult();
             var options = new DevRunOptions
             {
                 ParserPath = parserPath,

@@ -331,8 +331,9 @@ def _safe_str(v):
     try:
         return str(v)
     except Exception:
-        if isinstance(v, int):
-            raise  # too many digits: _to_str converts again with the limit lifted
+        if isinstance(v, int):  # more digits than sys.get_int_max_str_digits()
+            with _any_int_digits():
+                return str(v)
         try:
             return repr(v)
         except Exception:
@@ -340,7 +341,8 @@ def _safe_str(v):
 
 
 # Types whose str() is what _safe_str gives: a column of only these is converted in C. (str() of an
-# int raises beyond sys.get_int_max_str_digits() digits; _to_str then converts again without that limit.)
+# int raises beyond sys.get_int_max_str_digits() digits; _to_str then converts again without that limit,
+# as _safe_str does for one value.)
 _PLAIN_STR = frozenset((int, float, bool, str, type(None)))
 
 

@@ -190,6 +190,8 @@ public sealed class TypesTests : IDisposable
                     "tz": pd.to_datetime(["2024-01-01 01:00", None, "2024-07-01 02:00"]).tz_localize("Europe/Paris"),
                     "td": pd.to_timedelta([5, None, -1], unit="s"),
                     "cat": pd.Categorical(["x", None, "y"]),
+                    # pandas itself cannot infer these categories (it tries float): given as an object Index.
+                    "cat_giant": pd.Categorical.from_codes([0, -1, 1], categories=pd.Index([10**5000, "x"], dtype=object)),
                     "dec": [Decimal("1.10"), None, Decimal("-2.5")],
                     "js": [{"a": [1]}, None, {"b": None}],
                     "lst": [[1.5], None, []],
@@ -222,6 +224,7 @@ public sealed class TypesTests : IDisposable
         Assert.Equal("VARCHAR", types["cat"]);
         Assert.Equal(["x", null, "y"], Text(parquet, "cat"));
         Assert.IsType<DictionaryType>(ArrowType(parquet, "cat"));
+        Assert.Equal([System.Numerics.BigInteger.Pow(10, 5000).ToString(), null, "x"], Text(parquet, "cat_giant")); // categories past str()'s 4300 digits
         Assert.Equal("DECIMAL(3,2)", types["dec"]);
         Assert.Equal(["1.10", null, "-2.50"], Text(parquet, "dec"));
         Assert.Equal("JSON", types["js"]);
